@@ -1,0 +1,113 @@
+//! Command line: `serve`, `check` (container health probe) and `dev-token` (local tokens).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode, get_current_timestamp};
+use serde_json::json;
+
+use crate::config::Settings;
+use crate::identity::INVOKE_SCOPE;
+
+#[derive(Debug, Parser)]
+#[command(name = "tollgate", version, about = "Policy sidecar for LLM traffic")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the ext_proc gRPC server and the HTTP ops server.
+    Serve {
+        /// TOML configuration; `TOLLGATE_*` environment variables override it.
+        #[arg(long, env = "TOLLGATE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Probe a running instance's /readyz; exit 0 when ready (for container health checks).
+    Check {
+        /// Base URL of the HTTP ops server; defaults to the configured `server.http_listen`.
+        #[arg(long)]
+        url: Option<String>,
+        #[arg(long, env = "TOLLGATE_CONFIG")]
+        config: Option<PathBuf>,
+        #[arg(long, default_value_t = 3)]
+        timeout_seconds: u64,
+    },
+    /// Print the effective configuration as JSON (defaults, file and environment merged).
+    Config {
+        #[arg(long, env = "TOLLGATE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Mint a Cognito-style access token signed with a local key (development and tests only).
+    DevToken {
+        /// RSA private key (PEM); `dev/keys/dev-private.pem` matches `dev/keys/jwks.json`.
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long, default_value = "dev-1")]
+        kid: String,
+        #[arg(long)]
+        client_id: String,
+        /// Space-separated scopes.
+        #[arg(long, default_value = INVOKE_SCOPE)]
+        scope: String,
+        /// Value of the team claim, if any.
+        #[arg(long)]
+        team: Option<String>,
+        #[arg(long, default_value = "custom:team")]
+        team_claim: String,
+        #[arg(long, default_value = "https://tollgate.local/dev")]
+        issuer: String,
+        #[arg(long, default_value_t = 3600)]
+        ttl_seconds: u64,
+    },
+}
+
+pub async fn check(url: Option<String>, config: Option<PathBuf>, timeout: Duration) -> anyhow::Result<()> {
+    let base = match url {
+        Some(url) => url,
+        None => format!("http://{}", Settings::load(config.as_deref())?.server.http_listen),
+    };
+    let url = format!("{}/readyz", base.trim_end_matches('/'));
+    let response = reqwest::Client::builder()
+        .timeout(timeout)
+        .build()?
+        .get(&url)
+        .send()
+        .await
+        .with_context(|| format!("GET {url}"))?;
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    if !status.is_success() {
+        bail!("{url}: {status} {body}");
+    }
+    println!("{body}");
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn dev_token(
+    key: &std::path::Path,
+    kid: &str,
+    client_id: &str,
+    scope: &str,
+    team: Option<&str>,
+    team_claim: &str,
+    issuer: &str,
+    ttl_seconds: u64,
+) -> anyhow::Result<String> {
+    let pem = std::fs::read(key).with_context(|| format!("reading {}", key.display()))?;
+    let now = get_current_timestamp();
+    let mut claims = json!({
+        "iss": issuer, "iat": now, "exp": now + ttl_seconds,
+        "client_id": client_id, "sub": client_id, "scope": scope, "token_use": "access",
+    });
+    if let Some(team) = team {
+        claims[team_claim] = json!(team);
+    }
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some(kid.to_owned());
+    Ok(encode(&header, &claims, &EncodingKey::from_rsa_pem(&pem)?)?)
+}

@@ -1,0 +1,274 @@
+//! One typed configuration: a TOML file, overridden by `TOLLGATE_`-prefixed environment
+//! variables (`__` separates levels: `TOLLGATE_SERVER__HTTP_LISTEN=0.0.0.0:9090`). Every field
+//! has a default, so `tollgate serve` runs with no file at all.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::engine::FailMode;
+use crate::policy::{LimitOverrides, Team, Tier};
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub identity: IdentitySettings,
+    pub store: StoreSettings,
+    pub policy: PolicySettings,
+    pub log: LogSettings,
+    /// Overrides of tier defaults, e.g. `[tiers.standard] rpm = 150`.
+    pub tiers: HashMap<Tier, LimitOverrides>,
+    /// Teams declared in configuration; written to the store at startup.
+    pub teams: Vec<Team>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    /// ext_proc gRPC (and grpc.health.v1).
+    pub grpc_listen: SocketAddr,
+    /// `/healthz`, `/readyz`, `/metrics`.
+    pub http_listen: SocketAddr,
+    /// Larger request bodies get 413. Keep Envoy's buffer limit at or above it.
+    pub max_request_body_bytes: usize,
+    /// Non-streamed responses are buffered up to this for usage; beyond it usage is estimated.
+    pub max_response_json_bytes: usize,
+    /// On SIGTERM, in-flight exchanges get this long to finish.
+    pub shutdown_grace_seconds: u64,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            grpc_listen: ([127, 0, 0, 1], 50051).into(),
+            http_listen: ([127, 0, 0, 1], 9090).into(),
+            max_request_body_bytes: 16 << 20,
+            max_response_json_bytes: 16 << 20,
+            shutdown_grace_seconds: 20,
+        }
+    }
+}
+
+impl ServerSettings {
+    /// gRPC messages carry whole buffered bodies: allow them plus framing.
+    pub fn max_grpc_message_bytes(&self) -> usize {
+        self.max_request_body_bytes.max(self.max_response_json_bytes) + (1 << 20)
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdentitySettings {
+    pub jwks_file: Option<PathBuf>,
+    /// e.g. `https://cognito-idp.<region>.amazonaws.com/<pool>/.well-known/jwks.json`
+    pub jwks_url: Option<String>,
+    /// Required `iss`; unchecked when absent.
+    pub issuer: Option<String>,
+    /// Claim naming the team directly (e.g. `custom:team`, added by a pre-token-generation trigger).
+    pub team_claim: Option<String>,
+    /// Decode claims without verifying signatures: only behind a verifier (ALB jwt-validation).
+    pub trust_upstream: bool,
+    pub leeway_seconds: u64,
+    /// An unknown `kid` refreshes the JWKS at most this often.
+    pub jwks_min_refresh_seconds: u64,
+    pub jwks_max_age_seconds: u64,
+}
+
+impl Default for IdentitySettings {
+    fn default() -> Self {
+        Self {
+            jwks_file: None,
+            jwks_url: None,
+            issuer: None,
+            team_claim: None,
+            trust_upstream: false,
+            leeway_seconds: 30,
+            jwks_min_refresh_seconds: 30,
+            jwks_max_age_seconds: 3600,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    #[default]
+    Embedded,
+    Memory,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSettings {
+    pub backend: StoreBackend,
+    /// redb file of the embedded backend.
+    pub path: PathBuf,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        Self {
+            backend: StoreBackend::Embedded,
+            path: PathBuf::from("tollgate.redb"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicySettings {
+    /// When the store cannot answer: `closed` refuses with 503, `open` admits.
+    pub fail_mode: FailMode,
+    /// How long a team definition is cached before the store is asked again.
+    pub team_cache_ttl_seconds: u64,
+}
+
+impl Default for PolicySettings {
+    fn default() -> Self {
+        Self {
+            fail_mode: FailMode::Closed,
+            team_cache_ttl_seconds: 5,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// A tracing filter; `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+impl Settings {
+    /// Defaults, then the file (if any), then the environment.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                bail!("config file {} does not exist", file.display());
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        let settings: Settings = figment
+            .merge(Env::prefixed("TOLLGATE_").ignore(&["CONFIG"]).split("__"))
+            .extract()
+            .context("invalid configuration")?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let mut ids = HashSet::new();
+        let mut clients = HashMap::new();
+        for team in &self.teams {
+            if team.id.is_empty() {
+                bail!("teams: a team has an empty id");
+            }
+            if !ids.insert(team.id.as_str()) {
+                bail!("teams: team {:?} is declared twice", team.id);
+            }
+            for client in &team.client_ids {
+                if let Some(other) = clients.insert(client.as_str(), team.id.as_str()) {
+                    bail!("teams: client_id {client:?} belongs to both {other:?} and {:?}", team.id);
+                }
+            }
+        }
+        if self.identity.jwks_file.is_some() && self.identity.jwks_url.is_some() {
+            bail!("identity: set jwks_file or jwks_url, not both");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_need_no_file() {
+        let s = Settings::load(None).unwrap();
+        assert_eq!(s.server.grpc_listen.port(), 50051);
+        assert_eq!(s.store.backend, StoreBackend::Embedded);
+        assert_eq!(s.policy.fail_mode, FailMode::Closed);
+        assert!(s.teams.is_empty());
+    }
+
+    #[test]
+    fn file_then_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        std::fs::write(
+            &path,
+            r#"
+            [server]
+            http_listen = "127.0.0.1:1"
+            [tiers.high]
+            rpm = 7
+            [[teams]]
+            id = "search"
+            tier = "high"
+            client_ids = ["a", "b"]
+            daily_tokens = 10
+            "#,
+        )
+        .unwrap();
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("TOLLGATE_SERVER__HTTP_LISTEN", "127.0.0.1:2");
+            jail.set_env("TOLLGATE_POLICY__FAIL_MODE", "open");
+            let s = Settings::load(Some(&path)).unwrap();
+            assert_eq!(s.server.http_listen.port(), 2);
+            assert_eq!(s.policy.fail_mode, FailMode::Open);
+            assert_eq!(s.tiers[&Tier::Premium].rpm, Some(7));
+            assert_eq!(s.teams[0].tier, Tier::Premium);
+            assert_eq!(s.teams[0].overrides.daily_tokens, Some(10));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn conflicting_teams_are_refused() {
+        let team = |id: &str, client: &str| Team {
+            id: id.into(),
+            tier: Tier::Sandbox,
+            client_ids: vec![client.into()],
+            overrides: Default::default(),
+        };
+        let mut s = Settings::default();
+        s.teams = vec![team("a", "x"), team("b", "x")];
+        assert!(s.validate().unwrap_err().to_string().contains("client_id \"x\""));
+        s.teams = vec![team("a", "x"), team("a", "y")];
+        assert!(s.validate().is_err());
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_not_silently_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        std::fs::write(&path, "[server]\ngrpc_listn = \"127.0.0.1:1\"\n").unwrap();
+        assert!(Settings::load(Some(&path)).is_err());
+    }
+}

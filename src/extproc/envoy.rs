@@ -1,0 +1,145 @@
+//! Envoy protobuf plumbing: reading headers and metadata, building replies.
+
+use envoy_types::pb::envoy::config::core::v3::{
+    HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction,
+};
+use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::{
+    ProcessingMode, processing_mode::BodySendMode,
+};
+use envoy_types::pb::envoy::r#type::v3::HttpStatus;
+use envoy_types::pb::envoy::service::ext_proc::v3::{
+    BodyMutation, BodyResponse, CommonResponse, HeaderMutation, HeadersResponse, HttpHeaders,
+    ImmediateResponse, ProcessingResponse, body_mutation::Mutation,
+    processing_response::Response as Reply,
+};
+use envoy_types::pb::google::protobuf::{Struct, Value as PbValue, value::Kind};
+use serde_json::{Map, Number, Value};
+
+use crate::contract;
+
+/// Envoy sends header values in `raw_value` (bytes); older versions in `value`.
+pub fn header<'a>(headers: &'a HttpHeaders, name: &str) -> Option<&'a str> {
+    headers
+        .headers
+        .as_ref()?
+        .headers
+        .iter()
+        .find(|h| h.key.eq_ignore_ascii_case(name))
+        .and_then(|h| {
+            if h.raw_value.is_empty() {
+                Some(h.value.as_str())
+            } else {
+                std::str::from_utf8(&h.raw_value).ok()
+            }
+        })
+}
+
+pub fn set_headers(headers: &[(&'static str, String)]) -> Vec<HeaderValueOption> {
+    headers
+        .iter()
+        .map(|(key, value)| HeaderValueOption {
+            header: Some(HeaderValue {
+                key: (*key).to_owned(),
+                raw_value: value.clone().into_bytes(),
+                ..Default::default()
+            }),
+            append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+            ..Default::default()
+        })
+        .collect()
+}
+
+fn mutation(set: &[(&'static str, String)], remove: &[&str]) -> Option<HeaderMutation> {
+    (!set.is_empty() || !remove.is_empty()).then(|| HeaderMutation {
+        set_headers: set_headers(set),
+        remove_headers: remove.iter().map(|h| (*h).to_owned()).collect(),
+    })
+}
+
+fn common(set: &[(&'static str, String)], remove: &[&str], body: Option<Vec<u8>>) -> Option<CommonResponse> {
+    Some(CommonResponse {
+        header_mutation: mutation(set, remove),
+        body_mutation: body.map(|b| BodyMutation {
+            mutation: Some(Mutation::Body(b)),
+        }),
+        ..Default::default()
+    })
+}
+
+pub fn request_headers_reply(set: &[(&'static str, String)], remove: &[&str]) -> ProcessingResponse {
+    ProcessingResponse {
+        response: Some(Reply::RequestHeaders(HeadersResponse {
+            response: common(set, remove, None),
+        })),
+        ..Default::default()
+    }
+}
+
+/// Continue the request, replacing its body if `body` is given (with a matching content-length,
+/// which Envoy requires in BUFFERED mode with SEND headers).
+pub fn request_body_reply(body: Option<Vec<u8>>) -> ProcessingResponse {
+    let set: Vec<(&'static str, String)> = body
+        .as_ref()
+        .map(|b| vec![("content-length", b.len().to_string())])
+        .unwrap_or_default();
+    ProcessingResponse {
+        response: Some(Reply::RequestBody(BodyResponse {
+            response: common(&set, &[], body),
+        })),
+        ..Default::default()
+    }
+}
+
+/// Continue the response; when `skip_body`, ask Envoy not to send its body at all.
+pub fn response_headers_reply(set: &[(&'static str, String)], skip_body: bool) -> ProcessingResponse {
+    ProcessingResponse {
+        response: Some(Reply::ResponseHeaders(HeadersResponse {
+            response: common(set, &[], None),
+        })),
+        mode_override: skip_body.then(|| ProcessingMode {
+            response_body_mode: BodySendMode::None as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+pub fn response_body_reply() -> ProcessingResponse {
+    ProcessingResponse {
+        response: Some(Reply::ResponseBody(BodyResponse::default())),
+        ..Default::default()
+    }
+}
+
+pub fn immediate_reply(reply: contract::Reply) -> ProcessingResponse {
+    ProcessingResponse {
+        response: Some(Reply::ImmediateResponse(ImmediateResponse {
+            status: Some(HttpStatus {
+                code: i32::from(reply.status),
+            }),
+            headers: mutation(&reply.headers, &[]),
+            body: reply.body,
+            details: "tollgate".into(),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+/// `google.protobuf.Struct` (Envoy dynamic metadata) as JSON.
+pub fn struct_to_json(s: &Struct) -> Map<String, Value> {
+    s.fields.iter().map(|(k, v)| (k.clone(), value_to_json(v))).collect()
+}
+
+fn value_to_json(v: &PbValue) -> Value {
+    match &v.kind {
+        None | Some(Kind::NullValue(_)) => Value::Null,
+        // jwt_authn turns numeric claims into doubles; keep integers integral.
+        Some(Kind::NumberValue(n)) if n.fract() == 0.0 && n.abs() < 9.0e15 => Value::from(*n as i64),
+        Some(Kind::NumberValue(n)) => Number::from_f64(*n).map_or(Value::Null, Value::Number),
+        Some(Kind::StringValue(s)) => Value::String(s.clone()),
+        Some(Kind::BoolValue(b)) => Value::Bool(*b),
+        Some(Kind::StructValue(s)) => Value::Object(struct_to_json(s)),
+        Some(Kind::ListValue(l)) => Value::Array(l.values.iter().map(value_to_json).collect()),
+    }
+}

@@ -1,0 +1,249 @@
+//! One HTTP request's exchange with Envoy, message by message:
+//!
+//! 1. request headers: authenticate, resolve the team (admission waits for the body, where the
+//!    model is; a request without a body is admitted here);
+//! 2. request body (BUFFERED): size and JSON checks, admission, `include_usage` injection;
+//! 3. response headers: rate headers; keep the (STREAMED) body only where usage is in it;
+//! 4. response body chunks: usage extraction as they pass;
+//! 5. end of the gRPC stream: settle whatever was not settled yet.
+
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::ext_proc::v3::{
+    HttpBody, HttpHeaders, ProcessingRequest, ProcessingResponse, TrailersResponse,
+    processing_request::Request as Message, processing_response::Response as Reply,
+};
+use tonic::Status;
+
+use super::Context;
+use super::envoy::{self, header};
+use crate::contract::{rate_headers, rejection_reply};
+use crate::engine::Ticket;
+use crate::identity::{INVOKE_SCOPE, IdentityError};
+use crate::llm::{ApiKind, RequestFacts, UsageTracker, parse_request};
+use crate::policy::{Rejection, RejectionKind, Team, Usage};
+
+const JWT_AUTHN_NAMESPACE: &str = "envoy.filters.http.jwt_authn";
+const JWT_PAYLOAD_KEY: &str = "jwt_payload";
+
+pub struct Exchange {
+    ctx: Arc<Context>,
+    api: ApiKind,
+    request_id: Option<String>,
+    team: Option<Arc<Team>>,
+    facts: Option<RequestFacts>,
+    ticket: Option<Ticket>,
+    response_started: bool,
+    tracker: Option<UsageTracker>,
+    /// Set when the final usage is known; charged after the reply that carried it is sent.
+    due: Option<Usage>,
+}
+
+impl Exchange {
+    pub fn new(ctx: Arc<Context>) -> Self {
+        Self {
+            ctx,
+            api: ApiKind::Other,
+            request_id: None,
+            team: None,
+            facts: None,
+            ticket: None,
+            response_started: false,
+            tracker: None,
+            due: None,
+        }
+    }
+
+    pub async fn handle(&mut self, message: ProcessingRequest) -> Result<ProcessingResponse, Status> {
+        let metadata = message.metadata_context;
+        match message.request {
+            Some(Message::RequestHeaders(h)) => Ok(self.on_request_headers(h, metadata).await),
+            Some(Message::RequestBody(b)) => Ok(self.on_request_body(b).await),
+            Some(Message::ResponseHeaders(h)) => Ok(self.on_response_headers(h)),
+            Some(Message::ResponseBody(b)) => Ok(self.on_response_body(b)),
+            Some(Message::RequestTrailers(_)) => Ok(trailers(true)),
+            Some(Message::ResponseTrailers(_)) => Ok(trailers(false)),
+            None => Err(Status::invalid_argument("ProcessingRequest without a request")),
+        }
+    }
+
+    /// Work that must not delay the reply just sent.
+    pub async fn after_reply(&mut self) {
+        if let Some(usage) = self.due.take() {
+            self.settle(usage).await;
+        }
+    }
+
+    /// The gRPC stream ended: client disconnects and resets bring no `end_of_stream` chunk, so
+    /// whatever passed is charged now.
+    pub async fn finish(mut self) {
+        if self.ticket.is_none() {
+            return;
+        }
+        let usage = match self.tracker.take() {
+            Some(tracker) => tracker.finish(),
+            // Admitted, but the response never started: the client went away while the provider
+            // worked. Providers bill the prompt they received, so the prompt is charged.
+            None if !self.response_started => {
+                let prompt_chars = self.facts.as_ref().map_or(0, |f| f.prompt_chars);
+                UsageTracker::new(self.api, true, prompt_chars, 0).finish()
+            }
+            None => Usage::default(),
+        };
+        self.settle(usage).await;
+    }
+
+    async fn settle(&mut self, usage: Usage) {
+        if let Some(ticket) = self.ticket.take() {
+            self.ctx.engine.settle(ticket, usage, self.api.as_str()).await;
+        }
+    }
+
+    fn refuse(&self, rejection: Rejection) -> ProcessingResponse {
+        if !matches!(rejection.kind, RejectionKind::RpmExceeded | RejectionKind::DailyTokensExceeded | RejectionKind::Unavailable) {
+            // The engine counts its own decisions; identity and body refusals are counted here.
+            self.ctx.engine.count_decision(rejection.kind);
+        }
+        tracing::info!(
+            team = self.team.as_ref().map(|t| t.id.as_str()),
+            request_id = self.request_id.as_deref(),
+            status = rejection.kind.status(),
+            reason = %rejection.reason,
+            "request refused"
+        );
+        envoy::immediate_reply(rejection_reply(self.api, &rejection))
+    }
+
+    async fn on_request_headers(
+        &mut self,
+        headers: HttpHeaders,
+        metadata: Option<envoy_types::pb::envoy::config::core::v3::Metadata>,
+    ) -> ProcessingResponse {
+        self.api = ApiKind::from_path(header(&headers, ":path").unwrap_or_default());
+        self.request_id = header(&headers, "x-request-id").map(str::to_owned);
+
+        let verified_claims = metadata
+            .as_ref()
+            .and_then(|m| m.filter_metadata.get(JWT_AUTHN_NAMESPACE))
+            .and_then(|s| s.fields.get(JWT_PAYLOAD_KEY))
+            .and_then(|v| match &v.kind {
+                Some(envoy_types::pb::google::protobuf::value::Kind::StructValue(s)) => Some(envoy::struct_to_json(s)),
+                _ => None,
+            });
+        let auth = &self.ctx.auth;
+        let principal = match verified_claims {
+            Some(claims) => auth.authenticate_verified_claims(&claims, INVOKE_SCOPE),
+            None => auth.authenticate_header(header(&headers, "authorization"), INVOKE_SCOPE).await,
+        };
+        let principal = match principal {
+            Ok(p) => p,
+            Err(e) => {
+                let kind = match e {
+                    IdentityError::MissingScope(_) => RejectionKind::Forbidden,
+                    IdentityError::Missing | IdentityError::Invalid(_) => RejectionKind::Unauthenticated,
+                };
+                return self.refuse(Rejection::new(kind, e.to_string()));
+            }
+        };
+        let team = match self.ctx.engine.team_for(&principal).await {
+            Ok(team) => team,
+            Err(rejection) => return self.refuse(rejection),
+        };
+        self.team = Some(team.clone());
+
+        if headers.end_of_stream {
+            if self.api.is_model_call() {
+                return self.refuse(Rejection::new(RejectionKind::InvalidBody, "request body is required"));
+            }
+            if let Err(rejection) = self.admit(&team).await {
+                return self.refuse(rejection);
+            }
+        }
+        // Usage is read from the response body, which must not arrive compressed.
+        let remove: &[&str] = if self.api.is_model_call() { &["accept-encoding"] } else { &[] };
+        envoy::request_headers_reply(&[], remove)
+    }
+
+    async fn admit(&mut self, team: &Team) -> Result<(), Rejection> {
+        let ticket = self.ctx.engine.admit(team, self.request_id.as_deref()).await?;
+        self.ticket = Some(ticket);
+        Ok(())
+    }
+
+    async fn on_request_body(&mut self, body: HttpBody) -> ProcessingResponse {
+        let Some(team) = self.team.clone() else {
+            // Headers were refused (and Envoy stopped) or never seen: nothing to decide.
+            return envoy::request_body_reply(None);
+        };
+        if self.ticket.is_some() || !self.api.is_model_call() {
+            if self.ticket.is_none() {
+                if let Err(rejection) = self.admit(&team).await {
+                    return self.refuse(rejection);
+                }
+            }
+            return envoy::request_body_reply(None);
+        }
+        let limit = self.ctx.max_request_body_bytes;
+        if body.body.len() > limit || !body.end_of_stream {
+            return self.refuse(Rejection::new(
+                RejectionKind::BodyTooLarge,
+                format!("request body exceeds the {limit}-byte limit"),
+            ));
+        }
+        let parsed = match parse_request(self.api, &body.body) {
+            Ok(parsed) => parsed,
+            Err(e) => return self.refuse(Rejection::new(RejectionKind::InvalidBody, e.to_string())),
+        };
+        if let Err(rejection) = self.admit(&team).await {
+            return self.refuse(rejection);
+        }
+        self.facts = Some(parsed.facts);
+        envoy::request_body_reply(parsed.rewritten)
+    }
+
+    fn on_response_headers(&mut self, headers: HttpHeaders) -> ProcessingResponse {
+        self.response_started = true;
+        let Some(ticket) = &self.ticket else {
+            // A response tollgate did not admit, e.g. jwt_authn's own 401: pass it through.
+            return envoy::response_headers_reply(&[], true);
+        };
+        let set = rate_headers(&ticket.rate);
+        let success = header(&headers, ":status").is_some_and(|s| s.starts_with('2'));
+        let facts = self.facts.as_ref();
+        if !(success && self.api.is_model_call() && facts.is_some()) || headers.end_of_stream {
+            // Nothing billable follows: providers do not charge failed calls.
+            self.due = Some(Usage::default());
+            return envoy::response_headers_reply(&set, true);
+        }
+        let event_stream = header(&headers, "content-type").is_some_and(|c| c.starts_with("text/event-stream"));
+        self.tracker = Some(UsageTracker::new(
+            self.api,
+            event_stream,
+            facts.map_or(0, |f| f.prompt_chars),
+            self.ctx.max_response_json_bytes,
+        ));
+        envoy::response_headers_reply(&set, false)
+    }
+
+    fn on_response_body(&mut self, body: HttpBody) -> ProcessingResponse {
+        if let Some(tracker) = &mut self.tracker {
+            tracker.feed(&body.body);
+            if body.end_of_stream {
+                self.due = self.tracker.take().map(UsageTracker::finish);
+            }
+        }
+        envoy::response_body_reply()
+    }
+}
+
+fn trailers(request: bool) -> ProcessingResponse {
+    let reply = TrailersResponse::default();
+    ProcessingResponse {
+        response: Some(if request {
+            Reply::RequestTrailers(reply)
+        } else {
+            Reply::ResponseTrailers(reply)
+        }),
+        ..Default::default()
+    }
+}

@@ -1,0 +1,143 @@
+//! Who is calling: a Cognito-style access token becomes a [`Principal`].
+//!
+//! Claims come from Envoy's `jwt_authn` metadata when Envoy already verified the token, else from
+//! the `Authorization: Bearer` header, verified here against a JWKS (RS256, `iss`, `exp`) unless
+//! the operator chose to trust an upstream verifier such as the ALB's `jwt-validation`.
+
+mod jwks;
+
+use std::time::Duration;
+
+use jsonwebtoken::{Algorithm, Validation, decode, decode_header, jwk::JwkSet};
+use serde_json::{Map, Value};
+
+pub use jwks::{JwksError, JwksSource, KeySet};
+
+/// Scope a token needs to send LLM traffic.
+pub const INVOKE_SCOPE: &str = "https://gateway.internal/invoke";
+/// Scope a token needs for the admin API.
+pub const ADMIN_SCOPE: &str = "https://gateway.internal/admin";
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    /// Team named by the configured team claim, if the token carries one.
+    pub team: Option<String>,
+    pub client_id: Option<String>,
+    /// `username` for user tokens, else `sub`.
+    pub user: Option<String>,
+    pub scopes: Vec<String>,
+}
+
+impl Principal {
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes.iter().any(|s| s == scope)
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum IdentityError {
+    #[error("missing bearer token")]
+    Missing,
+    #[error("invalid token: {0}")]
+    Invalid(String),
+    #[error("token lacks the required scope {0}")]
+    MissingScope(String),
+}
+
+/// How bearer tokens are checked.
+pub enum Verification {
+    /// Verify the signature against these keys.
+    Keys(KeySet),
+    /// Decode claims only: a trusted proxy (ALB `jwt-validation`, Envoy `jwt_authn`) verified the
+    /// token before it reached tollgate.
+    TrustUpstream,
+}
+
+pub struct Authenticator {
+    verification: Verification,
+    validation: Validation,
+    team_claim: Option<String>,
+}
+
+impl Authenticator {
+    pub fn new(verification: Verification, issuer: Option<&str>, team_claim: Option<String>, leeway: Duration) -> Self {
+        let mut validation = Validation::new(Algorithm::RS256);
+        validation.leeway = leeway.as_secs();
+        // Cognito access tokens carry `client_id`, not `aud`.
+        validation.validate_aud = false;
+        validation.set_required_spec_claims(&["exp"]);
+        if let Some(issuer) = issuer {
+            validation.set_issuer(&[issuer]);
+        }
+        Self {
+            verification,
+            validation,
+            team_claim,
+        }
+    }
+
+    /// Claims of a bearer token from an `Authorization` header value.
+    pub async fn authenticate_header(&self, authorization: Option<&str>, scope: &str) -> Result<Principal, IdentityError> {
+        let token = authorization
+            .and_then(|h| {
+                let (scheme, token) = h.trim().split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+            })
+            .filter(|t| !t.is_empty())
+            .ok_or(IdentityError::Missing)?;
+        let claims = match &self.verification {
+            Verification::Keys(keys) => self.verify(keys, token).await?,
+            Verification::TrustUpstream => {
+                jsonwebtoken::dangerous::insecure_decode_claims::<Map<String, Value>>(token)
+                    .map_err(|e| IdentityError::Invalid(e.to_string()))?
+            }
+        };
+        self.principal(&claims, scope)
+    }
+
+    /// Claims that Envoy's `jwt_authn` already verified.
+    pub fn authenticate_verified_claims(&self, claims: &Map<String, Value>, scope: &str) -> Result<Principal, IdentityError> {
+        self.principal(claims, scope)
+    }
+
+    async fn verify(&self, keys: &KeySet, token: &str) -> Result<Map<String, Value>, IdentityError> {
+        let header = decode_header(token).map_err(|e| IdentityError::Invalid(e.to_string()))?;
+        if header.alg != Algorithm::RS256 {
+            return Err(IdentityError::Invalid(format!("unsupported algorithm {:?}", header.alg)));
+        }
+        let kid = header
+            .kid
+            .ok_or_else(|| IdentityError::Invalid("token header has no kid".into()))?;
+        let key = keys.key(&kid).await.map_err(|e| IdentityError::Invalid(e.to_string()))?;
+        decode::<Map<String, Value>>(token, &key, &self.validation)
+            .map(|data| data.claims)
+            .map_err(|e| IdentityError::Invalid(e.to_string()))
+    }
+
+    fn principal(&self, claims: &Map<String, Value>, scope: &str) -> Result<Principal, IdentityError> {
+        let string = |name: &str| claims.get(name).and_then(Value::as_str).map(str::to_owned);
+        let scopes: Vec<String> = match claims.get("scope") {
+            Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
+            Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+            _ => Vec::new(),
+        };
+        let principal = Principal {
+            team: self.team_claim.as_deref().and_then(string).filter(|t| !t.is_empty()),
+            client_id: string("client_id"),
+            user: string("username").or_else(|| string("sub")),
+            scopes,
+        };
+        if !principal.has_scope(scope) {
+            return Err(IdentityError::MissingScope(scope.to_owned()));
+        }
+        Ok(principal)
+    }
+}
+
+/// Parses a JWKS document.
+pub fn parse_jwks(bytes: &[u8]) -> Result<JwkSet, JwksError> {
+    serde_json::from_slice(bytes).map_err(|e| JwksError::Malformed(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,26 @@
+//! tollgate: a policy sidecar for LLM traffic.
+//!
+//! Data flows top to bottom, each layer calling only the one below it:
+//!
+//! ```text
+//! extproc/ (Envoy gRPC)   http.rs (health, metrics)      wire adapters: thin
+//!            \              /
+//!             identity/  +  llm/                          who is asking, what they ask for
+//!                    \     /
+//!                    engine/                               orchestration: store reads/writes, ledger
+//!                    /     \
+//!              policy/     store/                          pure decisions  |  counters and teams
+//! ```
+
+pub mod cli;
+pub mod config;
+pub mod contract;
+pub mod engine;
+pub mod extproc;
+pub mod http;
+pub mod identity;
+pub mod llm;
+pub mod policy;
+pub mod server;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,334 @@
+//! Token usage from provider responses, JSON or SSE, fed chunk by chunk as Envoy streams the
+//! response through. When a response ends before the provider reported usage (a client that
+//! disconnected, a stream cut short), what passed is estimated at four characters per token so
+//! that nothing that was generated goes uncharged.
+
+use serde_json::Value;
+
+use super::ApiKind;
+use super::sse::SseDecoder;
+use crate::policy::Usage;
+
+const CHARS_PER_TOKEN: u64 = 4;
+const MAX_SSE_LINE_BYTES: usize = 4 << 20;
+
+#[derive(Debug)]
+pub struct UsageTracker {
+    api: ApiKind,
+    prompt_chars: u64,
+    body: Body,
+    /// Usage fields seen so far; a stream may report input and output in different events.
+    seen: Usage,
+    /// The provider's final usage arrived: `seen` is exact.
+    complete: bool,
+    generated_chars: u64,
+}
+
+#[derive(Debug)]
+enum Body {
+    /// A JSON response, buffered up to a limit and parsed at its end.
+    Json { buf: Vec<u8>, limit: usize, overflowed: bool },
+    Sse(SseDecoder),
+}
+
+impl UsageTracker {
+    /// `event_stream`: the response's content type is `text/event-stream`.
+    pub fn new(api: ApiKind, event_stream: bool, prompt_chars: u64, max_json_bytes: usize) -> Self {
+        let body = if event_stream {
+            Body::Sse(SseDecoder::new(MAX_SSE_LINE_BYTES))
+        } else {
+            Body::Json {
+                buf: Vec::new(),
+                limit: max_json_bytes,
+                overflowed: false,
+            }
+        };
+        Self {
+            api,
+            prompt_chars,
+            body,
+            seen: Usage::default(),
+            complete: false,
+            generated_chars: 0,
+        }
+    }
+
+    pub fn feed(&mut self, chunk: &[u8]) {
+        match &mut self.body {
+            Body::Json { buf, limit, overflowed } => {
+                if buf.len() + chunk.len() > *limit {
+                    *overflowed = true;
+                    // Keep counting what passed for the estimate, but stop buffering.
+                    self.generated_chars += chunk.len() as u64;
+                    buf.clear();
+                    buf.shrink_to_fit();
+                } else if !*overflowed {
+                    buf.extend_from_slice(chunk);
+                } else {
+                    self.generated_chars += chunk.len() as u64;
+                }
+            }
+            Body::Sse(decoder) => {
+                let api = self.api;
+                let seen = &mut self.seen;
+                let complete = &mut self.complete;
+                let chars = &mut self.generated_chars;
+                decoder.feed(chunk, |event| {
+                    if let Ok(data) = serde_json::from_str::<Value>(&event.data) {
+                        on_stream_event(api, &data, seen, complete, chars);
+                    }
+                });
+            }
+        }
+    }
+
+    /// Whether the provider's own usage report has been seen.
+    pub fn is_complete(&self) -> bool {
+        self.complete
+    }
+
+    /// The usage to charge, exact when the provider reported it, else estimated.
+    pub fn finish(mut self) -> Usage {
+        if let Body::Json { buf, overflowed: false, .. } = &self.body {
+            if let Some(usage) = serde_json::from_slice::<Value>(buf)
+                .ok()
+                .and_then(|v| usage_of_response(self.api, &v))
+            {
+                return usage;
+            }
+            self.generated_chars += buf.len() as u64;
+        }
+        if self.complete {
+            return self.seen;
+        }
+        let mut usage = self.seen;
+        if usage.input + usage.cache_read + usage.cache_write == 0 {
+            usage.input = self.prompt_chars.div_ceil(CHARS_PER_TOKEN);
+        }
+        usage.output = usage.output.max(self.generated_chars.div_ceil(CHARS_PER_TOKEN));
+        usage.estimated = true;
+        usage
+    }
+}
+
+/// Usage of a complete (non-streamed) response body.
+pub fn usage_of_response(api: ApiKind, body: &Value) -> Option<Usage> {
+    let usage = body.get("usage")?;
+    match api {
+        ApiKind::OpenAiChat => openai_usage(usage, "prompt_tokens", "completion_tokens", "prompt_tokens_details"),
+        ApiKind::OpenAiResponses => openai_usage(usage, "input_tokens", "output_tokens", "input_tokens_details"),
+        ApiKind::AnthropicMessages => {
+            let mut u = Usage::default();
+            anthropic_usage(usage, &mut u);
+            Some(u)
+        }
+        ApiKind::Other => None,
+    }
+}
+
+fn count(v: &Value, key: &str) -> Option<u64> {
+    v.get(key).and_then(Value::as_u64)
+}
+
+/// OpenAI counts cached tokens inside the input total; they are split out so each token counts once.
+fn openai_usage(usage: &Value, input: &str, output: &str, details: &str) -> Option<Usage> {
+    let total_input = count(usage, input)?;
+    let cached = usage
+        .get(details)
+        .and_then(|d| count(d, "cached_tokens"))
+        .unwrap_or(0)
+        .min(total_input);
+    Some(Usage {
+        input: total_input - cached,
+        output: count(usage, output).unwrap_or(0),
+        cache_read: cached,
+        cache_write: 0,
+        estimated: false,
+    })
+}
+
+/// Anthropic reports cache reads and writes apart from `input_tokens`. In streams, later events
+/// repeat or update fields, so only the fields present overwrite.
+fn anthropic_usage(usage: &Value, into: &mut Usage) {
+    if let Some(n) = count(usage, "input_tokens") {
+        into.input = n;
+    }
+    if let Some(n) = count(usage, "output_tokens") {
+        into.output = n;
+    }
+    if let Some(n) = count(usage, "cache_read_input_tokens") {
+        into.cache_read = n;
+    }
+    if let Some(n) = count(usage, "cache_creation_input_tokens") {
+        into.cache_write = n;
+    }
+}
+
+fn str_chars(v: Option<&Value>) -> u64 {
+    v.and_then(Value::as_str).map_or(0, |s| s.chars().count() as u64)
+}
+
+fn on_stream_event(api: ApiKind, data: &Value, seen: &mut Usage, complete: &mut bool, chars: &mut u64) {
+    match api {
+        ApiKind::OpenAiChat => {
+            if let Some(u) = data
+                .get("usage")
+                .filter(|u| !u.is_null())
+                .and_then(|_| usage_of_response(api, data))
+            {
+                *seen = u;
+                *complete = true;
+            }
+            for choice in data.get("choices").and_then(Value::as_array).into_iter().flatten() {
+                let delta = choice.get("delta");
+                *chars += str_chars(delta.and_then(|d| d.get("content")));
+                *chars += str_chars(delta.and_then(|d| d.get("reasoning_content")));
+                for call in delta
+                    .and_then(|d| d.get("tool_calls"))
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    *chars += str_chars(call.pointer("/function/arguments"));
+                }
+            }
+        }
+        ApiKind::OpenAiResponses => match data.get("type").and_then(Value::as_str) {
+            Some("response.completed" | "response.incomplete" | "response.failed") => {
+                if let Some(u) = data.get("response").and_then(|r| usage_of_response(api, r)) {
+                    *seen = u;
+                    *complete = true;
+                }
+            }
+            Some(t) if t.ends_with(".delta") => *chars += str_chars(data.get("delta")),
+            _ => {}
+        },
+        ApiKind::AnthropicMessages => match data.get("type").and_then(Value::as_str) {
+            Some("message_start") => {
+                if let Some(u) = data.pointer("/message/usage") {
+                    anthropic_usage(u, seen);
+                }
+            }
+            Some("message_delta") => {
+                if let Some(u) = data.get("usage") {
+                    anthropic_usage(u, seen);
+                    *complete = true;
+                }
+            }
+            Some("content_block_delta") => {
+                let delta = data.get("delta");
+                for key in ["text", "partial_json", "thinking"] {
+                    *chars += str_chars(delta.and_then(|d| d.get(key)));
+                }
+            }
+            _ => {}
+        },
+        ApiKind::Other => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn track(api: ApiKind, sse: bool, body: &str, chunk: usize) -> Usage {
+        let mut t = UsageTracker::new(api, sse, 400, 1 << 20);
+        for c in body.as_bytes().chunks(chunk) {
+            t.feed(c);
+        }
+        t.finish()
+    }
+
+    fn sse(events: &[Value]) -> String {
+        events.iter().map(|e| format!("data: {e}\n\n")).collect::<String>() + "data: [DONE]\n\n"
+    }
+
+    #[test]
+    fn openai_chat_json_splits_cached_tokens_out_of_the_prompt() {
+        let body = json!({"usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120,
+                                     "prompt_tokens_details": {"cached_tokens": 30}}});
+        let u = track(ApiKind::OpenAiChat, false, &body.to_string(), 7);
+        assert_eq!(u, Usage { input: 70, output: 20, cache_read: 30, cache_write: 0, estimated: false });
+        assert_eq!(u.total(), 120);
+    }
+
+    #[test]
+    fn openai_chat_stream_takes_the_final_usage_chunk() {
+        let body = sse(&[
+            json!({"choices": [{"delta": {"content": "Hello"}}]}),
+            json!({"choices": [{"delta": {"content": " world"}}], "usage": null}),
+            json!({"choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": 2}}),
+        ]);
+        for chunk in [1, 3, 64] {
+            let u = track(ApiKind::OpenAiChat, true, &body, chunk);
+            assert_eq!((u.input, u.output, u.estimated), (11, 2, false), "chunk {chunk}");
+        }
+    }
+
+    #[test]
+    fn a_stream_cut_short_is_estimated_from_what_passed() {
+        let body = sse(&[json!({"choices": [{"delta": {"content": "x".repeat(40)}}]})]);
+        let u = track(ApiKind::OpenAiChat, true, &body, 5);
+        assert!(u.estimated);
+        assert_eq!(u.input, 100, "400 prompt chars / 4");
+        assert_eq!(u.output, 10, "40 generated chars / 4");
+    }
+
+    #[test]
+    fn openai_responses_json_and_stream() {
+        let usage = json!({"input_tokens": 50, "input_tokens_details": {"cached_tokens": 10},
+                           "output_tokens": 5, "total_tokens": 55});
+        let u = track(ApiKind::OpenAiResponses, false, &json!({"object": "response", "usage": usage}).to_string(), 9);
+        assert_eq!((u.input, u.cache_read, u.output), (40, 10, 5));
+        let body = [
+            "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"Hi\"}\n\n".to_string(),
+            format!("event: response.completed\ndata: {}\n\n", json!({"type": "response.completed", "response": {"usage": usage}})),
+        ]
+        .concat();
+        let u = track(ApiKind::OpenAiResponses, true, &body, 4);
+        assert_eq!((u.input, u.cache_read, u.output, u.estimated), (40, 10, 5, false));
+    }
+
+    #[test]
+    fn anthropic_json_counts_cache_reads_and_writes() {
+        let body = json!({"type": "message", "usage": {"input_tokens": 12, "output_tokens": 30,
+                          "cache_creation_input_tokens": 100, "cache_read_input_tokens": 200}});
+        let u = track(ApiKind::AnthropicMessages, false, &body.to_string(), 13);
+        assert_eq!(u, Usage { input: 12, output: 30, cache_read: 200, cache_write: 100, estimated: false });
+    }
+
+    #[test]
+    fn anthropic_stream_combines_message_start_and_delta() {
+        let events = [
+            ("message_start", json!({"type": "message_start", "message": {"usage": {"input_tokens": 25, "output_tokens": 1, "cache_read_input_tokens": 5, "cache_creation_input_tokens": 0}}})),
+            ("content_block_delta", json!({"type": "content_block_delta", "delta": {"type": "text_delta", "text": "Hi there"}})),
+            ("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 15}})),
+            ("message_stop", json!({"type": "message_stop"})),
+        ];
+        let body: String = events.iter().map(|(n, d)| format!("event: {n}\ndata: {d}\n\n")).collect();
+        let u = track(ApiKind::AnthropicMessages, true, &body, 2);
+        assert_eq!(u, Usage { input: 25, output: 15, cache_read: 5, cache_write: 0, estimated: false });
+        // Cut before message_delta: input is known, output estimated from the text.
+        let cut: String = events[..2].iter().map(|(n, d)| format!("event: {n}\ndata: {d}\n\n")).collect();
+        let u = track(ApiKind::AnthropicMessages, true, &cut, 2);
+        assert!(u.estimated);
+        assert_eq!((u.input, u.cache_read, u.output), (25, 5, 2));
+    }
+
+    #[test]
+    fn truncated_json_is_estimated_not_ignored() {
+        let u = track(ApiKind::OpenAiChat, false, "{\"choices\": [{\"message\": {\"content\": \"abc", 5);
+        assert!(u.estimated);
+        assert!(u.output > 0 && u.input == 100);
+    }
+
+    #[test]
+    fn json_beyond_the_buffer_limit_is_estimated_without_buffering() {
+        let mut t = UsageTracker::new(ApiKind::OpenAiChat, false, 0, 8);
+        t.feed(&[b'x'; 40]);
+        let u = t.finish();
+        assert!(u.estimated);
+        assert_eq!(u.output, 10);
+    }
+}

@@ -1,0 +1,122 @@
+//! What tollgate tells a caller it refuses. Every adapter (ext_proc, webhook, Lambda) renders the
+//! same [`Rejection`], so the contract in DESIGN.md lives in one place.
+
+/// Why a request was refused. Decides the HTTP status, the machine-readable code and whether
+/// retrying can help.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RejectionKind {
+    RpmExceeded,
+    DailyTokensExceeded,
+    Unauthenticated,
+    Forbidden,
+    UnknownTeam,
+    InvalidBody,
+    BodyTooLarge,
+    /// A dependency (the store) failed and the configured fail mode is closed.
+    Unavailable,
+}
+
+impl RejectionKind {
+    pub fn status(self) -> u16 {
+        match self {
+            Self::RpmExceeded | Self::DailyTokensExceeded => 429,
+            Self::Unauthenticated => 401,
+            Self::Forbidden | Self::UnknownTeam => 403,
+            Self::InvalidBody => 400,
+            Self::BodyTooLarge => 413,
+            Self::Unavailable => 503,
+        }
+    }
+
+    /// Stable code for the error object and the metrics label.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::RpmExceeded => "rpm_limit_exceeded",
+            Self::DailyTokensExceeded => "daily_token_limit_exceeded",
+            Self::Unauthenticated => "unauthenticated",
+            Self::Forbidden => "forbidden",
+            Self::UnknownTeam => "unknown_team",
+            Self::InvalidBody => "invalid_request_body",
+            Self::BodyTooLarge => "request_too_large",
+            Self::Unavailable => "policy_unavailable",
+        }
+    }
+
+    /// Whether retrying the same request soon can succeed. SDKs are told not to retry otherwise.
+    pub fn retryable(self) -> bool {
+        matches!(self, Self::RpmExceeded | Self::Unavailable)
+    }
+}
+
+/// Rate-limit figures reported on every response, allowed or refused.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateHeaders {
+    pub rpm_limit: u64,
+    pub rpm_remaining: u64,
+    /// Seconds until the current minute bucket ends.
+    pub rpm_reset_secs: u64,
+    /// Daily token limit and what is left of it; `None` when the team's tokens are unlimited.
+    pub tokens_limit: Option<u64>,
+    pub tokens_remaining: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    pub kind: RejectionKind,
+    /// Human-readable; also the message SDKs show.
+    pub reason: String,
+    pub retry_after_secs: Option<u64>,
+    pub rate: Option<RateHeaders>,
+}
+
+impl Rejection {
+    pub fn new(kind: RejectionKind, reason: impl Into<String>) -> Self {
+        Self {
+            kind,
+            reason: reason.into(),
+            retry_after_secs: None,
+            rate: None,
+        }
+    }
+
+    pub fn rpm_exceeded(count: u64, rate: RateHeaders, retry_after_secs: u64) -> Self {
+        Self {
+            kind: RejectionKind::RpmExceeded,
+            reason: format!(
+                "RPM limit exceeded ({count}/{} requests per minute)",
+                rate.rpm_limit
+            ),
+            retry_after_secs: Some(retry_after_secs),
+            rate: Some(rate),
+        }
+    }
+
+    pub fn daily_tokens_exceeded(used: u64, limit: u64, rate: RateHeaders, retry_after_secs: u64) -> Self {
+        Self {
+            kind: RejectionKind::DailyTokensExceeded,
+            reason: format!("Daily token limit exceeded ({used}/{limit} tokens today)"),
+            retry_after_secs: Some(retry_after_secs),
+            rate: Some(rate),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_follow_the_contract_wording() {
+        let rate = RateHeaders {
+            rpm_limit: 100,
+            ..Default::default()
+        };
+        let r = Rejection::rpm_exceeded(101, rate, 42);
+        assert_eq!(r.reason, "RPM limit exceeded (101/100 requests per minute)");
+        assert_eq!(r.kind.status(), 429);
+        assert!(r.kind.retryable());
+        let d = Rejection::daily_tokens_exceeded(1030, 1000, rate, 5);
+        assert_eq!(d.reason, "Daily token limit exceeded (1030/1000 tokens today)");
+        assert!(!d.kind.retryable());
+    }
+}

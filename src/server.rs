@@ -1,0 +1,188 @@
+//! `tollgate serve`: wires settings into the store, engine and adapters, runs the gRPC and HTTP
+//! servers, and shuts down cleanly: on SIGTERM readiness goes to 503, servers stop accepting,
+//! in-flight exchanges finish (up to the grace period), and pending debits are flushed.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Settings, StoreBackend};
+use crate::engine::{Engine, SystemClock};
+use crate::extproc::{Context, ExtProcService};
+use crate::http::{OpsState, router};
+use crate::identity::{Authenticator, JwksSource, KeySet, Verification};
+use crate::policy::TierTable;
+use crate::store::{EmbeddedStore, MemoryStore, Store};
+
+pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(match settings.store.backend {
+        StoreBackend::Memory => Arc::new(MemoryStore::new()),
+        StoreBackend::Embedded => Arc::new(
+            EmbeddedStore::open(&settings.store.path)
+                .with_context(|| format!("opening {}", settings.store.path.display()))?,
+        ),
+    })
+}
+
+pub async fn authenticator(settings: &Settings) -> anyhow::Result<Authenticator> {
+    let id = &settings.identity;
+    let source = match (&id.jwks_file, &id.jwks_url) {
+        (Some(file), _) => Some(JwksSource::File(file.clone())),
+        (None, Some(url)) => Some(JwksSource::Url(url.clone())),
+        (None, None) => None,
+    };
+    let verification = match (id.trust_upstream, source) {
+        (true, _) => {
+            tracing::warn!("identity.trust_upstream: token signatures are NOT verified by tollgate");
+            Verification::TrustUpstream
+        }
+        (false, Some(source)) => {
+            let keys = KeySet::new(
+                source.clone(),
+                Duration::from_secs(id.jwks_min_refresh_seconds),
+                Duration::from_secs(id.jwks_max_age_seconds),
+            );
+            match keys.load().await {
+                Ok(n) => tracing::info!(keys = n, ?source, "JWKS loaded"),
+                // A remote JWKS may be briefly unreachable at boot; it is fetched again on demand.
+                Err(e) if matches!(source, JwksSource::Url(_)) => {
+                    tracing::error!(error = %e, "JWKS not loaded yet; retrying on first token")
+                }
+                Err(e) => return Err(e).context("loading identity.jwks_file"),
+            }
+            Verification::Keys(keys)
+        }
+        (false, None) => {
+            tracing::warn!(
+                "no identity.jwks_file or identity.jwks_url: every bearer token will be refused (401)"
+            );
+            Verification::Keys(KeySet::new(
+                JwksSource::File("/nonexistent/jwks.json".into()),
+                Duration::from_secs(3600),
+                Duration::from_secs(u64::MAX / 4),
+            ))
+        }
+    };
+    Ok(Authenticator::new(
+        verification,
+        id.issuer.as_deref(),
+        id.team_claim.clone(),
+        Duration::from_secs(id.leeway_seconds),
+    ))
+}
+
+pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let metrics = crate::telemetry::init_metrics()?;
+    let store = open_store(&settings).await?;
+    for team in &settings.teams {
+        store.put_team(team).await.with_context(|| format!("storing team {}", team.id))?;
+    }
+    let auth = Arc::new(authenticator(&settings).await?);
+    let engine = Arc::new(Engine::new(
+        store.clone(),
+        TierTable::new(settings.tiers.clone()),
+        Duration::from_secs(settings.policy.team_cache_ttl_seconds),
+        settings.policy.fail_mode,
+        Arc::new(SystemClock),
+    ));
+    let extproc = ExtProcService::new(Arc::new(Context {
+        engine: engine.clone(),
+        auth,
+        max_request_body_bytes: settings.server.max_request_body_bytes,
+        max_response_json_bytes: settings.server.max_response_json_bytes,
+    }));
+    let exchanges = extproc.exchanges();
+    let abandon = extproc.abandon_token();
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<ExternalProcessorServer<ExtProcService>>().await;
+
+    let grpc_listener = TcpListener::bind(settings.server.grpc_listen)
+        .await
+        .with_context(|| format!("binding gRPC to {}", settings.server.grpc_listen))?;
+    let http_listener = TcpListener::bind(settings.server.http_listen)
+        .await
+        .with_context(|| format!("binding HTTP to {}", settings.server.http_listen))?;
+    tracing::info!(
+        grpc = %grpc_listener.local_addr()?,
+        http = %http_listener.local_addr()?,
+        store = store.backend_name(),
+        teams = settings.teams.len(),
+        "tollgate serving"
+    );
+
+    let ops = Arc::new(OpsState {
+        store: store.clone(),
+        metrics: metrics.clone(),
+        accepting: AtomicBool::new(true),
+    });
+    let stop = CancellationToken::new();
+
+    let grpc = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(health_service)
+        .add_service(extproc.into_server(settings.server.max_grpc_message_bytes()))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), stop.clone().cancelled_owned());
+    let http = axum::serve(http_listener, router(ops.clone())).with_graceful_shutdown(stop.clone().cancelled_owned());
+    let grpc = tokio::spawn(grpc);
+    let http = tokio::spawn(async move { http.await });
+
+    let upkeep = {
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                metrics.run_upkeep();
+            }
+        })
+    };
+
+    shutdown_signal().await;
+    tracing::info!("shutting down: draining in-flight exchanges");
+    ops.accepting.store(false, Ordering::Relaxed);
+    health.set_not_serving::<ExternalProcessorServer<ExtProcService>>().await;
+    stop.cancel();
+
+    let grace = Duration::from_secs(settings.server.shutdown_grace_seconds);
+    exchanges.close();
+    let drained = tokio::time::timeout(grace, async {
+        let _ = grpc.await;
+        exchanges.wait().await;
+    })
+    .await
+    .is_ok();
+    if !drained {
+        tracing::warn!(?grace, "grace period over; settling the exchanges still open");
+        abandon.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), exchanges.wait()).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), http).await;
+    engine.flush().await;
+    store.flush().await.context("flushing the store")?;
+    upkeep.abort();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,141 @@
+//! In-process store: exact and fast, forgotten at exit. Also the live view behind the embedded
+//! store, which adds durability on top of it.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, RwLock};
+
+use async_trait::async_trait;
+
+use super::{CounterKey, Debit, Increment, Store, StoreResult};
+use crate::policy::Team;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Counter {
+    pub value: u64,
+    pub expires_at: u64,
+}
+
+#[derive(Default)]
+pub struct MemoryStore {
+    counters: Mutex<HashMap<String, Counter>>,
+    teams: RwLock<HashMap<String, Team>>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub(super) fn load_counter(&self, id: String, counter: Counter) {
+        self.counters.lock().unwrap().insert(id, counter);
+    }
+
+    pub(super) fn load_team(&self, team: Team) {
+        self.teams.write().unwrap().insert(team.id.clone(), team);
+    }
+
+    pub(super) fn counter(&self, id: &str) -> Option<Counter> {
+        self.counters.lock().unwrap().get(id).copied()
+    }
+
+    /// Drops counters that expired before `now` and returns their ids.
+    pub(super) fn evict_expired(&self, now: u64) -> Vec<String> {
+        let mut counters = self.counters.lock().unwrap();
+        let expired: Vec<String> = counters
+            .iter()
+            .filter(|(_, c)| c.expires_at < now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &expired {
+            counters.remove(id);
+        }
+        expired
+    }
+
+    pub(super) fn increment_below_now(&self, key: &CounterKey, ceiling: u64) -> Increment {
+        let mut counters = self.counters.lock().unwrap();
+        let counter = counters.entry(key.id()).or_insert(Counter {
+            value: 0,
+            expires_at: key.expires_at,
+        });
+        if counter.value < ceiling {
+            counter.value += 1;
+            Increment::Applied(counter.value)
+        } else {
+            Increment::Refused(counter.value)
+        }
+    }
+
+    pub(super) fn apply_debit_now(&self, debit: &Debit) {
+        let mut counters = self.counters.lock().unwrap();
+        for (key, amount) in &debit.amounts {
+            let counter = counters.entry(key.id()).or_insert(Counter {
+                value: 0,
+                expires_at: key.expires_at,
+            });
+            counter.value = counter.value.saturating_add(*amount);
+            counter.expires_at = counter.expires_at.max(key.expires_at);
+        }
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn read_counters(&self, keys: &[&CounterKey]) -> StoreResult<Vec<u64>> {
+        let counters = self.counters.lock().unwrap();
+        Ok(keys
+            .iter()
+            .map(|k| counters.get(&k.id()).map_or(0, |c| c.value))
+            .collect())
+    }
+
+    async fn increment_below(&self, key: &CounterKey, ceiling: u64) -> StoreResult<Increment> {
+        Ok(self.increment_below_now(key, ceiling))
+    }
+
+    async fn apply_debit(&self, debit: &Debit) -> StoreResult<()> {
+        self.apply_debit_now(debit);
+        Ok(())
+    }
+
+    async fn put_team(&self, team: &Team) -> StoreResult<()> {
+        self.load_team(team.clone());
+        Ok(())
+    }
+
+    async fn delete_team(&self, id: &str) -> StoreResult<bool> {
+        Ok(self.teams.write().unwrap().remove(id).is_some())
+    }
+
+    async fn team(&self, id: &str) -> StoreResult<Option<Team>> {
+        Ok(self.teams.read().unwrap().get(id).cloned())
+    }
+
+    async fn team_for_client(&self, client_id: &str) -> StoreResult<Option<Team>> {
+        Ok(self
+            .teams
+            .read()
+            .unwrap()
+            .values()
+            .find(|t| t.client_ids.iter().any(|c| c == client_id))
+            .cloned())
+    }
+
+    async fn list_teams(&self) -> StoreResult<Vec<Team>> {
+        let mut teams: Vec<Team> = self.teams.read().unwrap().values().cloned().collect();
+        teams.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(teams)
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        Ok(())
+    }
+
+    async fn flush(&self) -> StoreResult<()> {
+        Ok(())
+    }
+
+    fn backend_name(&self) -> &'static str {
+        "memory"
+    }
+}

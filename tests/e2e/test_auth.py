@@ -1,0 +1,129 @@
+"""Identity through Envoy + tollgate (tollgate verifies the bearer token itself): bad tokens get
+401, tokens without the invoke scope or without a team get 403, and none of them reaches the
+upstream; the team comes from the `custom:team` claim when present, else from the client id."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import anthropic
+import openai
+import pytest
+
+from checks import ANTHROPIC, OPENAI, check_not_rate_limited_error
+from harness import ADMIN_SCOPE, INVOKE_SCOPE, Team, mint_token, other_private_key, unsigned_token
+
+MSG = [{"role": "user", "content": "Say hello"}]
+
+TEAMS = [
+    Team("auth-a", rpm=11, daily_tokens=1_000_000),
+    Team("claimteam", rpm=7, daily_tokens=1_000_000),
+]
+
+
+@pytest.fixture(scope="module")
+def stack(stack_factory):
+    return stack_factory("auth", TEAMS)
+
+
+def _tampered() -> str:
+    """A validly signed token whose payload was edited afterwards."""
+    head, payload, sig = mint_token("auth-a-agent").split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims["client_id"] = "claimteam-agent"
+    payload = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    return f"{head}.{payload}.{sig}"
+
+
+# name -> Authorization header value (None: no header)
+BAD_TOKENS = {
+    "missing": lambda: None,
+    "garbage": lambda: "Bearer not-a-jwt",
+    "bearer-without-token": lambda: "Bearer",
+    "basic-auth": lambda: "Basic dXNlcjpwYXNz",
+    "expired": lambda: "Bearer " + mint_token("auth-a-agent", expires_in=-3600),
+    "wrong-key": lambda: "Bearer " + mint_token("auth-a-agent", key=other_private_key()),
+    "unknown-kid": lambda: "Bearer " + mint_token("auth-a-agent", kid="not-in-jwks"),
+    "wrong-issuer": lambda: "Bearer " + mint_token("auth-a-agent", issuer="https://evil.example/pool"),
+    "alg-none": lambda: "Bearer " + unsigned_token("auth-a-agent"),
+    "tampered": lambda: "Bearer " + _tampered(),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_TOKENS))
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages"])
+def test_bad_token_is_401_and_never_reaches_upstream(stack, marker, kind, path):
+    auth = BAD_TOKENS[kind]()
+    headers = {"authorization": auth} if auth is not None else {}
+    body = (
+        {"model": "claude-haiku-4-5", "max_tokens": 8, "messages": MSG}
+        if path == "/v1/messages"
+        else {"model": "gpt-4o-mini", "messages": MSG}
+    )
+    r = stack.post(path, token=None, json_body=body, headers=headers, marker=marker)
+    check_not_rate_limited_error(r, 401, ANTHROPIC if path == "/v1/messages" else OPENAI)
+    assert stack.upstream_requests(marker) == []
+
+
+FORBIDDEN = {
+    "admin-scope-only": lambda: mint_token("auth-a-agent", scope=ADMIN_SCOPE),
+    "no-scope-claim": lambda: mint_token("auth-a-agent", scope=None),
+    "scope-prefix-lookalike": lambda: mint_token("auth-a-agent", scope=INVOKE_SCOPE + "-all"),
+    "unknown-client": lambda: mint_token("nobody-knows-me"),
+    "unknown-team-claim": lambda: mint_token("stranger", team="no-such-team"),
+}
+
+
+@pytest.mark.parametrize("kind", list(FORBIDDEN))
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages"])
+def test_forbidden_token_is_403_and_never_reaches_upstream(stack, marker, kind, path):
+    tok = FORBIDDEN[kind]()
+    r = (stack.messages if path == "/v1/messages" else stack.chat)(tok, marker=marker)
+    check_not_rate_limited_error(r, 403, ANTHROPIC if path == "/v1/messages" else OPENAI)
+    assert stack.upstream_requests(marker) == []
+
+
+def test_sdks_raise_auth_errors(stack, marker):
+    with pytest.raises(openai.AuthenticationError):
+        stack.openai(mint_token("auth-a-agent", expires_in=-3600), marker).chat.completions.create(
+            model="gpt-4o-mini", messages=MSG
+        )
+    with pytest.raises(openai.PermissionDeniedError):
+        stack.openai(mint_token("nobody-knows-me"), marker).chat.completions.create(model="gpt-4o-mini", messages=MSG)
+    with pytest.raises(anthropic.AuthenticationError):
+        stack.anthropic(mint_token("auth-a-agent", key=other_private_key()), marker).messages.create(
+            model="claude-haiku-4-5", max_tokens=8, messages=MSG
+        )
+    with pytest.raises(anthropic.PermissionDeniedError):
+        stack.anthropic(mint_token("auth-a-agent", scope=ADMIN_SCOPE), marker).messages.create(
+            model="claude-haiku-4-5", max_tokens=8, messages=MSG
+        )
+    assert stack.upstream_requests(marker) == []
+
+
+def test_invoke_scope_among_others_is_accepted(stack, marker):
+    tok = mint_token("auth-a-agent", scope=f"openid {ADMIN_SCOPE} {INVOKE_SCOPE}")
+    r = stack.chat(tok, marker=marker, usage="prompt=0,completion=0")
+    assert r.status_code == 200, r.text
+    assert r.headers["x-ratelimit-limit"] == "11"
+
+
+def test_team_from_client_id(stack, marker):
+    r = stack.chat(mint_token("auth-a-agent"), marker=marker, usage="prompt=0,completion=0")
+    assert r.status_code == 200, r.text
+    assert r.headers["x-ratelimit-limit"] == "11"
+
+
+def test_team_from_custom_team_claim(stack, marker):
+    # A client id no team registered, but the token names the team.
+    r = stack.chat(mint_token("unregistered-client", team="claimteam"), marker=marker, usage="prompt=0,completion=0")
+    assert r.status_code == 200, r.text
+    assert r.headers["x-ratelimit-limit"] == "7"
+    # The claim wins over the client id's registration.
+    r = stack.chat(mint_token("auth-a-agent", team="claimteam"), marker=marker, usage="prompt=0,completion=0")
+    assert r.status_code == 200, r.text
+    assert r.headers["x-ratelimit-limit"] == "7"
+    # Both were charged to claimteam's RPM (7 per minute).
+    assert int(r.headers["x-ratelimit-remaining"]) <= 5
+    assert len(stack.upstream_requests(marker)) == 2

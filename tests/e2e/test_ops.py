@@ -1,0 +1,96 @@
+"""Operations: health and readiness, Prometheus metrics, `tollgate check`, fail-closed when tollgate
+is down, durable embedded store across a crash, the memory backend and TOLLGATE_CONFIG."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import pytest
+
+from harness import Team, free_port, http_status
+
+MSG = [{"role": "user", "content": "Say hello"}]
+ZERO = "prompt=0,completion=0"
+
+
+@pytest.fixture(scope="module")
+def stack(stack_factory):
+    return stack_factory("ops", [Team("ops-a", rpm=1, daily_tokens=1_000_000), Team("ops-b", rpm=100)])
+
+
+def _check(tollgate_bin, url: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(tollgate_bin), "check", "--url", url], capture_output=True, text=True, timeout=30
+    )
+
+
+def test_health_and_readiness(stack):
+    assert stack.tollgate_get("/healthz").status_code == 200
+    assert stack.tollgate_get("/readyz").status_code == 200
+
+
+def _metric_total(text: str, name: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        m = re.match(rf"^{re.escape(name)}(\{{[^}}]*\}})?\s+([0-9.eE+-]+)", line)
+        if m:
+            total += float(m.group(2))
+    return total
+
+
+def test_metrics_count_requests(stack, marker):
+    tok = stack.token("ops-a")
+    statuses = [stack.chat(tok, marker=marker, usage=ZERO).status_code for _ in range(2)]
+    assert 200 in statuses
+    stack.chat(None, marker=marker)  # a 401
+    r = stack.tollgate_get("/metrics")
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/plain"), r.headers
+    assert "tollgate_requests_total" in r.text, r.text[:2000]
+    assert _metric_total(r.text, "tollgate_requests_total") >= 2, r.text[:2000]
+
+
+def test_check_exit_codes(stack, tollgate_bin):
+    ok = _check(tollgate_bin, stack.tollgate_url)
+    assert ok.returncode == 0, f"{ok.returncode}\n{ok.stdout}\n{ok.stderr}"
+    down = _check(tollgate_bin, f"http://127.0.0.1:{free_port()}")
+    assert down.returncode != 0, f"{down.stdout}\n{down.stderr}"
+
+
+def test_crash_fails_closed_and_embedded_store_survives_restart(stack_factory, tollgate_bin, marker):
+    s = stack_factory("crash", [Team("crash-a", rpm=1000, daily_tokens=1000)])
+    try:
+        _crash_and_restart(s, tollgate_bin, marker)
+    finally:
+        s.stop()
+
+
+def _crash_and_restart(s, tollgate_bin, marker):
+    r = s.chat(s.token("crash-a"), marker=marker, usage="prompt=40,completion=60")
+    assert r.status_code == 200, r.text
+    s.wait_remaining_tokens("crash-a", 900, marker=marker)
+
+    s.tollgate.kill()  # SIGKILL: no graceful shutdown, no flush
+    assert _check(tollgate_bin, s.tollgate_url).returncode != 0
+    before = len(s.upstream_requests(marker))
+    for path, call in (("chat", s.chat), ("messages", s.messages)):
+        r = call(s.token("crash-a"), marker=marker)
+        assert 500 <= r.status_code < 600, f"{path}: tollgate down must fail closed, got {r.status_code} {r.text}"
+    assert len(s.upstream_requests(marker)) == before, "a request went upstream while tollgate was down"
+
+    # Restart on the same redb file (configured through TOLLGATE_CONFIG this time).
+    s.start_tollgate(use_env_config=True)
+    assert _check(tollgate_bin, s.tollgate_url).returncode == 0
+    s.wait_remaining_tokens("crash-a", 900, timeout=10, marker=marker)
+
+
+def test_memory_backend_serves(stack_factory, marker):
+    s = stack_factory("memory", [Team("mem-a", rpm=5, daily_tokens=500)], store_backend="memory")
+    r = s.chat(s.token("mem-a"), marker=marker, usage="prompt=5,completion=5")
+    assert r.status_code == 200, r.text
+    s.wait_remaining_tokens("mem-a", 490)
+    assert http_status(f"{s.tollgate_url}/readyz") == 200
+    s.stop()

@@ -1,0 +1,80 @@
+"""Request validation through Envoy + tollgate: malformed or model-less bodies get 400, bodies over
+max_request_body_bytes get 413 (JSON, in the API's error shape); none reaches the upstream.
+Bodies that pass are forwarded unchanged."""
+
+from __future__ import annotations
+
+import json
+
+import openai
+import pytest
+
+from checks import ANTHROPIC, OPENAI, check_not_rate_limited_error
+from harness import Team
+
+MAX_BODY = 65536
+MSG = [{"role": "user", "content": "Say hello"}]
+PATHS = ["/v1/chat/completions", "/v1/responses", "/v1/messages"]
+
+
+def flavour(path):
+    return ANTHROPIC if path == "/v1/messages" else OPENAI
+
+
+def valid_body(path: str, text: str = "Say hello") -> dict:
+    if path == "/v1/messages":
+        return {"model": "claude-haiku-4-5", "max_tokens": 8, "messages": [{"role": "user", "content": text}]}
+    if path == "/v1/responses":
+        return {"model": "gpt-4o-mini", "input": text}
+    return {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]}
+
+
+@pytest.fixture(scope="module")
+def stack(stack_factory):
+    return stack_factory("requests", [Team("req", rpm=1000, daily_tokens=10_000_000)],
+                         max_request_body_bytes=MAX_BODY)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("bad", [b"{not json", b'{"model": "gpt-4o-mini", "messages": [', b"[1, 2, 3]", b'"just a string"'])
+def test_malformed_json_is_400(stack, marker, path, bad):
+    r = stack.post(path, token=stack.token("req"), content=bad, marker=marker)
+    check_not_rate_limited_error(r, 400, flavour(path))
+    assert stack.upstream_requests(marker) == []
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_missing_model_is_400(stack, marker, path):
+    body = valid_body(path)
+    del body["model"]
+    r = stack.post(path, token=stack.token("req"), json_body=body, marker=marker)
+    check_not_rate_limited_error(r, 400, flavour(path))
+    assert stack.upstream_requests(marker) == []
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_oversized_body_is_413(stack, marker, path):
+    body = valid_body(path, "x" * (MAX_BODY + 10_000))
+    r = stack.post(path, token=stack.token("req"), json_body=body, marker=marker)
+    check_not_rate_limited_error(r, 413, flavour(path))
+    assert stack.upstream_requests(marker) == []
+
+
+def test_sdk_sees_413_as_status_error(stack, marker):
+    client = stack.openai(stack.token("req"), marker)
+    with pytest.raises(openai.APIStatusError) as e:
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "y" * 100_000}])
+    assert e.value.status_code == 413
+    assert stack.upstream_requests(marker) == []
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_body_just_under_the_limit_is_forwarded_unchanged(stack, marker, path):
+    text = "héllo wörld ✓ 🚀 " * 10
+    body = valid_body(path, text + "z" * (MAX_BODY - 2000 - len(text.encode())))
+    raw = json.dumps(body, ensure_ascii=False).encode()
+    assert len(raw) < MAX_BODY
+    r = stack.post(path, token=stack.token("req"), content=raw, marker=marker)
+    assert r.status_code == 200, r.text[:300]
+    [up] = stack.upstream_requests(marker)
+    assert up["body"] == body
