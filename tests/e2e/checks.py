@@ -7,6 +7,10 @@ import re
 import httpx
 
 OPENAI = "openai"
+
+# The RPM window slides over two fixed minute buckets: a full bucket only fades out during the next
+# minute, so a retry can be up to two minutes away (e.g. rpm=1, refused late in a minute).
+RPM_MAX_RETRY = 120
 ANTHROPIC = "anthropic"
 
 ANTHROPIC_ERROR_TYPES = {

@@ -7,7 +7,7 @@ from __future__ import annotations
 import openai
 import pytest
 
-from checks import ANTHROPIC, OPENAI, check_not_rate_limited_error, check_rejection
+from checks import ANTHROPIC, OPENAI, RPM_MAX_RETRY, check_not_rate_limited_error, check_rejection
 from harness import ADMIN_SCOPE, Team, avoid_minute_boundary, mint_token, other_private_key, unsigned_token
 
 MSG = [{"role": "user", "content": "Say hello"}]
@@ -68,11 +68,11 @@ def test_rpm_limit_applies(stack, marker):
         assert r.headers["x-ratelimit-limit"] == "2"
     check_rejection(
         stack.chat(tok, marker=marker), flavour=OPENAI, code="rpm_limit_exceeded",
-        reason_re=r"RPM limit exceeded \(3/2 requests per minute\)", max_retry_after=60,
+        reason_re=r"RPM limit exceeded \(3/2 requests per minute\)", max_retry_after=RPM_MAX_RETRY,
     )
     check_rejection(
         stack.messages(tok, marker=marker), flavour=ANTHROPIC, code="rpm_limit_exceeded",
-        reason_re=r"RPM limit exceeded \(3/2 requests per minute\)", max_retry_after=60,
+        reason_re=r"RPM limit exceeded \(3/2 requests per minute\)", max_retry_after=RPM_MAX_RETRY,
     )
     with pytest.raises(openai.RateLimitError):
         stack.openai(tok, marker).chat.completions.create(model="gpt-4o-mini", messages=MSG)

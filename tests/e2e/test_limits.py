@@ -13,7 +13,7 @@ import anthropic
 import openai
 import pytest
 
-from checks import ANTHROPIC, OPENAI, check_error_body, check_rejection
+from checks import ANTHROPIC, OPENAI, RPM_MAX_RETRY, check_error_body, check_rejection
 from harness import Team, avoid_minute_boundary
 
 MSG = [{"role": "user", "content": "Say hello"}]
@@ -71,7 +71,7 @@ def test_rejected_requests_do_not_consume_rpm(stack, marker):
     r = stack.chat(tok, marker=marker, usage=ZERO)
     check_rejection(
         r, flavour=OPENAI, code="rpm_limit_exceeded", reason_re=r"RPM limit exceeded \(4/3 requests per minute\)",
-        max_retry_after=60,
+        max_retry_after=RPM_MAX_RETRY,
     )
     assert len(stack.upstream_requests(marker)) == 3
 
@@ -85,7 +85,7 @@ def test_rpm_rejection_contract_openai(stack, marker):
     r = stack.chat(tok, marker=marker)
     body, _ = check_rejection(
         r, flavour=OPENAI, code="rpm_limit_exceeded", reason_re=r"RPM limit exceeded \(3/2 requests per minute\)",
-        max_retry_after=60,
+        max_retry_after=RPM_MAX_RETRY,
     )
     assert r.headers["x-ratelimit-limit"] == "2" and r.headers["x-ratelimit-remaining"] == "0"
     assert int(r.headers["x-ratelimit-reset"]) <= 60
@@ -95,7 +95,7 @@ def test_rpm_rejection_contract_openai(stack, marker):
     r = stack.post("/v1/responses", token=tok, json_body={"model": "gpt-4o-mini", "input": "hi"}, marker=marker)
     check_rejection(
         r, flavour=OPENAI, code="rpm_limit_exceeded", reason_re=r"RPM limit exceeded \(3/2 requests per minute\)",
-        max_retry_after=60,
+        max_retry_after=RPM_MAX_RETRY,
     )
 
     client = stack.openai(tok, marker)
@@ -118,7 +118,7 @@ def test_rpm_rejection_contract_anthropic(stack, marker):
     r = stack.messages(tok, marker=marker)
     body, _ = check_rejection(
         r, flavour=ANTHROPIC, code="rpm_limit_exceeded", reason_re=r"RPM limit exceeded \(2/1 requests per minute\)",
-        max_retry_after=60,
+        max_retry_after=RPM_MAX_RETRY,
     )
     assert body["error"] == {"type": "rate_limit_error", "message": body["reason"]}
     client = stack.anthropic(tok, marker)
@@ -134,7 +134,7 @@ def test_client_ids_of_one_team_share_its_quota(stack, marker):
     assert stack.chat(stack.token("shared-2"), marker=marker, usage=ZERO).status_code == 200
     r = stack.chat(stack.token("shared-1"), marker=marker, usage=ZERO)
     check_rejection(r, flavour=OPENAI, code="rpm_limit_exceeded", reason_re=r"RPM limit exceeded \(3/2 .*\)",
-                    max_retry_after=60)
+                    max_retry_after=RPM_MAX_RETRY)
 
 
 def test_daily_token_limit(stack, marker):
