@@ -1,0 +1,233 @@
+//! The ext_proc server driven over real gRPC by a client that sends what Envoy sends, including
+//! the awkward cases: response headers with no request headers (jwt_authn's 401), a stream that
+//! ends without `end_of_stream`, a malformed message, and a body rewrite.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
+use envoy_types::pb::envoy::service::ext_proc::v3::{
+    HttpBody, HttpHeaders, ProcessingRequest, ProcessingResponse,
+    external_processor_client::ExternalProcessorClient, processing_request::Request as Message,
+    processing_response::Response as Reply,
+};
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode, get_current_timestamp};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tollgate::engine::{Engine, FailMode, SystemClock};
+use tollgate::extproc::{Context, ExtProcService};
+use tollgate::identity::{Authenticator, INVOKE_SCOPE, Verification};
+use tollgate::policy::{LimitOverrides, Team, Tier, TierTable};
+use tollgate::store::{CounterKey, MemoryStore, Store};
+use tonic::Streaming;
+use tonic::transport::Channel;
+
+struct Harness {
+    client: ExternalProcessorClient<Channel>,
+    store: Arc<MemoryStore>,
+    engine: Arc<Engine>,
+}
+
+async fn start() -> Harness {
+    let store = Arc::new(MemoryStore::new());
+    store
+        .put_team(&Team {
+            id: "t".into(),
+            tier: Tier::Standard,
+            client_ids: vec!["c".into()],
+            overrides: LimitOverrides { rpm: Some(100), daily_tokens: Some(1_000_000), monthly_budget_usd: None },
+        })
+        .await
+        .unwrap();
+    let engine = Arc::new(Engine::new(
+        store.clone(),
+        TierTable::default(),
+        Duration::from_secs(5),
+        FailMode::Closed,
+        Arc::new(SystemClock),
+    ));
+    let auth = Arc::new(Authenticator::new(Verification::TrustUpstream, None, None, Duration::ZERO));
+    let service = ExtProcService::new(Arc::new(Context {
+        engine: engine.clone(),
+        auth,
+        max_request_body_bytes: 1 << 20,
+        max_response_json_bytes: 1 << 20,
+    }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service.into_server(4 << 20))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let client = ExternalProcessorClient::connect(format!("http://{addr}")).await.unwrap();
+    Harness { client, store, engine }
+}
+
+fn token() -> String {
+    let claims = json!({"client_id": "c", "scope": INVOKE_SCOPE, "exp": get_current_timestamp() + 600});
+    // Signature is irrelevant in trust-upstream mode; any RSA key signs.
+    let key = include_bytes!("../dev/keys/dev-private.pem");
+    encode(&Header::new(Algorithm::RS256), &claims, &EncodingKey::from_rsa_pem(key).unwrap()).unwrap()
+}
+
+fn headers(pairs: &[(&str, &str)], end_of_stream: bool) -> HttpHeaders {
+    HttpHeaders {
+        headers: Some(HeaderMap {
+            headers: pairs
+                .iter()
+                .map(|(k, v)| HeaderValue { key: (*k).into(), raw_value: v.as_bytes().to_vec(), ..Default::default() })
+                .collect(),
+        }),
+        end_of_stream,
+        ..Default::default()
+    }
+}
+
+fn msg(request: Message) -> ProcessingRequest {
+    ProcessingRequest { request: Some(request), ..Default::default() }
+}
+
+struct Exchange {
+    tx: mpsc::Sender<ProcessingRequest>,
+    rx: Streaming<ProcessingResponse>,
+}
+
+impl Exchange {
+    async fn open(h: &mut Harness) -> Self {
+        let (tx, outbound) = mpsc::channel(8);
+        let rx = h.client.process(ReceiverStream::new(outbound)).await.unwrap().into_inner();
+        Self { tx, rx }
+    }
+
+    async fn send(&mut self, request: Message) -> Result<Reply, tonic::Status> {
+        self.tx.send(msg(request)).await.unwrap();
+        let reply = self.rx.message().await?.expect("a reply");
+        Ok(reply.response.expect("a response"))
+    }
+}
+
+fn chat_request_headers(id: &str) -> Message {
+    let auth = format!("Bearer {}", token());
+    Message::RequestHeaders(headers(
+        &[(":path", "/v1/chat/completions"), (":method", "POST"), ("authorization", &auth), ("x-request-id", id)],
+        false,
+    ))
+}
+
+async fn tokens_today(h: &Harness) -> u64 {
+    h.engine.flush().await;
+    let day = tollgate::policy::calendar::day_key(get_current_timestamp());
+    h.store.read_counters(&[&CounterKey::tokens_on_day("t", &day, 0)]).await.unwrap()[0]
+}
+
+#[tokio::test]
+async fn response_headers_without_request_headers_pass_through_and_skip_the_body() {
+    let mut h = start().await;
+    let mut ex = Exchange::open(&mut h).await;
+    ex.tx.send(msg(Message::ResponseHeaders(headers(&[(":status", "401")], false)))).await.unwrap();
+    let reply = ex.rx.message().await.unwrap().unwrap();
+    assert!(matches!(reply.response, Some(Reply::ResponseHeaders(_))));
+    assert_eq!(reply.mode_override.expect("body skipped").response_body_mode, 0, "NONE");
+}
+
+#[tokio::test]
+async fn a_message_without_a_request_is_an_error_status_not_a_clean_close() {
+    let mut h = start().await;
+    let mut ex = Exchange::open(&mut h).await;
+    ex.tx.send(ProcessingRequest::default()).await.unwrap();
+    let status = ex.rx.message().await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn stream_injection_rewrites_the_body_with_a_matching_content_length() {
+    let mut h = start().await;
+    let mut ex = Exchange::open(&mut h).await;
+    assert!(matches!(ex.send(chat_request_headers("r1")).await.unwrap(), Reply::RequestHeaders(_)));
+    let body = br#"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let Reply::RequestBody(reply) = ex
+        .send(Message::RequestBody(HttpBody { body: body.to_vec(), end_of_stream: true, ..Default::default() }))
+        .await
+        .unwrap()
+    else {
+        panic!("expected a body reply");
+    };
+    let common = reply.response.unwrap();
+    let Some(envoy_types::pb::envoy::service::ext_proc::v3::body_mutation::Mutation::Body(new_body)) =
+        common.body_mutation.unwrap().mutation
+    else {
+        panic!("expected a body mutation");
+    };
+    let v: serde_json::Value = serde_json::from_slice(&new_body).unwrap();
+    assert_eq!(v["stream_options"]["include_usage"], json!(true));
+    let set = &common.header_mutation.unwrap().set_headers;
+    let content_length = set.iter().find(|h| h.header.as_ref().unwrap().key == "content-length").unwrap();
+    assert_eq!(content_length.header.as_ref().unwrap().raw_value, new_body.len().to_string().into_bytes());
+}
+
+#[tokio::test]
+async fn a_stream_that_ends_without_end_of_stream_is_still_charged() {
+    let mut h = start().await;
+    let before = tokens_today(&h).await;
+    let mut ex = Exchange::open(&mut h).await;
+    ex.send(chat_request_headers("r2")).await.unwrap();
+    let body = br#"{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}"#;
+    ex.send(Message::RequestBody(HttpBody { body: body.to_vec(), end_of_stream: true, ..Default::default() }))
+        .await
+        .unwrap();
+    let reply = ex
+        .send(Message::ResponseHeaders(headers(&[(":status", "200"), ("content-type", "text/event-stream")], false)))
+        .await
+        .unwrap();
+    assert!(matches!(reply, Reply::ResponseHeaders(_)));
+    let chunk = format!("data: {}\n\n", json!({"choices": [{"delta": {"content": "x".repeat(400)}}]}));
+    ex.send(Message::ResponseBody(HttpBody { body: chunk.into_bytes(), end_of_stream: false, ..Default::default() }))
+        .await
+        .unwrap();
+    // The client disconnects: Envoy resets the stream, no end_of_stream chunk ever comes.
+    drop(ex);
+    let mut charged = 0;
+    for _ in 0..50 {
+        charged = tokens_today(&h).await - before;
+        if charged > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // 400 generated characters ~ 100 tokens, plus the estimated prompt.
+    assert!(charged >= 100, "charged {charged}");
+}
+
+#[tokio::test]
+async fn a_completed_stream_is_charged_its_reported_usage_exactly() {
+    let mut h = start().await;
+    let before = tokens_today(&h).await;
+    let mut ex = Exchange::open(&mut h).await;
+    ex.send(chat_request_headers("r3")).await.unwrap();
+    let body = br#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#;
+    ex.send(Message::RequestBody(HttpBody { body: body.to_vec(), end_of_stream: true, ..Default::default() }))
+        .await
+        .unwrap();
+    ex.send(Message::ResponseHeaders(headers(&[(":status", "200"), ("content-type", "application/json")], false)))
+        .await
+        .unwrap();
+    let response = json!({"usage": {"prompt_tokens": 7, "completion_tokens": 5}}).to_string().into_bytes();
+    let (a, b) = response.split_at(10);
+    for (part, end) in [(a, false), (b, true)] {
+        ex.send(Message::ResponseBody(HttpBody { body: part.to_vec(), end_of_stream: end, ..Default::default() }))
+            .await
+            .unwrap();
+    }
+    drop(ex);
+    let mut charged = 0;
+    for _ in 0..50 {
+        charged = tokens_today(&h).await - before;
+        if charged > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(charged, 12);
+}
