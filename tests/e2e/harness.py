@@ -48,9 +48,10 @@ UPSTREAM_PORT = 8081
 
 def tollgate_binary() -> Path | None:
     """$TOLLGATE_BIN, else $CARGO_TARGET_DIR/debug/tollgate, else ~/.cache/tollgate-target, else target/."""
+    if os.environ.get("TOLLGATE_BIN"):  # explicit: that binary or nothing
+        path = Path(os.environ["TOLLGATE_BIN"])
+        return path if path.is_file() and os.access(path, os.X_OK) else None
     candidates = []
-    if os.environ.get("TOLLGATE_BIN"):
-        candidates.append(Path(os.environ["TOLLGATE_BIN"]))
     if os.environ.get("CARGO_TARGET_DIR"):
         candidates.append(Path(os.environ["CARGO_TARGET_DIR"]) / "debug" / "tollgate")
     candidates.append(Path.home() / ".cache" / "tollgate-target" / "debug" / "tollgate")
@@ -59,6 +60,13 @@ def tollgate_binary() -> Path | None:
         if c.is_file() and os.access(c, os.X_OK):
             return c
     return None
+
+
+def tollgate_cli_env(**extra: str) -> dict[str, str]:
+    """The environment for running the tollgate CLI: this one minus TOLLGATE_* (read as config)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLGATE_")}
+    env.update(extra)
+    return env
 
 
 def envoy_binary() -> Path:
@@ -107,8 +115,17 @@ class Proc:
 
     registry: list["Proc"] = []
 
-    def __init__(self, name: str, argv: list[str], logdir: Path, env: dict | None = None, cwd: Path = REPO):
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        logdir: Path,
+        env: dict | None = None,
+        cwd: Path = REPO,
+        scrub_env_prefix: str | None = None,
+    ):
         self.name = name
+        self.scrub_env_prefix = scrub_env_prefix
         self.argv = [str(a) for a in argv]
         self.logdir = logdir
         self.env = env
@@ -124,6 +141,9 @@ class Proc:
         self.logdir.mkdir(parents=True, exist_ok=True)
         self.generation += 1
         env = dict(os.environ)
+        if self.scrub_env_prefix:
+            # Variables meant for the test run (TOLLGATE_BIN, ...) must not leak into the child's config.
+            env = {k: v for k, v in env.items() if not k.startswith(self.scrub_env_prefix)}
         env.update(self.env or {})
         out = open(self.stdout_path, "ab")
         err = open(self.stderr_path, "ab")
@@ -486,7 +506,9 @@ class Stack:
             f"{name}-tollgate",
             [self.tollgate_bin, "serve", "--config", self.config_path],
             logs,
-            env={"RUST_LOG": os.environ.get("TOLLGATE_TEST_RUST_LOG", "info"), "NO_COLOR": "1"},
+            env={"RUST_LOG": os.environ.get("E2E_TOLLGATE_RUST_LOG", "info"), "NO_COLOR": "1"},
+            # tollgate reads TOLLGATE_* as configuration: pass only what a test sets on purpose.
+            scrub_env_prefix="TOLLGATE_",
         )
         self.envoy = Proc(
             f"{name}-envoy",

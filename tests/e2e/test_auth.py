@@ -127,3 +127,22 @@ def test_team_from_custom_team_claim(stack, marker):
     # Both were charged to claimteam's RPM (7 per minute).
     assert int(r.headers["x-ratelimit-remaining"]) <= 5
     assert len(stack.upstream_requests(marker)) == 2
+
+
+@pytest.fixture(scope="module")
+def trusting_stack(stack_factory):
+    """trust_upstream = true: something in front (ALB, jwt_authn) verified the token already."""
+    return stack_factory("auth-trust", [Team("trust-a", rpm=5, daily_tokens=1000)], trust_upstream=True)
+
+
+def test_trust_upstream_decodes_claims_without_verifying(trusting_stack, marker):
+    s = trusting_stack
+    r = s.chat(mint_token("trust-a-agent", key=other_private_key()), marker=marker, usage="prompt=0,completion=0")
+    assert r.status_code == 200, r.text
+    assert r.headers["x-ratelimit-limit"] == "5"
+    # Still: no token, or one that is not a JWT, is refused; scope and team mapping still apply.
+    check_not_rate_limited_error(s.chat(None, marker=marker), 401, OPENAI)
+    check_not_rate_limited_error(s.chat("not-a-jwt", marker=marker), 401, OPENAI)
+    check_not_rate_limited_error(s.chat(mint_token("trust-a-agent", scope=ADMIN_SCOPE), marker=marker), 403, OPENAI)
+    check_not_rate_limited_error(s.chat(mint_token("nobody-knows-me"), marker=marker), 403, OPENAI)
+    assert len(s.upstream_requests(marker)) == 1

@@ -26,6 +26,7 @@ TEAMS = [
     Team("lim-429-an", rpm=1, daily_tokens=1_000_000),
     Team("lim-daily", rpm=1000, daily_tokens=100),
     Team("lim-shared", client_ids=["shared-1", "shared-2"], rpm=2, daily_tokens=1_000_000),
+    Team("lim-ledger", rpm=1000, daily_tokens=1_000_000),
 ]
 
 
@@ -186,3 +187,45 @@ def test_daily_token_limit(stack, marker):
         stack.anthropic(tok, marker).messages.create(model="claude-haiku-4-5", max_tokens=8, messages=MSG)
     assert "Daily token limit exceeded" in str(e2.value)
     assert len(stack.upstream_requests(marker)) == upstream_before
+
+
+def test_concurrent_debits_are_exact(stack, marker):
+    """Many concurrent responses of every API and mode, each with known usage: the team is debited
+    exactly their sum."""
+    team = "lim-ledger"
+    tok = stack.token(team)
+    calls = []
+    for i in range(24):
+        usage = f"prompt={i + 1},completion={2 * i + 1},cached={i % 3},cache_write={i % 2}"
+        calls.append((i, usage))
+
+    def expected(i, usage):
+        kind = i % 6
+        u = dict((k, int(v)) for k, v in (p.split("=") for p in usage.split(",")))
+        if kind in (4, 5):  # Anthropic: input + output + cache read + cache write
+            return u["prompt"] + u["completion"] + u["cached"] + u["cache_write"]
+        return u["prompt"] + u["cached"] + u["completion"]  # OpenAI: cached are inside prompt tokens
+
+    def one(call):
+        i, usage = call
+        kind = i % 6
+        if kind == 0:
+            r = stack.chat(tok, marker=marker, usage=usage)
+        elif kind == 1:
+            r = stack.chat(tok, marker=marker, usage=usage, stream=True)
+        elif kind == 2:
+            r = stack.chat(tok, marker=marker, usage=usage, stream=True, stream_options={"include_usage": True})
+        elif kind == 3:
+            r = stack.post("/v1/responses", token=tok, marker=marker, usage=usage,
+                           json_body={"model": "gpt-4o-mini", "input": "hi", "stream": i % 12 == 3})
+        elif kind == 4:
+            r = stack.messages(tok, marker=marker, usage=usage)
+        else:
+            r = stack.messages(tok, marker=marker, usage=usage, stream=True)
+        return r.status_code
+
+    with ThreadPoolExecutor(12) as ex:
+        statuses = list(ex.map(one, calls))
+    assert statuses == [200] * len(calls)
+    total = sum(expected(k, u) for k, u in calls)
+    stack.wait_remaining_tokens(team, 1_000_000 - total, timeout=10)

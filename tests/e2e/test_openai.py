@@ -27,6 +27,7 @@ TEAMS = [
     Team("oa-cut", rpm=RPM, daily_tokens=DAILY),
     Team("oa-upstream-err", rpm=RPM, daily_tokens=DAILY),
     Team("oa-headers", rpm=7, daily_tokens=5000),
+    Team("oa-stream-timing", rpm=RPM, daily_tokens=DAILY),
 ]
 
 
@@ -208,3 +209,28 @@ def test_upstream_error_passes_through(stack, marker):
     # tollgate is still healthy for the team afterwards.
     ok = client.chat.completions.create(model="gpt-4o-mini", messages=MSG)
     assert ok.choices[0].message.content == TEXT
+
+
+def test_stream_is_not_buffered(stack, marker):
+    """Events reach the client while the upstream is still generating (tollgate must not hold the
+    response until the end to find the usage)."""
+    import time
+
+    text = " ".join(f"word{i}" for i in range(150))  # ~150 events, ~5 ms apart upstream
+    t0 = time.monotonic()
+    first = None
+    with stack._http.stream(
+        "POST",
+        stack.base_url + "/v1/chat/completions",
+        json={"model": "gpt-4o-mini", "messages": MSG, "stream": True},
+        headers={"authorization": f"Bearer {stack.token('oa-stream-timing')}", "x-test-id": marker, "x-fake-text": text},
+    ) as r:
+        assert r.status_code == 200
+        body = b""
+        for piece in r.iter_bytes():
+            if first is None and b"word0" in body + piece:
+                first = time.monotonic() - t0
+            body += piece
+    total = time.monotonic() - t0
+    assert first is not None, body[:300]
+    assert total - first > 0.4, f"first content after {first:.2f}s, stream ended at {total:.2f}s: buffered?"

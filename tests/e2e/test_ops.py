@@ -6,9 +6,19 @@ from __future__ import annotations
 import re
 import subprocess
 
+import jwt
 import pytest
 
-from harness import Team, free_port, http_status
+from harness import (
+    INVOKE_SCOPE,
+    ISSUER,
+    PRIVATE_KEY,
+    Team,
+    avoid_minute_boundary,
+    free_port,
+    http_status,
+    tollgate_cli_env,
+)
 
 MSG = [{"role": "user", "content": "Say hello"}]
 ZERO = "prompt=0,completion=0"
@@ -21,7 +31,8 @@ def stack(stack_factory):
 
 def _check(tollgate_bin, url: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [str(tollgate_bin), "check", "--url", url], capture_output=True, text=True, timeout=30
+        [str(tollgate_bin), "check", "--url", url], capture_output=True, text=True, timeout=30,
+        env=tollgate_cli_env(),
     )
 
 
@@ -30,27 +41,35 @@ def test_health_and_readiness(stack):
     assert stack.tollgate_get("/readyz").status_code == 200
 
 
-def _metric_total(text: str, name: str) -> float:
+def _metric_total(text: str, name: str, label_filter: str = "") -> float:
+    """Sum of a metric's samples, optionally only those whose labels contain `label_filter`."""
     total = 0.0
     for line in text.splitlines():
         if line.startswith("#"):
             continue
         m = re.match(rf"^{re.escape(name)}(\{{[^}}]*\}})?\s+([0-9.eE+-]+)", line)
-        if m:
+        if m and label_filter in (m.group(1) or ""):
             total += float(m.group(2))
     return total
 
 
 def test_metrics_count_requests(stack, marker):
-    tok = stack.token("ops-a")
-    statuses = [stack.chat(tok, marker=marker, usage=ZERO).status_code for _ in range(2)]
-    assert 200 in statuses
-    stack.chat(None, marker=marker)  # a 401
+    before = stack.tollgate_get("/metrics").text
+    tok = stack.token("ops-a")  # rpm 1: one allowed, one 429
+    avoid_minute_boundary()
+    statuses = sorted(stack.chat(tok, marker=marker, usage=ZERO).status_code for _ in range(2))
+    assert statuses == [200, 429], statuses
+    assert stack.chat(None, marker=marker).status_code == 401
     r = stack.tollgate_get("/metrics")
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/plain"), r.headers
-    assert "tollgate_requests_total" in r.text, r.text[:2000]
-    assert _metric_total(r.text, "tollgate_requests_total") >= 2, r.text[:2000]
+    assert "# TYPE tollgate_requests_total counter" in r.text, r.text[:2000]
+    name = "tollgate_requests_total"
+    assert _metric_total(r.text, name) - _metric_total(before, name) >= 3, r.text[:2000]
+    # Broken down by decision: one allowed; a 429 and a 401 rejected.
+    allowed = _metric_total(r.text, name, 'decision="allowed"') - _metric_total(before, name, 'decision="allowed"')
+    rejected = _metric_total(r.text, name, 'decision="rejected"') - _metric_total(before, name, 'decision="rejected"')
+    assert (allowed, rejected) == (1, 2), r.text[:2000]
 
 
 def test_check_exit_codes(stack, tollgate_bin):
@@ -94,3 +113,32 @@ def test_memory_backend_serves(stack_factory, marker):
     s.wait_remaining_tokens("mem-a", 490)
     assert http_status(f"{s.tollgate_url}/readyz") == 200
     s.stop()
+
+
+def _dev_token(tollgate_bin, *args) -> str:
+    r = subprocess.run(
+        [str(tollgate_bin), "dev-token", "--key", str(PRIVATE_KEY), *args], capture_output=True, text=True, timeout=30,
+        env=tollgate_cli_env(),
+    )
+    assert r.returncode == 0, r.stderr
+    token = r.stdout.strip()
+    assert token.count(".") == 2, r.stdout
+    return token
+
+
+def test_dev_token_cli_mints_usable_tokens(stack, tollgate_bin, marker):
+    tok = _dev_token(tollgate_bin, "--client-id", "ops-b-agent")
+    claims = jwt.decode(tok, options={"verify_signature": False})
+    assert claims["client_id"] == "ops-b-agent" and claims["iss"] == ISSUER and claims["token_use"] == "access"
+    assert INVOKE_SCOPE in claims["scope"].split()
+    assert jwt.get_unverified_header(tok)["kid"] == "dev-1"
+    r = stack.chat(tok, marker=marker, usage=ZERO)
+    assert r.status_code == 200, r.text
+    assert r.headers["x-ratelimit-limit"] == "100"
+
+    # --team sets the team claim; --scope replaces the scopes.
+    tok = _dev_token(tollgate_bin, "--client-id", "someone-else", "--team", "ops-b")
+    assert jwt.decode(tok, options={"verify_signature": False})["custom:team"] == "ops-b"
+    assert stack.chat(tok, marker=marker, usage=ZERO).headers["x-ratelimit-limit"] == "100"
+    tok = _dev_token(tollgate_bin, "--client-id", "ops-b-agent", "--scope", "https://gateway.internal/admin")
+    assert stack.chat(tok, marker=marker).status_code == 403
