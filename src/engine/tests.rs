@@ -157,7 +157,7 @@ impl Store for DownStore {
     async fn increment_below(&self, _: &CounterKey, _: u64) -> StoreResult<Increment> {
         Err(StoreError::Unavailable("down".into()))
     }
-    async fn apply_debit(&self, _: &Debit) -> StoreResult<()> {
+    async fn apply_debits(&self, _: &[Debit]) -> StoreResult<()> {
         Err(StoreError::Unavailable("down".into()))
     }
     async fn put_team(&self, _: &Team) -> StoreResult<()> {

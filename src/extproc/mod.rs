@@ -1,8 +1,9 @@
-//! Envoy ext_proc gRPC service. One gRPC stream per HTTP request; each is driven by a
-//! [`stream::Exchange`] state machine on its own task. Envoy facts this layer honours:
-//! errors go back as `Err(Status)` (a cleanly closed stream makes Envoy continue unprocessed),
-//! a stream reset at the end of a request is a normal end, and accounting settles when the
-//! stream ends whether or not an `end_of_stream` body chunk arrived.
+//! Envoy ext_proc gRPC service. One gRPC stream per HTTP request, driven by a
+//! [`stream::Exchange`] state machine. Messages are handled inline in the response stream that
+//! tonic polls, so a reply costs no extra task hop. Envoy facts this layer honours: errors go
+//! back as `Err(Status)` (a cleanly closed stream makes Envoy continue unprocessed), a stream
+//! reset at the end of a request is a normal end, and accounting settles when the exchange ends
+//! however it ends (see `Exchange`'s `Drop`).
 
 mod envoy;
 mod stream;
@@ -14,8 +15,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
     ProcessingRequest, ProcessingResponse,
     external_processor_server::{ExternalProcessor, ExternalProcessorServer},
 };
-use tokio::sync::mpsc;
-use tokio_stream::{Stream, wrappers::ReceiverStream};
+use futures_util::Stream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
@@ -38,6 +38,7 @@ pub struct Context {
 #[derive(Clone)]
 pub struct ExtProcService {
     ctx: Arc<Context>,
+    /// Open exchanges and their settlements, so shutdown can wait for both.
     exchanges: TaskTracker,
     /// Cancelled when shutdown's grace period is over: open exchanges settle what passed and end.
     abandon: CancellationToken,
@@ -59,7 +60,6 @@ impl ExtProcService {
             .max_encoding_message_size(max_message_bytes)
     }
 
-    /// Tracks every exchange until it has finished and settled.
     pub fn exchanges(&self) -> TaskTracker {
         self.exchanges.clone()
     }
@@ -71,6 +71,42 @@ impl ExtProcService {
 
 type ResponseStream = Pin<Box<dyn Stream<Item = Result<ProcessingResponse, Status>> + Send>>;
 
+struct Driver {
+    inbound: Streaming<ProcessingRequest>,
+    exchange: Exchange,
+    abandon: CancellationToken,
+    failed: bool,
+}
+
+impl Driver {
+    async fn next_reply(mut self) -> Option<(Result<ProcessingResponse, Status>, Self)> {
+        if self.failed {
+            return None;
+        }
+        let next = tokio::select! {
+            next = self.inbound.message() => next,
+            _ = self.abandon.cancelled() => return None,
+        };
+        match next {
+            Ok(Some(message)) => {
+                let reply = self.exchange.handle(message).await;
+                if let Err(status) = &reply {
+                    tracing::warn!(%status, "ext_proc exchange failed");
+                    metrics::counter!("tollgate_extproc_errors_total").increment(1);
+                    self.failed = true;
+                }
+                Some((reply, self))
+            }
+            Ok(None) => None,
+            // Envoy resets the stream when the HTTP request ends: a normal end.
+            Err(status) => {
+                tracing::debug!(%status, "ext_proc stream ended by Envoy");
+                None
+            }
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl ExternalProcessor for ExtProcService {
     type ProcessStream = ResponseStream;
@@ -79,42 +115,13 @@ impl ExternalProcessor for ExtProcService {
         &self,
         request: Request<Streaming<ProcessingRequest>>,
     ) -> Result<Response<Self::ProcessStream>, Status> {
-        let mut inbound = request.into_inner();
-        // Envoy waits for each reply before sending the next message, so little buffering is needed.
-        let (replies, outbound) = mpsc::channel(4);
-        let mut exchange = Exchange::new(self.ctx.clone());
-        let abandon = self.abandon.clone();
-        self.exchanges.spawn(async move {
-            metrics::gauge!("tollgate_extproc_streams_active").increment(1.0);
-            loop {
-                let next = tokio::select! {
-                    next = inbound.message() => next,
-                    _ = abandon.cancelled() => break,
-                };
-                match next {
-                    Ok(Some(message)) => {
-                        let reply = exchange.handle(message).await;
-                        let failed = reply.is_err();
-                        if let Err(status) = &reply {
-                            tracing::warn!(%status, "ext_proc exchange failed");
-                            metrics::counter!("tollgate_extproc_errors_total").increment(1);
-                        }
-                        if replies.send(reply).await.is_err() || failed {
-                            break;
-                        }
-                        exchange.after_reply().await;
-                    }
-                    Ok(None) => break,
-                    // Envoy resets the stream when the HTTP request ends: a normal end.
-                    Err(status) => {
-                        tracing::debug!(%status, "ext_proc stream ended by Envoy");
-                        break;
-                    }
-                }
-            }
-            exchange.finish().await;
-            metrics::gauge!("tollgate_extproc_streams_active").decrement(1.0);
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(outbound))))
+        let driver = Driver {
+            inbound: request.into_inner(),
+            exchange: Exchange::new(self.ctx.clone(), self.exchanges.clone()),
+            abandon: self.abandon.clone(),
+            failed: false,
+        };
+        let replies = futures_util::stream::unfold(driver, Driver::next_reply);
+        Ok(Response::new(Box::pin(replies)))
     }
 }

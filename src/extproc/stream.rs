@@ -5,9 +5,12 @@
 //! 2. request body (BUFFERED): size and JSON checks, admission, `include_usage` injection;
 //! 3. response headers: rate headers; keep the (STREAMED) body only where usage is in it;
 //! 4. response body chunks: usage extraction as they pass;
-//! 5. end of the gRPC stream: settle whatever was not settled yet.
+//! 5. the exchange ends, however it ends: settle whatever was not settled yet (`Drop`).
 
 use std::sync::Arc;
+
+use tokio_util::task::TaskTracker;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use envoy_types::pb::envoy::service::ext_proc::v3::{
     HttpBody, HttpHeaders, ProcessingRequest, ProcessingResponse, TrailersResponse,
@@ -28,6 +31,10 @@ const JWT_PAYLOAD_KEY: &str = "jwt_payload";
 
 pub struct Exchange {
     ctx: Arc<Context>,
+    /// Settlements run here, and shutdown waits for them.
+    settlements: TaskTracker,
+    /// Keeps shutdown waiting while this exchange is open.
+    _open: TaskTrackerToken,
     api: ApiKind,
     request_id: Option<String>,
     team: Option<Arc<Team>>,
@@ -35,14 +42,15 @@ pub struct Exchange {
     ticket: Option<Ticket>,
     response_started: bool,
     tracker: Option<UsageTracker>,
-    /// Set when the final usage is known; charged after the reply that carried it is sent.
-    due: Option<Usage>,
 }
 
 impl Exchange {
-    pub fn new(ctx: Arc<Context>) -> Self {
+    pub fn new(ctx: Arc<Context>, settlements: TaskTracker) -> Self {
+        metrics::gauge!("tollgate_extproc_streams_active").increment(1.0);
         Self {
             ctx,
+            _open: settlements.token(),
+            settlements,
             api: ApiKind::Other,
             request_id: None,
             team: None,
@@ -50,7 +58,6 @@ impl Exchange {
             ticket: None,
             response_started: false,
             tracker: None,
-            due: None,
         }
     }
 
@@ -67,20 +74,9 @@ impl Exchange {
         }
     }
 
-    /// Work that must not delay the reply just sent.
-    pub async fn after_reply(&mut self) {
-        if let Some(usage) = self.due.take() {
-            self.settle(usage).await;
-        }
-    }
-
-    /// The gRPC stream ended: client disconnects and resets bring no `end_of_stream` chunk, so
-    /// whatever passed is charged now.
-    pub async fn finish(mut self) {
-        if self.ticket.is_none() {
-            return;
-        }
-        let usage = match self.tracker.take() {
+    /// Usage to charge when the exchange ends before the response did.
+    fn usage_so_far(&mut self) -> Usage {
+        match self.tracker.take() {
             Some(tracker) => tracker.finish(),
             // Admitted, but the response never started: the client went away while the provider
             // worked. Providers bill the prompt they received, so the prompt is charged.
@@ -89,13 +85,20 @@ impl Exchange {
                 UsageTracker::new(self.api, true, prompt_chars, 0).finish()
             }
             None => Usage::default(),
-        };
-        self.settle(usage).await;
+        }
     }
 
-    async fn settle(&mut self, usage: Usage) {
-        if let Some(ticket) = self.ticket.take() {
-            self.ctx.engine.settle(ticket, usage, self.api.as_str()).await;
+    /// Charges the admitted request, once, in the background: never on the reply path.
+    fn settle(&mut self, usage: Usage) {
+        let Some(ticket) = self.ticket.take() else { return };
+        let engine = self.ctx.engine.clone();
+        let api = self.api.as_str();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                self.settlements
+                    .spawn_on(async move { engine.settle(ticket, usage, api).await }, &runtime);
+            }
+            Err(_) => tracing::error!(team = %ticket.team, ?usage, "no runtime left to settle a request"),
         }
     }
 
@@ -212,7 +215,7 @@ impl Exchange {
         let facts = self.facts.as_ref();
         if !(success && self.api.is_model_call() && facts.is_some()) || headers.end_of_stream {
             // Nothing billable follows: providers do not charge failed calls.
-            self.due = Some(Usage::default());
+            self.settle(Usage::default());
             return envoy::response_headers_reply(&set, true);
         }
         let event_stream = header(&headers, "content-type").is_some_and(|c| c.starts_with("text/event-stream"));
@@ -229,10 +232,23 @@ impl Exchange {
         if let Some(tracker) = &mut self.tracker {
             tracker.feed(&body.body);
             if body.end_of_stream {
-                self.due = self.tracker.take().map(UsageTracker::finish);
+                let usage = self.tracker.take().map(UsageTracker::finish).unwrap_or_default();
+                self.settle(usage);
             }
         }
         envoy::response_body_reply()
+    }
+}
+
+/// However the exchange ends (end of stream, Envoy's reset, client disconnect, shutdown), an
+/// admitted request is charged for what passed: resets bring no `end_of_stream` chunk.
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        if self.ticket.is_some() {
+            let usage = self.usage_so_far();
+            self.settle(usage);
+        }
+        metrics::gauge!("tollgate_extproc_streams_active").decrement(1.0);
     }
 }
 

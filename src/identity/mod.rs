@@ -6,6 +6,8 @@
 
 mod jwks;
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, Validation, decode, decode_header, jwk::JwkSet};
@@ -57,7 +59,19 @@ pub struct Authenticator {
     verification: Verification,
     validation: Validation,
     team_claim: Option<String>,
+    /// Tokens whose signature was verified, so the same token (an agent sends the same one for an
+    /// hour) costs one RSA verification, not one per request.
+    verified: Mutex<HashMap<Box<str>, Verified>>,
 }
+
+struct Verified {
+    claims: Arc<Map<String, Value>>,
+    /// Unix seconds: the token's `exp`, capped at `VERIFIED_CACHE_TTL` after verification.
+    valid_until: u64,
+}
+
+const VERIFIED_CACHE_TTL: u64 = 300;
+const VERIFIED_CACHE_ENTRIES: usize = 10_000;
 
 impl Authenticator {
     pub fn new(verification: Verification, issuer: Option<&str>, team_claim: Option<String>, leeway: Duration) -> Self {
@@ -73,6 +87,7 @@ impl Authenticator {
             verification,
             validation,
             team_claim,
+            verified: Mutex::new(HashMap::new()),
         }
     }
 
@@ -86,13 +101,37 @@ impl Authenticator {
             .filter(|t| !t.is_empty())
             .ok_or(IdentityError::Missing)?;
         let claims = match &self.verification {
-            Verification::Keys(keys) => self.verify(keys, token).await?,
-            Verification::TrustUpstream => {
+            Verification::Keys(keys) => self.verified_claims(keys, token).await?,
+            Verification::TrustUpstream => Arc::new(
                 jsonwebtoken::dangerous::insecure_decode_claims::<Map<String, Value>>(token)
-                    .map_err(|e| IdentityError::Invalid(e.to_string()))?
-            }
+                    .map_err(|e| IdentityError::Invalid(e.to_string()))?,
+            ),
         };
         self.principal(&claims, scope)
+    }
+
+    async fn verified_claims(&self, keys: &KeySet, token: &str) -> Result<Arc<Map<String, Value>>, IdentityError> {
+        let now = jsonwebtoken::get_current_timestamp();
+        if let Some(hit) = self.verified.lock().unwrap().get(token).filter(|v| now < v.valid_until) {
+            return Ok(hit.claims.clone());
+        }
+        let claims = Arc::new(self.verify(keys, token).await?);
+        let exp = claims.get("exp").and_then(Value::as_u64).unwrap_or(now);
+        let mut cache = self.verified.lock().unwrap();
+        if cache.len() >= VERIFIED_CACHE_ENTRIES {
+            cache.retain(|_, v| now < v.valid_until);
+            if cache.len() >= VERIFIED_CACHE_ENTRIES {
+                cache.clear();
+            }
+        }
+        cache.insert(
+            token.into(),
+            Verified {
+                claims: claims.clone(),
+                valid_until: exp.min(now + VERIFIED_CACHE_TTL),
+            },
+        );
+        Ok(claims)
     }
 
     /// Claims that Envoy's `jwt_authn` already verified.

@@ -114,3 +114,17 @@ async fn verified_claims_from_envoy_metadata_still_need_the_scope() {
     assert!(auth.authenticate_verified_claims(&claims, INVOKE_SCOPE).is_ok());
     assert!(auth.authenticate_verified_claims(&claims, ADMIN_SCOPE).is_err());
 }
+
+#[tokio::test]
+async fn a_cached_verification_ends_when_the_token_expires() {
+    let keys = KeySet::new(JwksSource::File(jwks_path()), Duration::from_secs(30), Duration::from_secs(3600));
+    keys.load().await.unwrap();
+    let auth = Authenticator::new(Verification::Keys(keys), Some(ISSUER), None, Duration::ZERO);
+    let mut c = claims();
+    c["exp"] = json!(get_current_timestamp() + 1);
+    let t = bearer(&token(c, "dev-1"));
+    assert!(auth.authenticate_header(Some(&t), INVOKE_SCOPE).await.is_ok());
+    assert!(auth.authenticate_header(Some(&t), INVOKE_SCOPE).await.is_ok(), "served from the cache");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert!(matches!(auth.authenticate_header(Some(&t), INVOKE_SCOPE).await, Err(IdentityError::Invalid(_))));
+}

@@ -103,7 +103,7 @@ impl EmbeddedStore {
         Ok(Self { inner })
     }
 
-    fn mark_dirty<'a>(&self, ids: impl IntoIterator<Item = String>) -> u64 {
+    fn mark_dirty(&self, ids: impl IntoIterator<Item = String>) -> u64 {
         let mut dirty = self.inner.dirty.lock().unwrap();
         dirty.ids.extend(ids);
         dirty.generation
@@ -212,12 +212,12 @@ impl Store for EmbeddedStore {
         Ok(outcome)
     }
 
-    async fn apply_debit(&self, debit: &Debit) -> StoreResult<()> {
-        self.inner.live.apply_debit_now(debit);
-        let generation = self.mark_dirty(debit.amounts.iter().map(|(k, _)| k.id()));
-        // Already applied in memory: a caller that sees an error must not apply it again.
+    async fn apply_debits(&self, debits: &[Debit]) -> StoreResult<()> {
+        debits.iter().for_each(|d| self.inner.live.apply_debit_now(d));
+        let generation = self.mark_dirty(debits.iter().flat_map(|d| d.amounts.iter().map(|(k, _)| k.id())));
+        // Already applied in memory: a caller that sees an error must not apply them again.
         if let Err(e) = self.wait_committed(generation).await {
-            tracing::warn!(debit = %debit.id, error = %e, "debit applied but not yet durable");
+            tracing::warn!(debits = debits.len(), error = %e, "debits applied but not yet durable");
         }
         Ok(())
     }
@@ -293,7 +293,7 @@ mod tests {
             let store = EmbeddedStore::open(&path).unwrap();
             store.put_team(&team).await.unwrap();
             store
-                .apply_debit(&Debit { id: "r1".into(), amounts: vec![(key("tokens#d"), 42)] })
+                .apply_debits(&[Debit { id: "r1".into(), amounts: vec![(key("tokens#d"), 42)] }])
                 .await
                 .unwrap();
             assert_eq!(store.increment_below(&key("rpm#1"), 5).await.unwrap(), Increment::Applied(1));
@@ -314,7 +314,7 @@ mod tests {
         let old = CounterKey { team: "t".into(), counter: "rpm#0".into(), expires_at: 1 };
         {
             let store = EmbeddedStore::open(&path).unwrap();
-            store.apply_debit(&Debit { id: "x".into(), amounts: vec![(old.clone(), 3)] }).await.unwrap();
+            store.apply_debits(&[Debit { id: "x".into(), amounts: vec![(old.clone(), 3)] }]).await.unwrap();
         }
         tokio::time::sleep(FLUSH_INTERVAL * 2).await;
         let store = EmbeddedStore::open(&path).unwrap();

@@ -93,8 +93,8 @@ impl Store for MemoryStore {
         Ok(self.increment_below_now(key, ceiling))
     }
 
-    async fn apply_debit(&self, debit: &Debit) -> StoreResult<()> {
-        self.apply_debit_now(debit);
+    async fn apply_debits(&self, debits: &[Debit]) -> StoreResult<()> {
+        debits.iter().for_each(|d| self.apply_debit_now(d));
         Ok(())
     }
 

@@ -84,8 +84,11 @@ pub trait Store: Send + Sync + 'static {
     /// Atomically: if the counter is below `ceiling`, add one.
     async fn increment_below(&self, key: &CounterKey, ceiling: u64) -> StoreResult<Increment>;
 
-    /// Adds every amount of the debit. Returns once the debit is durable.
-    async fn apply_debit(&self, debit: &Debit) -> StoreResult<()>;
+    /// Adds every amount of every debit. Returns once all are durable. Debits arrive in batches
+    /// so that a backend can make many durable at the cost of one (a group commit); a batch
+    /// may be retried after a failure, so backends that can half-apply one must deduplicate by
+    /// debit id.
+    async fn apply_debits(&self, debits: &[Debit]) -> StoreResult<()>;
 
     async fn put_team(&self, team: &Team) -> StoreResult<()>;
     async fn delete_team(&self, id: &str) -> StoreResult<bool>;
