@@ -59,6 +59,8 @@ Test controls (request headers; they pass through Envoy)
     chunk, so no final usage reaches the client).
 ``x-fake-delay-ms: N``
     Sleep N milliseconds before answering.
+``x-fake-event-pause-ms: N``
+    Streams only: pause N milliseconds after each SSE event (default 5), for long-lived streams.
 ``x-fake-text: some text``
     The assistant text to return (default: a short fixed sentence).  It is streamed word by word.
 ``x-fake-anthropic-delta-usage: full``
@@ -196,7 +198,7 @@ class Handler(BaseHTTPRequestHandler):
             raise _Dropped()
         self._write_chunk(data)
         self._events_sent += 1
-        time.sleep(EVENT_PAUSE_S)
+        time.sleep(self._event_pause_s)
 
     def _end_sse(self) -> None:
         self.wfile.write(b"0\r\n\r\n")
@@ -266,6 +268,8 @@ class Handler(BaseHTTPRequestHandler):
 
         try:
             delay = int(self.headers.get("x-fake-delay-ms") or 0)
+            pause = self.headers.get("x-fake-event-pause-ms")
+            self._event_pause_s = int(pause) / 1000 if pause else EVENT_PAUSE_S
             status = int(self.headers.get("x-fake-status") or 0)
             cut = self.headers.get("x-fake-cut-after")
             self._cut_after = int(cut) if cut not in (None, "") else None

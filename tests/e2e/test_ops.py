@@ -1,11 +1,16 @@
 """Operations: health and readiness, Prometheus metrics, `tollgate check`, fail-closed when tollgate
-is down, durable embedded store across a crash, the memory backend and TOLLGATE_CONFIG."""
+is down, durable embedded store across a crash, graceful shutdown with a stream in flight, the memory
+backend and TOLLGATE_CONFIG."""
 
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
+import threading
+import time
 
+import httpx
 import jwt
 import pytest
 
@@ -17,7 +22,9 @@ from harness import (
     avoid_minute_boundary,
     free_port,
     http_status,
+    sse_events,
     tollgate_cli_env,
+    wait_until,
 )
 
 MSG = [{"role": "user", "content": "Say hello"}]
@@ -142,3 +149,45 @@ def test_dev_token_cli_mints_usable_tokens(stack, tollgate_bin, marker):
     assert stack.chat(tok, marker=marker, usage=ZERO).headers["x-ratelimit-limit"] == "100"
     tok = _dev_token(tollgate_bin, "--client-id", "ops-b-agent", "--scope", "https://gateway.internal/admin")
     assert stack.chat(tok, marker=marker).status_code == 403
+
+
+def test_sigterm_lets_an_open_stream_finish_and_flushes_its_debit(stack_factory, marker):
+    """SIGTERM mid-stream: the stream completes, tollgate exits 0 once it is settled, and the debit
+    is in the embedded store when tollgate comes back."""
+    s = stack_factory("drain", [Team("drain-a", rpm=1000, daily_tokens=1000)])
+    try:
+        token = s.token("drain-a")
+        result: dict = {}
+
+        def slow_stream():
+            result["response"] = httpx.post(
+                s.base_url + "/v1/chat/completions",
+                json={"model": "gpt-4o-mini", "stream": True, "messages": MSG},
+                headers={
+                    "authorization": f"Bearer {token}",
+                    "x-test-id": marker,
+                    "x-fake-usage": "prompt=30,completion=70",
+                    "x-fake-event-pause-ms": "250",
+                    "x-fake-text": "one two three four five six seven eight",
+                },
+                timeout=30,
+            )
+
+        worker = threading.Thread(target=slow_stream)
+        worker.start()
+        wait_until(lambda: len(s.upstream_requests(marker)) == 1, 10, what="the stream reached the upstream")
+        time.sleep(0.5)
+        s.tollgate._signal_group(signal.SIGTERM)
+        worker.join(30)
+        response = result["response"]
+        assert response.status_code == 200, response.text
+        events = [data for _, data in sse_events(response.text)]
+        assert events[-1] == "[DONE]", "the stream was cut by the shutdown"
+        assert "eight" in "".join(events)
+
+        wait_until(lambda: not s.tollgate.alive(), 25, what="tollgate exit after SIGTERM")
+        assert s.tollgate.returncode() == 0, s.tollgate.tail()
+        s.start_tollgate()
+        s.wait_remaining_tokens("drain-a", 900, timeout=10, marker=marker)
+    finally:
+        s.stop()
