@@ -381,7 +381,10 @@ def render_tollgate_config(
     issuer: str = ISSUER,
     team_claim: str | None = "custom:team",
     trust_upstream: bool = False,
+    identity: dict | None = None,
 ) -> str:
+    """`identity` adds or replaces [identity] keys; a `jwks_url` there replaces the JWKS file."""
+    identity = dict(identity or {})
     lines = [
         "[server]",
         f"grpc_listen = {_q(f'127.0.0.1:{grpc_port}')}",
@@ -389,9 +392,12 @@ def render_tollgate_config(
         f"max_request_body_bytes = {max_request_body_bytes}",
         "",
         "[identity]",
-        f"jwks_file = {_q(jwks_file)}",
         f"issuer = {_q(issuer)}",
     ]
+    if "jwks_url" not in identity:
+        lines.append(f"jwks_file = {_q(jwks_file)}")
+    for key, value in identity.items():
+        lines.append(f"{key} = {value if isinstance(value, int) else _q(value)}")
     if team_claim:
         lines.append(f"team_claim = {_q(team_claim)}")
     lines += [f"trust_upstream = {'true' if trust_upstream else 'false'}", "", "[store]", f"backend = {_q(store_backend)}"]
@@ -461,6 +467,7 @@ class Stack:
         max_request_body_bytes: int = 16 * 1024 * 1024,
         team_claim: str | None = "custom:team",
         trust_upstream: bool = False,
+        identity: dict | None = None,
         tollgate_bin: Path | None = None,
     ):
         self.name = name
@@ -488,6 +495,7 @@ class Stack:
                 max_request_body_bytes=max_request_body_bytes,
                 team_claim=team_claim,
                 trust_upstream=trust_upstream,
+                identity=identity,
             )
         )
         self.envoy_yaml = self.workdir / f"envoy-{envoy_config}"

@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import anthropic
+import jwt
 import openai
 import pytest
 
 from checks import ANTHROPIC, OPENAI, check_not_rate_limited_error
-from harness import ADMIN_SCOPE, INVOKE_SCOPE, Team, mint_token, other_private_key, unsigned_token
+from harness import ADMIN_SCOPE, INVOKE_SCOPE, JWKS_FILE, Team, mint_token, other_private_key, unsigned_token
 
 MSG = [{"role": "user", "content": "Say hello"}]
 
@@ -146,3 +149,50 @@ def test_trust_upstream_decodes_claims_without_verifying(trusting_stack, marker)
     check_not_rate_limited_error(s.chat(mint_token("trust-a-agent", scope=ADMIN_SCOPE), marker=marker), 403, OPENAI)
     check_not_rate_limited_error(s.chat(mint_token("nobody-knows-me"), marker=marker), 403, OPENAI)
     assert len(s.upstream_requests(marker)) == 1
+
+
+def test_jwks_url_is_fetched_and_refreshed_when_an_unknown_kid_appears(stack_factory):
+    """A Cognito-style JWKS endpoint: keys come from the URL, and a token signed by a key added
+    later (a rotation) is accepted once tollgate refetches the set on seeing its unknown kid."""
+    from cryptography.hazmat.primitives import serialization
+
+    documents = {"jwks": json.loads(JWKS_FILE.read_text())}
+
+    class JwksHandler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            body = json.dumps(documents["jwks"]).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), JwksHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        s = stack_factory(
+            "jwksurl",
+            [Team("jwks-a", rpm=100)],
+            identity={
+                "jwks_url": f"http://127.0.0.1:{server.server_address[1]}/.well-known/jwks.json",
+                "jwks_min_refresh_seconds": 0,
+            },
+        )
+        assert s.chat(s.token("jwks-a")).status_code == 200
+
+        new_key = serialization.load_pem_private_key(other_private_key(), password=None)
+        rotated = mint_token("jwks-a-agent", key=other_private_key(), kid="rotated-2")
+        r = s.chat(rotated)
+        assert r.status_code == 401, r.text
+        assert "rotated-2" in r.json()["reason"]
+
+        jwk = jwt.algorithms.RSAAlgorithm.to_jwk(new_key.public_key(), as_dict=True)
+        documents["jwks"] = {"keys": documents["jwks"]["keys"] + [dict(jwk, kid="rotated-2", alg="RS256", use="sig")]}
+        r = s.chat(rotated)
+        assert r.status_code == 200, r.text
+        assert s.chat(s.token("jwks-a")).status_code == 200, "the old key still verifies"
+    finally:
+        server.shutdown()
