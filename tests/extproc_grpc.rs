@@ -122,6 +122,18 @@ async fn tokens_today(h: &Harness) -> u64 {
     h.store.read_counters(&[&CounterKey::tokens_on_day("t", &day, 0)]).await.unwrap()[0]
 }
 
+/// Tokens charged since `before`, once the exchange's settlement has landed.
+async fn charged_since(h: &Harness, before: u64) -> u64 {
+    for _ in 0..50 {
+        let charged = tokens_today(h).await - before;
+        if charged > 0 {
+            return charged;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    0
+}
+
 #[tokio::test]
 async fn response_headers_without_request_headers_pass_through_and_skip_the_body() {
     let mut h = start().await;
@@ -188,14 +200,7 @@ async fn a_stream_that_ends_without_end_of_stream_is_still_charged() {
         .unwrap();
     // The client disconnects: Envoy resets the stream, no end_of_stream chunk ever comes.
     drop(ex);
-    let mut charged = 0;
-    for _ in 0..50 {
-        charged = tokens_today(&h).await - before;
-        if charged > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let charged = charged_since(&h, before).await;
     // 400 generated characters ~ 100 tokens, plus the estimated prompt.
     assert!(charged >= 100, "charged {charged}");
 }
@@ -221,13 +226,6 @@ async fn a_completed_stream_is_charged_its_reported_usage_exactly() {
             .unwrap();
     }
     drop(ex);
-    let mut charged = 0;
-    for _ in 0..50 {
-        charged = tokens_today(&h).await - before;
-        if charged > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let charged = charged_since(&h, before).await;
     assert_eq!(charged, 12);
 }
