@@ -78,3 +78,12 @@ def test_body_just_under_the_limit_is_forwarded_unchanged(stack, marker, path):
     assert r.status_code == 200, r.text[:300]
     [up] = stack.upstream_requests(marker)
     assert up["body"] == body
+
+
+def test_body_above_envoys_buffer_is_refused_by_envoy(stack, marker):
+    """Above per_connection_buffer_limit_bytes (20 MiB in envoy/local.yaml) Envoy cannot buffer the
+    body for ext_proc and answers 413 itself: refused, never passed through unchecked."""
+    body = valid_body("/v1/chat/completions", "x" * (21 * 1024 * 1024))
+    r = stack.post("/v1/chat/completions", token=stack.token("req"), json_body=body, marker=marker, timeout=60)
+    assert r.status_code == 413, r.text[:300]
+    assert stack.upstream_requests(marker) == []
