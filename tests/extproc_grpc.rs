@@ -145,6 +145,22 @@ async fn response_headers_without_request_headers_pass_through_and_skip_the_body
 }
 
 #[tokio::test]
+async fn other_paths_are_admitted_at_the_headers_and_their_bodies_skipped() {
+    let mut h = start().await;
+    let mut ex = Exchange::open(&mut h).await;
+    let auth = format!("Bearer {}", token());
+    ex.tx
+        .send(msg(Message::RequestHeaders(headers(&[(":path", "/v1/files"), ("authorization", &auth)], false))))
+        .await
+        .unwrap();
+    let reply = ex.rx.message().await.unwrap().unwrap();
+    assert!(matches!(reply.response, Some(Reply::RequestHeaders(_))));
+    let mode = reply.mode_override.expect("bodies skipped");
+    assert_eq!((mode.request_body_mode, mode.response_body_mode), (0, 0), "NONE, NONE");
+    assert_eq!(mode.response_header_mode, 1, "SEND: rate headers still go on the response");
+}
+
+#[tokio::test]
 async fn a_message_without_a_request_is_an_error_status_not_a_clean_close() {
     let mut h = start().await;
     let mut ex = Exchange::open(&mut h).await;

@@ -108,14 +108,17 @@ impl Engine {
                 format!("client {client:?} is not registered to any team"),
             ),
             (None, None) => {
+                self.count_decision(RejectionKind::UnknownTeam);
                 return Err(Rejection::new(RejectionKind::UnknownTeam, "token names no team and no client_id"));
             }
         };
-        match lookup {
-            Ok(Some(team)) => Ok(team),
-            Ok(None) => Err(Rejection::new(RejectionKind::UnknownTeam, missing)),
-            Err(e) => Err(self.store_failure("team_lookup", &e)),
-        }
+        let rejection = match lookup {
+            Ok(Some(team)) => return Ok(team),
+            Ok(None) => Rejection::new(RejectionKind::UnknownTeam, missing),
+            Err(e) => self.store_failure("team_lookup", &e),
+        };
+        self.count_decision(rejection.kind);
+        Err(rejection)
     }
 
     /// Decides whether `team` may send one more request now; counts it if so.
@@ -187,7 +190,10 @@ impl Engine {
     fn fail(&self, error: StoreError, ticket: Ticket) -> Result<Ticket, Rejection> {
         let rejection = self.store_failure("admit", &error);
         match self.fail_mode {
-            FailMode::Closed => Err(rejection),
+            FailMode::Closed => {
+                self.count_decision(rejection.kind);
+                Err(rejection)
+            }
             FailMode::Open => {
                 metrics::counter!("tollgate_fail_open_total").increment(1);
                 Ok(ticket)
@@ -202,7 +208,8 @@ impl Engine {
         Rejection::new(RejectionKind::Unavailable, "rate-limit store unavailable")
     }
 
-    /// Counts a refusal decided outside the engine (identity, body checks) alongside its own.
+    /// Counts a refusal. The engine counts every refusal it returns; adapters count their own
+    /// (identity, body checks) with this.
     pub fn count_decision(&self, kind: RejectionKind) {
         metrics::counter!("tollgate_requests_total", "decision" => "rejected", "reason" => kind.code()).increment(1);
     }

@@ -4,7 +4,8 @@ use envoy_types::pb::envoy::config::core::v3::{
     HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction,
 };
 use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::{
-    ProcessingMode, processing_mode::BodySendMode,
+    ProcessingMode,
+    processing_mode::{BodySendMode, HeaderSendMode},
 };
 use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 use envoy_types::pb::envoy::service::ext_proc::v3::{
@@ -66,11 +67,19 @@ fn common(set: &[(&'static str, String)], remove: &[&str], body: Option<Vec<u8>>
     })
 }
 
-pub fn request_headers_reply(set: &[(&'static str, String)], remove: &[&str]) -> ProcessingResponse {
+/// Continue the request; when `skip_bodies`, ask Envoy to send neither body (response headers
+/// still come, for the rate headers).
+pub fn request_headers_reply(set: &[(&'static str, String)], remove: &[&str], skip_bodies: bool) -> ProcessingResponse {
     ProcessingResponse {
         response: Some(Reply::RequestHeaders(HeadersResponse {
             response: common(set, remove, None),
         })),
+        mode_override: skip_bodies.then(|| ProcessingMode {
+            request_body_mode: BodySendMode::None as i32,
+            response_header_mode: HeaderSendMode::Send as i32,
+            response_body_mode: BodySendMode::None as i32,
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }

@@ -1,7 +1,7 @@
 //! One HTTP request's exchange with Envoy, message by message:
 //!
-//! 1. request headers: authenticate, resolve the team (admission waits for the body, where the
-//!    model is; a request without a body is admitted here);
+//! 1. request headers: authenticate, resolve the team; model calls wait for their body to be
+//!    admitted, other paths (`/v1/models`, ...) are admitted here and their bodies skipped;
 //! 2. request body (BUFFERED): size and JSON checks, admission, `include_usage` injection;
 //! 3. response headers: rate headers; keep the (STREAMED) body only where usage is in it;
 //! 4. response body chunks: usage extraction as they pass;
@@ -102,11 +102,13 @@ impl Exchange {
         }
     }
 
+    /// A refusal decided here (identity, body checks) rather than by the engine, which counts its own.
+    fn refuse_here(&self, rejection: Rejection) -> ProcessingResponse {
+        self.ctx.engine.count_decision(rejection.kind);
+        self.refuse(rejection)
+    }
+
     fn refuse(&self, rejection: Rejection) -> ProcessingResponse {
-        if !matches!(rejection.kind, RejectionKind::RpmExceeded | RejectionKind::DailyTokensExceeded | RejectionKind::Unavailable) {
-            // The engine counts its own decisions; identity and body refusals are counted here.
-            self.ctx.engine.count_decision(rejection.kind);
-        }
         tracing::info!(
             team = self.team.as_ref().map(|t| t.id.as_str()),
             request_id = self.request_id.as_deref(),
@@ -145,7 +147,7 @@ impl Exchange {
                     IdentityError::MissingScope(_) => RejectionKind::Forbidden,
                     IdentityError::Missing | IdentityError::Invalid(_) => RejectionKind::Unauthenticated,
                 };
-                return self.refuse(Rejection::new(kind, e.to_string()));
+                return self.refuse_here(Rejection::new(kind, e.to_string()));
             }
         };
         let team = match self.ctx.engine.team_for(&principal).await {
@@ -154,17 +156,18 @@ impl Exchange {
         };
         self.team = Some(team.clone());
 
-        if headers.end_of_stream {
-            if self.api.is_model_call() {
-                return self.refuse(Rejection::new(RejectionKind::InvalidBody, "request body is required"));
-            }
+        if !self.api.is_model_call() {
+            // Nothing in its bodies matters: admit now and ask Envoy not to send them.
             if let Err(rejection) = self.admit(&team).await {
                 return self.refuse(rejection);
             }
+            return envoy::request_headers_reply(&[], &[], true);
+        }
+        if headers.end_of_stream {
+            return self.refuse_here(Rejection::new(RejectionKind::InvalidBody, "request body is required"));
         }
         // Usage is read from the response body, which must not arrive compressed.
-        let remove: &[&str] = if self.api.is_model_call() { &["accept-encoding"] } else { &[] };
-        envoy::request_headers_reply(&[], remove)
+        envoy::request_headers_reply(&[], &["accept-encoding"], false)
     }
 
     async fn admit(&mut self, team: &Team) -> Result<(), Rejection> {
@@ -178,24 +181,20 @@ impl Exchange {
             // Headers were refused (and Envoy stopped) or never seen: nothing to decide.
             return envoy::request_body_reply(None);
         };
-        if self.ticket.is_some() || !self.api.is_model_call() {
-            if self.ticket.is_none() {
-                if let Err(rejection) = self.admit(&team).await {
-                    return self.refuse(rejection);
-                }
-            }
+        if self.ticket.is_some() {
+            // Admitted at the headers (not a model call): the body is not ours to read.
             return envoy::request_body_reply(None);
         }
         let limit = self.ctx.max_request_body_bytes;
         if body.body.len() > limit || !body.end_of_stream {
-            return self.refuse(Rejection::new(
+            return self.refuse_here(Rejection::new(
                 RejectionKind::BodyTooLarge,
                 format!("request body exceeds the {limit}-byte limit"),
             ));
         }
         let parsed = match parse_request(self.api, &body.body) {
             Ok(parsed) => parsed,
-            Err(e) => return self.refuse(Rejection::new(RejectionKind::InvalidBody, e.to_string())),
+            Err(e) => return self.refuse_here(Rejection::new(RejectionKind::InvalidBody, e.to_string())),
         };
         if let Err(rejection) = self.admit(&team).await {
             return self.refuse(rejection);
