@@ -19,13 +19,24 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 fn headers(pairs: &[(&str, &str)]) -> HttpHeaders {
     let headers = pairs
         .iter()
-        .map(|(k, v)| HeaderValue { key: (*k).into(), raw_value: v.as_bytes().to_vec(), ..Default::default() })
+        .map(|(k, v)| HeaderValue {
+            key: (*k).into(),
+            raw_value: v.as_bytes().to_vec(),
+            ..Default::default()
+        })
         .collect();
-    HttpHeaders { headers: Some(HeaderMap { headers }), ..Default::default() }
+    HttpHeaders {
+        headers: Some(HeaderMap { headers }),
+        ..Default::default()
+    }
 }
 
 fn body(bytes: &[u8]) -> HttpBody {
-    HttpBody { body: bytes.to_vec(), end_of_stream: true, ..Default::default() }
+    HttpBody {
+        body: bytes.to_vec(),
+        end_of_stream: true,
+        ..Default::default()
+    }
 }
 
 fn percentiles(name: &str, mut micros: Vec<u128>) {
@@ -39,18 +50,33 @@ async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (addr, token) = (format!("http://{}", args[1]), format!("Bearer {}", args[2]));
     let exchanges: usize = args.get(3).map_or(2000, |n| n.parse().unwrap());
-    let channel = Endpoint::from_shared(addr).unwrap().tcp_nodelay(true).connect().await.unwrap();
+    let channel = Endpoint::from_shared(addr)
+        .unwrap()
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .unwrap();
 
     let mut health = HealthClient::new(channel.clone());
     let mut floor = Vec::new();
     for _ in 0..exchanges {
         let t = Instant::now();
-        health.check(HealthCheckRequest { service: String::new() }).await.unwrap();
+        health
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .unwrap();
         floor.push(t.elapsed().as_micros());
     }
 
     let mut client = ExternalProcessorClient::new(channel);
-    let names = ["request headers (+ new stream)", "request body (admission)", "response headers", "response body (usage)"];
+    let names = [
+        "request headers (+ new stream)",
+        "request body (admission)",
+        "response headers",
+        "response body (usage)",
+    ];
     let mut per_message: Vec<Vec<u128>> = vec![Vec::new(); names.len()];
     let mut per_exchange = Vec::new();
     for i in 0..exchanges {
@@ -61,16 +87,32 @@ async fn main() {
                 ("authorization", &token),
                 ("x-request-id", &request_id),
             ])),
-            Message::RequestBody(body(br#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#)),
-            Message::ResponseHeaders(headers(&[(":status", "200"), ("content-type", "application/json")])),
-            Message::ResponseBody(body(br#"{"usage":{"prompt_tokens":12,"completion_tokens":8}}"#)),
+            Message::RequestBody(body(
+                br#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#,
+            )),
+            Message::ResponseHeaders(headers(&[
+                (":status", "200"),
+                ("content-type", "application/json"),
+            ])),
+            Message::ResponseBody(body(
+                br#"{"usage":{"prompt_tokens":12,"completion_tokens":8}}"#,
+            )),
         ];
         let started = Instant::now();
         let (tx, rx) = mpsc::channel(4);
-        let mut replies = client.process(ReceiverStream::new(rx)).await.unwrap().into_inner();
+        let mut replies = client
+            .process(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
         for (slot, message) in messages.into_iter().enumerate() {
             let t = Instant::now();
-            tx.send(ProcessingRequest { request: Some(message), ..Default::default() }).await.unwrap();
+            tx.send(ProcessingRequest {
+                request: Some(message),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
             replies.message().await.unwrap().expect("a reply");
             per_message[slot].push(t.elapsed().as_micros());
         }

@@ -65,10 +65,17 @@ pub enum Command {
     },
 }
 
-pub async fn check(url: Option<String>, config: Option<PathBuf>, timeout: Duration) -> anyhow::Result<()> {
+pub async fn check(
+    url: Option<String>,
+    config: Option<PathBuf>,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let base = match url {
         Some(url) => url,
-        None => format!("http://{}", Settings::load(config.as_deref())?.server.http_listen),
+        None => format!(
+            "http://{}",
+            Settings::load(config.as_deref())?.server.http_listen
+        ),
     };
     let url = format!("{}/readyz", base.trim_end_matches('/'));
     let response = reqwest::Client::builder()

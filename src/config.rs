@@ -58,7 +58,9 @@ impl Default for ServerSettings {
 impl ServerSettings {
     /// gRPC messages carry whole buffered bodies: allow them plus framing.
     pub fn max_grpc_message_bytes(&self) -> usize {
-        self.max_request_body_bytes.max(self.max_response_json_bytes) + (1 << 20)
+        self.max_request_body_bytes
+            .max(self.max_response_json_bytes)
+            + (1 << 20)
     }
 }
 
@@ -164,7 +166,9 @@ impl Default for LogSettings {
 }
 
 /// Top-level keys of [`Settings`].
-const SECTIONS: &[&str] = &["server", "identity", "store", "policy", "log", "tiers", "teams"];
+const SECTIONS: &[&str] = &[
+    "server", "identity", "store", "policy", "log", "tiers", "teams",
+];
 
 impl Settings {
     /// Defaults, then the file (if any), then the environment.
@@ -184,7 +188,10 @@ impl Settings {
                 SECTIONS.iter().any(|s| s.eq_ignore_ascii_case(section))
             })
             .split("__");
-        let settings: Settings = figment.merge(env).extract().context("invalid configuration")?;
+        let settings: Settings = figment
+            .merge(env)
+            .extract()
+            .context("invalid configuration")?;
         settings.validate()?;
         Ok(settings)
     }
@@ -201,7 +208,10 @@ impl Settings {
             }
             for client in &team.client_ids {
                 if let Some(other) = clients.insert(client.as_str(), team.id.as_str()) {
-                    bail!("teams: client_id {client:?} belongs to both {other:?} and {:?}", team.id);
+                    bail!(
+                        "teams: client_id {client:?} belongs to both {other:?} and {:?}",
+                        team.id
+                    );
                 }
             }
         }
@@ -226,6 +236,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail signature
     fn file_then_environment() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.toml");
@@ -266,9 +277,16 @@ mod tests {
             client_ids: vec![client.into()],
             overrides: Default::default(),
         };
-        let mut s = Settings::default();
-        s.teams = vec![team("a", "x"), team("b", "x")];
-        assert!(s.validate().unwrap_err().to_string().contains("client_id \"x\""));
+        let mut s = Settings {
+            teams: vec![team("a", "x"), team("b", "x")],
+            ..Default::default()
+        };
+        assert!(
+            s.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("client_id \"x\"")
+        );
         s.teams = vec![team("a", "x"), team("a", "y")];
         assert!(s.validate().is_err());
     }

@@ -53,7 +53,11 @@ mod tests {
     use crate::policy::RejectionKind;
 
     fn header<'a>(reply: &'a Reply, name: &str) -> Option<&'a str> {
-        reply.headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str())
+        reply
+            .headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     #[test]
@@ -75,7 +79,10 @@ mod tests {
 
     #[test]
     fn unfixable_refusals_tell_sdks_not_to_retry() {
-        let reply = rejection_reply(ApiKind::AnthropicMessages, &Rejection::new(RejectionKind::Forbidden, "no"));
+        let reply = rejection_reply(
+            ApiKind::AnthropicMessages,
+            &Rejection::new(RejectionKind::Forbidden, "no"),
+        );
         assert_eq!(reply.status, 403);
         assert_eq!(header(&reply, "x-should-retry"), Some("false"));
         assert_eq!(header(&reply, "retry-after"), None);

@@ -35,17 +35,25 @@ pub fn router(state: Arc<OpsState>) -> Router {
 async fn readyz(State(state): State<Arc<OpsState>>) -> impl IntoResponse {
     let backend = state.store.backend_name();
     if !state.accepting.load(Ordering::Relaxed) {
-        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "draining", "store": backend})));
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "draining", "store": backend})),
+        );
     }
     match tokio::time::timeout(READY_PROBE_TIMEOUT, state.store.ping()).await {
-        Ok(Ok(())) => (StatusCode::OK, Json(json!({"status": "ready", "store": backend}))),
+        Ok(Ok(())) => (
+            StatusCode::OK,
+            Json(json!({"status": "ready", "store": backend})),
+        ),
         Ok(Err(e)) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"status": "store_unavailable", "store": backend, "error": e.to_string()})),
         ),
         Err(_) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "store_unavailable", "store": backend, "error": "store ping timed out"})),
+            Json(
+                json!({"status": "store_unavailable", "store": backend, "error": "store ping timed out"}),
+            ),
         ),
     }
 }

@@ -16,17 +16,35 @@ async fn main() -> ExitCode {
             }
             Err(e) => Err(e),
         },
-        Command::Check { url, config, timeout_seconds } => {
-            cli::check(url, config, Duration::from_secs(timeout_seconds)).await
-        }
+        Command::Check {
+            url,
+            config,
+            timeout_seconds,
+        } => cli::check(url, config, Duration::from_secs(timeout_seconds)).await,
         Command::Config { config } => Settings::load(config.as_deref()).and_then(|s| {
             println!("{}", serde_json::to_string_pretty(&s)?);
             Ok(())
         }),
-        Command::DevToken { key, kid, client_id, scope, team, team_claim, issuer, ttl_seconds } => {
-            cli::dev_token(&key, &kid, &client_id, &scope, team.as_deref(), &team_claim, &issuer, ttl_seconds)
-                .map(|token| println!("{token}"))
-        }
+        Command::DevToken {
+            key,
+            kid,
+            client_id,
+            scope,
+            team,
+            team_claim,
+            issuer,
+            ttl_seconds,
+        } => cli::dev_token(
+            &key,
+            &kid,
+            &client_id,
+            &scope,
+            team.as_deref(),
+            &team_claim,
+            &issuer,
+            ttl_seconds,
+        )
+        .map(|token| println!("{token}")),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -9,8 +9,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
 
 use crate::config::{Settings, StoreBackend};
 use crate::engine::{Engine, SystemClock};
@@ -39,7 +39,9 @@ pub async fn authenticator(settings: &Settings) -> anyhow::Result<Authenticator>
     };
     let verification = match (id.trust_upstream, source) {
         (true, _) => {
-            tracing::warn!("identity.trust_upstream: token signatures are NOT verified by tollgate");
+            tracing::warn!(
+                "identity.trust_upstream: token signatures are NOT verified by tollgate"
+            );
             Verification::TrustUpstream
         }
         (false, Some(source)) => {
@@ -81,7 +83,10 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let metrics = crate::telemetry::init_metrics()?;
     let store = open_store(&settings).await?;
     for team in &settings.teams {
-        store.put_team(team).await.with_context(|| format!("storing team {}", team.id))?;
+        store
+            .put_team(team)
+            .await
+            .with_context(|| format!("storing team {}", team.id))?;
     }
     let auth = Arc::new(authenticator(&settings).await?);
     let engine = Arc::new(Engine::new(
@@ -101,7 +106,9 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let abandon = extproc.abandon_token();
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<ExternalProcessorServer<ExtProcService>>().await;
+    health
+        .set_serving::<ExternalProcessorServer<ExtProcService>>()
+        .await;
 
     let grpc_listener = TcpListener::bind(settings.server.grpc_listen)
         .await
@@ -133,7 +140,8 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
             TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
             stop.clone().cancelled_owned(),
         );
-    let http = axum::serve(http_listener, router(ops.clone())).with_graceful_shutdown(stop.clone().cancelled_owned());
+    let http = axum::serve(http_listener, router(ops.clone()))
+        .with_graceful_shutdown(stop.clone().cancelled_owned());
     let grpc = tokio::spawn(grpc);
     let http = tokio::spawn(async move { http.await });
 
@@ -151,7 +159,9 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     shutdown_signal().await;
     tracing::info!("shutting down: draining in-flight exchanges");
     ops.accepting.store(false, Ordering::Relaxed);
-    health.set_not_serving::<ExternalProcessorServer<ExtProcService>>().await;
+    health
+        .set_not_serving::<ExternalProcessorServer<ExtProcService>>()
+        .await;
     stop.cancel();
 
     let grace = Duration::from_secs(settings.server.shutdown_grace_seconds);
@@ -163,7 +173,10 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     .await
     .is_ok();
     if !drained {
-        tracing::warn!(?grace, "grace period over; settling the exchanges still open");
+        tracing::warn!(
+            ?grace,
+            "grace period over; settling the exchanges still open"
+        );
         abandon.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(5), exchanges.wait()).await;
     }

@@ -6,8 +6,11 @@ use tracing_subscriber::EnvFilter;
 use crate::config::{LogFormat, LogSettings};
 
 pub fn init_logging(settings: &LogSettings) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match settings.format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
@@ -19,7 +22,10 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(
             metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
-            &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0],
+            &[
+                0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                0.25, 1.0,
+            ],
         )?
         .install_recorder()?;
     describe();
@@ -28,16 +34,43 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
-    describe_counter!("tollgate_requests_total", "Admission decisions by decision and reason");
-    describe_histogram!("tollgate_admission_seconds", "Time to decide admission (store round trips included)");
+    describe_counter!(
+        "tollgate_requests_total",
+        "Admission decisions by decision and reason"
+    );
+    describe_histogram!(
+        "tollgate_admission_seconds",
+        "Time to decide admission (store round trips included)"
+    );
     describe_counter!("tollgate_tokens_total", "Tokens charged, by team and API");
-    describe_counter!("tollgate_usage_estimated_total", "Responses charged by estimate (usage never arrived)");
-    describe_counter!("tollgate_debits_total", "Debits applied to the store, or retried after a failure");
-    describe_counter!("tollgate_debits_lost_total", "Debits that could not be queued (ledger stopped)");
+    describe_counter!(
+        "tollgate_usage_estimated_total",
+        "Responses charged by estimate (usage never arrived)"
+    );
+    describe_counter!(
+        "tollgate_debits_total",
+        "Debits applied to the store, or retried after a failure"
+    );
+    describe_counter!(
+        "tollgate_debits_lost_total",
+        "Debits that could not be queued (ledger stopped)"
+    );
     describe_gauge!("tollgate_ledger_queued", "Debits waiting to be applied");
-    describe_counter!("tollgate_store_errors_total", "Store failures by backend and operation");
-    describe_counter!("tollgate_fail_open_total", "Requests admitted without a decision because the store failed (fail_mode=open)");
-    describe_gauge!("tollgate_extproc_streams_active", "ext_proc streams in progress");
-    describe_counter!("tollgate_extproc_errors_total", "ext_proc streams ended with an error status");
+    describe_counter!(
+        "tollgate_store_errors_total",
+        "Store failures by backend and operation"
+    );
+    describe_counter!(
+        "tollgate_fail_open_total",
+        "Requests admitted without a decision because the store failed (fail_mode=open)"
+    );
+    describe_gauge!(
+        "tollgate_extproc_streams_active",
+        "ext_proc streams in progress"
+    );
+    describe_counter!(
+        "tollgate_extproc_errors_total",
+        "ext_proc streams ended with an error status"
+    );
     describe_counter!("tollgate_jwks_refreshes_total", "JWKS fetches by result");
 }

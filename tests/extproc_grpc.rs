@@ -36,7 +36,11 @@ async fn start() -> Harness {
             id: "t".into(),
             tier: Tier::Standard,
             client_ids: vec!["c".into()],
-            overrides: LimitOverrides { rpm: Some(100), daily_tokens: Some(1_000_000), monthly_budget_usd: None },
+            overrides: LimitOverrides {
+                rpm: Some(100),
+                daily_tokens: Some(1_000_000),
+                monthly_budget_usd: None,
+            },
         })
         .await
         .unwrap();
@@ -47,7 +51,12 @@ async fn start() -> Harness {
         FailMode::Closed,
         Arc::new(SystemClock),
     ));
-    let auth = Arc::new(Authenticator::new(Verification::TrustUpstream, None, None, Duration::ZERO));
+    let auth = Arc::new(Authenticator::new(
+        Verification::TrustUpstream,
+        None,
+        None,
+        Duration::ZERO,
+    ));
     let service = ExtProcService::new(Arc::new(Context {
         engine: engine.clone(),
         auth,
@@ -61,15 +70,27 @@ async fn start() -> Harness {
             .add_service(service.into_server(4 << 20))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
-    let client = ExternalProcessorClient::connect(format!("http://{addr}")).await.unwrap();
-    Harness { client, store, engine }
+    let client = ExternalProcessorClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    Harness {
+        client,
+        store,
+        engine,
+    }
 }
 
 fn token() -> String {
-    let claims = json!({"client_id": "c", "scope": INVOKE_SCOPE, "exp": get_current_timestamp() + 600});
+    let claims =
+        json!({"client_id": "c", "scope": INVOKE_SCOPE, "exp": get_current_timestamp() + 600});
     // Signature is irrelevant in trust-upstream mode; any RSA key signs.
     let key = include_bytes!("../dev/keys/dev-private.pem");
-    encode(&Header::new(Algorithm::RS256), &claims, &EncodingKey::from_rsa_pem(key).unwrap()).unwrap()
+    encode(
+        &Header::new(Algorithm::RS256),
+        &claims,
+        &EncodingKey::from_rsa_pem(key).unwrap(),
+    )
+    .unwrap()
 }
 
 fn headers(pairs: &[(&str, &str)], end_of_stream: bool) -> HttpHeaders {
@@ -77,7 +98,11 @@ fn headers(pairs: &[(&str, &str)], end_of_stream: bool) -> HttpHeaders {
         headers: Some(HeaderMap {
             headers: pairs
                 .iter()
-                .map(|(k, v)| HeaderValue { key: (*k).into(), raw_value: v.as_bytes().to_vec(), ..Default::default() })
+                .map(|(k, v)| HeaderValue {
+                    key: (*k).into(),
+                    raw_value: v.as_bytes().to_vec(),
+                    ..Default::default()
+                })
                 .collect(),
         }),
         end_of_stream,
@@ -86,7 +111,10 @@ fn headers(pairs: &[(&str, &str)], end_of_stream: bool) -> HttpHeaders {
 }
 
 fn msg(request: Message) -> ProcessingRequest {
-    ProcessingRequest { request: Some(request), ..Default::default() }
+    ProcessingRequest {
+        request: Some(request),
+        ..Default::default()
+    }
 }
 
 struct Exchange {
@@ -97,7 +125,12 @@ struct Exchange {
 impl Exchange {
     async fn open(h: &mut Harness) -> Self {
         let (tx, outbound) = mpsc::channel(8);
-        let rx = h.client.process(ReceiverStream::new(outbound)).await.unwrap().into_inner();
+        let rx = h
+            .client
+            .process(ReceiverStream::new(outbound))
+            .await
+            .unwrap()
+            .into_inner();
         Self { tx, rx }
     }
 
@@ -111,7 +144,12 @@ impl Exchange {
 fn chat_request_headers(id: &str) -> Message {
     let auth = format!("Bearer {}", token());
     Message::RequestHeaders(headers(
-        &[(":path", "/v1/chat/completions"), (":method", "POST"), ("authorization", &auth), ("x-request-id", id)],
+        &[
+            (":path", "/v1/chat/completions"),
+            (":method", "POST"),
+            ("authorization", &auth),
+            ("x-request-id", id),
+        ],
         false,
     ))
 }
@@ -119,7 +157,10 @@ fn chat_request_headers(id: &str) -> Message {
 async fn tokens_today(h: &Harness) -> u64 {
     h.engine.flush().await;
     let day = tollgate::policy::calendar::day_key(get_current_timestamp());
-    h.store.read_counters(&[&CounterKey::tokens_on_day("t", &day, 0)]).await.unwrap()[0]
+    h.store
+        .read_counters(&[&CounterKey::tokens_on_day("t", &day, 0)])
+        .await
+        .unwrap()[0]
 }
 
 /// Tokens charged since `before`, once the exchange's settlement has landed.
@@ -138,10 +179,23 @@ async fn charged_since(h: &Harness, before: u64) -> u64 {
 async fn response_headers_without_request_headers_pass_through_and_skip_the_body() {
     let mut h = start().await;
     let mut ex = Exchange::open(&mut h).await;
-    ex.tx.send(msg(Message::ResponseHeaders(headers(&[(":status", "401")], false)))).await.unwrap();
+    ex.tx
+        .send(msg(Message::ResponseHeaders(headers(
+            &[(":status", "401")],
+            false,
+        ))))
+        .await
+        .unwrap();
     let reply = ex.rx.message().await.unwrap().unwrap();
     assert!(matches!(reply.response, Some(Reply::ResponseHeaders(_))));
-    assert_eq!(reply.mode_override.expect("body skipped").response_body_mode, 0, "NONE");
+    assert_eq!(
+        reply
+            .mode_override
+            .expect("body skipped")
+            .response_body_mode,
+        0,
+        "NONE"
+    );
 }
 
 #[tokio::test]
@@ -150,14 +204,24 @@ async fn other_paths_are_admitted_at_the_headers_and_their_bodies_skipped() {
     let mut ex = Exchange::open(&mut h).await;
     let auth = format!("Bearer {}", token());
     ex.tx
-        .send(msg(Message::RequestHeaders(headers(&[(":path", "/v1/files"), ("authorization", &auth)], false))))
+        .send(msg(Message::RequestHeaders(headers(
+            &[(":path", "/v1/files"), ("authorization", &auth)],
+            false,
+        ))))
         .await
         .unwrap();
     let reply = ex.rx.message().await.unwrap().unwrap();
     assert!(matches!(reply.response, Some(Reply::RequestHeaders(_))));
     let mode = reply.mode_override.expect("bodies skipped");
-    assert_eq!((mode.request_body_mode, mode.response_body_mode), (0, 0), "NONE, NONE");
-    assert_eq!(mode.response_header_mode, 1, "SEND: rate headers still go on the response");
+    assert_eq!(
+        (mode.request_body_mode, mode.response_body_mode),
+        (0, 0),
+        "NONE, NONE"
+    );
+    assert_eq!(
+        mode.response_header_mode, 1,
+        "SEND: rate headers still go on the response"
+    );
 }
 
 #[tokio::test]
@@ -173,26 +237,40 @@ async fn a_message_without_a_request_is_an_error_status_not_a_clean_close() {
 async fn stream_injection_rewrites_the_body_with_a_matching_content_length() {
     let mut h = start().await;
     let mut ex = Exchange::open(&mut h).await;
-    assert!(matches!(ex.send(chat_request_headers("r1")).await.unwrap(), Reply::RequestHeaders(_)));
+    assert!(matches!(
+        ex.send(chat_request_headers("r1")).await.unwrap(),
+        Reply::RequestHeaders(_)
+    ));
     let body = br#"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
     let Reply::RequestBody(reply) = ex
-        .send(Message::RequestBody(HttpBody { body: body.to_vec(), end_of_stream: true, ..Default::default() }))
+        .send(Message::RequestBody(HttpBody {
+            body: body.to_vec(),
+            end_of_stream: true,
+            ..Default::default()
+        }))
         .await
         .unwrap()
     else {
         panic!("expected a body reply");
     };
     let common = reply.response.unwrap();
-    let Some(envoy_types::pb::envoy::service::ext_proc::v3::body_mutation::Mutation::Body(new_body)) =
-        common.body_mutation.unwrap().mutation
+    let Some(envoy_types::pb::envoy::service::ext_proc::v3::body_mutation::Mutation::Body(
+        new_body,
+    )) = common.body_mutation.unwrap().mutation
     else {
         panic!("expected a body mutation");
     };
     let v: serde_json::Value = serde_json::from_slice(&new_body).unwrap();
     assert_eq!(v["stream_options"]["include_usage"], json!(true));
     let set = &common.header_mutation.unwrap().set_headers;
-    let content_length = set.iter().find(|h| h.header.as_ref().unwrap().key == "content-length").unwrap();
-    assert_eq!(content_length.header.as_ref().unwrap().raw_value, new_body.len().to_string().into_bytes());
+    let content_length = set
+        .iter()
+        .find(|h| h.header.as_ref().unwrap().key == "content-length")
+        .unwrap();
+    assert_eq!(
+        content_length.header.as_ref().unwrap().raw_value,
+        new_body.len().to_string().into_bytes()
+    );
 }
 
 #[tokio::test]
@@ -202,18 +280,32 @@ async fn a_stream_that_ends_without_end_of_stream_is_still_charged() {
     let mut ex = Exchange::open(&mut h).await;
     ex.send(chat_request_headers("r2")).await.unwrap();
     let body = br#"{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}"#;
-    ex.send(Message::RequestBody(HttpBody { body: body.to_vec(), end_of_stream: true, ..Default::default() }))
-        .await
-        .unwrap();
+    ex.send(Message::RequestBody(HttpBody {
+        body: body.to_vec(),
+        end_of_stream: true,
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
     let reply = ex
-        .send(Message::ResponseHeaders(headers(&[(":status", "200"), ("content-type", "text/event-stream")], false)))
+        .send(Message::ResponseHeaders(headers(
+            &[(":status", "200"), ("content-type", "text/event-stream")],
+            false,
+        )))
         .await
         .unwrap();
     assert!(matches!(reply, Reply::ResponseHeaders(_)));
-    let chunk = format!("data: {}\n\n", json!({"choices": [{"delta": {"content": "x".repeat(400)}}]}));
-    ex.send(Message::ResponseBody(HttpBody { body: chunk.into_bytes(), end_of_stream: false, ..Default::default() }))
-        .await
-        .unwrap();
+    let chunk = format!(
+        "data: {}\n\n",
+        json!({"choices": [{"delta": {"content": "x".repeat(400)}}]})
+    );
+    ex.send(Message::ResponseBody(HttpBody {
+        body: chunk.into_bytes(),
+        end_of_stream: false,
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
     // The client disconnects: Envoy resets the stream, no end_of_stream chunk ever comes.
     drop(ex);
     let charged = charged_since(&h, before).await;
@@ -228,18 +320,31 @@ async fn a_completed_stream_is_charged_its_reported_usage_exactly() {
     let mut ex = Exchange::open(&mut h).await;
     ex.send(chat_request_headers("r3")).await.unwrap();
     let body = br#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#;
-    ex.send(Message::RequestBody(HttpBody { body: body.to_vec(), end_of_stream: true, ..Default::default() }))
-        .await
-        .unwrap();
-    ex.send(Message::ResponseHeaders(headers(&[(":status", "200"), ("content-type", "application/json")], false)))
-        .await
-        .unwrap();
-    let response = json!({"usage": {"prompt_tokens": 7, "completion_tokens": 5}}).to_string().into_bytes();
+    ex.send(Message::RequestBody(HttpBody {
+        body: body.to_vec(),
+        end_of_stream: true,
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
+    ex.send(Message::ResponseHeaders(headers(
+        &[(":status", "200"), ("content-type", "application/json")],
+        false,
+    )))
+    .await
+    .unwrap();
+    let response = json!({"usage": {"prompt_tokens": 7, "completion_tokens": 5}})
+        .to_string()
+        .into_bytes();
     let (a, b) = response.split_at(10);
     for (part, end) in [(a, false), (b, true)] {
-        ex.send(Message::ResponseBody(HttpBody { body: part.to_vec(), end_of_stream: end, ..Default::default() }))
-            .await
-            .unwrap();
+        ex.send(Message::ResponseBody(HttpBody {
+            body: part.to_vec(),
+            end_of_stream: end,
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
     }
     drop(ex);
     let charged = charged_since(&h, before).await;

@@ -4,12 +4,18 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 #[tokio::test]
@@ -37,10 +43,11 @@ async fn serves_grpc_health_and_readiness_and_stops_cleanly_on_sigterm() {
 
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut health = loop {
-        if let Ok(channel) = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{grpc}"))
-            .unwrap()
-            .connect()
-            .await
+        if let Ok(channel) =
+            tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{grpc}"))
+                .unwrap()
+                .connect()
+                .await
         {
             break HealthClient::new(channel);
         }
@@ -49,7 +56,9 @@ async fn serves_grpc_health_and_readiness_and_stops_cleanly_on_sigterm() {
     };
     for service in ["", "envoy.service.ext_proc.v3.ExternalProcessor"] {
         let status = health
-            .check(HealthCheckRequest { service: service.into() })
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
             .await
             .unwrap()
             .into_inner()
@@ -57,20 +66,40 @@ async fn serves_grpc_health_and_readiness_and_stops_cleanly_on_sigterm() {
         assert_eq!(status, ServingStatus::Serving as i32, "service {service:?}");
     }
 
-    let check = |url: String| Command::new(BIN).args(["check", "--url", &url]).env_remove("TOLLGATE_CONFIG").output().unwrap();
+    let check = |url: String| {
+        Command::new(BIN)
+            .args(["check", "--url", &url])
+            .env_remove("TOLLGATE_CONFIG")
+            .output()
+            .unwrap()
+    };
     let ready = check(format!("http://127.0.0.1:{http}"));
-    assert!(ready.status.success(), "{}", String::from_utf8_lossy(&ready.stderr));
+    assert!(
+        ready.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ready.stderr)
+    );
     assert!(String::from_utf8_lossy(&ready.stdout).contains("\"ready\""));
-    assert!(!check(format!("http://127.0.0.1:{}", free_port())).status.success());
+    assert!(
+        !check(format!("http://127.0.0.1:{}", free_port()))
+            .status
+            .success()
+    );
 
-    let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(kill.success());
     let deadline = Instant::now() + Duration::from_secs(15);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
-        assert!(Instant::now() < deadline, "tollgate did not stop after SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "tollgate did not stop after SIGTERM"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(status.success(), "exit status {status:?}");

@@ -84,11 +84,13 @@ async fn apply_until_done(store: &dyn Store, debits: &[Debit]) {
     loop {
         match store.apply_debits(debits).await {
             Ok(()) => {
-                metrics::counter!("tollgate_debits_total", "result" => "applied").increment(debits.len() as u64);
+                metrics::counter!("tollgate_debits_total", "result" => "applied")
+                    .increment(debits.len() as u64);
                 return;
             }
             Err(e) => {
-                metrics::counter!("tollgate_debits_total", "result" => "retried").increment(debits.len() as u64);
+                metrics::counter!("tollgate_debits_total", "result" => "retried")
+                    .increment(debits.len() as u64);
                 tracing::warn!(debits = debits.len(), error = %e, retry_in = ?backoff, "debits failed; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);

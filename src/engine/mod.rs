@@ -102,14 +102,20 @@ impl Engine {
     /// registered the token's `client_id`. Never a shared fallback bucket.
     pub async fn team_for(&self, principal: &Principal) -> Result<Arc<Team>, Rejection> {
         let (lookup, missing) = match (&principal.team, &principal.client_id) {
-            (Some(team), _) => (self.teams.by_id(team).await, format!("team {team:?} is not registered")),
+            (Some(team), _) => (
+                self.teams.by_id(team).await,
+                format!("team {team:?} is not registered"),
+            ),
             (None, Some(client)) => (
                 self.teams.by_client(client).await,
                 format!("client {client:?} is not registered to any team"),
             ),
             (None, None) => {
                 self.count_decision(RejectionKind::UnknownTeam);
-                return Err(Rejection::new(RejectionKind::UnknownTeam, "token names no team and no client_id"));
+                return Err(Rejection::new(
+                    RejectionKind::UnknownTeam,
+                    "token names no team and no client_id",
+                ));
             }
         };
         let rejection = match lookup {
@@ -129,15 +135,23 @@ impl Engine {
         outcome
     }
 
-    async fn admit_at(&self, team: &Team, now_ms: u64, request_id: Option<&str>) -> Result<Ticket, Rejection> {
+    async fn admit_at(
+        &self,
+        team: &Team,
+        now_ms: u64,
+        request_id: Option<&str>,
+    ) -> Result<Ticket, Rejection> {
         let limits = self.tiers.limits_for(team);
         let now = now_ms / 1000;
         let pos = rate::WindowPosition::at(now_ms);
         let day = calendar::day_key(now);
-        let previous_key = CounterKey::requests_in_minute(&team.id, pos.bucket - 1, pos.bucket_expiry_secs() - 60);
-        let current_key = CounterKey::requests_in_minute(&team.id, pos.bucket, pos.bucket_expiry_secs());
+        let previous_key =
+            CounterKey::requests_in_minute(&team.id, pos.bucket - 1, pos.bucket_expiry_secs() - 60);
+        let current_key =
+            CounterKey::requests_in_minute(&team.id, pos.bucket, pos.bucket_expiry_secs());
         // Token counters outlive their day by one so late debits and operators can still see them.
-        let tokens_key = CounterKey::tokens_on_day(&team.id, &day, calendar::next_day_start(now) + 86_400);
+        let tokens_key =
+            CounterKey::tokens_on_day(&team.id, &day, calendar::next_day_start(now) + 86_400);
         let request_id = request_id.map_or_else(|| self.next_request_id(), str::to_owned);
         let ticket = |rate| Ticket {
             team: Arc::from(team.id.as_str()),
@@ -146,9 +160,21 @@ impl Engine {
             request_id: request_id.clone(),
         };
 
-        let (previous, used_today) = match self.store.read_counters(&[&previous_key, &tokens_key]).await {
+        let (previous, used_today) = match self
+            .store
+            .read_counters(&[&previous_key, &tokens_key])
+            .await
+        {
             Ok(v) => (v[0], v[1]),
-            Err(e) => return self.fail(e, ticket(RateHeaders { rpm_limit: limits.rpm, ..Default::default() })),
+            Err(e) => {
+                return self.fail(
+                    e,
+                    ticket(RateHeaders {
+                        rpm_limit: limits.rpm,
+                        ..Default::default()
+                    }),
+                );
+            }
         };
         let mut headers = RateHeaders {
             rpm_limit: limits.rpm,
@@ -218,7 +244,8 @@ impl Engine {
     /// to the store in the background (never on the response path).
     pub async fn settle(&self, ticket: Ticket, usage: Usage, api: &'static str) {
         let total = usage.total();
-        metrics::counter!("tollgate_tokens_total", "team" => ticket.team.to_string(), "api" => api).increment(total);
+        metrics::counter!("tollgate_tokens_total", "team" => ticket.team.to_string(), "api" => api)
+            .increment(total);
         if usage.estimated {
             metrics::counter!("tollgate_usage_estimated_total", "api" => api).increment(1);
         }
@@ -240,7 +267,11 @@ impl Engine {
     }
 
     fn next_request_id(&self) -> String {
-        format!("tollgate-{}-{}", self.clock.now_ms(), self.request_seq.fetch_add(1, Ordering::Relaxed))
+        format!(
+            "tollgate-{}-{}",
+            self.clock.now_ms(),
+            self.request_seq.fetch_add(1, Ordering::Relaxed)
+        )
     }
 }
 

@@ -32,14 +32,20 @@ impl TeamDirectory {
     pub async fn by_id(&self, id: &str) -> StoreResult<Option<Arc<Team>>> {
         let store = self.store.clone();
         let id_owned = id.to_owned();
-        self.cached(format!("team:{id}"), async move { store.team(&id_owned).await }).await
+        self.cached(
+            format!("team:{id}"),
+            async move { store.team(&id_owned).await },
+        )
+        .await
     }
 
     pub async fn by_client(&self, client_id: &str) -> StoreResult<Option<Arc<Team>>> {
         let store = self.store.clone();
         let client = client_id.to_owned();
-        self.cached(format!("client:{client_id}"), async move { store.team_for_client(&client).await })
-            .await
+        self.cached(format!("client:{client_id}"), async move {
+            store.team_for_client(&client).await
+        })
+        .await
     }
 
     async fn cached(

@@ -27,7 +27,13 @@ fn team(id: &str, rpm: u64, daily_tokens: u64) -> Team {
 fn engine_with(store: Arc<dyn Store>, fail_mode: FailMode) -> (Arc<Engine>, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock::default());
     clock.0.store(NOON, Ordering::Relaxed);
-    let engine = Engine::new(store, TierTable::default(), Duration::from_secs(5), fail_mode, clock.clone());
+    let engine = Engine::new(
+        store,
+        TierTable::default(),
+        Duration::from_secs(5),
+        fail_mode,
+        clock.clone(),
+    );
     (Arc::new(engine), clock)
 }
 
@@ -99,7 +105,11 @@ async fn headers_count_down() {
 async fn daily_tokens_are_debited_after_the_response_and_roll_over_at_midnight() {
     let (engine, clock) = engine();
     let t = team("a", 1000, 100);
-    let usage = Usage { input: 40, output: 20, ..Default::default() };
+    let usage = Usage {
+        input: 40,
+        output: 20,
+        ..Default::default()
+    };
     let ticket = engine.admit(&t, Some("r1")).await.unwrap();
     engine.settle(ticket, usage, "test").await;
     engine.flush().await;
@@ -109,10 +119,15 @@ async fn daily_tokens_are_debited_after_the_response_and_roll_over_at_midnight()
     engine.flush().await;
     let r = engine.admit(&t, None).await.unwrap_err();
     assert_eq!(r.kind, RejectionKind::DailyTokensExceeded);
-    assert_eq!(r.reason, "Daily token limit exceeded (120/100 tokens today)");
+    assert_eq!(
+        r.reason,
+        "Daily token limit exceeded (120/100 tokens today)"
+    );
     // 11:59:50 until midnight.
     assert_eq!(r.retry_after_secs, Some(11 * 3600 + 59 * 60 + 50));
-    clock.0.fetch_add(r.retry_after_secs.unwrap() * 1000, Ordering::Relaxed);
+    clock
+        .0
+        .fetch_add(r.retry_after_secs.unwrap() * 1000, Ordering::Relaxed);
     let next_day = engine.admit(&t, None).await.unwrap();
     assert_eq!(next_day.rate.tokens_remaining, Some(100));
 }
@@ -122,10 +137,22 @@ async fn a_token_rejection_does_not_consume_rpm() {
     let (engine, _) = engine();
     let t = team("a", 2, 10);
     let ticket = engine.admit(&t, None).await.unwrap();
-    engine.settle(ticket, Usage { input: 10, ..Default::default() }, "test").await;
+    engine
+        .settle(
+            ticket,
+            Usage {
+                input: 10,
+                ..Default::default()
+            },
+            "test",
+        )
+        .await;
     engine.flush().await;
     for _ in 0..5 {
-        assert_eq!(engine.admit(&t, None).await.unwrap_err().kind, RejectionKind::DailyTokensExceeded);
+        assert_eq!(
+            engine.admit(&t, None).await.unwrap_err().kind,
+            RejectionKind::DailyTokensExceeded
+        );
     }
     let counters = engine
         .store()
@@ -138,11 +165,37 @@ async fn a_token_rejection_does_not_consume_rpm() {
 #[tokio::test]
 async fn teams_resolve_by_claim_then_client_and_never_fall_back() {
     let (engine, _) = engine();
-    engine.store().put_team(&team("search", 5, 5)).await.unwrap();
-    assert_eq!(engine.team_for(&principal(Some("search"), None)).await.unwrap().id, "search");
-    assert_eq!(engine.team_for(&principal(None, Some("search-client"))).await.unwrap().id, "search");
-    for p in [principal(Some("nope"), Some("search-client")), principal(None, Some("stranger")), principal(None, None)] {
-        assert_eq!(engine.team_for(&p).await.unwrap_err().kind, RejectionKind::UnknownTeam, "{p:?}");
+    engine
+        .store()
+        .put_team(&team("search", 5, 5))
+        .await
+        .unwrap();
+    assert_eq!(
+        engine
+            .team_for(&principal(Some("search"), None))
+            .await
+            .unwrap()
+            .id,
+        "search"
+    );
+    assert_eq!(
+        engine
+            .team_for(&principal(None, Some("search-client")))
+            .await
+            .unwrap()
+            .id,
+        "search"
+    );
+    for p in [
+        principal(Some("nope"), Some("search-client")),
+        principal(None, Some("stranger")),
+        principal(None, None),
+    ] {
+        assert_eq!(
+            engine.team_for(&p).await.unwrap_err().kind,
+            RejectionKind::UnknownTeam,
+            "{p:?}"
+        );
     }
 }
 

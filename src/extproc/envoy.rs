@@ -7,12 +7,12 @@ use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::{
     ProcessingMode,
     processing_mode::{BodySendMode, HeaderSendMode},
 };
-use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 use envoy_types::pb::envoy::service::ext_proc::v3::{
     BodyMutation, BodyResponse, CommonResponse, HeaderMutation, HeadersResponse, HttpHeaders,
     ImmediateResponse, ProcessingResponse, body_mutation::Mutation,
     processing_response::Response as Reply,
 };
+use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 use envoy_types::pb::google::protobuf::{Struct, Value as PbValue, value::Kind};
 use serde_json::{Map, Number, Value};
 
@@ -57,7 +57,11 @@ fn mutation(set: &[(&'static str, String)], remove: &[&str]) -> Option<HeaderMut
     })
 }
 
-fn common(set: &[(&'static str, String)], remove: &[&str], body: Option<Vec<u8>>) -> Option<CommonResponse> {
+fn common(
+    set: &[(&'static str, String)],
+    remove: &[&str],
+    body: Option<Vec<u8>>,
+) -> Option<CommonResponse> {
     Some(CommonResponse {
         header_mutation: mutation(set, remove),
         body_mutation: body.map(|b| BodyMutation {
@@ -69,7 +73,11 @@ fn common(set: &[(&'static str, String)], remove: &[&str], body: Option<Vec<u8>>
 
 /// Continue the request; when `skip_bodies`, ask Envoy to send neither body (response headers
 /// still come, for the rate headers).
-pub fn request_headers_reply(set: &[(&'static str, String)], remove: &[&str], skip_bodies: bool) -> ProcessingResponse {
+pub fn request_headers_reply(
+    set: &[(&'static str, String)],
+    remove: &[&str],
+    skip_bodies: bool,
+) -> ProcessingResponse {
     ProcessingResponse {
         response: Some(Reply::RequestHeaders(HeadersResponse {
             response: common(set, remove, None),
@@ -100,7 +108,10 @@ pub fn request_body_reply(body: Option<Vec<u8>>) -> ProcessingResponse {
 }
 
 /// Continue the response; when `skip_body`, ask Envoy not to send its body at all.
-pub fn response_headers_reply(set: &[(&'static str, String)], skip_body: bool) -> ProcessingResponse {
+pub fn response_headers_reply(
+    set: &[(&'static str, String)],
+    skip_body: bool,
+) -> ProcessingResponse {
     ProcessingResponse {
         response: Some(Reply::ResponseHeaders(HeadersResponse {
             response: common(set, &[], None),
@@ -137,14 +148,19 @@ pub fn immediate_reply(reply: contract::Reply) -> ProcessingResponse {
 
 /// `google.protobuf.Struct` (Envoy dynamic metadata) as JSON.
 pub fn struct_to_json(s: &Struct) -> Map<String, Value> {
-    s.fields.iter().map(|(k, v)| (k.clone(), value_to_json(v))).collect()
+    s.fields
+        .iter()
+        .map(|(k, v)| (k.clone(), value_to_json(v)))
+        .collect()
 }
 
 fn value_to_json(v: &PbValue) -> Value {
     match &v.kind {
         None | Some(Kind::NullValue(_)) => Value::Null,
         // jwt_authn turns numeric claims into doubles; keep integers integral.
-        Some(Kind::NumberValue(n)) if n.fract() == 0.0 && n.abs() < 9.0e15 => Value::from(*n as i64),
+        Some(Kind::NumberValue(n)) if n.fract() == 0.0 && n.abs() < 9.0e15 => {
+            Value::from(*n as i64)
+        }
         Some(Kind::NumberValue(n)) => Number::from_f64(*n).map_or(Value::Null, Value::Number),
         Some(Kind::StringValue(s)) => Value::String(s.clone()),
         Some(Kind::BoolValue(b)) => Value::Bool(*b),

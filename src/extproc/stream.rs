@@ -61,7 +61,10 @@ impl Exchange {
         }
     }
 
-    pub async fn handle(&mut self, message: ProcessingRequest) -> Result<ProcessingResponse, Status> {
+    pub async fn handle(
+        &mut self,
+        message: ProcessingRequest,
+    ) -> Result<ProcessingResponse, Status> {
         let metadata = message.metadata_context;
         match message.request {
             Some(Message::RequestHeaders(h)) => Ok(self.on_request_headers(h, metadata).await),
@@ -70,7 +73,9 @@ impl Exchange {
             Some(Message::ResponseBody(b)) => Ok(self.on_response_body(b)),
             Some(Message::RequestTrailers(_)) => Ok(trailers(true)),
             Some(Message::ResponseTrailers(_)) => Ok(trailers(false)),
-            None => Err(Status::invalid_argument("ProcessingRequest without a request")),
+            None => Err(Status::invalid_argument(
+                "ProcessingRequest without a request",
+            )),
         }
     }
 
@@ -90,15 +95,21 @@ impl Exchange {
 
     /// Charges the admitted request, once, in the background: never on the reply path.
     fn settle(&mut self, usage: Usage) {
-        let Some(ticket) = self.ticket.take() else { return };
+        let Some(ticket) = self.ticket.take() else {
+            return;
+        };
         let engine = self.ctx.engine.clone();
         let api = self.api.as_str();
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
-                self.settlements
-                    .spawn_on(async move { engine.settle(ticket, usage, api).await }, &runtime);
+                self.settlements.spawn_on(
+                    async move { engine.settle(ticket, usage, api).await },
+                    &runtime,
+                );
             }
-            Err(_) => tracing::error!(team = %ticket.team, ?usage, "no runtime left to settle a request"),
+            Err(_) => {
+                tracing::error!(team = %ticket.team, ?usage, "no runtime left to settle a request")
+            }
         }
     }
 
@@ -132,20 +143,27 @@ impl Exchange {
             .and_then(|m| m.filter_metadata.get(JWT_AUTHN_NAMESPACE))
             .and_then(|s| s.fields.get(JWT_PAYLOAD_KEY))
             .and_then(|v| match &v.kind {
-                Some(envoy_types::pb::google::protobuf::value::Kind::StructValue(s)) => Some(envoy::struct_to_json(s)),
+                Some(envoy_types::pb::google::protobuf::value::Kind::StructValue(s)) => {
+                    Some(envoy::struct_to_json(s))
+                }
                 _ => None,
             });
         let auth = &self.ctx.auth;
         let principal = match verified_claims {
             Some(claims) => auth.authenticate_verified_claims(&claims, INVOKE_SCOPE),
-            None => auth.authenticate_header(header(&headers, "authorization"), INVOKE_SCOPE).await,
+            None => {
+                auth.authenticate_header(header(&headers, "authorization"), INVOKE_SCOPE)
+                    .await
+            }
         };
         let principal = match principal {
             Ok(p) => p,
             Err(e) => {
                 let kind = match e {
                     IdentityError::MissingScope(_) => RejectionKind::Forbidden,
-                    IdentityError::Missing | IdentityError::Invalid(_) => RejectionKind::Unauthenticated,
+                    IdentityError::Missing | IdentityError::Invalid(_) => {
+                        RejectionKind::Unauthenticated
+                    }
                 };
                 return self.refuse_here(Rejection::new(kind, e.to_string()));
             }
@@ -164,14 +182,21 @@ impl Exchange {
             return envoy::request_headers_reply(&[], &[], true);
         }
         if headers.end_of_stream {
-            return self.refuse_here(Rejection::new(RejectionKind::InvalidBody, "request body is required"));
+            return self.refuse_here(Rejection::new(
+                RejectionKind::InvalidBody,
+                "request body is required",
+            ));
         }
         // Usage is read from the response body, which must not arrive compressed.
         envoy::request_headers_reply(&[], &["accept-encoding"], false)
     }
 
     async fn admit(&mut self, team: &Team) -> Result<(), Rejection> {
-        let ticket = self.ctx.engine.admit(team, self.request_id.as_deref()).await?;
+        let ticket = self
+            .ctx
+            .engine
+            .admit(team, self.request_id.as_deref())
+            .await?;
         self.ticket = Some(ticket);
         Ok(())
     }
@@ -194,7 +219,9 @@ impl Exchange {
         }
         let parsed = match parse_request(self.api, &body.body) {
             Ok(parsed) => parsed,
-            Err(e) => return self.refuse_here(Rejection::new(RejectionKind::InvalidBody, e.to_string())),
+            Err(e) => {
+                return self.refuse_here(Rejection::new(RejectionKind::InvalidBody, e.to_string()));
+            }
         };
         if let Err(rejection) = self.admit(&team).await {
             return self.refuse(rejection);
@@ -217,7 +244,8 @@ impl Exchange {
             self.settle(Usage::default());
             return envoy::response_headers_reply(&set, true);
         }
-        let event_stream = header(&headers, "content-type").is_some_and(|c| c.starts_with("text/event-stream"));
+        let event_stream =
+            header(&headers, "content-type").is_some_and(|c| c.starts_with("text/event-stream"));
         self.tracker = Some(UsageTracker::new(
             self.api,
             event_stream,
@@ -231,7 +259,11 @@ impl Exchange {
         if let Some(tracker) = &mut self.tracker {
             tracker.feed(&body.body);
             if body.end_of_stream {
-                let usage = self.tracker.take().map(UsageTracker::finish).unwrap_or_default();
+                let usage = self
+                    .tracker
+                    .take()
+                    .map(UsageTracker::finish)
+                    .unwrap_or_default();
                 self.settle(usage);
             }
         }

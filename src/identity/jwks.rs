@@ -61,11 +61,13 @@ impl KeySet {
     }
 
     pub async fn key(&self, kid: &str) -> Result<DecodingKey, JwksError> {
-        let stale = self.fetched_at.lock().await.is_none_or(|t| t.elapsed() > self.max_age);
-        if !stale {
-            if let Some(key) = self.keys.read().await.get(kid) {
-                return Ok(key.clone());
-            }
+        let stale = self
+            .fetched_at
+            .lock()
+            .await
+            .is_none_or(|t| t.elapsed() > self.max_age);
+        if !stale && let Some(key) = self.keys.read().await.get(kid) {
+            return Ok(key.clone());
         }
         self.refresh(stale).await?;
         self.keys
@@ -90,11 +92,16 @@ impl KeySet {
                 Ok(())
             }
             Err(e) => {
-                metrics::counter!("tollgate_jwks_refreshes_total", "result" => "error").increment(1);
+                metrics::counter!("tollgate_jwks_refreshes_total", "result" => "error")
+                    .increment(1);
                 tracing::warn!(error = %e, "JWKS refresh failed; keeping the cached keys");
                 // Do not hammer a failing source: count the attempt as a refresh.
                 *fetched_at = Some(Instant::now());
-                if self.keys.read().await.is_empty() { Err(e) } else { Ok(()) }
+                if self.keys.read().await.is_empty() {
+                    Err(e)
+                } else {
+                    Ok(())
+                }
             }
         }
     }
@@ -122,7 +129,9 @@ impl KeySet {
         let set = super::parse_jwks(&bytes)?;
         let mut keys = HashMap::new();
         for jwk in &set.keys {
-            let Some(kid) = jwk.common.key_id.clone() else { continue };
+            let Some(kid) = jwk.common.key_id.clone() else {
+                continue;
+            };
             match DecodingKey::from_jwk(jwk) {
                 Ok(key) => {
                     keys.insert(kid, key);

@@ -74,7 +74,12 @@ const VERIFIED_CACHE_TTL: u64 = 300;
 const VERIFIED_CACHE_ENTRIES: usize = 10_000;
 
 impl Authenticator {
-    pub fn new(verification: Verification, issuer: Option<&str>, team_claim: Option<String>, leeway: Duration) -> Self {
+    pub fn new(
+        verification: Verification,
+        issuer: Option<&str>,
+        team_claim: Option<String>,
+        leeway: Duration,
+    ) -> Self {
         let mut validation = Validation::new(Algorithm::RS256);
         validation.leeway = leeway.as_secs();
         // Cognito access tokens carry `client_id`, not `aud`.
@@ -92,7 +97,11 @@ impl Authenticator {
     }
 
     /// Claims of a bearer token from an `Authorization` header value.
-    pub async fn authenticate_header(&self, authorization: Option<&str>, scope: &str) -> Result<Principal, IdentityError> {
+    pub async fn authenticate_header(
+        &self,
+        authorization: Option<&str>,
+        scope: &str,
+    ) -> Result<Principal, IdentityError> {
         let token = authorization
             .and_then(|h| {
                 let (scheme, token) = h.trim().split_once(' ')?;
@@ -110,9 +119,19 @@ impl Authenticator {
         self.principal(&claims, scope)
     }
 
-    async fn verified_claims(&self, keys: &KeySet, token: &str) -> Result<Arc<Map<String, Value>>, IdentityError> {
+    async fn verified_claims(
+        &self,
+        keys: &KeySet,
+        token: &str,
+    ) -> Result<Arc<Map<String, Value>>, IdentityError> {
         let now = jsonwebtoken::get_current_timestamp();
-        if let Some(hit) = self.verified.lock().unwrap().get(token).filter(|v| now < v.valid_until) {
+        if let Some(hit) = self
+            .verified
+            .lock()
+            .unwrap()
+            .get(token)
+            .filter(|v| now < v.valid_until)
+        {
             return Ok(hit.claims.clone());
         }
         let claims = Arc::new(self.verify(keys, token).await?);
@@ -135,33 +154,59 @@ impl Authenticator {
     }
 
     /// Claims that Envoy's `jwt_authn` already verified.
-    pub fn authenticate_verified_claims(&self, claims: &Map<String, Value>, scope: &str) -> Result<Principal, IdentityError> {
+    pub fn authenticate_verified_claims(
+        &self,
+        claims: &Map<String, Value>,
+        scope: &str,
+    ) -> Result<Principal, IdentityError> {
         self.principal(claims, scope)
     }
 
-    async fn verify(&self, keys: &KeySet, token: &str) -> Result<Map<String, Value>, IdentityError> {
+    async fn verify(
+        &self,
+        keys: &KeySet,
+        token: &str,
+    ) -> Result<Map<String, Value>, IdentityError> {
         let header = decode_header(token).map_err(|e| IdentityError::Invalid(e.to_string()))?;
         if header.alg != Algorithm::RS256 {
-            return Err(IdentityError::Invalid(format!("unsupported algorithm {:?}", header.alg)));
+            return Err(IdentityError::Invalid(format!(
+                "unsupported algorithm {:?}",
+                header.alg
+            )));
         }
         let kid = header
             .kid
             .ok_or_else(|| IdentityError::Invalid("token header has no kid".into()))?;
-        let key = keys.key(&kid).await.map_err(|e| IdentityError::Invalid(e.to_string()))?;
+        let key = keys
+            .key(&kid)
+            .await
+            .map_err(|e| IdentityError::Invalid(e.to_string()))?;
         decode::<Map<String, Value>>(token, &key, &self.validation)
             .map(|data| data.claims)
             .map_err(|e| IdentityError::Invalid(e.to_string()))
     }
 
-    fn principal(&self, claims: &Map<String, Value>, scope: &str) -> Result<Principal, IdentityError> {
+    fn principal(
+        &self,
+        claims: &Map<String, Value>,
+        scope: &str,
+    ) -> Result<Principal, IdentityError> {
         let string = |name: &str| claims.get(name).and_then(Value::as_str).map(str::to_owned);
         let scopes: Vec<String> = match claims.get("scope") {
             Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
-            Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect(),
             _ => Vec::new(),
         };
         let principal = Principal {
-            team: self.team_claim.as_deref().and_then(string).filter(|t| !t.is_empty()),
+            team: self
+                .team_claim
+                .as_deref()
+                .and_then(string)
+                .filter(|t| !t.is_empty()),
             client_id: string("client_id"),
             user: string("username").or_else(|| string("sub")),
             scopes,

@@ -62,14 +62,25 @@ mod tests {
     use crate::policy::RateHeaders;
 
     fn rpm() -> Rejection {
-        Rejection::rpm_exceeded(101, RateHeaders { rpm_limit: 100, ..Default::default() }, 42)
+        Rejection::rpm_exceeded(
+            101,
+            RateHeaders {
+                rpm_limit: 100,
+                ..Default::default()
+            },
+            42,
+        )
     }
 
     #[test]
     fn openai_shape_carries_the_contract_fields() {
-        let v: Value = serde_json::from_slice(&rejection_body(ApiKind::OpenAiChat, &rpm())).unwrap();
+        let v: Value =
+            serde_json::from_slice(&rejection_body(ApiKind::OpenAiChat, &rpm())).unwrap();
         assert_eq!(v["allowed"], json!(false));
-        assert_eq!(v["reason"], json!("RPM limit exceeded (101/100 requests per minute)"));
+        assert_eq!(
+            v["reason"],
+            json!("RPM limit exceeded (101/100 requests per minute)")
+        );
         assert_eq!(v["retry_after_seconds"], json!(42));
         assert_eq!(v["error"]["message"], v["reason"]);
         assert_eq!(v["error"]["code"], json!("rpm_limit_exceeded"));
@@ -77,7 +88,8 @@ mod tests {
 
     #[test]
     fn anthropic_shape_is_a_typed_error() {
-        let v: Value = serde_json::from_slice(&rejection_body(ApiKind::AnthropicMessages, &rpm())).unwrap();
+        let v: Value =
+            serde_json::from_slice(&rejection_body(ApiKind::AnthropicMessages, &rpm())).unwrap();
         assert_eq!(v["type"], json!("error"));
         assert_eq!(v["error"]["type"], json!("rate_limit_error"));
         assert_eq!(v["retry_after_seconds"], json!(42));

@@ -56,10 +56,22 @@ mod tests {
 
     #[test]
     fn api_from_path() {
-        assert_eq!(ApiKind::from_path("/v1/chat/completions"), ApiKind::OpenAiChat);
-        assert_eq!(ApiKind::from_path("/openai/v1/chat/completions?x=1"), ApiKind::OpenAiChat);
-        assert_eq!(ApiKind::from_path("/v1/responses"), ApiKind::OpenAiResponses);
-        assert_eq!(ApiKind::from_path("/v1/messages/"), ApiKind::AnthropicMessages);
+        assert_eq!(
+            ApiKind::from_path("/v1/chat/completions"),
+            ApiKind::OpenAiChat
+        );
+        assert_eq!(
+            ApiKind::from_path("/openai/v1/chat/completions?x=1"),
+            ApiKind::OpenAiChat
+        );
+        assert_eq!(
+            ApiKind::from_path("/v1/responses"),
+            ApiKind::OpenAiResponses
+        );
+        assert_eq!(
+            ApiKind::from_path("/v1/messages/"),
+            ApiKind::AnthropicMessages
+        );
         assert_eq!(ApiKind::from_path("/v1/models"), ApiKind::Other);
     }
 }

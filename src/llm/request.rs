@@ -32,7 +32,14 @@ pub enum BodyError {
 }
 
 /// Fields holding prompt text, per API.
-const PROMPT_FIELDS: &[&str] = &["messages", "input", "system", "instructions", "prompt", "tools"];
+const PROMPT_FIELDS: &[&str] = &[
+    "messages",
+    "input",
+    "system",
+    "instructions",
+    "prompt",
+    "tools",
+];
 
 pub fn parse_request(api: ApiKind, body: &[u8]) -> Result<ParsedRequest, BodyError> {
     let mut value: Value =
@@ -44,7 +51,10 @@ pub fn parse_request(api: ApiKind, body: &[u8]) -> Result<ParsedRequest, BodyErr
         .filter(|m| !m.is_empty())
         .ok_or(BodyError::MissingModel)?
         .to_owned();
-    let stream = object.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let stream = object
+        .get("stream")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     let max_output_tokens = ["max_tokens", "max_completion_tokens", "max_output_tokens"]
         .iter()
         .find_map(|k| object.get(*k).and_then(Value::as_u64));
@@ -90,7 +100,12 @@ fn text_chars(value: &Value) -> u64 {
         Value::Array(items) => items.iter().map(text_chars).sum(),
         Value::Object(map) => map
             .iter()
-            .filter(|(k, _)| !matches!(k.as_str(), "role" | "type" | "id" | "tool_call_id" | "tool_use_id" | "cache_control"))
+            .filter(|(k, _)| {
+                !matches!(
+                    k.as_str(),
+                    "role" | "type" | "id" | "tool_call_id" | "tool_use_id" | "cache_control"
+                )
+            })
             .map(|(_, v)| text_chars(v))
             .sum(),
         _ => 0,
@@ -118,7 +133,10 @@ mod tests {
         assert!(p.facts.stream);
         assert_eq!(p.facts.max_output_tokens, Some(512));
         assert_eq!(p.facts.prompt_chars, "Be brief.".len() as u64 + 5);
-        assert!(p.rewritten.is_none(), "Anthropic streams report usage unasked");
+        assert!(
+            p.rewritten.is_none(),
+            "Anthropic streams report usage unasked"
+        );
     }
 
     #[test]
@@ -139,7 +157,10 @@ mod tests {
             json!({"model": "gpt-4o", "stream": true, "stream_options": {"include_usage": true}, "messages": []}),
         );
         assert!(asked.rewritten.is_none());
-        let plain = parse(ApiKind::OpenAiChat, json!({"model": "gpt-4o", "messages": []}));
+        let plain = parse(
+            ApiKind::OpenAiChat,
+            json!({"model": "gpt-4o", "messages": []}),
+        );
         assert!(plain.rewritten.is_none());
     }
 
@@ -150,15 +171,33 @@ mod tests {
             json!({"model": "m", "stream": true, "stream_options": {"include_usage": false, "x": 1}}),
         );
         let body: Value = serde_json::from_slice(&p.rewritten.unwrap()).unwrap();
-        assert_eq!(body["stream_options"], json!({"include_usage": true, "x": 1}));
+        assert_eq!(
+            body["stream_options"],
+            json!({"include_usage": true, "x": 1})
+        );
     }
 
     #[test]
     fn rejects_bad_bodies_with_clear_errors() {
-        assert!(matches!(parse_request(ApiKind::OpenAiChat, b"{not json"), Err(BodyError::NotJson(_))));
-        assert_eq!(parse_request(ApiKind::OpenAiChat, b"[1]").unwrap_err(), BodyError::NotObject);
-        assert_eq!(parse_request(ApiKind::OpenAiChat, b"{\"messages\":[]}").unwrap_err(), BodyError::MissingModel);
-        assert_eq!(parse_request(ApiKind::OpenAiChat, b"{\"model\":\"\"}").unwrap_err(), BodyError::MissingModel);
-        assert!(matches!(parse_request(ApiKind::OpenAiChat, b""), Err(BodyError::NotJson(_))));
+        assert!(matches!(
+            parse_request(ApiKind::OpenAiChat, b"{not json"),
+            Err(BodyError::NotJson(_))
+        ));
+        assert_eq!(
+            parse_request(ApiKind::OpenAiChat, b"[1]").unwrap_err(),
+            BodyError::NotObject
+        );
+        assert_eq!(
+            parse_request(ApiKind::OpenAiChat, b"{\"messages\":[]}").unwrap_err(),
+            BodyError::MissingModel
+        );
+        assert_eq!(
+            parse_request(ApiKind::OpenAiChat, b"{\"model\":\"\"}").unwrap_err(),
+            BodyError::MissingModel
+        );
+        assert!(matches!(
+            parse_request(ApiKind::OpenAiChat, b""),
+            Err(BodyError::NotJson(_))
+        ));
     }
 }

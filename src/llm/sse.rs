@@ -133,8 +133,17 @@ mod tests {
     fn oversized_lines_are_dropped_not_buffered() {
         let mut d = SseDecoder::new(16);
         let mut out = Vec::new();
-        d.feed(format!("data: {}\n\ndata: ok\n\n", "x".repeat(100)).as_bytes(), |e| out.push(e));
+        d.feed(
+            format!("data: {}\n\ndata: ok\n\n", "x".repeat(100)).as_bytes(),
+            |e| out.push(e),
+        );
         assert_eq!(d.dropped_lines, 1);
-        assert_eq!(out, vec![SseEvent { event: None, data: "ok".into() }]);
+        assert_eq!(
+            out,
+            vec![SseEvent {
+                event: None,
+                data: "ok".into()
+            }]
+        );
     }
 }

@@ -27,7 +27,11 @@ pub struct UsageTracker {
 #[derive(Debug)]
 enum Body {
     /// A JSON response, buffered up to a limit and parsed at its end.
-    Json { buf: Vec<u8>, limit: usize, overflowed: bool },
+    Json {
+        buf: Vec<u8>,
+        limit: usize,
+        overflowed: bool,
+    },
     Sse(SseDecoder),
 }
 
@@ -55,7 +59,11 @@ impl UsageTracker {
 
     pub fn feed(&mut self, chunk: &[u8]) {
         match &mut self.body {
-            Body::Json { buf, limit, overflowed } => {
+            Body::Json {
+                buf,
+                limit,
+                overflowed,
+            } => {
                 if buf.len() + chunk.len() > *limit {
                     *overflowed = true;
                     // Keep counting what passed for the estimate, but stop buffering.
@@ -89,7 +97,12 @@ impl UsageTracker {
 
     /// The usage to charge, exact when the provider reported it, else estimated.
     pub fn finish(mut self) -> Usage {
-        if let Body::Json { buf, overflowed: false, .. } = &self.body {
+        if let Body::Json {
+            buf,
+            overflowed: false,
+            ..
+        } = &self.body
+        {
             if let Some(usage) = serde_json::from_slice::<Value>(buf)
                 .ok()
                 .and_then(|v| usage_of_response(self.api, &v))
@@ -105,7 +118,9 @@ impl UsageTracker {
         if usage.input + usage.cache_read + usage.cache_write == 0 {
             usage.input = self.prompt_chars.div_ceil(CHARS_PER_TOKEN);
         }
-        usage.output = usage.output.max(self.generated_chars.div_ceil(CHARS_PER_TOKEN));
+        usage.output = usage
+            .output
+            .max(self.generated_chars.div_ceil(CHARS_PER_TOKEN));
         usage.estimated = true;
         usage
     }
@@ -115,8 +130,18 @@ impl UsageTracker {
 pub fn usage_of_response(api: ApiKind, body: &Value) -> Option<Usage> {
     let usage = body.get("usage")?;
     match api {
-        ApiKind::OpenAiChat => openai_usage(usage, "prompt_tokens", "completion_tokens", "prompt_tokens_details"),
-        ApiKind::OpenAiResponses => openai_usage(usage, "input_tokens", "output_tokens", "input_tokens_details"),
+        ApiKind::OpenAiChat => openai_usage(
+            usage,
+            "prompt_tokens",
+            "completion_tokens",
+            "prompt_tokens_details",
+        ),
+        ApiKind::OpenAiResponses => openai_usage(
+            usage,
+            "input_tokens",
+            "output_tokens",
+            "input_tokens_details",
+        ),
         ApiKind::AnthropicMessages => {
             let mut u = Usage::default();
             anthropic_usage(usage, &mut u);
@@ -165,10 +190,17 @@ fn anthropic_usage(usage: &Value, into: &mut Usage) {
 }
 
 fn str_chars(v: Option<&Value>) -> u64 {
-    v.and_then(Value::as_str).map_or(0, |s| s.chars().count() as u64)
+    v.and_then(Value::as_str)
+        .map_or(0, |s| s.chars().count() as u64)
 }
 
-fn on_stream_event(api: ApiKind, data: &Value, seen: &mut Usage, complete: &mut bool, chars: &mut u64) {
+fn on_stream_event(
+    api: ApiKind,
+    data: &Value,
+    seen: &mut Usage,
+    complete: &mut bool,
+    chars: &mut u64,
+) {
     match api {
         ApiKind::OpenAiChat => {
             if let Some(u) = data
@@ -179,7 +211,12 @@ fn on_stream_event(api: ApiKind, data: &Value, seen: &mut Usage, complete: &mut 
                 *seen = u;
                 *complete = true;
             }
-            for choice in data.get("choices").and_then(Value::as_array).into_iter().flatten() {
+            for choice in data
+                .get("choices")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 let delta = choice.get("delta");
                 *chars += str_chars(delta.and_then(|d| d.get("content")));
                 *chars += str_chars(delta.and_then(|d| d.get("reasoning_content")));
@@ -241,7 +278,11 @@ mod tests {
     }
 
     fn sse(events: &[Value]) -> String {
-        events.iter().map(|e| format!("data: {e}\n\n")).collect::<String>() + "data: [DONE]\n\n"
+        events
+            .iter()
+            .map(|e| format!("data: {e}\n\n"))
+            .collect::<String>()
+            + "data: [DONE]\n\n"
     }
 
     #[test]
@@ -249,7 +290,16 @@ mod tests {
         let body = json!({"usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120,
                                      "prompt_tokens_details": {"cached_tokens": 30}}});
         let u = track(ApiKind::OpenAiChat, false, &body.to_string(), 7);
-        assert_eq!(u, Usage { input: 70, output: 20, cache_read: 30, cache_write: 0, estimated: false });
+        assert_eq!(
+            u,
+            Usage {
+                input: 70,
+                output: 20,
+                cache_read: 30,
+                cache_write: 0,
+                estimated: false
+            }
+        );
         assert_eq!(u.total(), 120);
     }
 
@@ -262,7 +312,11 @@ mod tests {
         ]);
         for chunk in [1, 3, 64] {
             let u = track(ApiKind::OpenAiChat, true, &body, chunk);
-            assert_eq!((u.input, u.output, u.estimated), (11, 2, false), "chunk {chunk}");
+            assert_eq!(
+                (u.input, u.output, u.estimated),
+                (11, 2, false),
+                "chunk {chunk}"
+            );
         }
     }
 
@@ -279,7 +333,12 @@ mod tests {
     fn openai_responses_json_and_stream() {
         let usage = json!({"input_tokens": 50, "input_tokens_details": {"cached_tokens": 10},
                            "output_tokens": 5, "total_tokens": 55});
-        let u = track(ApiKind::OpenAiResponses, false, &json!({"object": "response", "usage": usage}).to_string(), 9);
+        let u = track(
+            ApiKind::OpenAiResponses,
+            false,
+            &json!({"object": "response", "usage": usage}).to_string(),
+            9,
+        );
         assert_eq!((u.input, u.cache_read, u.output), (40, 10, 5));
         let body = [
             "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"Hi\"}\n\n".to_string(),
@@ -287,7 +346,10 @@ mod tests {
         ]
         .concat();
         let u = track(ApiKind::OpenAiResponses, true, &body, 4);
-        assert_eq!((u.input, u.cache_read, u.output, u.estimated), (40, 10, 5, false));
+        assert_eq!(
+            (u.input, u.cache_read, u.output, u.estimated),
+            (40, 10, 5, false)
+        );
     }
 
     #[test]
@@ -295,22 +357,55 @@ mod tests {
         let body = json!({"type": "message", "usage": {"input_tokens": 12, "output_tokens": 30,
                           "cache_creation_input_tokens": 100, "cache_read_input_tokens": 200}});
         let u = track(ApiKind::AnthropicMessages, false, &body.to_string(), 13);
-        assert_eq!(u, Usage { input: 12, output: 30, cache_read: 200, cache_write: 100, estimated: false });
+        assert_eq!(
+            u,
+            Usage {
+                input: 12,
+                output: 30,
+                cache_read: 200,
+                cache_write: 100,
+                estimated: false
+            }
+        );
     }
 
     #[test]
     fn anthropic_stream_combines_message_start_and_delta() {
         let events = [
-            ("message_start", json!({"type": "message_start", "message": {"usage": {"input_tokens": 25, "output_tokens": 1, "cache_read_input_tokens": 5, "cache_creation_input_tokens": 0}}})),
-            ("content_block_delta", json!({"type": "content_block_delta", "delta": {"type": "text_delta", "text": "Hi there"}})),
-            ("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 15}})),
+            (
+                "message_start",
+                json!({"type": "message_start", "message": {"usage": {"input_tokens": 25, "output_tokens": 1, "cache_read_input_tokens": 5, "cache_creation_input_tokens": 0}}}),
+            ),
+            (
+                "content_block_delta",
+                json!({"type": "content_block_delta", "delta": {"type": "text_delta", "text": "Hi there"}}),
+            ),
+            (
+                "message_delta",
+                json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 15}}),
+            ),
             ("message_stop", json!({"type": "message_stop"})),
         ];
-        let body: String = events.iter().map(|(n, d)| format!("event: {n}\ndata: {d}\n\n")).collect();
+        let body: String = events
+            .iter()
+            .map(|(n, d)| format!("event: {n}\ndata: {d}\n\n"))
+            .collect();
         let u = track(ApiKind::AnthropicMessages, true, &body, 2);
-        assert_eq!(u, Usage { input: 25, output: 15, cache_read: 5, cache_write: 0, estimated: false });
+        assert_eq!(
+            u,
+            Usage {
+                input: 25,
+                output: 15,
+                cache_read: 5,
+                cache_write: 0,
+                estimated: false
+            }
+        );
         // Cut before message_delta: input is known, output estimated from the text.
-        let cut: String = events[..2].iter().map(|(n, d)| format!("event: {n}\ndata: {d}\n\n")).collect();
+        let cut: String = events[..2]
+            .iter()
+            .map(|(n, d)| format!("event: {n}\ndata: {d}\n\n"))
+            .collect();
         let u = track(ApiKind::AnthropicMessages, true, &cut, 2);
         assert!(u.estimated);
         assert_eq!((u.input, u.cache_read, u.output), (25, 5, 2));
@@ -318,7 +413,12 @@ mod tests {
 
     #[test]
     fn truncated_json_is_estimated_not_ignored() {
-        let u = track(ApiKind::OpenAiChat, false, "{\"choices\": [{\"message\": {\"content\": \"abc", 5);
+        let u = track(
+            ApiKind::OpenAiChat,
+            false,
+            "{\"choices\": [{\"message\": {\"content\": \"abc",
+            5,
+        );
         assert!(u.estimated);
         assert!(u.output > 0 && u.input == 100);
     }

@@ -91,7 +91,12 @@ impl Rejection {
         }
     }
 
-    pub fn daily_tokens_exceeded(used: u64, limit: u64, rate: RateHeaders, retry_after_secs: u64) -> Self {
+    pub fn daily_tokens_exceeded(
+        used: u64,
+        limit: u64,
+        rate: RateHeaders,
+        retry_after_secs: u64,
+    ) -> Self {
         Self {
             kind: RejectionKind::DailyTokensExceeded,
             reason: format!("Daily token limit exceeded ({used}/{limit} tokens today)"),
@@ -116,7 +121,10 @@ mod tests {
         assert_eq!(r.kind.status(), 429);
         assert!(r.kind.retryable());
         let d = Rejection::daily_tokens_exceeded(1030, 1000, rate, 5);
-        assert_eq!(d.reason, "Daily token limit exceeded (1030/1000 tokens today)");
+        assert_eq!(
+            d.reason,
+            "Daily token limit exceeded (1030/1000 tokens today)"
+        );
         assert!(!d.kind.retryable());
     }
 }

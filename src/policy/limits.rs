@@ -16,7 +16,12 @@ pub enum Tier {
 }
 
 impl Tier {
-    pub const ALL: [Tier; 4] = [Tier::Sandbox, Tier::Standard, Tier::Premium, Tier::Unlimited];
+    pub const ALL: [Tier; 4] = [
+        Tier::Sandbox,
+        Tier::Standard,
+        Tier::Premium,
+        Tier::Unlimited,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {

@@ -102,7 +102,9 @@ mod tests {
     #[test]
     fn admits_exactly_the_limit_in_a_fresh_window() {
         let mut current = 0;
-        let admitted = (0..250).filter(|_| try_admit(100, 0, &mut current, at(10))).count();
+        let admitted = (0..250)
+            .filter(|_| try_admit(100, 0, &mut current, at(10)))
+            .count();
         assert_eq!(admitted, 100);
         assert_eq!(current, 100, "refused requests must not be counted");
     }
@@ -111,7 +113,9 @@ mod tests {
     fn previous_bucket_weighs_in_proportion_to_overlap() {
         // 30 s into the bucket, half of the previous 100 still counts.
         let mut current = 0;
-        let admitted = (0..100).filter(|_| try_admit(100, 100, &mut current, at(30))).count();
+        let admitted = (0..100)
+            .filter(|_| try_admit(100, 100, &mut current, at(30)))
+            .count();
         assert_eq!(admitted, 50);
         // At the very start of the bucket the whole previous minute counts.
         assert_eq!(current_ceiling(100, 100, at(0)), 0);
@@ -162,7 +166,18 @@ mod tests {
         // Refused by a race the carry has already resolved: retry at once, but not in zero seconds.
         assert_eq!(retry_after_secs(100, 100, 50, at(59)), 1);
         // A full limit-1 bucket must fade completely: the rest of this bucket plus all of the next.
-        assert_eq!(retry_after_secs(1, 0, 1, WindowPosition { bucket: 1, elapsed_ms: 59_999 }), 61);
+        assert_eq!(
+            retry_after_secs(
+                1,
+                0,
+                1,
+                WindowPosition {
+                    bucket: 1,
+                    elapsed_ms: 59_999
+                }
+            ),
+            61
+        );
     }
 
     #[test]

@@ -80,14 +80,24 @@ impl EmbeddedStore {
         }
         {
             let tx = db.begin_read().map_err(unavailable)?;
-            for row in tx.open_table(COUNTERS).map_err(corrupt)?.iter().map_err(corrupt)? {
+            for row in tx
+                .open_table(COUNTERS)
+                .map_err(corrupt)?
+                .iter()
+                .map_err(corrupt)?
+            {
                 let (id, value) = row.map_err(corrupt)?;
                 let (value, expires_at) = value.value();
                 if expires_at >= now {
                     live.load_counter(id.value().to_owned(), Counter { value, expires_at });
                 }
             }
-            for row in tx.open_table(TEAMS).map_err(corrupt)?.iter().map_err(corrupt)? {
+            for row in tx
+                .open_table(TEAMS)
+                .map_err(corrupt)?
+                .iter()
+                .map_err(corrupt)?
+            {
                 let (_, json) = row.map_err(corrupt)?;
                 live.load_team(serde_json::from_str(json.value()).map_err(corrupt)?);
             }
@@ -114,7 +124,9 @@ impl EmbeddedStore {
         let mut flushed = self.inner.flushed.subscribe();
         match tokio::time::timeout(DURABLE_WAIT, flushed.wait_for(|&g| g >= generation)).await {
             Ok(Ok(_)) => Ok(()),
-            _ => Err(unavailable("embedded store commit did not complete in time")),
+            _ => Err(unavailable(
+                "embedded store commit did not complete in time",
+            )),
         }
     }
 
@@ -126,7 +138,10 @@ impl EmbeddedStore {
             let existed = {
                 let mut table = tx.open_table(TEAMS).map_err(corrupt)?;
                 match &json {
-                    Some(json) => table.insert(id.as_str(), json.as_str()).map_err(unavailable)?.is_some(),
+                    Some(json) => table
+                        .insert(id.as_str(), json.as_str())
+                        .map_err(unavailable)?
+                        .is_some(),
                     None => table.remove(id.as_str()).map_err(unavailable)?.is_some(),
                 }
             };
@@ -141,7 +156,9 @@ impl EmbeddedStore {
 async fn run_flusher(inner: Weak<Inner>) {
     let mut last_evict = tokio::time::Instant::now();
     loop {
-        let Some(strong) = inner.upgrade() else { return };
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
         let _ = tokio::time::timeout(FLUSH_INTERVAL, strong.wake.notified()).await;
         if last_evict.elapsed() >= EVICT_INTERVAL {
             last_evict = tokio::time::Instant::now();
@@ -170,12 +187,12 @@ impl Inner {
             dirty.generation += 1;
             (std::mem::take(&mut dirty.ids), generation)
         };
-        if !ids.is_empty() {
-            if let Err(e) = self.write_counters(&ids) {
-                let mut dirty = self.dirty.lock().unwrap();
-                dirty.ids.extend(ids);
-                return Err(e);
-            }
+        if !ids.is_empty()
+            && let Err(e) = self.write_counters(&ids)
+        {
+            let mut dirty = self.dirty.lock().unwrap();
+            dirty.ids.extend(ids);
+            return Err(e);
         }
         self.flushed.send_replace(generation);
         Ok(())
@@ -189,7 +206,9 @@ impl Inner {
                 // Written from the live view at commit time, so a later commit never loses to an
                 // earlier one.
                 match self.live.counter(id) {
-                    Some(c) => table.insert(id.as_str(), (c.value, c.expires_at)).map_err(unavailable)?,
+                    Some(c) => table
+                        .insert(id.as_str(), (c.value, c.expires_at))
+                        .map_err(unavailable)?,
                     None => table.remove(id.as_str()).map_err(unavailable)?,
                 };
             }
@@ -213,8 +232,14 @@ impl Store for EmbeddedStore {
     }
 
     async fn apply_debits(&self, debits: &[Debit]) -> StoreResult<()> {
-        debits.iter().for_each(|d| self.inner.live.apply_debit_now(d));
-        let generation = self.mark_dirty(debits.iter().flat_map(|d| d.amounts.iter().map(|(k, _)| k.id())));
+        debits
+            .iter()
+            .for_each(|d| self.inner.live.apply_debit_now(d));
+        let generation = self.mark_dirty(
+            debits
+                .iter()
+                .flat_map(|d| d.amounts.iter().map(|(k, _)| k.id())),
+        );
         // Already applied in memory: a caller that sees an error must not apply them again.
         if let Err(e) = self.wait_committed(generation).await {
             tracing::warn!(debits = debits.len(), error = %e, "debits applied but not yet durable");
@@ -293,16 +318,25 @@ mod tests {
             let store = EmbeddedStore::open(&path).unwrap();
             store.put_team(&team).await.unwrap();
             store
-                .apply_debits(&[Debit { id: "r1".into(), amounts: vec![(key("tokens#d"), 42)] }])
+                .apply_debits(&[Debit {
+                    id: "r1".into(),
+                    amounts: vec![(key("tokens#d"), 42)],
+                }])
                 .await
                 .unwrap();
-            assert_eq!(store.increment_below(&key("rpm#1"), 5).await.unwrap(), Increment::Applied(1));
+            assert_eq!(
+                store.increment_below(&key("rpm#1"), 5).await.unwrap(),
+                Increment::Applied(1)
+            );
             store.flush().await.unwrap();
         }
         // The flusher holds only a weak reference: once the store is dropped the file is free.
         tokio::time::sleep(FLUSH_INTERVAL * 2).await;
         let store = EmbeddedStore::open(&path).unwrap();
-        let values = store.read_counters(&[&key("tokens#d"), &key("rpm#1"), &key("absent")]).await.unwrap();
+        let values = store
+            .read_counters(&[&key("tokens#d"), &key("rpm#1"), &key("absent")])
+            .await
+            .unwrap();
         assert_eq!(values, vec![42, 1, 0]);
         assert_eq!(store.team_for_client("c").await.unwrap(), Some(team));
     }
@@ -311,10 +345,20 @@ mod tests {
     async fn expired_counters_are_not_loaded() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.redb");
-        let old = CounterKey { team: "t".into(), counter: "rpm#0".into(), expires_at: 1 };
+        let old = CounterKey {
+            team: "t".into(),
+            counter: "rpm#0".into(),
+            expires_at: 1,
+        };
         {
             let store = EmbeddedStore::open(&path).unwrap();
-            store.apply_debits(&[Debit { id: "x".into(), amounts: vec![(old.clone(), 3)] }]).await.unwrap();
+            store
+                .apply_debits(&[Debit {
+                    id: "x".into(),
+                    amounts: vec![(old.clone(), 3)],
+                }])
+                .await
+                .unwrap();
         }
         tokio::time::sleep(FLUSH_INTERVAL * 2).await;
         let store = EmbeddedStore::open(&path).unwrap();
