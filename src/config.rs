@@ -264,7 +264,7 @@ mod tests {
             assert_eq!(s.policy.fail_mode, FailMode::Open);
             assert_eq!(s.tiers[&Tier::Premium].rpm, Some(7));
             assert_eq!(s.teams[0].tier, Tier::Premium);
-            assert_eq!(s.teams[0].overrides.daily_tokens, Some(10));
+            assert_eq!(s.teams[0].daily_tokens, Some(10));
             Ok(())
         });
     }
@@ -272,10 +272,8 @@ mod tests {
     #[test]
     fn conflicting_teams_are_refused() {
         let team = |id: &str, client: &str| Team {
-            id: id.into(),
-            tier: Tier::Sandbox,
             client_ids: vec![client.into()],
-            overrides: Default::default(),
+            ..Team::new(id, Tier::Sandbox)
         };
         let mut s = Settings {
             teams: vec![team("a", "x"), team("b", "x")],

@@ -18,7 +18,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tollgate::engine::{Engine, FailMode, SystemClock};
 use tollgate::extproc::{Context, ExtProcService};
 use tollgate::identity::{Authenticator, INVOKE_SCOPE, Verification};
-use tollgate::policy::{LimitOverrides, Team, Tier, TierTable};
+use tollgate::policy::{Team, Tier, TierTable};
 use tollgate::store::{CounterKey, MemoryStore, Store};
 use tonic::Streaming;
 use tonic::transport::Channel;
@@ -33,14 +33,10 @@ async fn start() -> Harness {
     let store = Arc::new(MemoryStore::new());
     store
         .put_team(&Team {
-            id: "t".into(),
-            tier: Tier::Standard,
             client_ids: vec!["c".into()],
-            overrides: LimitOverrides {
-                rpm: Some(100),
-                daily_tokens: Some(1_000_000),
-                monthly_budget_usd: None,
-            },
+            rpm: Some(100),
+            daily_tokens: Some(1_000_000),
+            ..Team::new("t", Tier::Standard)
         })
         .await
         .unwrap();

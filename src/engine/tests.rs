@@ -5,7 +5,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::*;
-use crate::policy::{LimitOverrides, Tier};
+use crate::policy::Tier;
 use crate::store::{MemoryStore, StoreResult};
 
 // 2026-11-21T12:00:10Z
@@ -13,14 +13,10 @@ const NOON: u64 = 1_795_262_410_000;
 
 fn team(id: &str, rpm: u64, daily_tokens: u64) -> Team {
     Team {
-        id: id.into(),
-        tier: Tier::Standard,
         client_ids: vec![format!("{id}-client")],
-        overrides: LimitOverrides {
-            rpm: Some(rpm),
-            daily_tokens: Some(daily_tokens),
-            monthly_budget_usd: None,
-        },
+        rpm: Some(rpm),
+        daily_tokens: Some(daily_tokens),
+        ..Team::new(id, Tier::Standard)
     }
 }
 

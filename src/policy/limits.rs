@@ -1,8 +1,11 @@
 //! Tiers, their default limits, and per-team overrides.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
+
+use super::budget::OnBreach;
+use super::pricing::{micros, normalise_model};
 
 /// Service tier of a team. `high` is accepted as an alias of `premium`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -87,16 +90,113 @@ impl LimitOverrides {
     }
 }
 
-/// A team: the unit that limits and budgets apply to.
+/// A team: the unit that limits and budgets apply to. Limits left out come from the tier.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Team {
     pub id: String,
     pub tier: Tier,
     /// OAuth client ids (Cognito app clients) whose tokens act for this team.
     #[serde(default)]
     pub client_ids: Vec<String>,
-    #[serde(flatten)]
-    pub overrides: LimitOverrides,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpm: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daily_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monthly_budget_usd: Option<f64>,
+    #[serde(default)]
+    pub on_breach: OnBreach,
+    /// USD per month for individual models (canonical names).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub model_caps: BTreeMap<String, f64>,
+    /// Models the team may call (canonical names); absent: all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_models: Option<Vec<String>>,
+}
+
+/// A validation failure naming the field at fault.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { field: field.into(), message: message.into() }
+    }
+}
+
+impl Team {
+    /// A team of `tier` with every limit from the tier.
+    pub fn new(id: impl Into<String>, tier: Tier) -> Self {
+        Self {
+            id: id.into(),
+            tier,
+            client_ids: Vec::new(),
+            rpm: None,
+            daily_tokens: None,
+            monthly_budget_usd: None,
+            on_breach: OnBreach::Block,
+            model_caps: BTreeMap::new(),
+            allowed_models: None,
+        }
+    }
+
+    pub fn overrides(&self) -> LimitOverrides {
+        LimitOverrides {
+            rpm: self.rpm,
+            daily_tokens: self.daily_tokens,
+            monthly_budget_usd: self.monthly_budget_usd,
+        }
+    }
+
+    /// Checks the team and puts model names into canonical form.
+    pub fn validated(mut self) -> Result<Self, FieldError> {
+        let id_ok = !self.id.is_empty()
+            && self.id.len() <= 128
+            && self.id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !id_ok {
+            return Err(FieldError::new("id", "id must be 1-128 characters of letters, digits, '-', '_' or '.'"));
+        }
+        if self.client_ids.iter().any(|c| c.trim().is_empty()) {
+            return Err(FieldError::new("client_ids", "client_ids must not contain empty strings"));
+        }
+        let usd_ok = |v: f64| v.is_finite() && v >= 0.0;
+        if self.monthly_budget_usd.is_some_and(|v| !usd_ok(v)) {
+            return Err(FieldError::new("monthly_budget_usd", "monthly_budget_usd must be a non-negative number"));
+        }
+        let mut caps = BTreeMap::new();
+        for (model, cap) in std::mem::take(&mut self.model_caps) {
+            if !usd_ok(cap) {
+                return Err(FieldError::new(format!("model_caps.{model}"), "a model cap must be a non-negative number"));
+            }
+            caps.insert(normalise_model(&model), cap);
+        }
+        self.model_caps = caps;
+        if let Some(models) = &mut self.allowed_models {
+            if models.iter().any(|m| m.trim().is_empty()) {
+                return Err(FieldError::new("allowed_models", "allowed_models must not contain empty strings"));
+            }
+            for m in models.iter_mut() {
+                *m = normalise_model(m);
+            }
+            models.sort();
+            models.dedup();
+        }
+        Ok(self)
+    }
+
+    /// Whether the team may call `model` (canonical name).
+    pub fn allows(&self, model: &str) -> bool {
+        self.allowed_models.as_ref().is_none_or(|list| list.iter().any(|m| m == model))
+    }
+
+    /// The monthly cap on `model` (canonical name), in micro-dollars.
+    pub fn model_cap_micros(&self, model: &str) -> Option<u64> {
+        self.model_caps.get(model).map(|&usd| micros(usd))
+    }
 }
 
 /// Tier defaults with any operator overrides applied; resolves a team's effective limits.
@@ -119,7 +219,7 @@ impl TierTable {
     }
 
     pub fn limits_for(&self, team: &Team) -> Limits {
-        team.overrides.apply(self.tier_limits(team.tier))
+        team.overrides().apply(self.tier_limits(team.tier))
     }
 }
 
@@ -129,10 +229,10 @@ mod tests {
 
     fn team(tier: Tier, overrides: LimitOverrides) -> Team {
         Team {
-            id: "t".into(),
-            tier,
-            client_ids: vec![],
-            overrides,
+            rpm: overrides.rpm,
+            daily_tokens: overrides.daily_tokens,
+            monthly_budget_usd: overrides.monthly_budget_usd,
+            ..Team::new("t", tier)
         }
     }
 
@@ -183,7 +283,33 @@ mod tests {
             "id": "search", "tier": "sandbox", "client_ids": ["a"], "rpm": 7, "daily_tokens": 9
         }))
         .unwrap();
-        assert_eq!(t.overrides.rpm, Some(7));
-        assert_eq!(t.overrides.daily_tokens, Some(9));
+        assert_eq!(t.rpm, Some(7));
+        assert_eq!(t.daily_tokens, Some(9));
+    }
+
+    #[test]
+    fn validation_names_the_field_and_normalises_models() {
+        let mut t = Team::new("search", Tier::Standard);
+        t.model_caps.insert("gpt-4o-2024-08-06".into(), 5.0);
+        t.allowed_models = Some(vec!["GPT-4o".into(), "us.anthropic.claude-haiku-4-5-20251001-v1:0".into()]);
+        let t = t.validated().unwrap();
+        assert_eq!(t.model_caps.keys().collect::<Vec<_>>(), vec!["gpt-4o"]);
+        assert!(t.allows("gpt-4o") && t.allows("claude-haiku-4-5") && !t.allows("gpt-4o-mini"));
+        assert_eq!(t.model_cap_micros("gpt-4o"), Some(5_000_000));
+
+        let bad_id = Team::new("has space", Tier::Sandbox).validated().unwrap_err();
+        assert_eq!(bad_id.field, "id");
+        let mut negative = Team::new("x", Tier::Sandbox);
+        negative.monthly_budget_usd = Some(-1.0);
+        assert_eq!(negative.validated().unwrap_err().field, "monthly_budget_usd");
+        let mut cap = Team::new("x", Tier::Sandbox);
+        cap.model_caps.insert("gpt-4o".into(), f64::INFINITY);
+        assert_eq!(cap.validated().unwrap_err().field, "model_caps.gpt-4o");
+    }
+
+    #[test]
+    fn unknown_team_fields_are_refused() {
+        let r: Result<Team, _> = serde_json::from_value(serde_json::json!({"id": "a", "tier": "sandbox", "rmp": 5}));
+        assert!(r.is_err());
     }
 }

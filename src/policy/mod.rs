@@ -1,13 +1,17 @@
 //! Pure policy: limits, windows and decisions. No I/O, no clocks, no knowledge of Envoy or HTTP:
 //! every function takes the facts (counters, limits, the current time) and returns a decision.
 
+pub mod budget;
 pub mod calendar;
 pub mod decision;
 pub mod limits;
+pub mod pricing;
 pub mod rate;
 pub mod tokens;
 pub mod usage;
 
 pub use decision::{RateHeaders, Rejection, RejectionKind};
-pub use limits::{LimitOverrides, Limits, Team, Tier, TierTable};
+pub use budget::OnBreach;
+pub use limits::{FieldError, LimitOverrides, Limits, Team, Tier, TierTable};
+pub use pricing::{Price, PriceTable};
 pub use usage::Usage;

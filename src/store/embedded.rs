@@ -309,10 +309,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.redb");
         let team = Team {
-            id: "t".into(),
-            tier: crate::policy::Tier::Sandbox,
             client_ids: vec!["c".into()],
-            overrides: Default::default(),
+            ..Team::new("t", crate::policy::Tier::Sandbox)
         };
         {
             let store = EmbeddedStore::open(&path).unwrap();
