@@ -2,17 +2,19 @@
 //! variables (`__` separates levels: `TOLLGATE_SERVER__HTTP_LISTEN=0.0.0.0:9090`). Every field
 //! has a default, so `tollgate serve` runs with no file at all.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
-use crate::engine::FailMode;
-use crate::policy::{LimitOverrides, Team, Tier};
+use crate::engine::{EngineSettings, FailMode, UnknownModel};
+use crate::policy::pricing::{PriceSource, PriceTable, PriceUsd};
+use crate::policy::{LimitOverrides, Team, Tier, TierTable};
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -21,6 +23,8 @@ pub struct Settings {
     pub identity: IdentitySettings,
     pub store: StoreSettings,
     pub policy: PolicySettings,
+    pub pricing: PricingSettings,
+    pub budgets: BudgetSettings,
     pub log: LogSettings,
     /// Overrides of tier defaults, e.g. `[tiers.standard] rpm = 150`.
     pub tiers: HashMap<Tier, LimitOverrides>,
@@ -127,7 +131,8 @@ impl Default for StoreSettings {
 pub struct PolicySettings {
     /// When the store cannot answer: `closed` refuses with 503, `open` admits.
     pub fail_mode: FailMode,
-    /// How long a team definition is cached before the store is asked again.
+    /// How long team definitions and admin prices are cached before the store is asked again:
+    /// admin changes reach other instances within this (the instance that made them at once).
     pub team_cache_ttl_seconds: u64,
 }
 
@@ -136,6 +141,45 @@ impl Default for PolicySettings {
         Self {
             fail_mode: FailMode::Closed,
             team_cache_ttl_seconds: 5,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownModelPolicy {
+    /// 400 `unknown_model`.
+    #[default]
+    Reject,
+    /// Charge `pricing.default_price`.
+    Default,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PricingSettings {
+    pub unknown_model: UnknownModelPolicy,
+    /// USD per million tokens for models without a price, when `unknown_model = "default"`.
+    pub default_price: Option<PriceUsd>,
+    /// Prices added to or replacing the built-in table, USD per million tokens.
+    pub models: BTreeMap<String, PriceUsd>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BudgetSettings {
+    /// Percentages of the monthly budget at which teams are warned.
+    pub warn_at_percent: Vec<u8>,
+    /// Reserve each request's estimated cost at admission, settled with the actual cost: keeps
+    /// concurrent requests from overshooting a budget, at one more counter write per request.
+    pub reserve: bool,
+}
+
+impl Default for BudgetSettings {
+    fn default() -> Self {
+        Self {
+            warn_at_percent: vec![80],
+            reserve: false,
         }
     }
 }
@@ -200,8 +244,8 @@ impl Settings {
         let mut ids = HashSet::new();
         let mut clients = HashMap::new();
         for team in &self.teams {
-            if team.id.is_empty() {
-                bail!("teams: a team has an empty id");
+            if let Err(e) = team.clone().validated() {
+                bail!("teams: team {:?}: {}: {}", team.id, e.field, e.message);
             }
             if !ids.insert(team.id.as_str()) {
                 bail!("teams: team {:?} is declared twice", team.id);
@@ -218,7 +262,46 @@ impl Settings {
         if self.identity.jwks_file.is_some() && self.identity.jwks_url.is_some() {
             bail!("identity: set jwks_file or jwks_url, not both");
         }
-        Ok(())
+        if let Some(t) = self
+            .budgets
+            .warn_at_percent
+            .iter()
+            .find(|t| !(1..=100).contains(*t))
+        {
+            bail!("budgets.warn_at_percent: {t} is not a percentage between 1 and 100");
+        }
+        self.engine_settings().map(|_| ())
+    }
+
+    /// The policy engine's settings: tiers, fail mode, prices and budgets.
+    pub fn engine_settings(&self) -> anyhow::Result<EngineSettings> {
+        let mut prices = PriceTable::builtin();
+        for (model, price) in &self.pricing.models {
+            let price = price
+                .to_price()
+                .map_err(|(field, e)| anyhow::anyhow!("pricing.models.{model:?}.{field}: {e}"))?;
+            prices.set(model, price, PriceSource::Config);
+        }
+        let unknown_model = match (self.pricing.unknown_model, &self.pricing.default_price) {
+            (UnknownModelPolicy::Reject, _) => UnknownModel::Reject,
+            (UnknownModelPolicy::Default, Some(price)) => UnknownModel::Charge(
+                price
+                    .to_price()
+                    .map_err(|(field, e)| anyhow::anyhow!("pricing.default_price.{field}: {e}"))?,
+            ),
+            (UnknownModelPolicy::Default, None) => {
+                bail!("pricing.default_price is required when pricing.unknown_model = \"default\"")
+            }
+        };
+        Ok(EngineSettings {
+            tiers: TierTable::new(self.tiers.clone()),
+            fail_mode: self.policy.fail_mode,
+            cache_ttl: Duration::from_secs(self.policy.team_cache_ttl_seconds),
+            prices,
+            unknown_model,
+            warn_at_percent: self.budgets.warn_at_percent.clone(),
+            reserve: self.budgets.reserve,
+        })
     }
 }
 

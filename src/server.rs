@@ -17,7 +17,6 @@ use crate::engine::{Engine, SystemClock};
 use crate::extproc::{Context, ExtProcService};
 use crate::http::{OpsState, router};
 use crate::identity::{Authenticator, JwksSource, KeySet, Verification};
-use crate::policy::TierTable;
 use crate::store::{EmbeddedStore, MemoryStore, Store};
 
 pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
@@ -91,9 +90,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let auth = Arc::new(authenticator(&settings).await?);
     let engine = Arc::new(Engine::new(
         store.clone(),
-        TierTable::new(settings.tiers.clone()),
-        Duration::from_secs(settings.policy.team_cache_ttl_seconds),
-        settings.policy.fail_mode,
+        settings.engine_settings()?,
         Arc::new(SystemClock),
     ));
     let extproc = ExtProcService::new(Arc::new(Context {

@@ -15,10 +15,10 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header, encode, get_current_timestamp
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tollgate::engine::{Engine, FailMode, SystemClock};
+use tollgate::engine::{Engine, EngineSettings, SystemClock};
 use tollgate::extproc::{Context, ExtProcService};
 use tollgate::identity::{Authenticator, INVOKE_SCOPE, Verification};
-use tollgate::policy::{Team, Tier, TierTable};
+use tollgate::policy::{Team, Tier};
 use tollgate::store::{CounterKey, MemoryStore, Store};
 use tonic::Streaming;
 use tonic::transport::Channel;
@@ -42,9 +42,7 @@ async fn start() -> Harness {
         .unwrap();
     let engine = Arc::new(Engine::new(
         store.clone(),
-        TierTable::default(),
-        Duration::from_secs(5),
-        FailMode::Closed,
+        EngineSettings::default(),
         Arc::new(SystemClock),
     ));
     let auth = Arc::new(Authenticator::new(

@@ -1,21 +1,26 @@
 //! The policy engine: resolves a caller's team, reads the counters policy needs, asks `policy/`
-//! for a decision, and records usage after the response. Wire adapters call only this.
+//! for a decision, and records usage and spend after the response. Wire adapters call only this.
 
 mod ledger;
+mod prices;
 mod teams;
 
-use std::sync::Arc;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
 pub use ledger::Ledger;
+pub use prices::PriceBook;
 pub use teams::TeamDirectory;
 
 use crate::identity::Principal;
+use crate::policy::budget::{self, OnBreach};
 use crate::policy::{
-    RateHeaders, Rejection, RejectionKind, Team, TierTable, Usage, calendar, rate, tokens,
+    Price, PriceTable, RateHeaders, Rejection, RejectionKind, Team, TierTable, Usage, calendar,
+    rate, tokens,
 };
 use crate::store::{CounterKey, Debit, Increment, Store, StoreError};
 
@@ -28,6 +33,15 @@ pub enum FailMode {
     Closed,
     /// Admit: availability over enforcement while the store is down.
     Open,
+}
+
+/// What to do with a model that has no price.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnknownModel {
+    /// Refuse with 400 `unknown_model`: nothing is spent that cannot be priced.
+    Reject,
+    /// Charge this price.
+    Charge(Price),
 }
 
 pub trait Clock: Send + Sync + 'static {
@@ -54,48 +68,129 @@ impl Clock for ManualClock {
     }
 }
 
+/// How the engine decides; from configuration.
+#[derive(Clone, Debug)]
+pub struct EngineSettings {
+    pub tiers: TierTable,
+    pub fail_mode: FailMode,
+    /// Teams and admin prices are re-read from the store after this long.
+    pub cache_ttl: Duration,
+    /// Built-in prices with configuration overrides applied.
+    pub prices: PriceTable,
+    pub unknown_model: UnknownModel,
+    /// Budget warning thresholds, percent.
+    pub warn_at_percent: Vec<u8>,
+    /// Reserve each request's estimated cost at admission (settled with the actual cost).
+    pub reserve: bool,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        Self {
+            tiers: TierTable::default(),
+            fail_mode: FailMode::Closed,
+            cache_ttl: Duration::from_secs(5),
+            prices: PriceTable::builtin(),
+            unknown_model: UnknownModel::Reject,
+            warn_at_percent: vec![80],
+            reserve: false,
+        }
+    }
+}
+
+/// The model a request calls, from its body.
+#[derive(Clone, Copy, Debug)]
+pub struct ModelCall<'a> {
+    pub model: &'a str,
+    pub prompt_chars: u64,
+    pub max_output_tokens: Option<u64>,
+}
+
+/// Output tokens assumed for a reservation when the request sets no maximum.
+const DEFAULT_RESERVED_OUTPUT_TOKENS: u64 = 1024;
+/// Spend counters are kept this long after their month, for usage history.
+const SPEND_RETENTION_SECS: u64 = 400 * 86_400;
+
 /// An admitted request: what to report in headers and what to charge once its usage is known.
 #[derive(Clone, Debug)]
 pub struct Ticket {
     pub team: Arc<str>,
     pub rate: RateHeaders,
+    /// `x-tollgate-budget-warning`, when a threshold is crossed or the budget is spent (warn mode).
+    pub budget_warning: Option<String>,
     /// Daily token counter to debit, fixed at admission so a response that ends after midnight
-    /// is charged to the day it was admitted on.
+    /// is charged to the day it was admitted on (spend likewise to its month).
     tokens_key: CounterKey,
+    charge: Option<Charge>,
     request_id: String,
+}
+
+#[derive(Clone, Debug)]
+struct Charge {
+    price: Price,
+    month_key: CounterKey,
+    model_key: CounterKey,
+    /// Reservation to release once the actual cost is known.
+    reserved: Option<(CounterKey, u64)>,
+}
+
+/// Money facts of one admission: counters read and what they decided.
+struct Money {
+    model: String,
+    price: Price,
+    estimate: u64,
+    month_key: CounterKey,
+    model_key: CounterKey,
+    reserved_key: CounterKey,
 }
 
 pub struct Engine {
     store: Arc<dyn Store>,
     teams: TeamDirectory,
-    tiers: TierTable,
+    prices: PriceBook,
     ledger: Ledger,
     clock: Arc<dyn Clock>,
-    fail_mode: FailMode,
+    settings: EngineSettings,
+    /// Thresholds already reported (team#month#threshold), so the store is asked only once.
+    reported: Mutex<HashSet<String>>,
     request_seq: AtomicU64,
 }
 
 impl Engine {
-    pub fn new(
-        store: Arc<dyn Store>,
-        tiers: TierTable,
-        team_cache_ttl: Duration,
-        fail_mode: FailMode,
-        clock: Arc<dyn Clock>,
-    ) -> Self {
+    pub fn new(store: Arc<dyn Store>, settings: EngineSettings, clock: Arc<dyn Clock>) -> Self {
         Self {
-            teams: TeamDirectory::new(store.clone(), team_cache_ttl),
+            teams: TeamDirectory::new(store.clone(), settings.cache_ttl),
+            prices: PriceBook::new(store.clone(), settings.prices.clone(), settings.cache_ttl),
             ledger: Ledger::start(store.clone()),
             store,
-            tiers,
             clock,
-            fail_mode,
+            settings,
+            reported: Mutex::new(HashSet::new()),
             request_seq: AtomicU64::new(0),
         }
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    pub fn tiers(&self) -> &TierTable {
+        &self.settings.tiers
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// Prices in force: built-in, configuration, admin (cached for the cache TTL).
+    pub async fn price_table(&self) -> Arc<PriceTable> {
+        self.prices.table().await
+    }
+
+    /// Forget cached teams and prices: an admin change on this instance applies at once.
+    pub fn invalidate_caches(&self) {
+        self.teams.invalidate();
+        self.prices.invalidate();
     }
 
     /// The team a caller acts for: the team claim if the token has one, else the team that
@@ -111,26 +206,31 @@ impl Engine {
                 format!("client {client:?} is not registered to any team"),
             ),
             (None, None) => {
-                self.count_decision(RejectionKind::UnknownTeam);
-                return Err(Rejection::new(
+                return Err(self.refuse(Rejection::new(
                     RejectionKind::UnknownTeam,
                     "token names no team and no client_id",
-                ));
+                )));
             }
         };
-        let rejection = match lookup {
-            Ok(Some(team)) => return Ok(team),
-            Ok(None) => Rejection::new(RejectionKind::UnknownTeam, missing),
-            Err(e) => self.store_failure("team_lookup", &e),
-        };
-        self.count_decision(rejection.kind);
-        Err(rejection)
+        match lookup {
+            Ok(Some(team)) => Ok(team),
+            Ok(None) => Err(self.refuse(Rejection::new(RejectionKind::UnknownTeam, missing))),
+            Err(e) => Err(self.refuse(self.store_failure("team_lookup", &e))),
+        }
     }
 
-    /// Decides whether `team` may send one more request now; counts it if so.
-    pub async fn admit(&self, team: &Team, request_id: Option<&str>) -> Result<Ticket, Rejection> {
+    /// Decides whether `team` may send one more request now (calling `call`'s model, if it is a
+    /// model call); counts it if so.
+    pub async fn admit(
+        &self,
+        team: &Team,
+        call: Option<ModelCall<'_>>,
+        request_id: Option<&str>,
+    ) -> Result<Ticket, Rejection> {
         let started = std::time::Instant::now();
-        let outcome = self.admit_at(team, self.clock.now_ms(), request_id).await;
+        let outcome = self
+            .admit_at(team, call, self.clock.now_ms(), request_id)
+            .await;
         metrics::histogram!("tollgate_admission_seconds").record(started.elapsed().as_secs_f64());
         outcome
     }
@@ -138,88 +238,274 @@ impl Engine {
     async fn admit_at(
         &self,
         team: &Team,
+        call: Option<ModelCall<'_>>,
         now_ms: u64,
         request_id: Option<&str>,
     ) -> Result<Ticket, Rejection> {
-        let limits = self.tiers.limits_for(team);
+        let limits = self.settings.tiers.limits_for(team);
         let now = now_ms / 1000;
         let pos = rate::WindowPosition::at(now_ms);
-        let day = calendar::day_key(now);
         let previous_key =
             CounterKey::requests_in_minute(&team.id, pos.bucket - 1, pos.bucket_expiry_secs() - 60);
         let current_key =
             CounterKey::requests_in_minute(&team.id, pos.bucket, pos.bucket_expiry_secs());
         // Token counters outlive their day by one so late debits and operators can still see them.
-        let tokens_key =
-            CounterKey::tokens_on_day(&team.id, &day, calendar::next_day_start(now) + 86_400);
-        let request_id = request_id.map_or_else(|| self.next_request_id(), str::to_owned);
-        let ticket = |rate| Ticket {
-            team: Arc::from(team.id.as_str()),
-            rate,
-            tokens_key: tokens_key.clone(),
-            request_id: request_id.clone(),
+        let tokens_key = CounterKey::tokens_on_day(
+            &team.id,
+            &calendar::day_key(now),
+            calendar::next_day_start(now) + 86_400,
+        );
+        let money = match call {
+            Some(call) => Some(self.price_call(team, call, now).await?),
+            None => None,
         };
 
-        let (previous, used_today) = match self
-            .store
-            .read_counters(&[&previous_key, &tokens_key])
-            .await
-        {
-            Ok(v) => (v[0], v[1]),
-            Err(e) => {
-                return self.fail(
-                    e,
-                    ticket(RateHeaders {
-                        rpm_limit: limits.rpm,
-                        ..Default::default()
-                    }),
-                );
-            }
-        };
-        let mut headers = RateHeaders {
+        let mut keys = vec![&previous_key, &tokens_key];
+        if let Some(m) = &money {
+            keys.extend([&m.month_key, &m.model_key, &m.reserved_key]);
+        }
+        let mut rate_headers = RateHeaders {
             rpm_limit: limits.rpm,
-            rpm_remaining: 0,
             rpm_reset_secs: pos.secs_to_bucket_end(),
             tokens_limit: limits.daily_tokens,
-            tokens_remaining: tokens::remaining(used_today, limits.daily_tokens),
+            ..Default::default()
         };
+        let request_id = request_id.map_or_else(|| self.next_request_id(), str::to_owned);
+        let mut ticket = Ticket {
+            team: Arc::from(team.id.as_str()),
+            rate: rate_headers,
+            budget_warning: None,
+            tokens_key: tokens_key.clone(),
+            charge: money.as_ref().map(|m| Charge {
+                price: m.price,
+                month_key: m.month_key.clone(),
+                model_key: m.model_key.clone(),
+                reserved: None,
+            }),
+            request_id,
+        };
+        let values = match self.store.read_counters(&keys).await {
+            Ok(values) => values,
+            Err(e) => return self.fail(e, ticket),
+        };
+        let (previous, used_today) = (values[0], values[1]);
+        rate_headers.tokens_remaining = tokens::remaining(used_today, limits.daily_tokens);
+        rate_headers.rpm_remaining = rate::remaining(limits.rpm, previous, 0, pos);
 
         if !tokens::within_daily_limit(used_today, limits.daily_tokens) {
-            headers.rpm_remaining = rate::remaining(limits.rpm, previous, 0, pos);
-            let secs = calendar::secs_until_next_day(now);
-            self.count_decision(RejectionKind::DailyTokensExceeded);
-            return Err(Rejection::daily_tokens_exceeded(
+            return Err(self.refuse(Rejection::daily_tokens_exceeded(
                 used_today,
                 limits.daily_tokens.unwrap_or_default(),
-                headers,
-                secs,
-            ));
+                rate_headers,
+                calendar::secs_until_next_day(now),
+            )));
+        }
+        if let Some(m) = &money {
+            let (spent, spent_on_model, reserved) = (values[2], values[3], values[4]);
+            let retry = calendar::secs_until_next_month(now);
+            let budget = limits.monthly_budget_micros;
+            let incoming = if self.settings.reserve { m.estimate } else { 0 };
+            if !budget::within_budget(spent, reserved, incoming, budget) {
+                match team.on_breach {
+                    OnBreach::Block => {
+                        return Err(self.refuse(Rejection::budget_exceeded(
+                            RejectionKind::MonthlyBudgetExceeded,
+                            budget::budget_exceeded_reason(spent.saturating_add(reserved), budget),
+                            rate_headers,
+                            retry,
+                        )));
+                    }
+                    OnBreach::Warn => {
+                        metrics::counter!("tollgate_budget_overruns_total", "team" => team.id.clone()).increment(1);
+                        ticket.budget_warning = Some(budget::budget_exceeded_reason(spent, budget));
+                    }
+                }
+            }
+            if let Some(cap) = team.model_cap_micros(&m.model)
+                && spent_on_model >= cap
+            {
+                let reason = budget::model_budget_exceeded_reason(&m.model, spent_on_model, cap);
+                match team.on_breach {
+                    OnBreach::Block => {
+                        return Err(self.refuse(Rejection::budget_exceeded(
+                            RejectionKind::ModelBudgetExceeded,
+                            reason,
+                            rate_headers,
+                            retry,
+                        )));
+                    }
+                    OnBreach::Warn => {
+                        ticket.budget_warning = ticket.budget_warning.or(Some(reason))
+                    }
+                }
+            }
+            if ticket.budget_warning.is_none()
+                && let Some(threshold) =
+                    budget::crossed_threshold(spent, budget, &self.settings.warn_at_percent)
+            {
+                ticket.budget_warning = Some(budget::warning_text(threshold, spent, budget));
+                self.report_crossing(team, m, threshold, spent, budget)
+                    .await;
+            }
+            if incoming > 0 {
+                // Atomic among concurrent admissions: reservations never pass what is left.
+                let room = budget.saturating_sub(spent);
+                match self.store.add_within(&m.reserved_key, incoming, room).await {
+                    Ok(Increment::Applied(_)) => {
+                        if let Some(charge) = &mut ticket.charge {
+                            charge.reserved = Some((m.reserved_key.clone(), incoming));
+                        }
+                    }
+                    Ok(Increment::Refused(now_reserved)) => {
+                        return Err(self.refuse(Rejection::budget_exceeded(
+                            RejectionKind::MonthlyBudgetExceeded,
+                            budget::budget_exceeded_reason(
+                                spent.saturating_add(now_reserved),
+                                budget,
+                            ),
+                            rate_headers,
+                            retry,
+                        )));
+                    }
+                    Err(e) => return self.fail(e, ticket),
+                }
+            }
         }
 
         let ceiling = rate::current_ceiling(limits.rpm, previous, pos);
-        match self.store.increment_below(&current_key, ceiling).await {
+        let outcome = self.store.add_within(&current_key, 1, ceiling).await;
+        let refused = match outcome {
             Ok(Increment::Applied(current)) => {
-                headers.rpm_remaining = rate::remaining(limits.rpm, previous, current, pos);
+                rate_headers.rpm_remaining = rate::remaining(limits.rpm, previous, current, pos);
+                ticket.rate = rate_headers;
                 metrics::counter!("tollgate_requests_total", "decision" => "allowed", "reason" => "").increment(1);
-                Ok(ticket(headers))
+                return Ok(ticket);
             }
-            Ok(Increment::Refused(current)) => {
-                let count = rate::window_count(previous, current, pos);
-                let retry = rate::retry_after_secs(limits.rpm, previous, current, pos);
-                self.count_decision(RejectionKind::RpmExceeded);
-                Err(Rejection::rpm_exceeded(count, headers, retry))
+            Ok(Increment::Refused(current)) => self.refuse(Rejection::rpm_exceeded(
+                rate::window_count(previous, current, pos),
+                rate_headers,
+                rate::retry_after_secs(limits.rpm, previous, current, pos),
+            )),
+            Err(e) => match self.fail(e, ticket.clone()) {
+                Ok(ticket) => return Ok(ticket),
+                Err(rejection) => rejection,
+            },
+        };
+        // Refused after reserving: give the reservation back.
+        self.settle_as(ticket, None, "refused").await;
+        Err(refused)
+    }
+
+    /// Resolves the model's canonical name and price, enforcing the allow-list and the
+    /// unknown-model policy. No counter is touched on refusal.
+    async fn price_call(
+        &self,
+        team: &Team,
+        call: ModelCall<'_>,
+        now: u64,
+    ) -> Result<Money, Rejection> {
+        let table = self.prices.table().await;
+        let (model, price) = match table.price(call.model) {
+            Some(found) => found,
+            None => match self.settings.unknown_model {
+                UnknownModel::Charge(price) => {
+                    metrics::counter!("tollgate_unknown_model_total", "policy" => "charged")
+                        .increment(1);
+                    (crate::policy::pricing::normalise_model(call.model), price)
+                }
+                UnknownModel::Reject => {
+                    metrics::counter!("tollgate_unknown_model_total", "policy" => "rejected")
+                        .increment(1);
+                    tracing::warn!(team = %team.id, model = call.model, "model has no price");
+                    return Err(self.refuse(Rejection::new(
+                        RejectionKind::UnknownModel,
+                        format!(
+                            "model {:?} has no price; a tollgate admin can add one (PUT /admin/prices/{})",
+                            call.model,
+                            crate::policy::pricing::normalise_model(call.model)
+                        ),
+                    )));
+                }
+            },
+        };
+        if !team.allows(&model) {
+            return Err(self.refuse(Rejection::new(
+                RejectionKind::ModelNotAllowed,
+                format!(
+                    "model {:?} is not allowed for team {:?}",
+                    call.model, team.id
+                ),
+            )));
+        }
+        let month = calendar::month_key(now);
+        let expires = calendar::next_month_start(now) + SPEND_RETENTION_SECS;
+        let estimate = price.cost_micros(&Usage {
+            input: call.prompt_chars.div_ceil(4),
+            output: call
+                .max_output_tokens
+                .unwrap_or(DEFAULT_RESERVED_OUTPUT_TOKENS),
+            ..Default::default()
+        });
+        Ok(Money {
+            month_key: CounterKey::spend_in_month(&team.id, &month, expires),
+            model_key: CounterKey::spend_on_model(&team.id, &month, &model, expires),
+            reserved_key: CounterKey::reserved_in_month(
+                &team.id,
+                &month,
+                calendar::next_month_start(now) + 86_400,
+            ),
+            model,
+            price,
+            estimate,
+        })
+    }
+
+    /// Logs and counts a threshold crossing once per team, month and threshold across the fleet:
+    /// the store's conditional increment decides which instance reports it.
+    async fn report_crossing(
+        &self,
+        team: &Team,
+        money: &Money,
+        threshold: u8,
+        spent: u64,
+        budget: u64,
+    ) {
+        let month = money
+            .month_key
+            .counter
+            .trim_start_matches("spend#")
+            .to_owned();
+        let marker = format!("{}#{month}#{threshold}", team.id);
+        {
+            let mut reported = self.reported.lock().unwrap();
+            if reported.contains(&marker) {
+                return;
             }
-            Err(e) => self.fail(e, ticket(headers)),
+            if reported.len() > 100_000 {
+                reported.clear();
+            }
+            reported.insert(marker);
+        }
+        let key =
+            CounterKey::budget_warned(&team.id, &month, threshold, money.month_key.expires_at);
+        if let Ok(Increment::Applied(_)) = self.store.add_within(&key, 1, 1).await {
+            metrics::counter!("tollgate_budget_threshold_crossings_total", "threshold" => threshold.to_string())
+                .increment(1);
+            tracing::warn!(
+                team = %team.id,
+                month,
+                threshold,
+                spent_usd = budget::json_usd(spent),
+                budget_usd = budget::json_usd(budget),
+                "monthly budget threshold crossed"
+            );
         }
     }
 
     fn fail(&self, error: StoreError, ticket: Ticket) -> Result<Ticket, Rejection> {
         let rejection = self.store_failure("admit", &error);
-        match self.fail_mode {
-            FailMode::Closed => {
-                self.count_decision(rejection.kind);
-                Err(rejection)
-            }
+        match self.settings.fail_mode {
+            FailMode::Closed => Err(self.refuse(rejection)),
             FailMode::Open => {
                 metrics::counter!("tollgate_fail_open_total").increment(1);
                 Ok(ticket)
@@ -230,8 +516,13 @@ impl Engine {
     fn store_failure(&self, op: &'static str, error: &StoreError) -> Rejection {
         metrics::counter!("tollgate_store_errors_total", "backend" => self.store.backend_name(), "op" => op)
             .increment(1);
-        tracing::error!(op, error = %error, fail_mode = ?self.fail_mode, "store failed during admission");
+        tracing::error!(op, error = %error, fail_mode = ?self.settings.fail_mode, "store failed during admission");
         Rejection::new(RejectionKind::Unavailable, "rate-limit store unavailable")
+    }
+
+    fn refuse(&self, rejection: Rejection) -> Rejection {
+        self.count_decision(rejection.kind);
+        rejection
     }
 
     /// Counts a refusal. The engine counts every refusal it returns; adapters count their own
@@ -240,25 +531,46 @@ impl Engine {
         metrics::counter!("tollgate_requests_total", "decision" => "rejected", "reason" => kind.code()).increment(1);
     }
 
-    /// Charges an admitted request's usage. Returns once the debit is queued; the ledger applies it
-    /// to the store in the background (never on the response path).
+    /// Charges an admitted request's usage and its cost. Returns once the debit is queued; the
+    /// ledger applies it to the store in the background (never on the response path).
     pub async fn settle(&self, ticket: Ticket, usage: Usage, api: &'static str) {
-        let total = usage.total();
         metrics::counter!("tollgate_tokens_total", "team" => ticket.team.to_string(), "api" => api)
-            .increment(total);
+            .increment(usage.total());
         if usage.estimated {
             metrics::counter!("tollgate_usage_estimated_total", "api" => api).increment(1);
         }
-        tracing::debug!(team = %ticket.team, request_id = %ticket.request_id, ?usage, "settling");
-        if total == 0 {
-            return;
+        self.settle_as(ticket, Some(usage), api).await;
+    }
+
+    /// `usage: None`: the request never ran; only a reservation, if any, is released.
+    async fn settle_as(&self, ticket: Ticket, usage: Option<Usage>, api: &'static str) {
+        let mut amounts = Vec::new();
+        let total = usage.map_or(0, |u| u.total());
+        if total > 0 {
+            amounts.push((ticket.tokens_key, total as i64));
         }
-        self.ledger
-            .record(Debit {
-                id: ticket.request_id,
-                amounts: vec![(ticket.tokens_key, total)],
-            })
-            .await;
+        let mut cost = 0;
+        if let Some(charge) = ticket.charge {
+            cost = usage.map_or(0, |u| charge.price.cost_micros(&u));
+            if cost > 0 {
+                amounts.push((charge.month_key, cost as i64));
+                amounts.push((charge.model_key, cost as i64));
+                metrics::counter!("tollgate_spend_micros_total", "team" => ticket.team.to_string())
+                    .increment(cost);
+            }
+            if let Some((key, reserved)) = charge.reserved {
+                amounts.push((key, -(reserved as i64)));
+            }
+        }
+        tracing::debug!(team = %ticket.team, request_id = %ticket.request_id, ?usage, cost, api, "settling");
+        if !amounts.is_empty() {
+            self.ledger
+                .record(Debit {
+                    id: ticket.request_id,
+                    amounts,
+                })
+                .await;
+        }
     }
 
     /// Waits until every queued debit is applied and the store has made it durable.

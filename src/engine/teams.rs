@@ -29,6 +29,11 @@ impl TeamDirectory {
         }
     }
 
+    /// Forgets every cached lookup.
+    pub fn invalidate(&self) {
+        self.cache.write().unwrap().clear();
+    }
+
     pub async fn by_id(&self, id: &str) -> StoreResult<Option<Arc<Team>>> {
         let store = self.store.clone();
         let id_owned = id.to_owned();

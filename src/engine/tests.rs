@@ -1,11 +1,11 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use async_trait::async_trait;
 
 use super::*;
 use crate::policy::Tier;
+use crate::policy::pricing::PriceUsd;
 use crate::store::{MemoryStore, StoreResult};
 
 // 2026-11-21T12:00:10Z
@@ -21,16 +21,19 @@ fn team(id: &str, rpm: u64, daily_tokens: u64) -> Team {
 }
 
 fn engine_with(store: Arc<dyn Store>, fail_mode: FailMode) -> (Arc<Engine>, Arc<ManualClock>) {
+    engine_set(
+        store,
+        EngineSettings {
+            fail_mode,
+            ..Default::default()
+        },
+    )
+}
+
+fn engine_set(store: Arc<dyn Store>, settings: EngineSettings) -> (Arc<Engine>, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock::default());
     clock.0.store(NOON, Ordering::Relaxed);
-    let engine = Engine::new(
-        store,
-        TierTable::default(),
-        Duration::from_secs(5),
-        fail_mode,
-        clock.clone(),
-    );
-    (Arc::new(engine), clock)
+    (Arc::new(Engine::new(store, settings, clock.clone())), clock)
 }
 
 fn engine() -> (Arc<Engine>, Arc<ManualClock>) {
@@ -53,7 +56,7 @@ async fn admits_exactly_the_rpm_limit_under_concurrency() {
     let tasks: Vec<_> = (0..400)
         .map(|_| {
             let (engine, t) = (engine.clone(), t.clone());
-            tokio::spawn(async move { engine.admit(&t, None).await.is_ok() })
+            tokio::spawn(async move { engine.admit(&t, None, None).await.is_ok() })
         })
         .collect();
     let mut admitted = 0;
@@ -68,10 +71,10 @@ async fn rejected_requests_consume_nothing() {
     let (engine, clock) = engine();
     let t = team("a", 3, 1_000_000);
     for _ in 0..3 {
-        engine.admit(&t, None).await.unwrap();
+        engine.admit(&t, None, None).await.unwrap();
     }
     for _ in 0..10 {
-        let r = engine.admit(&t, None).await.unwrap_err();
+        let r = engine.admit(&t, None, None).await.unwrap_err();
         assert_eq!(r.kind, RejectionKind::RpmExceeded);
         assert_eq!(r.reason, "RPM limit exceeded (4/3 requests per minute)");
         assert!(r.retry_after_secs.unwrap() >= 1);
@@ -79,7 +82,7 @@ async fn rejected_requests_consume_nothing() {
     // Two minutes later the window is empty again: the refusals left no trace.
     clock.0.fetch_add(120_000, Ordering::Relaxed);
     for _ in 0..3 {
-        engine.admit(&t, None).await.unwrap();
+        engine.admit(&t, None, None).await.unwrap();
     }
 }
 
@@ -87,13 +90,13 @@ async fn rejected_requests_consume_nothing() {
 async fn headers_count_down() {
     let (engine, _) = engine();
     let t = team("a", 5, 1000);
-    let first = engine.admit(&t, None).await.unwrap();
+    let first = engine.admit(&t, None, None).await.unwrap();
     assert_eq!(first.rate.rpm_limit, 5);
     assert_eq!(first.rate.rpm_remaining, 4);
     assert_eq!(first.rate.tokens_limit, Some(1000));
     assert_eq!(first.rate.tokens_remaining, Some(1000));
     assert_eq!(first.rate.rpm_reset_secs, 50);
-    let second = engine.admit(&t, None).await.unwrap();
+    let second = engine.admit(&t, None, None).await.unwrap();
     assert_eq!(second.rate.rpm_remaining, 3);
 }
 
@@ -106,14 +109,14 @@ async fn daily_tokens_are_debited_after_the_response_and_roll_over_at_midnight()
         output: 20,
         ..Default::default()
     };
-    let ticket = engine.admit(&t, Some("r1")).await.unwrap();
+    let ticket = engine.admit(&t, None, Some("r1")).await.unwrap();
     engine.settle(ticket, usage, "test").await;
     engine.flush().await;
-    let ticket = engine.admit(&t, Some("r2")).await.unwrap();
+    let ticket = engine.admit(&t, None, Some("r2")).await.unwrap();
     assert_eq!(ticket.rate.tokens_remaining, Some(40));
     engine.settle(ticket, usage, "test").await;
     engine.flush().await;
-    let r = engine.admit(&t, None).await.unwrap_err();
+    let r = engine.admit(&t, None, None).await.unwrap_err();
     assert_eq!(r.kind, RejectionKind::DailyTokensExceeded);
     assert_eq!(
         r.reason,
@@ -124,7 +127,7 @@ async fn daily_tokens_are_debited_after_the_response_and_roll_over_at_midnight()
     clock
         .0
         .fetch_add(r.retry_after_secs.unwrap() * 1000, Ordering::Relaxed);
-    let next_day = engine.admit(&t, None).await.unwrap();
+    let next_day = engine.admit(&t, None, None).await.unwrap();
     assert_eq!(next_day.rate.tokens_remaining, Some(100));
 }
 
@@ -132,7 +135,7 @@ async fn daily_tokens_are_debited_after_the_response_and_roll_over_at_midnight()
 async fn a_token_rejection_does_not_consume_rpm() {
     let (engine, _) = engine();
     let t = team("a", 2, 10);
-    let ticket = engine.admit(&t, None).await.unwrap();
+    let ticket = engine.admit(&t, None, None).await.unwrap();
     engine
         .settle(
             ticket,
@@ -146,7 +149,7 @@ async fn a_token_rejection_does_not_consume_rpm() {
     engine.flush().await;
     for _ in 0..5 {
         assert_eq!(
-            engine.admit(&t, None).await.unwrap_err().kind,
+            engine.admit(&t, None, None).await.unwrap_err().kind,
             RejectionKind::DailyTokensExceeded
         );
     }
@@ -203,13 +206,25 @@ impl Store for DownStore {
     async fn read_counters(&self, _: &[&CounterKey]) -> StoreResult<Vec<u64>> {
         Err(StoreError::Unavailable("down".into()))
     }
-    async fn increment_below(&self, _: &CounterKey, _: u64) -> StoreResult<Increment> {
+    async fn add_within(&self, _: &CounterKey, _: u64, _: u64) -> StoreResult<Increment> {
         Err(StoreError::Unavailable("down".into()))
     }
     async fn apply_debits(&self, _: &[Debit]) -> StoreResult<()> {
         Err(StoreError::Unavailable("down".into()))
     }
+    async fn list_counters(&self, _: &str, _: &str) -> StoreResult<Vec<(String, u64)>> {
+        Err(StoreError::Unavailable("down".into()))
+    }
     async fn put_team(&self, _: &Team) -> StoreResult<()> {
+        Err(StoreError::Unavailable("down".into()))
+    }
+    async fn prices(&self) -> StoreResult<Vec<(String, PriceUsd)>> {
+        Err(StoreError::Unavailable("down".into()))
+    }
+    async fn put_price(&self, _: &str, _: &PriceUsd) -> StoreResult<()> {
+        Err(StoreError::Unavailable("down".into()))
+    }
+    async fn delete_price(&self, _: &str) -> StoreResult<bool> {
         Err(StoreError::Unavailable("down".into()))
     }
     async fn delete_team(&self, _: &str) -> StoreResult<bool> {
@@ -239,9 +254,285 @@ impl Store for DownStore {
 async fn store_outage_follows_the_fail_mode() {
     let t = team("a", 5, 5);
     let (closed, _) = engine_with(Arc::new(DownStore), FailMode::Closed);
-    let r = closed.admit(&t, None).await.unwrap_err();
+    let r = closed.admit(&t, None, None).await.unwrap_err();
     assert_eq!(r.kind, RejectionKind::Unavailable);
     assert_eq!(r.kind.status(), 503);
     let (open, _) = engine_with(Arc::new(DownStore), FailMode::Open);
-    assert!(open.admit(&t, None).await.is_ok());
+    assert!(open.admit(&t, None, None).await.is_ok());
+}
+
+// ---- money: prices, budgets, caps, allow-lists
+
+/// $1 per 1000 tokens of any kind: costs are easy to read.
+fn dollar_per_thousand() -> EngineSettings {
+    let mut settings = EngineSettings::default();
+    let price = PriceUsd {
+        input: 1000.0,
+        output: 1000.0,
+        cache_read: Some(100.0),
+        cache_write: Some(2000.0),
+    };
+    settings.prices.set(
+        "test-model",
+        price.to_price().unwrap(),
+        crate::policy::pricing::PriceSource::Config,
+    );
+    settings.prices.set(
+        "other-model",
+        price.to_price().unwrap(),
+        crate::policy::pricing::PriceSource::Config,
+    );
+    settings
+}
+
+fn budgeted(id: &str, usd: f64) -> Team {
+    Team {
+        monthly_budget_usd: Some(usd),
+        ..team(id, 1000, 10_000_000)
+    }
+}
+
+fn call(model: &str) -> Option<ModelCall<'_>> {
+    Some(ModelCall {
+        model,
+        prompt_chars: 400,
+        max_output_tokens: Some(100),
+    })
+}
+
+async fn spend(engine: &Engine, t: &Team, model: &str, tokens: u64) {
+    let ticket = engine.admit(t, call(model), None).await.unwrap();
+    engine
+        .settle(
+            ticket,
+            Usage {
+                input: tokens,
+                ..Default::default()
+            },
+            "test",
+        )
+        .await;
+    engine.flush().await;
+}
+
+#[tokio::test]
+async fn a_spent_budget_refuses_until_the_month_rolls_over() {
+    let (engine, clock) = engine_set(Arc::new(MemoryStore::new()), dollar_per_thousand());
+    let t = budgeted("b", 1.0);
+    spend(&engine, &t, "test-model", 600).await;
+    spend(&engine, &t, "test-model", 420).await;
+    let r = engine
+        .admit(&t, call("test-model"), None)
+        .await
+        .unwrap_err();
+    assert_eq!(r.kind, RejectionKind::MonthlyBudgetExceeded);
+    assert_eq!(r.reason, "Monthly budget exceeded ($1.02/$1.00)");
+    assert!(!r.kind.retryable());
+    // 2026-11-21T12:00:10Z to 2026-12-01T00:00:00Z.
+    let retry = r.retry_after_secs.unwrap();
+    assert_eq!(retry, 9 * 86_400 + 11 * 3600 + 59 * 60 + 50);
+    // Non-model paths (model lists) cost nothing and still pass.
+    assert!(engine.admit(&t, None, None).await.is_ok());
+    clock.0.fetch_add(retry * 1000, Ordering::Relaxed);
+    assert!(engine.admit(&t, call("test-model"), None).await.is_ok());
+}
+
+#[tokio::test]
+async fn warn_mode_lets_requests_through_with_a_warning() {
+    let (engine, _) = engine_set(Arc::new(MemoryStore::new()), dollar_per_thousand());
+    let t = Team {
+        on_breach: OnBreach::Warn,
+        ..budgeted("w", 1.0)
+    };
+    spend(&engine, &t, "test-model", 1500).await;
+    let ticket = engine.admit(&t, call("test-model"), None).await.unwrap();
+    assert_eq!(
+        ticket.budget_warning.as_deref(),
+        Some("Monthly budget exceeded ($1.50/$1.00)")
+    );
+}
+
+#[tokio::test]
+async fn thresholds_warn_on_every_request_but_are_reported_once() {
+    let (engine, _) = engine_set(Arc::new(MemoryStore::new()), dollar_per_thousand());
+    let t = budgeted("th", 1.0);
+    spend(&engine, &t, "test-model", 790).await;
+    assert_eq!(
+        engine
+            .admit(&t, call("test-model"), None)
+            .await
+            .unwrap()
+            .budget_warning,
+        None
+    );
+    spend(&engine, &t, "test-model", 20).await;
+    for _ in 0..3 {
+        let ticket = engine.admit(&t, call("test-model"), None).await.unwrap();
+        assert_eq!(
+            ticket.budget_warning.as_deref(),
+            Some("80% of the monthly budget used ($0.81/$1.00)")
+        );
+    }
+    let marker = CounterKey::budget_warned("th", "2026-11", 80, 0);
+    assert_eq!(
+        engine.store().read_counters(&[&marker]).await.unwrap(),
+        vec![1]
+    );
+    // A second instance sharing the store does not report it again.
+    let (other, _) = engine_set(engine.store().clone(), dollar_per_thousand());
+    other.admit(&t, call("test-model"), None).await.unwrap();
+    assert_eq!(
+        engine.store().read_counters(&[&marker]).await.unwrap(),
+        vec![1]
+    );
+}
+
+#[tokio::test]
+async fn a_model_cap_refuses_only_that_model() {
+    let (engine, _) = engine_set(Arc::new(MemoryStore::new()), dollar_per_thousand());
+    let mut t = budgeted("cap", 100.0);
+    t.model_caps.insert("test-model".into(), 0.5);
+    spend(&engine, &t, "test-model", 500).await;
+    let r = engine
+        .admit(&t, call("TEST-MODEL"), None)
+        .await
+        .unwrap_err();
+    assert_eq!(r.kind, RejectionKind::ModelBudgetExceeded);
+    assert_eq!(
+        r.reason,
+        "Monthly budget for model test-model exceeded ($0.50/$0.50)"
+    );
+    assert!(engine.admit(&t, call("other-model"), None).await.is_ok());
+}
+
+#[tokio::test]
+async fn allow_lists_and_unknown_models_are_refused_before_counting() {
+    let (engine, _) = engine_set(Arc::new(MemoryStore::new()), dollar_per_thousand());
+    let t = Team {
+        allowed_models: Some(vec!["gpt-4o".into()]),
+        ..budgeted("al", 10.0)
+    }
+    .validated()
+    .unwrap();
+    assert!(
+        engine
+            .admit(&t, call("gpt-4o-2024-08-06"), None)
+            .await
+            .is_ok()
+    );
+    let r = engine
+        .admit(&t, call("gpt-4o-mini"), None)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (r.kind, r.kind.status()),
+        (RejectionKind::ModelNotAllowed, 403)
+    );
+    let r = engine
+        .admit(&t, call("mystery-model"), None)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (r.kind, r.kind.status()),
+        (RejectionKind::UnknownModel, 400)
+    );
+    assert!(r.reason.contains("mystery-model"));
+    let minute = CounterKey::requests_in_minute("al", NOON / 60_000, 0);
+    assert_eq!(
+        engine.store().read_counters(&[&minute]).await.unwrap(),
+        vec![1],
+        "refusals count nothing"
+    );
+}
+
+#[tokio::test]
+async fn unknown_models_can_be_charged_a_default_price() {
+    let mut settings = dollar_per_thousand();
+    settings.unknown_model = UnknownModel::Charge(
+        PriceUsd {
+            input: 2000.0,
+            output: 2000.0,
+            cache_read: None,
+            cache_write: None,
+        }
+        .to_price()
+        .unwrap(),
+    );
+    let (engine, _) = engine_set(Arc::new(MemoryStore::new()), settings);
+    let t = budgeted("dp", 10.0);
+    spend(&engine, &t, "mystery-model", 100).await;
+    let month = CounterKey::spend_in_month("dp", "2026-11", 0);
+    let model = CounterKey::spend_on_model("dp", "2026-11", "mystery-model", 0);
+    assert_eq!(
+        engine
+            .store()
+            .read_counters(&[&month, &model])
+            .await
+            .unwrap(),
+        vec![200_000, 200_000]
+    );
+}
+
+#[tokio::test]
+async fn cache_tokens_are_priced_at_cache_prices() {
+    let (engine, _) = engine_set(Arc::new(MemoryStore::new()), dollar_per_thousand());
+    let t = budgeted("cache", 10.0);
+    let ticket = engine.admit(&t, call("test-model"), None).await.unwrap();
+    let usage = Usage {
+        input: 10,
+        output: 20,
+        cache_read: 1000,
+        cache_write: 100,
+        estimated: false,
+    };
+    engine.settle(ticket, usage, "test").await;
+    engine.flush().await;
+    // 10 + 20 tokens at $1/1k, 1000 at $0.10/1k, 100 at $2/1k = 0.03 + 0.1 + 0.2 = $0.33.
+    let month = CounterKey::spend_in_month("cache", "2026-11", 0);
+    assert_eq!(
+        engine.store().read_counters(&[&month]).await.unwrap(),
+        vec![330_000]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reservations_keep_concurrent_requests_within_the_budget() {
+    let mut settings = dollar_per_thousand();
+    settings.reserve = true;
+    let (engine, _) = engine_set(Arc::new(MemoryStore::new()), settings);
+    // Each request reserves (400/4 input + 100 output) tokens = $0.20 of a $1.00 budget.
+    let t = Arc::new(budgeted("res", 1.0));
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let (engine, t) = (engine.clone(), t.clone());
+            tokio::spawn(async move { engine.admit(&t, call("test-model"), None).await })
+        })
+        .collect();
+    let mut tickets = Vec::new();
+    for task in tasks {
+        if let Ok(ticket) = task.await.unwrap() {
+            tickets.push(ticket);
+        }
+    }
+    assert_eq!(tickets.len(), 5);
+    // Settling with less than reserved frees the difference for the next request.
+    for ticket in tickets {
+        engine
+            .settle(
+                ticket,
+                Usage {
+                    input: 50,
+                    ..Default::default()
+                },
+                "test",
+            )
+            .await;
+    }
+    engine.flush().await;
+    let reserved = CounterKey::reserved_in_month("res", "2026-11", 0);
+    assert_eq!(
+        engine.store().read_counters(&[&reserved]).await.unwrap(),
+        vec![0]
+    );
+    assert!(engine.admit(&t, call("test-model"), None).await.is_ok());
 }

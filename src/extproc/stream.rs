@@ -21,7 +21,7 @@ use tonic::Status;
 use super::Context;
 use super::envoy::{self, header};
 use crate::contract::{rate_headers, rejection_reply};
-use crate::engine::Ticket;
+use crate::engine::{ModelCall, Ticket};
 use crate::identity::{INVOKE_SCOPE, IdentityError};
 use crate::llm::{ApiKind, RequestFacts, UsageTracker, parse_request};
 use crate::policy::{Rejection, RejectionKind, Team, Usage};
@@ -176,7 +176,7 @@ impl Exchange {
 
         if !self.api.is_model_call() {
             // Nothing in its bodies matters: admit now and ask Envoy not to send them.
-            if let Err(rejection) = self.admit(&team).await {
+            if let Err(rejection) = self.admit(&team, None).await {
                 return self.refuse(rejection);
             }
             return envoy::request_headers_reply(&[], &[], true);
@@ -191,11 +191,11 @@ impl Exchange {
         envoy::request_headers_reply(&[], &["accept-encoding"], false)
     }
 
-    async fn admit(&mut self, team: &Team) -> Result<(), Rejection> {
+    async fn admit(&mut self, team: &Team, call: Option<ModelCall<'_>>) -> Result<(), Rejection> {
         let ticket = self
             .ctx
             .engine
-            .admit(team, self.request_id.as_deref())
+            .admit(team, call, self.request_id.as_deref())
             .await?;
         self.ticket = Some(ticket);
         Ok(())
@@ -223,10 +223,16 @@ impl Exchange {
                 return self.refuse_here(Rejection::new(RejectionKind::InvalidBody, e.to_string()));
             }
         };
-        if let Err(rejection) = self.admit(&team).await {
+        let facts = parsed.facts;
+        let call = ModelCall {
+            model: &facts.model,
+            prompt_chars: facts.prompt_chars,
+            max_output_tokens: facts.max_output_tokens,
+        };
+        if let Err(rejection) = self.admit(&team, Some(call)).await {
             return self.refuse(rejection);
         }
-        self.facts = Some(parsed.facts);
+        self.facts = Some(facts);
         envoy::request_body_reply(parsed.rewritten)
     }
 
@@ -236,7 +242,10 @@ impl Exchange {
             // A response tollgate did not admit, e.g. jwt_authn's own 401: pass it through.
             return envoy::response_headers_reply(&[], true);
         };
-        let set = rate_headers(&ticket.rate);
+        let mut set = rate_headers(&ticket.rate);
+        if let Some(warning) = &ticket.budget_warning {
+            set.push(("x-tollgate-budget-warning", warning.clone()));
+        }
         let success = header(&headers, ":status").is_some_and(|s| s.starts_with('2'));
         let facts = self.facts.as_ref();
         if !(success && self.api.is_model_call() && facts.is_some()) || headers.end_of_stream {

@@ -37,9 +37,16 @@ fn openai_type(kind: RejectionKind) -> &'static str {
     match kind {
         RejectionKind::RpmExceeded => "requests",
         RejectionKind::DailyTokensExceeded => "tokens",
+        RejectionKind::MonthlyBudgetExceeded | RejectionKind::ModelBudgetExceeded => {
+            "insufficient_quota"
+        }
         RejectionKind::Unauthenticated => "authentication_error",
-        RejectionKind::Forbidden | RejectionKind::UnknownTeam => "permission_error",
-        RejectionKind::InvalidBody | RejectionKind::BodyTooLarge => "invalid_request_error",
+        RejectionKind::Forbidden | RejectionKind::UnknownTeam | RejectionKind::ModelNotAllowed => {
+            "permission_error"
+        }
+        RejectionKind::InvalidBody | RejectionKind::BodyTooLarge | RejectionKind::UnknownModel => {
+            "invalid_request_error"
+        }
         RejectionKind::Unavailable => "server_error",
     }
 }
@@ -47,10 +54,15 @@ fn openai_type(kind: RejectionKind) -> &'static str {
 /// <https://docs.anthropic.com/en/api/errors>
 fn anthropic_type(kind: RejectionKind) -> &'static str {
     match kind {
-        RejectionKind::RpmExceeded | RejectionKind::DailyTokensExceeded => "rate_limit_error",
+        RejectionKind::RpmExceeded
+        | RejectionKind::DailyTokensExceeded
+        | RejectionKind::MonthlyBudgetExceeded
+        | RejectionKind::ModelBudgetExceeded => "rate_limit_error",
         RejectionKind::Unauthenticated => "authentication_error",
-        RejectionKind::Forbidden | RejectionKind::UnknownTeam => "permission_error",
-        RejectionKind::InvalidBody => "invalid_request_error",
+        RejectionKind::Forbidden | RejectionKind::UnknownTeam | RejectionKind::ModelNotAllowed => {
+            "permission_error"
+        }
+        RejectionKind::InvalidBody | RejectionKind::UnknownModel => "invalid_request_error",
         RejectionKind::BodyTooLarge => "request_too_large",
         RejectionKind::Unavailable => "api_error",
     }

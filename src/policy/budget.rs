@@ -41,15 +41,27 @@ pub fn within_budget(spent: u64, reserved: u64, incoming: u64, budget: u64) -> b
 }
 
 pub fn budget_exceeded_reason(spent: u64, budget: u64) -> String {
-    format!("Monthly budget exceeded ({}/{})", dollars(spent), dollars(budget))
+    format!(
+        "Monthly budget exceeded ({}/{})",
+        dollars(spent),
+        dollars(budget)
+    )
 }
 
 pub fn model_budget_exceeded_reason(model: &str, spent: u64, cap: u64) -> String {
-    format!("Monthly budget for model {model} exceeded ({}/{})", dollars(spent), dollars(cap))
+    format!(
+        "Monthly budget for model {model} exceeded ({}/{})",
+        dollars(spent),
+        dollars(cap)
+    )
 }
 
 pub fn warning_text(threshold: u8, spent: u64, budget: u64) -> String {
-    format!("{threshold}% of the monthly budget used ({}/{})", dollars(spent), dollars(budget))
+    format!(
+        "{threshold}% of the monthly budget used ({}/{})",
+        dollars(spent),
+        dollars(budget)
+    )
 }
 
 /// Dollars for JSON, to six decimals (exact micro-dollars).
@@ -68,7 +80,10 @@ mod tests {
         assert_eq!(dollars(100_010_001), "$100.02");
         assert_eq!(dollars(1), "$0.01");
         assert_eq!(dollars(0), "$0.00");
-        assert_eq!(budget_exceeded_reason(100_020_000, 100_000_000), "Monthly budget exceeded ($100.02/$100.00)");
+        assert_eq!(
+            budget_exceeded_reason(100_020_000, 100_000_000),
+            "Monthly budget exceeded ($100.02/$100.00)"
+        );
     }
 
     #[test]
@@ -76,9 +91,15 @@ mod tests {
         let budget = 100_000_000;
         assert_eq!(crossed_threshold(79_999_999, budget, &[80]), None);
         assert_eq!(crossed_threshold(80_000_000, budget, &[80]), Some(80));
-        assert_eq!(crossed_threshold(95_000_000, budget, &[50, 80, 90]), Some(90));
+        assert_eq!(
+            crossed_threshold(95_000_000, budget, &[50, 80, 90]),
+            Some(90)
+        );
         assert_eq!(crossed_threshold(10, budget, &[]), None);
-        assert_eq!(warning_text(80, 85_000_000, budget), "80% of the monthly budget used ($85.00/$100.00)");
+        assert_eq!(
+            warning_text(80, 85_000_000, budget),
+            "80% of the monthly budget used ($85.00/$100.00)"
+        );
     }
 
     #[test]

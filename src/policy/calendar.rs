@@ -40,7 +40,11 @@ pub fn month_key(unix_secs: u64) -> String {
 pub fn month_key_before(unix_secs: u64, back: u32) -> String {
     let date = utc_date(unix_secs);
     let index = date.year() * 12 + i32::from(u8::from(date.month())) - 1 - back as i32;
-    format!("{:04}-{:02}", index.div_euclid(12), index.rem_euclid(12) + 1)
+    format!(
+        "{:04}-{:02}",
+        index.div_euclid(12),
+        index.rem_euclid(12) + 1
+    )
 }
 
 /// Unix time of the first second of the next UTC month.

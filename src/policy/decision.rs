@@ -7,6 +7,10 @@
 pub enum RejectionKind {
     RpmExceeded,
     DailyTokensExceeded,
+    MonthlyBudgetExceeded,
+    ModelBudgetExceeded,
+    ModelNotAllowed,
+    UnknownModel,
     Unauthenticated,
     Forbidden,
     UnknownTeam,
@@ -19,10 +23,13 @@ pub enum RejectionKind {
 impl RejectionKind {
     pub fn status(self) -> u16 {
         match self {
-            Self::RpmExceeded | Self::DailyTokensExceeded => 429,
+            Self::RpmExceeded
+            | Self::DailyTokensExceeded
+            | Self::MonthlyBudgetExceeded
+            | Self::ModelBudgetExceeded => 429,
             Self::Unauthenticated => 401,
-            Self::Forbidden | Self::UnknownTeam => 403,
-            Self::InvalidBody => 400,
+            Self::Forbidden | Self::UnknownTeam | Self::ModelNotAllowed => 403,
+            Self::InvalidBody | Self::UnknownModel => 400,
             Self::BodyTooLarge => 413,
             Self::Unavailable => 503,
         }
@@ -33,6 +40,10 @@ impl RejectionKind {
         match self {
             Self::RpmExceeded => "rpm_limit_exceeded",
             Self::DailyTokensExceeded => "daily_token_limit_exceeded",
+            Self::MonthlyBudgetExceeded => "monthly_budget_exceeded",
+            Self::ModelBudgetExceeded => "model_budget_exceeded",
+            Self::ModelNotAllowed => "model_not_allowed",
+            Self::UnknownModel => "unknown_model",
             Self::Unauthenticated => "unauthenticated",
             Self::Forbidden => "forbidden",
             Self::UnknownTeam => "unknown_team",
@@ -86,6 +97,21 @@ impl Rejection {
                 "RPM limit exceeded ({count}/{} requests per minute)",
                 rate.rpm_limit
             ),
+            retry_after_secs: Some(retry_after_secs),
+            rate: Some(rate),
+        }
+    }
+
+    /// A monthly budget (team or model) is spent; `retry_after_secs` runs to the next month.
+    pub fn budget_exceeded(
+        kind: RejectionKind,
+        reason: String,
+        rate: RateHeaders,
+        retry_after_secs: u64,
+    ) -> Self {
+        Self {
+            kind,
+            reason,
             retry_after_secs: Some(retry_after_secs),
             rate: Some(rate),
         }

@@ -124,7 +124,10 @@ pub struct FieldError {
 
 impl FieldError {
     fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { field: field.into(), message: message.into() }
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -156,28 +159,46 @@ impl Team {
     pub fn validated(mut self) -> Result<Self, FieldError> {
         let id_ok = !self.id.is_empty()
             && self.id.len() <= 128
-            && self.id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            && self
+                .id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
         if !id_ok {
-            return Err(FieldError::new("id", "id must be 1-128 characters of letters, digits, '-', '_' or '.'"));
+            return Err(FieldError::new(
+                "id",
+                "id must be 1-128 characters of letters, digits, '-', '_' or '.'",
+            ));
         }
         if self.client_ids.iter().any(|c| c.trim().is_empty()) {
-            return Err(FieldError::new("client_ids", "client_ids must not contain empty strings"));
+            return Err(FieldError::new(
+                "client_ids",
+                "client_ids must not contain empty strings",
+            ));
         }
         let usd_ok = |v: f64| v.is_finite() && v >= 0.0;
         if self.monthly_budget_usd.is_some_and(|v| !usd_ok(v)) {
-            return Err(FieldError::new("monthly_budget_usd", "monthly_budget_usd must be a non-negative number"));
+            return Err(FieldError::new(
+                "monthly_budget_usd",
+                "monthly_budget_usd must be a non-negative number",
+            ));
         }
         let mut caps = BTreeMap::new();
         for (model, cap) in std::mem::take(&mut self.model_caps) {
             if !usd_ok(cap) {
-                return Err(FieldError::new(format!("model_caps.{model}"), "a model cap must be a non-negative number"));
+                return Err(FieldError::new(
+                    format!("model_caps.{model}"),
+                    "a model cap must be a non-negative number",
+                ));
             }
             caps.insert(normalise_model(&model), cap);
         }
         self.model_caps = caps;
         if let Some(models) = &mut self.allowed_models {
             if models.iter().any(|m| m.trim().is_empty()) {
-                return Err(FieldError::new("allowed_models", "allowed_models must not contain empty strings"));
+                return Err(FieldError::new(
+                    "allowed_models",
+                    "allowed_models must not contain empty strings",
+                ));
             }
             for m in models.iter_mut() {
                 *m = normalise_model(m);
@@ -190,7 +211,9 @@ impl Team {
 
     /// Whether the team may call `model` (canonical name).
     pub fn allows(&self, model: &str) -> bool {
-        self.allowed_models.as_ref().is_none_or(|list| list.iter().any(|m| m == model))
+        self.allowed_models
+            .as_ref()
+            .is_none_or(|list| list.iter().any(|m| m == model))
     }
 
     /// The monthly cap on `model` (canonical name), in micro-dollars.
@@ -291,17 +314,25 @@ mod tests {
     fn validation_names_the_field_and_normalises_models() {
         let mut t = Team::new("search", Tier::Standard);
         t.model_caps.insert("gpt-4o-2024-08-06".into(), 5.0);
-        t.allowed_models = Some(vec!["GPT-4o".into(), "us.anthropic.claude-haiku-4-5-20251001-v1:0".into()]);
+        t.allowed_models = Some(vec![
+            "GPT-4o".into(),
+            "us.anthropic.claude-haiku-4-5-20251001-v1:0".into(),
+        ]);
         let t = t.validated().unwrap();
         assert_eq!(t.model_caps.keys().collect::<Vec<_>>(), vec!["gpt-4o"]);
         assert!(t.allows("gpt-4o") && t.allows("claude-haiku-4-5") && !t.allows("gpt-4o-mini"));
         assert_eq!(t.model_cap_micros("gpt-4o"), Some(5_000_000));
 
-        let bad_id = Team::new("has space", Tier::Sandbox).validated().unwrap_err();
+        let bad_id = Team::new("has space", Tier::Sandbox)
+            .validated()
+            .unwrap_err();
         assert_eq!(bad_id.field, "id");
         let mut negative = Team::new("x", Tier::Sandbox);
         negative.monthly_budget_usd = Some(-1.0);
-        assert_eq!(negative.validated().unwrap_err().field, "monthly_budget_usd");
+        assert_eq!(
+            negative.validated().unwrap_err().field,
+            "monthly_budget_usd"
+        );
         let mut cap = Team::new("x", Tier::Sandbox);
         cap.model_caps.insert("gpt-4o".into(), f64::INFINITY);
         assert_eq!(cap.validated().unwrap_err().field, "model_caps.gpt-4o");
@@ -309,7 +340,8 @@ mod tests {
 
     #[test]
     fn unknown_team_fields_are_refused() {
-        let r: Result<Team, _> = serde_json::from_value(serde_json::json!({"id": "a", "tier": "sandbox", "rmp": 5}));
+        let r: Result<Team, _> =
+            serde_json::from_value(serde_json::json!({"id": "a", "tier": "sandbox", "rmp": 5}));
         assert!(r.is_err());
     }
 }

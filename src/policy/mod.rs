@@ -10,8 +10,8 @@ pub mod rate;
 pub mod tokens;
 pub mod usage;
 
-pub use decision::{RateHeaders, Rejection, RejectionKind};
 pub use budget::OnBreach;
+pub use decision::{RateHeaders, Rejection, RejectionKind};
 pub use limits::{FieldError, LimitOverrides, Limits, Team, Tier, TierTable};
 pub use pricing::{Price, PriceTable};
 pub use usage::Usage;

@@ -69,15 +69,22 @@ impl PriceUsd {
             if v.is_finite() && v >= 0.0 {
                 Ok(micros(v))
             } else {
-                Err((field, format!("{field} must be a non-negative number of USD per million tokens")))
+                Err((
+                    field,
+                    format!("{field} must be a non-negative number of USD per million tokens"),
+                ))
             }
         };
         let input = check("input", self.input)?;
         Ok(Price {
             input,
             output: check("output", self.output)?,
-            cache_read: self.cache_read.map_or(Ok(input), |v| check("cache_read", v))?,
-            cache_write: self.cache_write.map_or(Ok(input), |v| check("cache_write", v))?,
+            cache_read: self
+                .cache_read
+                .map_or(Ok(input), |v| check("cache_read", v))?,
+            cache_write: self
+                .cache_write
+                .map_or(Ok(input), |v| check("cache_write", v))?,
         })
     }
 }
@@ -92,13 +99,22 @@ pub fn normalise_model(model: &str) -> String {
     if let Some((_, rest)) = name.rsplit_once('/') {
         name = rest.to_owned();
     }
-    for region in ["us.", "eu.", "apac.", "global.", "us-gov.", "jp.", "au.", "ca."] {
+    for region in [
+        "us.", "eu.", "apac.", "global.", "us-gov.", "jp.", "au.", "ca.",
+    ] {
         if let Some(rest) = name.strip_prefix(region) {
             name = rest.to_owned();
             break;
         }
     }
-    for vendor in ["anthropic.", "openai.", "meta.", "amazon.", "mistral.", "cohere."] {
+    for vendor in [
+        "anthropic.",
+        "openai.",
+        "meta.",
+        "amazon.",
+        "mistral.",
+        "cohere.",
+    ] {
         if let Some(rest) = name.strip_prefix(vendor) {
             name = rest.to_owned();
             break;
@@ -136,7 +152,12 @@ fn strip_date(name: &str) -> &str {
     if bytes > 11 {
         let (base, tail) = name.split_at(bytes - 11);
         let parts: Vec<&str> = tail.split('-').collect();
-        if parts.len() == 4 && parts[0].is_empty() && parts[1].len() == 4 && parts[2].len() == 2 && parts[3].len() == 2 {
+        if parts.len() == 4
+            && parts[0].is_empty()
+            && parts[1].len() == 4
+            && parts[2].len() == 2
+            && parts[3].len() == 2
+        {
             if parts[1..].iter().all(|p| digits(p)) && parts[1].starts_with("20") {
                 return base;
             }
@@ -199,7 +220,11 @@ impl PriceTable {
                 cache_read: Some(cache_read),
                 cache_write: Some(cache_write),
             };
-            table.set(model, price.to_price().expect("builtin prices are valid"), PriceSource::Builtin);
+            table.set(
+                model,
+                price.to_price().expect("builtin prices are valid"),
+                PriceSource::Builtin,
+            );
         }
         table
     }
@@ -239,7 +264,10 @@ mod tests {
         }
         assert_eq!(normalise_model("gpt-4o-2024-08-06"), "gpt-4o");
         assert_eq!(normalise_model("openai/gpt-4o-mini"), "gpt-4o-mini");
-        assert_eq!(normalise_model("anthropic.claude-3-5-haiku-20241022-v1:0"), "claude-3-5-haiku");
+        assert_eq!(
+            normalise_model("anthropic.claude-3-5-haiku-20241022-v1:0"),
+            "claude-3-5-haiku"
+        );
         // Version numbers that are part of the name survive.
         assert_eq!(normalise_model("gpt-4.1-mini"), "gpt-4.1-mini");
         assert_eq!(normalise_model("claude-opus-4-1"), "claude-opus-4-1");
@@ -249,46 +277,99 @@ mod tests {
     #[test]
     fn builtin_prices_cover_current_models() {
         let t = PriceTable::builtin();
-        let (name, p) = t.price("us.anthropic.claude-haiku-4-5-20251001-v1:0").unwrap();
+        let (name, p) = t
+            .price("us.anthropic.claude-haiku-4-5-20251001-v1:0")
+            .unwrap();
         assert_eq!(name, "claude-haiku-4-5");
-        assert_eq!((p.input, p.output, p.cache_read, p.cache_write), (1_000_000, 5_000_000, 100_000, 1_250_000));
+        assert_eq!(
+            (p.input, p.output, p.cache_read, p.cache_write),
+            (1_000_000, 5_000_000, 100_000, 1_250_000)
+        );
         assert_eq!(t.price("gpt-4o-mini-2024-07-18").unwrap().1.input, 150_000);
         assert!(t.price("my-private-model").is_none());
     }
 
     #[test]
     fn costs_are_exact_micro_dollars_rounded_up() {
-        let p = PriceUsd { input: 3.0, output: 15.0, cache_read: Some(0.30), cache_write: Some(3.75) }
-            .to_price()
-            .unwrap();
+        let p = PriceUsd {
+            input: 3.0,
+            output: 15.0,
+            cache_read: Some(0.30),
+            cache_write: Some(3.75),
+        }
+        .to_price()
+        .unwrap();
         // 1M input tokens at $3 = $3 exactly.
-        assert_eq!(p.cost_micros(&Usage { input: 1_000_000, ..Default::default() }), 3_000_000);
+        assert_eq!(
+            p.cost_micros(&Usage {
+                input: 1_000_000,
+                ..Default::default()
+            }),
+            3_000_000
+        );
         // 1000 in, 500 out, 2000 cache read, 100 cache write:
         // 3000 + 7500 + 600 + 375 = 11475 micro-dollars.
-        let u = Usage { input: 1000, output: 500, cache_read: 2000, cache_write: 100, estimated: false };
+        let u = Usage {
+            input: 1000,
+            output: 500,
+            cache_read: 2000,
+            cache_write: 100,
+            estimated: false,
+        };
         assert_eq!(p.cost_micros(&u), 11_475);
         // One token of gpt-4o-mini input is 0.15 micro-dollars: charged as 1.
         let mini = PriceTable::builtin().price("gpt-4o-mini").unwrap().1;
-        assert_eq!(mini.cost_micros(&Usage { input: 1, ..Default::default() }), 1);
+        assert_eq!(
+            mini.cost_micros(&Usage {
+                input: 1,
+                ..Default::default()
+            }),
+            1
+        );
         assert_eq!(mini.cost_micros(&Usage::default()), 0);
     }
 
     #[test]
     fn cache_prices_default_to_the_input_price_and_bad_prices_name_their_field() {
-        let p = PriceUsd { input: 2.0, output: 4.0, cache_read: None, cache_write: None }.to_price().unwrap();
+        let p = PriceUsd {
+            input: 2.0,
+            output: 4.0,
+            cache_read: None,
+            cache_write: None,
+        }
+        .to_price()
+        .unwrap();
         assert_eq!((p.cache_read, p.cache_write), (2_000_000, 2_000_000));
-        let bad = PriceUsd { input: 1.0, output: -1.0, cache_read: None, cache_write: None };
+        let bad = PriceUsd {
+            input: 1.0,
+            output: -1.0,
+            cache_read: None,
+            cache_write: None,
+        };
         assert_eq!(bad.to_price().unwrap_err().0, "output");
-        let nan = PriceUsd { input: f64::NAN, output: 1.0, cache_read: None, cache_write: None };
+        let nan = PriceUsd {
+            input: f64::NAN,
+            output: 1.0,
+            cache_read: None,
+            cache_write: None,
+        };
         assert_eq!(nan.to_price().unwrap_err().0, "input");
     }
 
     #[test]
     fn later_sources_override_earlier_ones() {
         let mut t = PriceTable::builtin();
-        let cheap = Price { input: 1, output: 1, cache_read: 1, cache_write: 1 };
+        let cheap = Price {
+            input: 1,
+            output: 1,
+            cache_read: 1,
+            cache_write: 1,
+        };
         t.set("GPT-4o-2024-08-06", cheap, PriceSource::Admin);
         assert_eq!(t.price("gpt-4o").unwrap().1, cheap);
-        assert!(t.iter().any(|(m, _, s)| m == "gpt-4o" && s == PriceSource::Admin));
+        assert!(
+            t.iter()
+                .any(|(m, _, s)| m == "gpt-4o" && s == PriceSource::Admin)
+        );
     }
 }

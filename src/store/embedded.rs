@@ -18,9 +18,11 @@ use tokio::sync::{Notify, watch};
 use super::memory::{Counter, MemoryStore};
 use super::{CounterKey, Debit, Increment, Store, StoreError, StoreResult};
 use crate::policy::Team;
+use crate::policy::pricing::PriceUsd;
 
 const COUNTERS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("counters");
 const TEAMS: TableDefinition<&str, &str> = TableDefinition::new("teams");
+const PRICES: TableDefinition<&str, &str> = TableDefinition::new("prices");
 const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 const EVICT_INTERVAL: Duration = Duration::from_secs(60);
 /// How long a debit waits for its commit before giving up waiting (the debit stays applied in
@@ -76,6 +78,7 @@ impl EmbeddedStore {
             // Creating the tables up front lets readers assume they exist.
             tx.open_table(COUNTERS).map_err(corrupt)?;
             tx.open_table(TEAMS).map_err(corrupt)?;
+            tx.open_table(PRICES).map_err(corrupt)?;
             tx.commit().map_err(unavailable)?;
         }
         {
@@ -130,13 +133,19 @@ impl EmbeddedStore {
         }
     }
 
-    async fn write_team(&self, id: &str, json: Option<String>) -> StoreResult<bool> {
+    /// Writes (or, with `None`, deletes) one JSON document durably; reports whether it existed.
+    async fn write_document(
+        &self,
+        table: TableDefinition<'static, &'static str, &'static str>,
+        id: &str,
+        json: Option<String>,
+    ) -> StoreResult<bool> {
         let inner = self.inner.clone();
         let id = id.to_owned();
         tokio::task::spawn_blocking(move || -> StoreResult<bool> {
             let tx = inner.db.begin_write().map_err(unavailable)?;
             let existed = {
-                let mut table = tx.open_table(TEAMS).map_err(corrupt)?;
+                let mut table = tx.open_table(table).map_err(corrupt)?;
                 match &json {
                     Some(json) => table
                         .insert(id.as_str(), json.as_str())
@@ -223,8 +232,13 @@ impl Store for EmbeddedStore {
         self.inner.live.read_counters(keys).await
     }
 
-    async fn increment_below(&self, key: &CounterKey, ceiling: u64) -> StoreResult<Increment> {
-        let outcome = self.inner.live.increment_below_now(key, ceiling);
+    async fn add_within(
+        &self,
+        key: &CounterKey,
+        amount: u64,
+        limit: u64,
+    ) -> StoreResult<Increment> {
+        let outcome = self.inner.live.add_within_now(key, amount, limit);
         if matches!(outcome, Increment::Applied(_)) {
             self.mark_dirty([key.id()]);
         }
@@ -249,18 +263,37 @@ impl Store for EmbeddedStore {
 
     async fn put_team(&self, team: &Team) -> StoreResult<()> {
         let json = serde_json::to_string(team).map_err(corrupt)?;
-        self.write_team(&team.id, Some(json)).await?;
+        self.write_document(TEAMS, &team.id, Some(json)).await?;
         self.inner.live.load_team(team.clone());
         Ok(())
     }
 
     async fn delete_team(&self, id: &str) -> StoreResult<bool> {
-        self.write_team(id, None).await?;
+        self.write_document(TEAMS, id, None).await?;
         self.inner.live.delete_team(id).await
     }
 
     async fn team(&self, id: &str) -> StoreResult<Option<Team>> {
         self.inner.live.team(id).await
+    }
+
+    async fn list_counters(&self, team: &str, prefix: &str) -> StoreResult<Vec<(String, u64)>> {
+        self.inner.live.list_counters(team, prefix).await
+    }
+
+    async fn prices(&self) -> StoreResult<Vec<(String, PriceUsd)>> {
+        self.inner.live.prices().await
+    }
+
+    async fn put_price(&self, model: &str, price: &PriceUsd) -> StoreResult<()> {
+        let json = serde_json::to_string(price).map_err(corrupt)?;
+        self.write_document(PRICES, model, Some(json)).await?;
+        self.inner.live.put_price(model, price).await
+    }
+
+    async fn delete_price(&self, model: &str) -> StoreResult<bool> {
+        self.write_document(PRICES, model, None).await?;
+        self.inner.live.delete_price(model).await
     }
 
     async fn team_for_client(&self, client_id: &str) -> StoreResult<Option<Team>> {
@@ -323,7 +356,7 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(
-                store.increment_below(&key("rpm#1"), 5).await.unwrap(),
+                store.add_within(&key("rpm#1"), 1, 5).await.unwrap(),
                 Increment::Applied(1)
             );
             store.flush().await.unwrap();

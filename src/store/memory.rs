@@ -8,6 +8,7 @@ use async_trait::async_trait;
 
 use super::{CounterKey, Debit, Increment, Store, StoreResult};
 use crate::policy::Team;
+use crate::policy::pricing::PriceUsd;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Counter {
@@ -19,6 +20,7 @@ pub(super) struct Counter {
 pub struct MemoryStore {
     counters: Mutex<HashMap<String, Counter>>,
     teams: RwLock<HashMap<String, Team>>,
+    prices: RwLock<HashMap<String, PriceUsd>>,
 }
 
 impl MemoryStore {
@@ -32,6 +34,10 @@ impl MemoryStore {
 
     pub(super) fn load_team(&self, team: Team) {
         self.teams.write().unwrap().insert(team.id.clone(), team);
+    }
+
+    pub(super) fn load_price(&self, model: String, price: PriceUsd) {
+        self.prices.write().unwrap().insert(model, price);
     }
 
     pub(super) fn counter(&self, id: &str) -> Option<Counter> {
@@ -52,14 +58,18 @@ impl MemoryStore {
         expired
     }
 
-    pub(super) fn increment_below_now(&self, key: &CounterKey, ceiling: u64) -> Increment {
+    pub(super) fn add_within_now(&self, key: &CounterKey, amount: u64, limit: u64) -> Increment {
         let mut counters = self.counters.lock().unwrap();
         let counter = counters.entry(key.id()).or_insert(Counter {
             value: 0,
             expires_at: key.expires_at,
         });
-        if counter.value < ceiling {
-            counter.value += 1;
+        if counter
+            .value
+            .checked_add(amount)
+            .is_some_and(|v| v <= limit)
+        {
+            counter.value += amount;
             Increment::Applied(counter.value)
         } else {
             Increment::Refused(counter.value)
@@ -73,7 +83,7 @@ impl MemoryStore {
                 value: 0,
                 expires_at: key.expires_at,
             });
-            counter.value = counter.value.saturating_add(*amount);
+            counter.value = counter.value.saturating_add_signed(*amount);
             counter.expires_at = counter.expires_at.max(key.expires_at);
         }
     }
@@ -89,13 +99,36 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    async fn increment_below(&self, key: &CounterKey, ceiling: u64) -> StoreResult<Increment> {
-        Ok(self.increment_below_now(key, ceiling))
+    async fn add_within(
+        &self,
+        key: &CounterKey,
+        amount: u64,
+        limit: u64,
+    ) -> StoreResult<Increment> {
+        Ok(self.add_within_now(key, amount, limit))
     }
 
     async fn apply_debits(&self, debits: &[Debit]) -> StoreResult<()> {
         debits.iter().for_each(|d| self.apply_debit_now(d));
         Ok(())
+    }
+
+    async fn list_counters(&self, team: &str, prefix: &str) -> StoreResult<Vec<(String, u64)>> {
+        let team_prefix = format!("{team}#");
+        let mut found: Vec<(String, u64)> = self
+            .counters
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|(id, c)| {
+                let counter = id.strip_prefix(&team_prefix)?;
+                counter
+                    .starts_with(prefix)
+                    .then(|| (counter.to_owned(), c.value))
+            })
+            .collect();
+        found.sort();
+        Ok(found)
     }
 
     async fn put_team(&self, team: &Team) -> StoreResult<()> {
@@ -125,6 +158,27 @@ impl Store for MemoryStore {
         let mut teams: Vec<Team> = self.teams.read().unwrap().values().cloned().collect();
         teams.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(teams)
+    }
+
+    async fn prices(&self) -> StoreResult<Vec<(String, PriceUsd)>> {
+        let mut prices: Vec<_> = self
+            .prices
+            .read()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        prices.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(prices)
+    }
+
+    async fn put_price(&self, model: &str, price: &PriceUsd) -> StoreResult<()> {
+        self.load_price(model.to_owned(), *price);
+        Ok(())
+    }
+
+    async fn delete_price(&self, model: &str) -> StoreResult<bool> {
+        Ok(self.prices.write().unwrap().remove(model).is_some())
     }
 
     async fn ping(&self) -> StoreResult<()> {
