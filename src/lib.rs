@@ -3,7 +3,7 @@
 //! Data flows top to bottom, each layer calling only the one below it:
 //!
 //! ```text
-//! extproc/ (Envoy gRPC)   http.rs (health, metrics)      wire adapters: thin
+//! extproc/ (Envoy gRPC)   http.rs, admin/http.rs          wire adapters: thin
 //!            \              /
 //!             identity/  +  llm/                          who is asking, what they ask for
 //!                    \     /
@@ -12,6 +12,7 @@
 //!              policy/     store/                          pure decisions  |  counters and teams
 //! ```
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod contract;

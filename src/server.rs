@@ -12,6 +12,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 
+use crate::admin::Admin;
+use crate::admin::http::{AdminState, router as admin_router};
 use crate::config::{Settings, StoreBackend};
 use crate::engine::{Engine, SystemClock};
 use crate::extproc::{Context, ExtProcService};
@@ -93,6 +95,10 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         settings.engine_settings()?,
         Arc::new(SystemClock),
     ));
+    let admin = Arc::new(AdminState {
+        admin: Admin::new(engine.clone()),
+        auth: auth.clone(),
+    });
     let extproc = ExtProcService::new(Arc::new(Context {
         engine: engine.clone(),
         auth,
@@ -137,7 +143,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
             TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
             stop.clone().cancelled_owned(),
         );
-    let http = axum::serve(http_listener, router(ops.clone()))
+    let http = axum::serve(http_listener, router(ops.clone()).merge(admin_router(admin)))
         .with_graceful_shutdown(stop.clone().cancelled_owned());
     let grpc = tokio::spawn(grpc);
     let http = tokio::spawn(async move { http.await });

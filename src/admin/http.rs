@@ -1,0 +1,199 @@
+//! The admin API over HTTP: JSON in and out, every call authenticated with a bearer token that
+//! carries the admin scope. Errors are `{"error": "...", "field": "..."}` with the field at fault
+//! when there is one.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use super::{Admin, AdminError, BudgetUpdate};
+use crate::identity::{ADMIN_SCOPE, Authenticator, IdentityError, Principal};
+use crate::policy::Team;
+use crate::policy::pricing::PriceUsd;
+
+pub struct AdminState {
+    pub admin: Admin,
+    pub auth: Arc<Authenticator>,
+}
+
+pub fn router(state: Arc<AdminState>) -> Router {
+    Router::new()
+        .route("/admin/teams", get(list_teams).post(create_team))
+        .route("/admin/teams/{id}", get(get_team).put(put_team).delete(delete_team))
+        .route("/admin/teams/{id}/budget", put(set_budget))
+        .route("/admin/teams/{id}/usage", get(usage))
+        .route("/admin/prices", get(prices))
+        .route("/admin/prices/{model}", put(put_price).delete(delete_price))
+        .with_state(state)
+}
+
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+    field: Option<String>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self { status, message: message.into(), field: None }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({"error": self.message});
+        if let Some(field) = self.field {
+            body["field"] = json!(field);
+        }
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<AdminError> for ApiError {
+    fn from(e: AdminError) -> Self {
+        match e {
+            AdminError::NotFound(m) => Self::new(StatusCode::NOT_FOUND, m),
+            AdminError::Conflict(m) => Self::new(StatusCode::CONFLICT, m),
+            AdminError::Invalid(f) => Self {
+                status: StatusCode::BAD_REQUEST,
+                message: f.message,
+                field: Some(f.field),
+            },
+            AdminError::Store(e) => {
+                tracing::error!(error = %e, "admin request failed in the store");
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            }
+        }
+    }
+}
+
+/// The authenticated admin making the call.
+pub struct Caller(Principal);
+
+impl FromRequestParts<Arc<AdminState>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<AdminState>) -> Result<Self, ApiError> {
+        let header = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        state.auth.authenticate_header(header, ADMIN_SCOPE).await.map(Caller).map_err(|e| {
+            let status = match e {
+                IdentityError::MissingScope(_) => StatusCode::FORBIDDEN,
+                IdentityError::Missing | IdentityError::Invalid(_) => StatusCode::UNAUTHORIZED,
+            };
+            ApiError::new(status, e.to_string())
+        })
+    }
+}
+
+impl Caller {
+    fn audit(&self, action: &str, target: &str) {
+        let who = self.0.client_id.as_deref().or(self.0.user.as_deref()).unwrap_or("unknown");
+        tracing::info!(admin = who, action, target, "admin change");
+    }
+}
+
+/// JSON body whose errors name the field at fault.
+fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let message = e.inner().to_string();
+        let field = if path != "." {
+            Some(path)
+        } else {
+            // Unknown and missing fields are reported at the parent: take the name from the message.
+            ["unknown field `", "missing field `"]
+                .iter()
+                .find_map(|p| message.strip_prefix(p))
+                .and_then(|rest| rest.split('`').next())
+                .map(str::to_owned)
+        };
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: format!("invalid request body: {message}"),
+            field,
+        }
+    })
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+async fn list_teams(_: Caller, State(s): State<Arc<AdminState>>) -> ApiResult<Json<Value>> {
+    Ok(Json(json!({"teams": s.admin.list_teams().await?})))
+}
+
+async fn create_team(caller: Caller, State(s): State<Arc<AdminState>>, body: Bytes) -> ApiResult<impl IntoResponse> {
+    let team: Team = parse(&body)?;
+    caller.audit("create_team", &team.id);
+    Ok((StatusCode::CREATED, Json(s.admin.create_team(team).await?)))
+}
+
+async fn get_team(_: Caller, State(s): State<Arc<AdminState>>, Path(id): Path<String>) -> ApiResult<Json<Team>> {
+    Ok(Json(s.admin.team(&id).await?))
+}
+
+async fn put_team(
+    caller: Caller,
+    State(s): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Team>> {
+    // The id may be left out of the body: the path names the team.
+    let mut value: Value = parse(&body)?;
+    if let Some(object) = value.as_object_mut() {
+        object.entry("id").or_insert_with(|| json!(id));
+    }
+    let team: Team = parse(&serde_json::to_vec(&value).expect("JSON values serialize"))?;
+    caller.audit("put_team", &id);
+    Ok(Json(s.admin.put_team(&id, team).await?))
+}
+
+async fn delete_team(caller: Caller, State(s): State<Arc<AdminState>>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    caller.audit("delete_team", &id);
+    s.admin.delete_team(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn set_budget(
+    caller: Caller,
+    State(s): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Team>> {
+    let update: BudgetUpdate = parse(&body)?;
+    caller.audit("set_budget", &id);
+    Ok(Json(s.admin.set_budget(&id, update).await?))
+}
+
+async fn usage(_: Caller, State(s): State<Arc<AdminState>>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    Ok(Json(s.admin.usage(&id).await?))
+}
+
+async fn prices(_: Caller, State(s): State<Arc<AdminState>>) -> ApiResult<Json<Value>> {
+    Ok(Json(s.admin.prices().await?))
+}
+
+async fn put_price(
+    caller: Caller,
+    State(s): State<Arc<AdminState>>,
+    Path(model): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let price: PriceUsd = parse(&body)?;
+    caller.audit("put_price", &model);
+    Ok(Json(s.admin.put_price(&model, price).await?))
+}
+
+async fn delete_price(caller: Caller, State(s): State<Arc<AdminState>>, Path(model): Path<String>) -> ApiResult<StatusCode> {
+    caller.audit("delete_price", &model);
+    s.admin.delete_price(&model).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
