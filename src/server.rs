@@ -83,11 +83,16 @@ pub async fn authenticator(settings: &Settings) -> anyhow::Result<Authenticator>
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let metrics = crate::telemetry::init_metrics()?;
     let store = open_store(&settings).await?;
+    // Teams declared in configuration are the configuration's: written at every start, replacing
+    // any admin API change to them (teams created through the API are left alone).
     for team in &settings.teams {
-        store
-            .put_team(team)
-            .await
-            .with_context(|| format!("storing team {}", team.id))?;
+        let team = team.clone().validated().map_err(|e| anyhow::anyhow!("teams.{}: {}", e.field, e.message))?;
+        if let Ok(Some(stored)) = store.team(&team.id).await
+            && stored != team
+        {
+            tracing::warn!(team = %team.id, "configuration replaces the stored definition of this team");
+        }
+        store.put_team(&team).await.with_context(|| format!("storing team {}", team.id))?;
     }
     let auth = Arc::new(authenticator(&settings).await?);
     let engine = Arc::new(Engine::new(
