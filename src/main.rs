@@ -21,6 +21,7 @@ async fn main() -> ExitCode {
             config,
             timeout_seconds,
         } => cli::check(url, config, Duration::from_secs(timeout_seconds)).await,
+        Command::Admin(args) => cli::admin::run(args).await,
         Command::Config { config } => Settings::load(config.as_deref()).and_then(|s| {
             println!("{}", serde_json::to_string_pretty(&s)?);
             Ok(())

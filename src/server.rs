@@ -86,13 +86,19 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     // Teams declared in configuration are the configuration's: written at every start, replacing
     // any admin API change to them (teams created through the API are left alone).
     for team in &settings.teams {
-        let team = team.clone().validated().map_err(|e| anyhow::anyhow!("teams.{}: {}", e.field, e.message))?;
+        let team = team
+            .clone()
+            .validated()
+            .map_err(|e| anyhow::anyhow!("teams.{}: {}", e.field, e.message))?;
         if let Ok(Some(stored)) = store.team(&team.id).await
             && stored != team
         {
             tracing::warn!(team = %team.id, "configuration replaces the stored definition of this team");
         }
-        store.put_team(&team).await.with_context(|| format!("storing team {}", team.id))?;
+        store
+            .put_team(&team)
+            .await
+            .with_context(|| format!("storing team {}", team.id))?;
     }
     let auth = Arc::new(authenticator(&settings).await?);
     let engine = Arc::new(Engine::new(
@@ -102,7 +108,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     ));
     let admin = Arc::new(AdminState {
         admin: Admin::new(engine.clone()),
-        auth: auth.clone(),
+        auth: Some(auth.clone()),
     });
     let extproc = ExtProcService::new(Arc::new(Context {
         engine: engine.clone(),
@@ -148,8 +154,11 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
             TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
             stop.clone().cancelled_owned(),
         );
-    let http = axum::serve(http_listener, router(ops.clone()).merge(admin_router(admin)))
-        .with_graceful_shutdown(stop.clone().cancelled_owned());
+    let http = axum::serve(
+        http_listener,
+        router(ops.clone()).merge(admin_router(admin)),
+    )
+    .with_graceful_shutdown(stop.clone().cancelled_owned());
     let grpc = tokio::spawn(grpc);
     let http = tokio::spawn(async move { http.await });
 

@@ -21,13 +21,17 @@ use crate::policy::pricing::PriceUsd;
 
 pub struct AdminState {
     pub admin: Admin,
-    pub auth: Arc<Authenticator>,
+    /// `None` only for `tollgate admin --offline`, where the caller already holds the store.
+    pub auth: Option<Arc<Authenticator>>,
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {
     Router::new()
         .route("/admin/teams", get(list_teams).post(create_team))
-        .route("/admin/teams/{id}", get(get_team).put(put_team).delete(delete_team))
+        .route(
+            "/admin/teams/{id}",
+            get(get_team).put(put_team).delete(delete_team),
+        )
         .route("/admin/teams/{id}/budget", put(set_budget))
         .route("/admin/teams/{id}/usage", get(usage))
         .route("/admin/prices", get(prices))
@@ -43,7 +47,11 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self { status, message: message.into(), field: None }
+        Self {
+            status,
+            message: message.into(),
+            field: None,
+        }
     }
 }
 
@@ -75,27 +83,46 @@ impl From<AdminError> for ApiError {
     }
 }
 
-/// The authenticated admin making the call.
-pub struct Caller(Principal);
+/// The authenticated admin making the call (`None`: a local operator, offline).
+pub struct Caller(Option<Principal>);
 
 impl FromRequestParts<Arc<AdminState>> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &Arc<AdminState>) -> Result<Self, ApiError> {
-        let header = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        state.auth.authenticate_header(header, ADMIN_SCOPE).await.map(Caller).map_err(|e| {
-            let status = match e {
-                IdentityError::MissingScope(_) => StatusCode::FORBIDDEN,
-                IdentityError::Missing | IdentityError::Invalid(_) => StatusCode::UNAUTHORIZED,
-            };
-            ApiError::new(status, e.to_string())
-        })
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AdminState>,
+    ) -> Result<Self, ApiError> {
+        let Some(auth) = &state.auth else {
+            return Ok(Caller(None));
+        };
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        auth.authenticate_header(header, ADMIN_SCOPE)
+            .await
+            .map(|p| Caller(Some(p)))
+            .map_err(|e| {
+                let status = match e {
+                    IdentityError::MissingScope(_) => StatusCode::FORBIDDEN,
+                    IdentityError::Missing | IdentityError::Invalid(_) => StatusCode::UNAUTHORIZED,
+                };
+                ApiError::new(status, e.to_string())
+            })
     }
 }
 
 impl Caller {
     fn audit(&self, action: &str, target: &str) {
-        let who = self.0.client_id.as_deref().or(self.0.user.as_deref()).unwrap_or("unknown");
+        let who = match &self.0 {
+            Some(p) => p
+                .client_id
+                .as_deref()
+                .or(p.user.as_deref())
+                .unwrap_or("unknown"),
+            None => "offline",
+        };
         tracing::info!(admin = who, action, target, "admin change");
     }
 }
@@ -130,13 +157,21 @@ async fn list_teams(_: Caller, State(s): State<Arc<AdminState>>) -> ApiResult<Js
     Ok(Json(json!({"teams": s.admin.list_teams().await?})))
 }
 
-async fn create_team(caller: Caller, State(s): State<Arc<AdminState>>, body: Bytes) -> ApiResult<impl IntoResponse> {
+async fn create_team(
+    caller: Caller,
+    State(s): State<Arc<AdminState>>,
+    body: Bytes,
+) -> ApiResult<impl IntoResponse> {
     let team: Team = parse(&body)?;
     caller.audit("create_team", &team.id);
     Ok((StatusCode::CREATED, Json(s.admin.create_team(team).await?)))
 }
 
-async fn get_team(_: Caller, State(s): State<Arc<AdminState>>, Path(id): Path<String>) -> ApiResult<Json<Team>> {
+async fn get_team(
+    _: Caller,
+    State(s): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Team>> {
     Ok(Json(s.admin.team(&id).await?))
 }
 
@@ -156,7 +191,11 @@ async fn put_team(
     Ok(Json(s.admin.put_team(&id, team).await?))
 }
 
-async fn delete_team(caller: Caller, State(s): State<Arc<AdminState>>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+async fn delete_team(
+    caller: Caller,
+    State(s): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
     caller.audit("delete_team", &id);
     s.admin.delete_team(&id).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -173,7 +212,11 @@ async fn set_budget(
     Ok(Json(s.admin.set_budget(&id, update).await?))
 }
 
-async fn usage(_: Caller, State(s): State<Arc<AdminState>>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn usage(
+    _: Caller,
+    State(s): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     Ok(Json(s.admin.usage(&id).await?))
 }
 
@@ -192,7 +235,11 @@ async fn put_price(
     Ok(Json(s.admin.put_price(&model, price).await?))
 }
 
-async fn delete_price(caller: Caller, State(s): State<Arc<AdminState>>, Path(model): Path<String>) -> ApiResult<StatusCode> {
+async fn delete_price(
+    caller: Caller,
+    State(s): State<Arc<AdminState>>,
+    Path(model): Path<String>,
+) -> ApiResult<StatusCode> {
     caller.audit("delete_price", &model);
     s.admin.delete_price(&model).await?;
     Ok(StatusCode::NO_CONTENT)

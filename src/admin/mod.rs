@@ -73,7 +73,10 @@ impl Admin {
 
     pub async fn create_team(&self, team: Team) -> Result<Team, AdminError> {
         if self.engine.store().team(&team.id).await?.is_some() {
-            return Err(AdminError::Conflict(format!("team {:?} already exists", team.id)));
+            return Err(AdminError::Conflict(format!(
+                "team {:?} already exists",
+                team.id
+            )));
         }
         self.save(team).await
     }
@@ -81,7 +84,10 @@ impl Admin {
     /// Creates or replaces the team `id`.
     pub async fn put_team(&self, id: &str, team: Team) -> Result<Team, AdminError> {
         if team.id != id {
-            return Err(invalid("id", format!("body id {:?} does not match the path's {id:?}", team.id)));
+            return Err(invalid(
+                "id",
+                format!("body id {:?} does not match the path's {id:?}", team.id),
+            ));
         }
         self.save(team).await
     }
@@ -120,10 +126,17 @@ impl Admin {
             if other.id == team.id {
                 continue;
             }
-            if let Some(client) = team.client_ids.iter().find(|c| other.client_ids.contains(c)) {
+            if let Some(client) = team
+                .client_ids
+                .iter()
+                .find(|c| other.client_ids.contains(c))
+            {
                 return Err(invalid(
                     "client_ids",
-                    format!("client_id {client:?} already belongs to team {:?}", other.id),
+                    format!(
+                        "client_id {client:?} already belongs to team {:?}",
+                        other.id
+                    ),
                 ));
             }
         }
@@ -208,7 +221,9 @@ impl Admin {
         if canonical.is_empty() {
             return Err(invalid("model", "model name is empty"));
         }
-        price.to_price().map_err(|(field, message)| invalid(field, message))?;
+        price
+            .to_price()
+            .map_err(|(field, message)| invalid(field, message))?;
         self.engine.store().put_price(&canonical, &price).await?;
         self.engine.invalidate_caches();
         tracing::info!(model = %canonical, ?price, "price set");
@@ -218,7 +233,9 @@ impl Admin {
     pub async fn delete_price(&self, model: &str) -> Result<(), AdminError> {
         let canonical = normalise_model(model);
         if !self.engine.store().delete_price(&canonical).await? {
-            return Err(AdminError::NotFound(format!("no admin price for {canonical:?}")));
+            return Err(AdminError::NotFound(format!(
+                "no admin price for {canonical:?}"
+            )));
         }
         self.engine.invalidate_caches();
         Ok(())

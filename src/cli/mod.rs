@@ -1,4 +1,7 @@
-//! Command line: `serve`, `check` (container health probe) and `dev-token` (local tokens).
+//! Command line: `serve`, `check` (container health probe), `admin` (the admin API) and
+//! `dev-token` (local tokens).
+
+pub mod admin;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -36,6 +39,8 @@ pub enum Command {
         #[arg(long, default_value_t = 3)]
         timeout_seconds: u64,
     },
+    /// Manage teams, budgets and prices through the admin API (or the store, with --offline).
+    Admin(admin::AdminArgs),
     /// Print the effective configuration as JSON (defaults, file and environment merged).
     Config {
         #[arg(long, env = "TOLLGATE_CONFIG")]

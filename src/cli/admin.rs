@@ -1,0 +1,291 @@
+//! `tollgate admin`: the admin API from the command line. Each subcommand becomes one admin API
+//! request, sent to a running instance, or with `--offline` handled in-process against the
+//! configured store (for when tollgate is not running), so both paths share the same handlers.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use axum::body::Body;
+use axum::http::{Method, Request};
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use crate::admin::Admin;
+use crate::admin::http::{AdminState, router};
+use crate::config::{Settings, StoreBackend};
+use crate::engine::{Engine, SystemClock};
+
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    /// Base URL of a running tollgate's HTTP server.
+    #[arg(
+        long,
+        env = "TOLLGATE_ADMIN_URL",
+        default_value = "http://127.0.0.1:9090"
+    )]
+    url: String,
+    /// Bearer token with the https://gateway.internal/admin scope.
+    #[arg(long, env = "TOLLGATE_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Act on the configured store directly instead of a running instance (embedded store only;
+    /// tollgate must not be running on the same file).
+    #[arg(long)]
+    offline: bool,
+    #[arg(long, env = "TOLLGATE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: AdminCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// List, show, add or delete teams.
+    #[command(subcommand)]
+    Teams(TeamsCommand),
+    /// Change a team's monthly budget, model caps or breach behaviour.
+    SetBudget {
+        id: String,
+        /// Monthly budget in USD.
+        #[arg(long)]
+        usd: Option<f64>,
+        /// MODEL=USD monthly cap for one model; repeatable.
+        #[arg(long = "model-cap", value_parser = parse_cap)]
+        model_caps: Vec<(String, f64)>,
+        #[arg(long, value_enum)]
+        on_breach: Option<Breach>,
+    },
+    /// A team's RPM window, tokens today, and spend this month and before.
+    Usage { id: String },
+    /// List, set or delete model prices (USD per million tokens).
+    #[command(subcommand)]
+    Prices(PricesCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TeamsCommand {
+    List,
+    Get {
+        id: String,
+    },
+    Add {
+        id: String,
+        #[arg(long)]
+        tier: String,
+        /// Repeatable.
+        #[arg(long = "client-id")]
+        client_ids: Vec<String>,
+        #[arg(long)]
+        rpm: Option<u64>,
+        #[arg(long)]
+        daily_tokens: Option<u64>,
+        #[arg(long)]
+        budget_usd: Option<f64>,
+        /// Repeatable; without it every priced model is allowed.
+        #[arg(long = "allow-model")]
+        allowed_models: Vec<String>,
+    },
+    Delete {
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PricesCommand {
+    List,
+    Set {
+        model: String,
+        #[arg(long)]
+        input: f64,
+        #[arg(long)]
+        output: f64,
+        #[arg(long)]
+        cache_read: Option<f64>,
+        #[arg(long)]
+        cache_write: Option<f64>,
+    },
+    Delete {
+        model: String,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Breach {
+    Block,
+    Warn,
+}
+
+fn parse_cap(s: &str) -> Result<(String, f64), String> {
+    let (model, usd) = s.rsplit_once('=').ok_or("expected MODEL=USD")?;
+    let usd = usd
+        .parse()
+        .map_err(|_| format!("{usd:?} is not a number of USD"))?;
+    Ok((model.to_owned(), usd))
+}
+
+/// The admin API request a subcommand stands for.
+fn request(command: AdminCommand) -> (Method, String, Option<Value>) {
+    use AdminCommand::*;
+    match command {
+        Teams(TeamsCommand::List) => (Method::GET, "/admin/teams".into(), None),
+        Teams(TeamsCommand::Get { id }) => (Method::GET, format!("/admin/teams/{id}"), None),
+        Teams(TeamsCommand::Delete { id }) => (Method::DELETE, format!("/admin/teams/{id}"), None),
+        Teams(TeamsCommand::Add {
+            id,
+            tier,
+            client_ids,
+            rpm,
+            daily_tokens,
+            budget_usd,
+            allowed_models,
+        }) => {
+            let mut team = json!({"id": id, "tier": tier, "client_ids": client_ids});
+            if let Some(v) = rpm {
+                team["rpm"] = json!(v);
+            }
+            if let Some(v) = daily_tokens {
+                team["daily_tokens"] = json!(v);
+            }
+            if let Some(v) = budget_usd {
+                team["monthly_budget_usd"] = json!(v);
+            }
+            if !allowed_models.is_empty() {
+                team["allowed_models"] = json!(allowed_models);
+            }
+            (Method::POST, "/admin/teams".into(), Some(team))
+        }
+        SetBudget {
+            id,
+            usd,
+            model_caps,
+            on_breach,
+        } => {
+            let mut update = json!({});
+            if let Some(v) = usd {
+                update["monthly_budget_usd"] = json!(v);
+            }
+            if !model_caps.is_empty() {
+                update["model_caps"] = json!(
+                    model_caps
+                        .into_iter()
+                        .map(|(m, usd)| (m, json!(usd)))
+                        .collect::<serde_json::Map<_, _>>()
+                );
+            }
+            if let Some(b) = on_breach {
+                update["on_breach"] = json!(match b {
+                    Breach::Block => "block",
+                    Breach::Warn => "warn",
+                });
+            }
+            (
+                Method::PUT,
+                format!("/admin/teams/{id}/budget"),
+                Some(update),
+            )
+        }
+        Usage { id } => (Method::GET, format!("/admin/teams/{id}/usage"), None),
+        Prices(PricesCommand::List) => (Method::GET, "/admin/prices".into(), None),
+        Prices(PricesCommand::Delete { model }) => {
+            (Method::DELETE, format!("/admin/prices/{model}"), None)
+        }
+        Prices(PricesCommand::Set {
+            model,
+            input,
+            output,
+            cache_read,
+            cache_write,
+        }) => {
+            let mut price = json!({"input": input, "output": output});
+            if let Some(v) = cache_read {
+                price["cache_read"] = json!(v);
+            }
+            if let Some(v) = cache_write {
+                price["cache_write"] = json!(v);
+            }
+            (Method::PUT, format!("/admin/prices/{model}"), Some(price))
+        }
+    }
+}
+
+pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
+    let (method, path, body) = request(args.command);
+    let (status, text) = if args.offline {
+        offline(args.config, method, &path, body).await?
+    } else {
+        let client = reqwest::Client::new();
+        let url = format!("{}{path}", args.url.trim_end_matches('/'));
+        let mut req = client.request(
+            reqwest::Method::from_bytes(method.as_str().as_bytes())?,
+            &url,
+        );
+        if let Some(token) = &args.token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = &body {
+            req = req.json(body);
+        }
+        let response = req
+            .send()
+            .await
+            .with_context(|| format!("{method} {url}"))?;
+        (
+            response.status().as_u16(),
+            response.text().await.unwrap_or_default(),
+        )
+    };
+    print_outcome(status, &text)
+}
+
+async fn offline(
+    config: Option<PathBuf>,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> anyhow::Result<(u16, String)> {
+    let settings = Settings::load(config.as_deref())?;
+    if settings.store.backend == StoreBackend::Memory {
+        bail!("--offline needs a persistent store; store.backend is \"memory\"");
+    }
+    let store = crate::server::open_store(&settings).await?;
+    let engine = Arc::new(Engine::new(
+        store.clone(),
+        settings.engine_settings()?,
+        Arc::new(SystemClock),
+    ));
+    let app = router(Arc::new(AdminState {
+        admin: Admin::new(engine.clone()),
+        auth: None,
+    }));
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", "application/json")
+        .body(Body::from(body.map(|b| b.to_string()).unwrap_or_default()))?;
+    let response = app.oneshot(request).await?;
+    let status = response.status().as_u16();
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await?;
+    engine.flush().await;
+    store.flush().await?;
+    Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+}
+
+fn print_outcome(status: u16, text: &str) -> anyhow::Result<()> {
+    let pretty = serde_json::from_str::<Value>(text)
+        .ok()
+        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+        .unwrap_or_else(|| text.to_owned());
+    if (200..300).contains(&status) {
+        if !pretty.is_empty() {
+            println!("{pretty}");
+        }
+        Ok(())
+    } else {
+        let message = serde_json::from_str::<Value>(text)
+            .ok()
+            .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
+            .unwrap_or(pretty);
+        bail!("HTTP {status}: {message}")
+    }
+}
