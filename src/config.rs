@@ -309,13 +309,19 @@ impl Settings {
 mod tests {
     use super::*;
 
+    // Settings::load reads the environment: tests that call it run inside figment's Jail, which
+    // serialises them against the tests that set variables.
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail signature
     fn defaults_need_no_file() {
-        let s = Settings::load(None).unwrap();
-        assert_eq!(s.server.grpc_listen.port(), 50051);
-        assert_eq!(s.store.backend, StoreBackend::Embedded);
-        assert_eq!(s.policy.fail_mode, FailMode::Closed);
-        assert!(s.teams.is_empty());
+        figment::Jail::expect_with(|_| {
+            let s = Settings::load(None).unwrap();
+            assert_eq!(s.server.grpc_listen.port(), 50051);
+            assert_eq!(s.store.backend, StoreBackend::Embedded);
+            assert_eq!(s.policy.fail_mode, FailMode::Closed);
+            assert!(s.teams.is_empty());
+            Ok(())
+        });
     }
 
     #[test]
@@ -373,10 +379,14 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)]
     fn unknown_keys_are_errors_not_silently_ignored() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.toml");
         std::fs::write(&path, "[server]\ngrpc_listn = \"127.0.0.1:1\"\n").unwrap();
-        assert!(Settings::load(Some(&path)).is_err());
+        figment::Jail::expect_with(|_| {
+            assert!(Settings::load(Some(&path)).is_err());
+            Ok(())
+        });
     }
 }

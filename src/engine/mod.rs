@@ -260,7 +260,7 @@ impl Engine {
             None => None,
         };
 
-        let mut keys = vec![&previous_key, &tokens_key];
+        let mut keys = vec![&previous_key, &current_key, &tokens_key];
         if let Some(m) = &money {
             keys.extend([&m.month_key, &m.model_key, &m.reserved_key]);
         }
@@ -288,9 +288,9 @@ impl Engine {
             Ok(values) => values,
             Err(e) => return self.fail(e, ticket),
         };
-        let (previous, used_today) = (values[0], values[1]);
+        let (previous, current, used_today) = (values[0], values[1], values[2]);
         rate_headers.tokens_remaining = tokens::remaining(used_today, limits.daily_tokens);
-        rate_headers.rpm_remaining = rate::remaining(limits.rpm, previous, 0, pos);
+        rate_headers.rpm_remaining = rate::remaining(limits.rpm, previous, current, pos);
 
         if !tokens::within_daily_limit(used_today, limits.daily_tokens) {
             return Err(self.refuse(Rejection::daily_tokens_exceeded(
@@ -301,7 +301,7 @@ impl Engine {
             )));
         }
         if let Some(m) = &money {
-            let (spent, spent_on_model, reserved) = (values[2], values[3], values[4]);
+            let (spent, spent_on_model, reserved) = (values[3], values[4], values[5]);
             let retry = calendar::secs_until_next_month(now);
             let budget = limits.monthly_budget_micros;
             let incoming = if self.settings.reserve { m.estimate } else { 0 };
@@ -381,11 +381,14 @@ impl Engine {
                 metrics::counter!("tollgate_requests_total", "decision" => "allowed", "reason" => "").increment(1);
                 return Ok(ticket);
             }
-            Ok(Increment::Refused(current)) => self.refuse(Rejection::rpm_exceeded(
-                rate::window_count(previous, current, pos),
-                rate_headers,
-                rate::retry_after_secs(limits.rpm, previous, current, pos),
-            )),
+            Ok(Increment::Refused(current)) => {
+                rate_headers.rpm_remaining = 0;
+                self.refuse(Rejection::rpm_exceeded(
+                    rate::window_count(previous, current, pos),
+                    rate_headers,
+                    rate::retry_after_secs(limits.rpm, previous, current, pos),
+                ))
+            }
             Err(e) => match self.fail(e, ticket.clone()) {
                 Ok(ticket) => return Ok(ticket),
                 Err(rejection) => rejection,

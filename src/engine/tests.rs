@@ -77,6 +77,7 @@ async fn rejected_requests_consume_nothing() {
         let r = engine.admit(&t, None, None).await.unwrap_err();
         assert_eq!(r.kind, RejectionKind::RpmExceeded);
         assert_eq!(r.reason, "RPM limit exceeded (4/3 requests per minute)");
+        assert_eq!(r.rate.unwrap().rpm_remaining, 0);
         assert!(r.retry_after_secs.unwrap() >= 1);
     }
     // Two minutes later the window is empty again: the refusals left no trace.
