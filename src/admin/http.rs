@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::{Admin, AdminError, BudgetUpdate};
-use crate::identity::{ADMIN_SCOPE, Authenticator, IdentityError, Principal};
+use crate::identity::{ADMIN_SCOPE, Authenticator, Principal};
 use crate::policy::Team;
 use crate::policy::pricing::PriceUsd;
 
@@ -104,11 +104,10 @@ impl FromRequestParts<Arc<AdminState>> for Caller {
             .await
             .map(|p| Caller(Some(p)))
             .map_err(|e| {
-                let status = match e {
-                    IdentityError::MissingScope(_) => StatusCode::FORBIDDEN,
-                    IdentityError::Missing | IdentityError::Invalid(_) => StatusCode::UNAUTHORIZED,
-                };
-                ApiError::new(status, e.to_string())
+                let rejection = e.rejection();
+                let status = StatusCode::from_u16(rejection.kind.status())
+                    .unwrap_or(StatusCode::UNAUTHORIZED);
+                ApiError::new(status, rejection.reason)
             })
     }
 }

@@ -22,7 +22,7 @@ use super::Context;
 use super::envoy::{self, header};
 use crate::contract::{rate_headers, rejection_reply};
 use crate::engine::{ModelCall, Ticket};
-use crate::identity::{INVOKE_SCOPE, IdentityError};
+use crate::identity::INVOKE_SCOPE;
 use crate::llm::{ApiKind, RequestFacts, UsageTracker, parse_request};
 use crate::policy::{Rejection, RejectionKind, Team, Usage};
 
@@ -158,15 +158,7 @@ impl Exchange {
         };
         let principal = match principal {
             Ok(p) => p,
-            Err(e) => {
-                let kind = match e {
-                    IdentityError::MissingScope(_) => RejectionKind::Forbidden,
-                    IdentityError::Missing | IdentityError::Invalid(_) => {
-                        RejectionKind::Unauthenticated
-                    }
-                };
-                return self.refuse_here(Rejection::new(kind, e.to_string()));
-            }
+            Err(e) => return self.refuse_here(e.rejection()),
         };
         let team = match self.ctx.engine.team_for(&principal).await {
             Ok(team) => team,

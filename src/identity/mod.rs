@@ -13,6 +13,8 @@ use std::time::Duration;
 use jsonwebtoken::{Algorithm, Validation, decode, decode_header, jwk::JwkSet};
 use serde_json::{Map, Value};
 
+use crate::policy::{Rejection, RejectionKind};
+
 pub use jwks::{JwksError, JwksSource, KeySet};
 
 /// Scope a token needs to send LLM traffic.
@@ -44,6 +46,17 @@ pub enum IdentityError {
     Invalid(String),
     #[error("token lacks the required scope {0}")]
     MissingScope(String),
+}
+
+impl IdentityError {
+    /// The refusal every adapter answers with: 401 for no or a bad token, 403 for a missing scope.
+    pub fn rejection(&self) -> Rejection {
+        let kind = match self {
+            Self::MissingScope(_) => RejectionKind::Forbidden,
+            Self::Missing | Self::Invalid(_) => RejectionKind::Unauthenticated,
+        };
+        Rejection::new(kind, self.to_string())
+    }
 }
 
 /// How bearer tokens are checked.

@@ -157,10 +157,10 @@ fn strip_date(name: &str) -> &str {
             && parts[1].len() == 4
             && parts[2].len() == 2
             && parts[3].len() == 2
+            && parts[1..].iter().all(|p| digits(p))
+            && parts[1].starts_with("20")
         {
-            if parts[1..].iter().all(|p| digits(p)) && parts[1].starts_with("20") {
-                return base;
-            }
+            return base;
         }
     }
     name
