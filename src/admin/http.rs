@@ -5,9 +5,10 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::{FromRequestParts, Path, Request, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Json, Router};
@@ -36,7 +37,42 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/admin/teams/{id}/usage", get(usage))
         .route("/admin/prices", get(prices))
         .route("/admin/prices/{model}", put(put_price).delete(delete_price))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .with_state(state)
+}
+
+/// Admin request bodies are small; a larger one is refused.
+const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// Authenticates every admin call before its handler runs. A refused request's body is read
+/// first: a response sent over an unread body would leave the connection unusable for the
+/// client's next request.
+async fn authenticate(
+    State(state): State<Arc<AdminState>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let caller = match &state.auth {
+        None => None,
+        Some(auth) => {
+            let header = request
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok());
+            match auth.authenticate_header(header, ADMIN_SCOPE).await {
+                Ok(principal) => Some(principal),
+                Err(e) => {
+                    let _ = axum::body::to_bytes(request.into_body(), MAX_BODY_BYTES).await;
+                    let rejection = e.rejection();
+                    let status = StatusCode::from_u16(rejection.kind.status())
+                        .unwrap_or(StatusCode::UNAUTHORIZED);
+                    return ApiError::new(status, rejection.reason).into_response();
+                }
+            }
+        }
+    };
+    request.extensions_mut().insert(Caller(Arc::new(caller)));
+    next.run(request).await
 }
 
 pub struct ApiError {
@@ -83,38 +119,27 @@ impl From<AdminError> for ApiError {
     }
 }
 
-/// The authenticated admin making the call (`None`: a local operator, offline).
-pub struct Caller(Option<Principal>);
+/// The authenticated admin making the call (`None`: a local operator, offline), as established
+/// by [`authenticate`].
+#[derive(Clone)]
+pub struct Caller(Arc<Option<Principal>>);
 
-impl FromRequestParts<Arc<AdminState>> for Caller {
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &Arc<AdminState>,
-    ) -> Result<Self, ApiError> {
-        let Some(auth) = &state.auth else {
-            return Ok(Caller(None));
-        };
-        let header = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        auth.authenticate_header(header, ADMIN_SCOPE)
-            .await
-            .map(|p| Caller(Some(p)))
-            .map_err(|e| {
-                let rejection = e.rejection();
-                let status = StatusCode::from_u16(rejection.kind.status())
-                    .unwrap_or(StatusCode::UNAUTHORIZED);
-                ApiError::new(status, rejection.reason)
-            })
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        parts.extensions.get::<Caller>().cloned().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "admin route without authentication",
+            )
+        })
     }
 }
 
 impl Caller {
     fn audit(&self, action: &str, target: &str) {
-        let who = match &self.0 {
+        let who = match self.0.as_ref() {
             Some(p) => p
                 .client_id
                 .as_deref()
