@@ -78,3 +78,41 @@ def check_rejection(
     if flavour == OPENAI:
         assert body["error"].get("code") == code, body
     return body, m
+
+
+def seconds_to_next_utc_month(now: float | None = None) -> int:
+    """Seconds from `now` (default: the current time) to 00:00 UTC on the 1st of the next month."""
+    import datetime as dt
+    import time
+
+    t = dt.datetime.fromtimestamp(time.time() if now is None else now, dt.timezone.utc)
+    nxt = dt.datetime(t.year + (t.month == 12), t.month % 12 + 1, 1, tzinfo=dt.timezone.utc)
+    return int((nxt - t).total_seconds())
+
+
+def utc_month(now: float | None = None) -> str:
+    """The current UTC month as "YYYY-MM"."""
+    import time
+
+    return time.strftime("%Y-%m", time.gmtime(now))
+
+
+def check_budget_rejection(r: httpx.Response, *, flavour: str, code: str, reason_re: str) -> tuple[dict, re.Match]:
+    """A budget refusal (monthly budget or model cap): 429 that SDKs must not retry, Retry-After =
+    the seconds to the next UTC month, the reason, and the code / error type in the API's shape."""
+    body = check_error_body(r, 429, flavour)
+    m = re.fullmatch(reason_re, body["reason"])
+    assert m, f"reason {body['reason']!r} does not match {reason_re!r}"
+    assert r.headers.get("x-should-retry") == "false", f"x-should-retry: {r.headers.get('x-should-retry')!r}"
+    ra = r.headers.get("retry-after")
+    assert ra is not None and ra.isdigit(), f"retry-after: {ra!r}"
+    to_month = seconds_to_next_utc_month()
+    assert abs(int(ra) - to_month) <= 5, f"retry-after {ra}, expected the seconds to the next UTC month ({to_month})"
+    assert body.get("retry_after_seconds") == int(ra), (
+        f"body retry_after_seconds {body.get('retry_after_seconds')} != header {ra}"
+    )
+    if flavour == OPENAI:
+        assert body["error"].get("code") == code, body
+        if code == "monthly_budget_exceeded":
+            assert body["error"].get("type") == "insufficient_quota", body
+    return body, m

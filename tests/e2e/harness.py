@@ -350,11 +350,17 @@ def unsigned_token(client_id: str, **kw) -> str:
 
 @dataclass
 class Team:
+    """A `[[teams]]` entry; the same field names as the admin API's team JSON (`to_json`)."""
+
     id: str
     client_ids: list[str] = field(default_factory=list)
     tier: str = "standard"
     rpm: int | None = None
     daily_tokens: int | None = None
+    monthly_budget_usd: float | None = None
+    on_breach: str | None = None  # "block" (tollgate's default) | "warn"
+    model_caps: dict[str, float] | None = None  # model -> USD per month
+    allowed_models: list[str] | None = None  # None: every (priced) model
 
     def __post_init__(self):
         if not self.client_ids:
@@ -364,9 +370,56 @@ class Team:
     def client_id(self) -> str:
         return self.client_ids[0]
 
+    def to_json(self) -> dict:
+        """The admin API body for this team (optional fields only when set)."""
+        body: dict = {"id": self.id, "tier": self.tier, "client_ids": list(self.client_ids)}
+        for name in ("rpm", "daily_tokens", "on_breach", "allowed_models"):
+            value = getattr(self, name)
+            if value is not None:
+                body[name] = value
+        if self.monthly_budget_usd is not None:
+            body["monthly_budget_usd"] = float(self.monthly_budget_usd)
+        if self.model_caps is not None:
+            body["model_caps"] = {k: float(v) for k, v in self.model_caps.items()}
+        return body
+
 
 def _q(s: str) -> str:
     return json.dumps(str(s))  # a JSON string is a valid TOML basic string for our inputs
+
+
+def _toml_key(k: str) -> str:
+    return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else _q(k)
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return repr(v)
+    if isinstance(v, (str, Path)):
+        return _q(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{_toml_key(str(k))} = {_toml_value(x)}" for k, x in v.items()) + " }"
+    raise TypeError(f"cannot render {v!r} as TOML")
+
+
+def _toml_table(name: str, table: dict) -> list[str]:
+    """`[name]` with its scalars; a dict whose values include dicts becomes sub-tables
+    (`[pricing.models."my-model"]`), any other dict an inline table (`default_price = { ... }`)."""
+    lines = ["", f"[{name}]"]
+    subs: list[str] = []
+    for k, v in table.items():
+        if isinstance(v, dict) and any(isinstance(x, dict) for x in v.values()):
+            for sub, subtable in v.items():
+                subs += _toml_table(f"{name}.{_toml_key(k)}.{_toml_key(str(sub))}", subtable)
+        else:
+            lines.append(f"{_toml_key(k)} = {_toml_value(v)}")
+    return lines + subs
 
 
 def render_tollgate_config(
@@ -382,8 +435,14 @@ def render_tollgate_config(
     team_claim: str | None = "custom:team",
     trust_upstream: bool = False,
     identity: dict | None = None,
+    pricing: dict | None = None,
+    budgets: dict | None = None,
+    policy: dict | None = None,
 ) -> str:
-    """`identity` adds or replaces [identity] keys; a `jwks_url` there replaces the JWKS file."""
+    """`identity` adds or replaces [identity] keys; a `jwks_url` there replaces the JWKS file.
+    `pricing`, `budgets` and `policy` become those sections, e.g.
+    `pricing={"unknown_model": "default", "default_price": {"input": 10.0, "output": 30.0},
+    "models": {"my-model": {"input": 1000.0, "output": 1000.0}}}`."""
     identity = dict(identity or {})
     lines = [
         "[server]",
@@ -403,6 +462,9 @@ def render_tollgate_config(
     lines += [f"trust_upstream = {'true' if trust_upstream else 'false'}", "", "[store]", f"backend = {_q(store_backend)}"]
     if store_path is not None:
         lines.append(f"path = {_q(store_path)}")
+    for section, table in (("policy", policy), ("pricing", pricing), ("budgets", budgets)):
+        if table is not None:
+            lines += _toml_table(section, table)
     for t in teams:
         lines += [
             "",
@@ -415,6 +477,14 @@ def render_tollgate_config(
             lines.append(f"rpm = {t.rpm}")
         if t.daily_tokens is not None:
             lines.append(f"daily_tokens = {t.daily_tokens}")
+        if t.monthly_budget_usd is not None:
+            lines.append(f"monthly_budget_usd = {_toml_value(float(t.monthly_budget_usd))}")
+        if t.on_breach is not None:
+            lines.append(f"on_breach = {_q(t.on_breach)}")
+        if t.model_caps is not None:
+            lines.append(f"model_caps = {_toml_value({k: float(v) for k, v in t.model_caps.items()})}")
+        if t.allowed_models is not None:
+            lines.append(f"allowed_models = {_toml_value(list(t.allowed_models))}")
     return "\n".join(lines) + "\n"
 
 
@@ -468,6 +538,9 @@ class Stack:
         team_claim: str | None = "custom:team",
         trust_upstream: bool = False,
         identity: dict | None = None,
+        pricing: dict | None = None,
+        budgets: dict | None = None,
+        policy: dict | None = None,
         tollgate_bin: Path | None = None,
     ):
         self.name = name
@@ -496,6 +569,9 @@ class Stack:
                 team_claim=team_claim,
                 trust_upstream=trust_upstream,
                 identity=identity,
+                pricing=pricing,
+                budgets=budgets,
+                policy=policy,
             )
         )
         self.envoy_yaml = self.workdir / f"envoy-{envoy_config}"
@@ -711,6 +787,159 @@ class Stack:
     # ---- tollgate http
     def tollgate_get(self, path: str) -> httpx.Response:
         return self._http.get(self.tollgate_url + path, timeout=5)
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of a Prometheus metric's samples whose labels include all of `labels`."""
+        r = self.tollgate_get("/metrics")
+        assert r.status_code == 200, r.text
+        return metric_total(r.text, name, **labels)
+
+    # ---- admin API (tollgate's HTTP port)
+    def admin_api(self, token: str | None | object = ...) -> "AdminApi":
+        """A client for tollgate's admin API; by default with a valid admin token, `token=None`
+        sends no Authorization header."""
+        return AdminApi(self._http, self.tollgate_url, admin_token() if token is ... else token)
+
+    def usage(self, team: str) -> dict:
+        """GET /admin/teams/{team}/usage (must be 200)."""
+        return self.admin_api().usage(team)
+
+    def wait_usage(self, team: str, predicate, timeout: float = 5.0, what: str = "usage") -> dict:
+        """Poll the usage endpoint until predicate(usage) holds; debits land asynchronously."""
+        deadline = time.time() + timeout
+        last = None
+        while True:
+            last = self.usage(team)
+            if predicate(last):
+                return last
+            if time.time() > deadline:
+                raise AssertionError(f"team {team}: {what} not reached within {timeout}s; last usage: {last}")
+            time.sleep(0.1)
+
+    def wait_spend(self, team: str, usd: float, timeout: float = 5.0) -> dict:
+        """Poll until the team's spend this month is exactly `usd` (compared in micro-dollars)."""
+        want = micros(usd)
+        return self.wait_usage(
+            team, lambda u: micros(u["spend_this_month"]["usd"]) == want, timeout, what=f"spend ${usd}"
+        )
+
+
+# --------------------------------------------------------------------------- admin API and CLI
+
+
+def admin_token(client_id: str = "tollgate-admin", **kw) -> str:
+    """An access token with the admin scope (and no team: the admin API needs none)."""
+    kw.setdefault("scope", ADMIN_SCOPE)
+    return mint_token(client_id, **kw)
+
+
+def micros(usd: float) -> int:
+    """USD as integer micro-dollars (the admin API's usd values are rounded to 6 decimals)."""
+    return round(float(usd) * 1_000_000)
+
+
+class AdminApi:
+    """tollgate's admin API: JSON over HTTP with `Authorization: Bearer <admin token>`."""
+
+    def __init__(self, http: httpx.Client, base_url: str, token: str | None):
+        self.http = http
+        self.base_url = base_url
+        self.token = token
+
+    def request(self, method: str, path: str, json_body=None, *, content: bytes | str | None = None,
+                headers: dict | None = None) -> httpx.Response:
+        h = {}
+        if self.token is not None:
+            h["authorization"] = f"Bearer {self.token}"
+        h.update(headers or {})
+        kw: dict = {"headers": h, "timeout": 10}
+        if content is not None:
+            h.setdefault("content-type", "application/json")
+            kw["content"] = content
+        elif json_body is not None:
+            kw["json"] = json_body
+        return self.http.request(method, self.base_url + path, **kw)
+
+    def get(self, path: str, **kw) -> httpx.Response:
+        return self.request("GET", path, **kw)
+
+    def post(self, path: str, json_body=None, **kw) -> httpx.Response:
+        return self.request("POST", path, json_body, **kw)
+
+    def put(self, path: str, json_body=None, **kw) -> httpx.Response:
+        return self.request("PUT", path, json_body, **kw)
+
+    def delete(self, path: str, **kw) -> httpx.Response:
+        return self.request("DELETE", path, **kw)
+
+    # conveniences that insist on success
+    def _ok(self, r: httpx.Response, *statuses: int):
+        assert r.status_code in statuses, f"{r.request.method} {r.request.url}: {r.status_code} {r.text}"
+        return r.json() if r.content else None
+
+    def create_team(self, team: "Team | dict") -> dict:
+        body = team.to_json() if isinstance(team, Team) else team
+        return self._ok(self.post("/admin/teams", body), 201)
+
+    def delete_team(self, team_id: str) -> None:
+        self._ok(self.delete(f"/admin/teams/{team_id}"), 204)
+
+    def team(self, team_id: str) -> dict:
+        return self._ok(self.get(f"/admin/teams/{team_id}"), 200)
+
+    def set_budget(self, team_id: str, **fields) -> dict:
+        return self._ok(self.put(f"/admin/teams/{team_id}/budget", fields), 200)
+
+    def usage(self, team_id: str) -> dict:
+        return self._ok(self.get(f"/admin/teams/{team_id}/usage"), 200)
+
+    def prices(self) -> dict:
+        return self._ok(self.get("/admin/prices"), 200)["prices"]
+
+    def set_price(self, model: str, **price) -> dict | None:
+        return self._ok(self.put(f"/admin/prices/{model}", price), 200)
+
+    def delete_price(self, model: str) -> None:
+        self._ok(self.delete(f"/admin/prices/{model}"), 204)
+
+
+def run_admin_cli(
+    tollgate_bin: Path,
+    url: str,
+    *args: str,
+    token: str | None = None,
+    env_token: str | None = None,
+    timeout: float = 30,
+) -> subprocess.CompletedProcess:
+    """`tollgate admin --url URL [--token TOKEN] ARGS...`; `env_token` goes in TOLLGATE_ADMIN_TOKEN."""
+    argv = [str(tollgate_bin), "admin", "--url", url]
+    if token is not None:
+        argv += ["--token", token]
+    argv += [str(a) for a in args]
+    extra = {"TOLLGATE_ADMIN_TOKEN": env_token} if env_token is not None else {}
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=tollgate_cli_env(**extra))
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+_SAMPLE_RE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
+_LABEL_RE = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def metric_total(text: str, name: str, **labels: str) -> float:
+    """Sum of a metric's samples (Prometheus text format) whose labels include all of `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        m = _SAMPLE_RE.match(line)
+        if not m or m.group(1) != name:
+            continue
+        have = dict(_LABEL_RE.findall(m.group(2) or ""))
+        if all(have.get(k) == str(v) for k, v in labels.items()):
+            total += float(m.group(3))
+    return total
 
 
 def avoid_minute_boundary(margin: float = 6.0) -> None:
