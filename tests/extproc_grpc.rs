@@ -104,6 +104,20 @@ fn headers(pairs: &[(&str, &str)], end_of_stream: bool) -> HttpHeaders {
     }
 }
 
+/// A request (`true`) or response body chunk.
+fn body_message(request: bool, body: Vec<u8>, end_of_stream: bool) -> Message {
+    let body = HttpBody {
+        body,
+        end_of_stream,
+        ..Default::default()
+    };
+    if request {
+        Message::RequestBody(body)
+    } else {
+        Message::ResponseBody(body)
+    }
+}
+
 fn msg(request: Message) -> ProcessingRequest {
     ProcessingRequest {
         request: Some(request),
@@ -237,11 +251,7 @@ async fn stream_injection_rewrites_the_body_with_a_matching_content_length() {
     ));
     let body = br#"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
     let Reply::RequestBody(reply) = ex
-        .send(Message::RequestBody(HttpBody {
-            body: body.to_vec(),
-            end_of_stream: true,
-            ..Default::default()
-        }))
+        .send(body_message(true, body.to_vec(), true))
         .await
         .unwrap()
     else {
@@ -274,13 +284,9 @@ async fn a_stream_that_ends_without_end_of_stream_is_still_charged() {
     let mut ex = Exchange::open(&mut h).await;
     ex.send(chat_request_headers("r2")).await.unwrap();
     let body = br#"{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}"#;
-    ex.send(Message::RequestBody(HttpBody {
-        body: body.to_vec(),
-        end_of_stream: true,
-        ..Default::default()
-    }))
-    .await
-    .unwrap();
+    ex.send(body_message(true, body.to_vec(), true))
+        .await
+        .unwrap();
     let reply = ex
         .send(Message::ResponseHeaders(headers(
             &[(":status", "200"), ("content-type", "text/event-stream")],
@@ -293,13 +299,9 @@ async fn a_stream_that_ends_without_end_of_stream_is_still_charged() {
         "data: {}\n\n",
         json!({"choices": [{"delta": {"content": "x".repeat(400)}}]})
     );
-    ex.send(Message::ResponseBody(HttpBody {
-        body: chunk.into_bytes(),
-        end_of_stream: false,
-        ..Default::default()
-    }))
-    .await
-    .unwrap();
+    ex.send(body_message(false, chunk.into_bytes(), false))
+        .await
+        .unwrap();
     // The client disconnects: Envoy resets the stream, no end_of_stream chunk ever comes.
     drop(ex);
     let charged = charged_since(&h, before).await;
@@ -314,13 +316,9 @@ async fn a_completed_stream_is_charged_its_reported_usage_exactly() {
     let mut ex = Exchange::open(&mut h).await;
     ex.send(chat_request_headers("r3")).await.unwrap();
     let body = br#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#;
-    ex.send(Message::RequestBody(HttpBody {
-        body: body.to_vec(),
-        end_of_stream: true,
-        ..Default::default()
-    }))
-    .await
-    .unwrap();
+    ex.send(body_message(true, body.to_vec(), true))
+        .await
+        .unwrap();
     ex.send(Message::ResponseHeaders(headers(
         &[(":status", "200"), ("content-type", "application/json")],
         false,
@@ -332,13 +330,9 @@ async fn a_completed_stream_is_charged_its_reported_usage_exactly() {
         .into_bytes();
     let (a, b) = response.split_at(10);
     for (part, end) in [(a, false), (b, true)] {
-        ex.send(Message::ResponseBody(HttpBody {
-            body: part.to_vec(),
-            end_of_stream: end,
-            ..Default::default()
-        }))
-        .await
-        .unwrap();
+        ex.send(body_message(false, part.to_vec(), end))
+            .await
+            .unwrap();
     }
     drop(ex);
     let charged = charged_since(&h, before).await;

@@ -84,13 +84,15 @@ impl LimitOverrides {
             limits.daily_tokens = Some(tokens);
         }
         if let Some(usd) = self.monthly_budget_usd {
-            limits.monthly_budget_micros = (usd * MICROS_PER_USD as f64).round() as u64;
+            limits.monthly_budget_micros = micros(usd);
         }
         limits
     }
 }
 
-/// A team: the unit that limits and budgets apply to. Limits left out come from the tier.
+/// A team: the unit that limits and budgets apply to. Limits left out come from the tier. The
+/// limit fields repeat [`LimitOverrides`] rather than flattening it, so that unknown fields
+/// (typos in config or admin requests) stay errors.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Team {
