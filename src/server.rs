@@ -19,15 +19,25 @@ use crate::engine::{Engine, SystemClock};
 use crate::extproc::{Context, ExtProcService};
 use crate::http::{OpsState, router};
 use crate::identity::{Authenticator, JwksSource, KeySet, Verification};
-use crate::store::{EmbeddedStore, MemoryStore, Store};
+use crate::store::{DynamoStore, EmbeddedStore, MemoryStore, Spool, Store};
 
-pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
+/// The configured store, and the spool that keeps debits a remote store could not take yet.
+pub async fn open_store(settings: &Settings) -> anyhow::Result<(Arc<dyn Store>, Option<Arc<Spool>>)> {
     Ok(match settings.store.backend {
-        StoreBackend::Memory => Arc::new(MemoryStore::new()),
-        StoreBackend::Embedded => Arc::new(
-            EmbeddedStore::open(&settings.store.path)
-                .with_context(|| format!("opening {}", settings.store.path.display()))?,
+        StoreBackend::Memory => (Arc::new(MemoryStore::new()), None),
+        StoreBackend::Embedded => (
+            Arc::new(
+                EmbeddedStore::open(&settings.store.path)
+                    .with_context(|| format!("opening {}", settings.store.path.display()))?,
+            ),
+            None,
         ),
+        StoreBackend::Dynamodb => {
+            let ddb = &settings.store.dynamodb;
+            let spool = Spool::open(&ddb.spool_path)
+                .with_context(|| format!("opening the spool {}", ddb.spool_path.display()))?;
+            (Arc::new(DynamoStore::connect(ddb).await), Some(Arc::new(spool)))
+        }
     })
 }
 
@@ -82,7 +92,7 @@ pub async fn authenticator(settings: &Settings) -> anyhow::Result<Authenticator>
 
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let metrics = crate::telemetry::init_metrics()?;
-    let store = open_store(&settings).await?;
+    let (store, spool) = open_store(&settings).await?;
     // Teams declared in configuration are the configuration's: written at every start, replacing
     // any admin API change to them (teams created through the API are left alone).
     for team in &settings.teams {
@@ -101,9 +111,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
             .with_context(|| format!("storing team {}", team.id))?;
     }
     let auth = Arc::new(authenticator(&settings).await?);
-    let engine = Arc::new(Engine::new(
-        store.clone(),
-        settings.engine_settings()?,
+    let engine = Arc::new(Engine::new(store.clone(), spool, settings.engine_settings()?,
         Arc::new(SystemClock),
     ));
     let admin = Arc::new(AdminState {
@@ -140,6 +148,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
 
     let ops = Arc::new(OpsState {
         store: store.clone(),
+        fail_open: settings.policy.fail_mode == crate::engine::FailMode::Open,
         metrics: metrics.clone(),
         accepting: AtomicBool::new(true),
     });

@@ -16,6 +16,7 @@ use crate::admin::Admin;
 use crate::admin::http::{AdminState, router};
 use crate::config::{Settings, StoreBackend};
 use crate::engine::{Engine, SystemClock};
+use crate::store::DynamoStore;
 
 #[derive(Debug, Args)]
 pub struct AdminArgs {
@@ -27,13 +28,13 @@ pub struct AdminArgs {
     )]
     url: String,
     /// Bearer token with the https://gateway.internal/admin scope.
-    #[arg(long, env = "TOLLGATE_ADMIN_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "TOLLGATE_ADMIN_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
     /// Act on the configured store directly instead of a running instance (embedded store only;
     /// tollgate must not be running on the same file).
-    #[arg(long)]
+    #[arg(long, global = true)]
     offline: bool,
-    #[arg(long, env = "TOLLGATE_CONFIG")]
+    #[arg(long, env = "TOLLGATE_CONFIG", global = true)]
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: AdminCommand,
@@ -61,6 +62,8 @@ enum AdminCommand {
     /// List, set or delete model prices (USD per million tokens).
     #[command(subcommand)]
     Prices(PricesCommand),
+    /// Create the configured DynamoDB table (key pk/sk, on-demand, TTL on expires_at) if absent.
+    InitTable,
 }
 
 #[derive(Debug, Subcommand)]
@@ -190,6 +193,7 @@ fn request(command: AdminCommand) -> (Method, String, Option<Value>) {
         Prices(PricesCommand::Delete { model }) => {
             (Method::DELETE, format!("/admin/prices/{model}"), None)
         }
+        InitTable => unreachable!("init-table is not an admin API request"),
         Prices(PricesCommand::Set {
             model,
             input,
@@ -210,6 +214,9 @@ fn request(command: AdminCommand) -> (Method, String, Option<Value>) {
 }
 
 pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
+    if let AdminCommand::InitTable = args.command {
+        return init_table(args.config).await;
+    }
     let (method, path, body) = request(args.command);
     let (status, text) = if args.offline {
         offline(args.config, method, &path, body).await?
@@ -238,6 +245,17 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
     print_outcome(status, &text)
 }
 
+async fn init_table(config: Option<PathBuf>) -> anyhow::Result<()> {
+    let settings = Settings::load(config.as_deref())?;
+    if settings.store.backend != StoreBackend::Dynamodb {
+        bail!("init-table creates a DynamoDB table; store.backend is not \"dynamodb\"");
+    }
+    let table = &settings.store.dynamodb.table;
+    let created = DynamoStore::connect(&settings.store.dynamodb).await.create_table().await?;
+    println!("{}", json!({"table": table, "created": created, "ttl_attribute": "expires_at"}));
+    Ok(())
+}
+
 async fn offline(
     config: Option<PathBuf>,
     method: Method,
@@ -248,10 +266,8 @@ async fn offline(
     if settings.store.backend == StoreBackend::Memory {
         bail!("--offline needs a persistent store; store.backend is \"memory\"");
     }
-    let store = crate::server::open_store(&settings).await?;
-    let engine = Arc::new(Engine::new(
-        store.clone(),
-        settings.engine_settings()?,
+    let (store, spool) = crate::server::open_store(&settings).await?;
+    let engine = Arc::new(Engine::new(store.clone(), spool, settings.engine_settings()?,
         Arc::new(SystemClock),
     ));
     let app = router(Arc::new(AdminState {

@@ -22,7 +22,7 @@ use crate::policy::{
     Price, PriceTable, RateHeaders, Rejection, RejectionKind, Team, TierTable, Usage, calendar,
     rate, tokens,
 };
-use crate::store::{CounterKey, Debit, Increment, Store, StoreError};
+use crate::store::{CounterKey, Debit, Increment, MemoryStore, Spool, Store, StoreError};
 
 /// What to do when the store cannot answer an admission query.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -144,8 +144,23 @@ struct Money {
     reserved_key: CounterKey,
 }
 
+/// Why an admission attempt did not produce a ticket.
+enum Failure {
+    Refused(Rejection),
+    Store(StoreError),
+}
+
+impl From<Rejection> for Failure {
+    fn from(r: Rejection) -> Self {
+        Self::Refused(r)
+    }
+}
+
 pub struct Engine {
     store: Arc<dyn Store>,
+    /// Per-instance counters that decide admission while the store is down and the fail mode is
+    /// open, so an outage is not unlimited spend.
+    fallback: MemoryStore,
     teams: TeamDirectory,
     prices: PriceBook,
     ledger: Ledger,
@@ -157,11 +172,18 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(store: Arc<dyn Store>, settings: EngineSettings, clock: Arc<dyn Clock>) -> Self {
+    /// `spool`: where debits wait while a remote store is unavailable (none for local stores).
+    pub fn new(
+        store: Arc<dyn Store>,
+        spool: Option<Arc<Spool>>,
+        settings: EngineSettings,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         Self {
             teams: TeamDirectory::new(store.clone(), settings.cache_ttl),
             prices: PriceBook::new(store.clone(), settings.prices.clone(), settings.cache_ttl),
-            ledger: Ledger::start(store.clone()),
+            ledger: Ledger::start(store.clone(), spool),
+            fallback: MemoryStore::new(),
             store,
             clock,
             settings,
@@ -228,20 +250,43 @@ impl Engine {
         request_id: Option<&str>,
     ) -> Result<Ticket, Rejection> {
         let started = std::time::Instant::now();
-        let outcome = self
-            .admit_at(team, call, self.clock.now_ms(), request_id)
-            .await;
+        let now_ms = self.clock.now_ms();
+        let request_id = request_id.map_or_else(|| self.next_request_id(), str::to_owned);
+        let outcome = match self.admit_at(self.store.as_ref(), team, call, now_ms, &request_id).await {
+            Ok(ticket) => {
+                metrics::gauge!("tollgate_store_up").set(1.0);
+                Ok(ticket)
+            }
+            Err(Failure::Refused(rejection)) => Err(rejection),
+            Err(Failure::Store(error)) => {
+                metrics::gauge!("tollgate_store_up").set(0.0);
+                let unavailable = self.store_failure("admit", &error);
+                match self.settings.fail_mode {
+                    FailMode::Closed => Err(self.refuse(unavailable)),
+                    FailMode::Open => {
+                        metrics::counter!("tollgate_fail_open_total").increment(1);
+                        match self.admit_at(&self.fallback, team, call, now_ms, &request_id).await {
+                            Ok(ticket) => Ok(ticket),
+                            Err(Failure::Refused(rejection)) => Err(rejection),
+                            Err(Failure::Store(_)) => Err(self.refuse(unavailable)),
+                        }
+                    }
+                }
+            }
+        };
         metrics::histogram!("tollgate_admission_seconds").record(started.elapsed().as_secs_f64());
         outcome
     }
 
+    /// Admission against `store`: the shared store, or the per-instance fallback.
     async fn admit_at(
         &self,
+        store: &dyn Store,
         team: &Team,
         call: Option<ModelCall<'_>>,
         now_ms: u64,
-        request_id: Option<&str>,
-    ) -> Result<Ticket, Rejection> {
+        request_id: &str,
+    ) -> Result<Ticket, Failure> {
         let limits = self.settings.tiers.limits_for(team);
         let now = now_ms / 1000;
         let pos = rate::WindowPosition::at(now_ms);
@@ -270,7 +315,6 @@ impl Engine {
             tokens_limit: limits.daily_tokens,
             ..Default::default()
         };
-        let request_id = request_id.map_or_else(|| self.next_request_id(), str::to_owned);
         let mut ticket = Ticket {
             team: Arc::from(team.id.as_str()),
             rate: rate_headers,
@@ -282,12 +326,9 @@ impl Engine {
                 model_key: m.model_key.clone(),
                 reserved: None,
             }),
-            request_id,
+            request_id: request_id.to_owned(),
         };
-        let values = match self.store.read_counters(&keys).await {
-            Ok(values) => values,
-            Err(e) => return self.fail(e, ticket),
-        };
+        let values = store.read_counters(&keys).await.map_err(Failure::Store)?;
         let (previous, current, used_today) = (values[0], values[1], values[2]);
         rate_headers.tokens_remaining = tokens::remaining(used_today, limits.daily_tokens);
         rate_headers.rpm_remaining = rate::remaining(limits.rpm, previous, current, pos);
@@ -298,7 +339,7 @@ impl Engine {
                 limits.daily_tokens.unwrap_or_default(),
                 rate_headers,
                 calendar::secs_until_next_day(now),
-            )));
+            )).into());
         }
         if let Some(m) = &money {
             let (spent, spent_on_model, reserved) = (values[3], values[4], values[5]);
@@ -313,7 +354,7 @@ impl Engine {
                             budget::budget_exceeded_reason(spent.saturating_add(reserved), budget),
                             rate_headers,
                             retry,
-                        )));
+                        )).into());
                     }
                     OnBreach::Warn => {
                         metrics::counter!("tollgate_budget_overruns_total", "team" => team.id.clone()).increment(1);
@@ -332,7 +373,7 @@ impl Engine {
                             reason,
                             rate_headers,
                             retry,
-                        )));
+                        )).into());
                     }
                     OnBreach::Warn => {
                         ticket.budget_warning = ticket.budget_warning.or(Some(reason))
@@ -350,7 +391,7 @@ impl Engine {
             if incoming > 0 {
                 // Atomic among concurrent admissions: reservations never pass what is left.
                 let room = budget.saturating_sub(spent);
-                match self.store.add_within(&m.reserved_key, incoming, room).await {
+                match store.add_within(&m.reserved_key, incoming, room).await {
                     Ok(Increment::Applied(_)) => {
                         if let Some(charge) = &mut ticket.charge {
                             charge.reserved = Some((m.reserved_key.clone(), incoming));
@@ -365,16 +406,15 @@ impl Engine {
                             ),
                             rate_headers,
                             retry,
-                        )));
+                        )).into());
                     }
-                    Err(e) => return self.fail(e, ticket),
+                    Err(e) => return Err(Failure::Store(e)),
                 }
             }
         }
 
         let ceiling = rate::current_ceiling(limits.rpm, previous, pos);
-        let outcome = self.store.add_within(&current_key, 1, ceiling).await;
-        let refused = match outcome {
+        let refused = match store.add_within(&current_key, 1, ceiling).await {
             Ok(Increment::Applied(current)) => {
                 rate_headers.rpm_remaining = rate::remaining(limits.rpm, previous, current, pos);
                 ticket.rate = rate_headers;
@@ -383,16 +423,13 @@ impl Engine {
             }
             Ok(Increment::Refused(current)) => {
                 rate_headers.rpm_remaining = 0;
-                self.refuse(Rejection::rpm_exceeded(
+                Failure::Refused(self.refuse(Rejection::rpm_exceeded(
                     rate::window_count(previous, current, pos),
                     rate_headers,
                     rate::retry_after_secs(limits.rpm, previous, current, pos),
-                ))
+                )))
             }
-            Err(e) => match self.fail(e, ticket.clone()) {
-                Ok(ticket) => return Ok(ticket),
-                Err(rejection) => rejection,
-            },
+            Err(e) => Failure::Store(e),
         };
         // Refused after reserving: give the reservation back.
         self.settle_as(ticket, None, "refused").await;
@@ -505,21 +542,11 @@ impl Engine {
         }
     }
 
-    fn fail(&self, error: StoreError, ticket: Ticket) -> Result<Ticket, Rejection> {
-        let rejection = self.store_failure("admit", &error);
-        match self.settings.fail_mode {
-            FailMode::Closed => Err(self.refuse(rejection)),
-            FailMode::Open => {
-                metrics::counter!("tollgate_fail_open_total").increment(1);
-                Ok(ticket)
-            }
-        }
-    }
-
     fn store_failure(&self, op: &'static str, error: &StoreError) -> Rejection {
         metrics::counter!("tollgate_store_errors_total", "backend" => self.store.backend_name(), "op" => op)
             .increment(1);
         tracing::error!(op, error = %error, fail_mode = ?self.settings.fail_mode, "store failed during admission");
+        metrics::gauge!("tollgate_store_up").set(0.0);
         Rejection::new(RejectionKind::Unavailable, "rate-limit store unavailable")
     }
 

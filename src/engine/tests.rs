@@ -33,7 +33,7 @@ fn engine_with(store: Arc<dyn Store>, fail_mode: FailMode) -> (Arc<Engine>, Arc<
 fn engine_set(store: Arc<dyn Store>, settings: EngineSettings) -> (Arc<Engine>, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock::default());
     clock.0.store(NOON, Ordering::Relaxed);
-    (Arc::new(Engine::new(store, settings, clock.clone())), clock)
+    (Arc::new(Engine::new(store, None, settings, clock.clone())), clock)
 }
 
 fn engine() -> (Arc<Engine>, Arc<ManualClock>) {

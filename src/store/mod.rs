@@ -6,19 +6,24 @@
 //! only if its bucket stays within a limit, consuming nothing otherwise) and additive debits
 //! applied after a response.
 
+mod dynamodb;
 mod embedded;
 mod memory;
+mod spool;
 
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 
+pub use dynamodb::{DynamoDbSettings, DynamoStore};
 pub use embedded::EmbeddedStore;
 pub use memory::MemoryStore;
+pub use spool::Spool;
 
 use crate::policy::Team;
 use crate::policy::pricing::PriceUsd;
 
 /// A counter of one team for one period. Expired counters may be deleted by the store.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct CounterKey {
     pub team: String,
     /// The counter and its period, e.g. `rpm#29596740` or `tokens#2026-11-21`.
@@ -90,7 +95,7 @@ pub enum Increment {
 /// Amounts to add to several counters for one completed request, identified so that a backend
 /// that may see a debit twice (a replayed queue) can apply it once. Negative amounts release
 /// reservations; counters never go below zero.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Debit {
     pub id: String,
     pub amounts: Vec<(CounterKey, i64)>,

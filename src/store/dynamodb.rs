@@ -1,0 +1,569 @@
+//! DynamoDB store: counters shared by every tollgate instance, exact under contention.
+//!
+//! One table, key `pk` (S) + `sk` (S):
+//!
+//! | item | pk | sk | attributes |
+//! |---|---|---|---|
+//! | counter | `team#<id>` | `rpm#<minute>`, `tokens#<day>`, `spend#<month>[#<model>]`, `reserved#<month>`, `warned#<month>#<pct>` | `v` (N), `expires_at` (N, TTL) |
+//! | team | `teams` | `<id>` | `doc` (S, JSON) |
+//! | admin price | `prices` | `<model>` | `doc` (S, JSON) |
+//! | applied debit | `debit#<request id>` | `debit` | `expires_at` (N, TTL) |
+//!
+//! Admission costs one call: the conditional `UpdateItem` on the current minute's RPM bucket
+//! (`ADD` under a `ConditionExpression`, so a refusal writes nothing, with the current value
+//! returned either way). The other counters admission looks at come from a read cache:
+//! the previous minute's bucket is final once that minute is over and is cached until it expires;
+//! token and spend counters are cached for `read_cache_ms` and updated with this instance's own
+//! debits at once, so only other instances' debits can be that stale. When the table cannot be
+//! read, cached values are served while they are under `STALE_LIMIT` old.
+//!
+//! Debits are one `TransactWriteItems` each: the `ADD`s plus a marker item that must not exist yet,
+//! so a debit replayed from the spool is applied exactly once.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, KeysAndAttributes, Put,
+    ReturnValue, ReturnValuesOnConditionCheckFailure, ScalarAttributeType, TimeToLiveSpecification,
+    TransactWriteItem, Update,
+};
+use serde::{Deserialize, Serialize};
+
+use super::{CounterKey, Debit, Increment, Store, StoreError, StoreResult};
+use crate::policy::Team;
+use crate::policy::pricing::PriceUsd;
+use crate::policy::rate::BUCKET_MS;
+
+/// Cached counter values are served this long at most when the table cannot be read.
+const STALE_LIMIT: Duration = Duration::from_secs(300);
+/// Markers of applied debits are kept this long: the longest outage a replay can follow.
+const DEBIT_MARKER_SECS: u64 = 14 * 86_400;
+/// Debits applied at once from one batch.
+const DEBIT_CONCURRENCY: usize = 16;
+/// BatchGetItem takes at most 100 keys.
+const BATCH_GET_MAX: usize = 100;
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DynamoDbSettings {
+    pub table: String,
+    /// Region; the standard provider chain (AWS_REGION, profile, IMDS) when absent.
+    pub region: Option<String>,
+    /// e.g. `http://127.0.0.1:8000` for DynamoDB Local; `AWS_ENDPOINT_URL_DYNAMODB` works too.
+    pub endpoint_url: Option<String>,
+    /// Deadline of one call, retries of throttling included.
+    pub timeout_ms: u64,
+    /// How stale cached token and spend counters may be.
+    pub read_cache_ms: u64,
+    /// Durable local queue of debits DynamoDB could not take yet (replayed when it is back).
+    pub spool_path: std::path::PathBuf,
+}
+
+impl Default for DynamoDbSettings {
+    fn default() -> Self {
+        Self {
+            table: "tollgate".into(),
+            region: None,
+            endpoint_url: None,
+            timeout_ms: 300,
+            read_cache_ms: 1000,
+            spool_path: "tollgate-spool.redb".into(),
+        }
+    }
+}
+
+pub struct DynamoStore {
+    client: Client,
+    table: String,
+    read_cache: Duration,
+    cache: Mutex<HashMap<String, Cached>>,
+}
+
+#[derive(Clone, Copy)]
+struct Cached {
+    value: u64,
+    at: Instant,
+    /// Never changes again (a finished minute's RPM bucket).
+    final_value: bool,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// A failed call as `dynamodb <Op>: <code>: <message>` (or the transport error's own words).
+fn unavailable<E: ProvideErrorMetadata + std::error::Error>(op: &str, e: E) -> StoreError {
+    let detail = match (e.code(), e.message()) {
+        (Some(code), Some(message)) => format!("{code}: {message}"),
+        (Some(code), None) => code.to_owned(),
+        _ => DisplayErrorContext(&e).to_string(),
+    };
+    StoreError::Unavailable(format!("dynamodb {op}: {detail}"))
+}
+
+/// A request that could not even be built (a bug, not an outage).
+fn malformed(op: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("dynamodb {op}: {e}"))
+}
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+fn n(v: impl ToString) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+fn counter_item_key(key: &CounterKey) -> HashMap<String, AttributeValue> {
+    HashMap::from([("pk".into(), s(format!("team#{}", key.team))), ("sk".into(), s(key.counter.clone()))])
+}
+
+fn number(item: &HashMap<String, AttributeValue>, name: &str) -> u64 {
+    item.get(name)
+        .and_then(|v| v.as_n().ok())
+        .and_then(|v| v.parse::<i64>().ok())
+        .map_or(0, |v| v.max(0) as u64)
+}
+
+/// A finished minute's request bucket never changes again.
+fn is_final(key: &CounterKey, now_ms: u64) -> bool {
+    key.counter
+        .strip_prefix("rpm#")
+        .and_then(|m| m.parse::<u64>().ok())
+        .is_some_and(|minute| minute < now_ms / BUCKET_MS)
+}
+
+impl DynamoStore {
+    pub async fn connect(settings: &DynamoDbSettings) -> Self {
+        let timeout = Duration::from_millis(settings.timeout_ms);
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .timeout_config(
+                aws_config::timeout::TimeoutConfig::builder()
+                    .operation_timeout(timeout)
+                    .connect_timeout(timeout)
+                    .build(),
+            )
+            // Throttling is retried with the SDK's jittered exponential backoff, inside the deadline.
+            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(3));
+        if let Some(region) = &settings.region {
+            loader = loader.region(aws_config::Region::new(region.clone()));
+        }
+        if let Some(endpoint) = &settings.endpoint_url {
+            loader = loader.endpoint_url(endpoint);
+        }
+        let config = loader.load().await;
+        Self {
+            client: Client::new(&config),
+            table: settings.table.clone(),
+            read_cache: Duration::from_millis(settings.read_cache_ms),
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Creates the table (on-demand capacity) with TTL on `expires_at`, unless it exists.
+    /// Returns whether it was created.
+    pub async fn create_table(&self) -> StoreResult<bool> {
+        let exists = self.client.describe_table().table_name(&self.table).send().await.is_ok();
+        if !exists {
+            let attribute = |name: &str| {
+                AttributeDefinition::builder()
+                    .attribute_name(name)
+                    .attribute_type(ScalarAttributeType::S)
+                    .build()
+                    .expect("attribute definition is complete")
+            };
+            let key = |name: &str, kind| {
+                KeySchemaElement::builder()
+                    .attribute_name(name)
+                    .key_type(kind)
+                    .build()
+                    .expect("key schema is complete")
+            };
+            self.client
+                .create_table()
+                .table_name(&self.table)
+                .attribute_definitions(attribute("pk"))
+                .attribute_definitions(attribute("sk"))
+                .key_schema(key("pk", KeyType::Hash))
+                .key_schema(key("sk", KeyType::Range))
+                .billing_mode(BillingMode::PayPerRequest)
+                .send()
+                .await
+                .map_err(|e| unavailable("CreateTable", e))?;
+        }
+        let ttl = self
+            .client
+            .update_time_to_live()
+            .table_name(&self.table)
+            .time_to_live_specification(
+                TimeToLiveSpecification::builder()
+                    .attribute_name("expires_at")
+                    .enabled(true)
+                    .build()
+                    .expect("TTL specification is complete"),
+            )
+            .send()
+            .await;
+        if let Err(e) = ttl {
+            // Enabling TTL twice is refused: it is already on.
+            if !DisplayErrorContext(&e).to_string().contains("already enabled") {
+                return Err(unavailable("UpdateTimeToLive", e));
+            }
+        }
+        Ok(!exists)
+    }
+
+    fn remember(&self, key: &CounterKey, value: u64) {
+        let final_value = is_final(key, unix_now() * 1000);
+        self.cache
+            .lock()
+            .unwrap()
+            .insert(key.id(), Cached { value, at: Instant::now(), final_value });
+    }
+
+    fn evict_old(&self) {
+        let mut cache = self.cache.lock().unwrap();
+        if cache.len() > 50_000 {
+            cache.retain(|_, c| c.at.elapsed() < STALE_LIMIT && !c.final_value);
+        }
+    }
+
+    async fn fetch(&self, keys: &[&CounterKey]) -> StoreResult<HashMap<String, u64>> {
+        let mut found = HashMap::new();
+        for chunk in keys.chunks(BATCH_GET_MAX) {
+            let mut pending: Vec<HashMap<String, AttributeValue>> = chunk.iter().map(|k| counter_item_key(k)).collect();
+            while !pending.is_empty() {
+                let request = KeysAndAttributes::builder()
+                    .set_keys(Some(std::mem::take(&mut pending)))
+                    .projection_expression("pk, sk, v")
+                    .build()
+                    .map_err(|e| malformed("BatchGetItem", e))?;
+                let response = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&self.table, request)
+                    .send()
+                    .await
+                    .map_err(|e| unavailable("BatchGetItem", e))?;
+                for item in response.responses().and_then(|r| r.get(&self.table)).into_iter().flatten() {
+                    let pk = item.get("pk").and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
+                    let sk = item.get("sk").and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
+                    let team = pk.strip_prefix("team#").unwrap_or(&pk);
+                    found.insert(format!("{team}#{sk}"), number(item, "v"));
+                }
+                // Keys DynamoDB did not get to (throttling) are asked for again.
+                if let Some(unprocessed) = response.unprocessed_keys().and_then(|u| u.get(&self.table)) {
+                    pending = unprocessed.keys().to_vec();
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    async fn apply_one(&self, debit: &Debit) -> StoreResult<()> {
+        let mut items = vec![TransactWriteItem::builder()
+            .put(
+                Put::builder()
+                    .table_name(&self.table)
+                    .item("pk", s(format!("debit#{}", debit.id)))
+                    .item("sk", s("debit"))
+                    .item("expires_at", n(unix_now() + DEBIT_MARKER_SECS))
+                    .condition_expression("attribute_not_exists(pk)")
+                    .build()
+                    .map_err(|e| malformed("TransactWriteItems", e))?,
+            )
+            .build()];
+        for (key, amount) in &debit.amounts {
+            items.push(
+                TransactWriteItem::builder()
+                    .update(
+                        Update::builder()
+                            .table_name(&self.table)
+                            .set_key(Some(counter_item_key(key)))
+                            .update_expression("ADD v :amount SET expires_at = if_not_exists(expires_at, :expires)")
+                            .expression_attribute_values(":amount", n(amount))
+                            .expression_attribute_values(":expires", n(key.expires_at))
+                            .build()
+                            .map_err(|e| malformed("TransactWriteItems", e))?,
+                    )
+                    .build(),
+            );
+        }
+        match self.client.transact_write_items().set_transact_items(Some(items)).send().await {
+            Ok(_) => {
+                let mut cache = self.cache.lock().unwrap();
+                for (key, amount) in &debit.amounts {
+                    if let Some(c) = cache.get_mut(&key.id()) {
+                        c.value = c.value.saturating_add_signed(*amount);
+                    }
+                }
+                Ok(())
+            }
+            Err(SdkError::ServiceError(e))
+                if matches!(e.err(), TransactWriteItemsError::TransactionCanceledException(t)
+                    if t.cancellation_reasons().first().and_then(|r| r.code()) == Some("ConditionalCheckFailed")) =>
+            {
+                tracing::debug!(debit = %debit.id, "debit already applied");
+                metrics::counter!("tollgate_debits_total", "result" => "duplicate").increment(1);
+                Ok(())
+            }
+            Err(e) => Err(unavailable("TransactWriteItems", e)),
+        }
+    }
+
+    async fn put_doc(&self, pk: &str, sk: &str, json: String) -> StoreResult<()> {
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(pk))
+            .item("sk", s(sk))
+            .item("doc", s(json))
+            .send()
+            .await
+            .map_err(|e| unavailable("PutItem", e))?;
+        Ok(())
+    }
+
+    async fn delete_doc(&self, pk: &str, sk: &str) -> StoreResult<bool> {
+        let out = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key("pk", s(pk))
+            .key("sk", s(sk))
+            .return_values(ReturnValue::AllOld)
+            .send()
+            .await
+            .map_err(|e| unavailable("DeleteItem", e))?;
+        Ok(out.attributes().is_some_and(|a| !a.is_empty()))
+    }
+
+    async fn get_doc(&self, pk: &str, sk: &str) -> StoreResult<Option<String>> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(pk))
+            .key("sk", s(sk))
+            .send()
+            .await
+            .map_err(|e| unavailable("GetItem", e))?;
+        Ok(out.item().and_then(|i| i.get("doc")).and_then(|d| d.as_s().ok()).cloned())
+    }
+
+    /// Every item of a partition whose sort key starts with `prefix`.
+    async fn query(&self, pk: &str, prefix: &str) -> StoreResult<Vec<HashMap<String, AttributeValue>>> {
+        let mut items = Vec::new();
+        let mut start = None;
+        loop {
+            let mut query = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .expression_attribute_values(":pk", s(pk))
+                .set_exclusive_start_key(start);
+            // DynamoDB refuses an empty key value: no prefix means the whole partition.
+            query = if prefix.is_empty() {
+                query.key_condition_expression("pk = :pk")
+            } else {
+                query
+                    .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+                    .expression_attribute_values(":prefix", s(prefix))
+            };
+            let out = query
+                .send()
+                .await
+                .map_err(|e| unavailable("Query", e))?;
+            items.extend(out.items().iter().cloned());
+            match out.last_evaluated_key() {
+                Some(key) if !key.is_empty() => start = Some(key.clone()),
+                _ => return Ok(items),
+            }
+        }
+    }
+
+    async fn docs<T: serde::de::DeserializeOwned>(&self, pk: &str) -> StoreResult<Vec<(String, T)>> {
+        let mut docs = Vec::new();
+        for item in self.query(pk, "").await? {
+            let sk = item.get("sk").and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
+            let doc = item.get("doc").and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
+            let value = serde_json::from_str(&doc).map_err(|e| StoreError::Corrupt(format!("{pk}/{sk}: {e}")))?;
+            docs.push((sk, value));
+        }
+        Ok(docs)
+    }
+}
+
+#[async_trait]
+impl Store for DynamoStore {
+    async fn read_counters(&self, keys: &[&CounterKey]) -> StoreResult<Vec<u64>> {
+        let (mut values, missing) = {
+            let cache = self.cache.lock().unwrap();
+            let mut values = Vec::with_capacity(keys.len());
+            let mut missing = Vec::new();
+            for key in keys {
+                match cache.get(&key.id()) {
+                    Some(c) if c.final_value || c.at.elapsed() < self.read_cache => values.push(Some(c.value)),
+                    _ => {
+                        values.push(None);
+                        missing.push(*key);
+                    }
+                }
+            }
+            (values, missing)
+        };
+        if missing.is_empty() {
+            return Ok(values.into_iter().map(Option::unwrap_or_default).collect());
+        }
+        self.evict_old();
+        match self.fetch(&missing).await {
+            Ok(found) => {
+                for key in &missing {
+                    self.remember(key, found.get(&key.id()).copied().unwrap_or(0));
+                }
+                let cache = self.cache.lock().unwrap();
+                for (slot, key) in values.iter_mut().zip(keys) {
+                    if slot.is_none() {
+                        *slot = Some(found.get(&key.id()).copied().or_else(|| cache.get(&key.id()).map(|c| c.value)).unwrap_or(0));
+                    }
+                }
+                Ok(values.into_iter().map(Option::unwrap_or_default).collect())
+            }
+            Err(e) => {
+                // Degraded: answer from values cached recently enough, else fail.
+                let cache = self.cache.lock().unwrap();
+                let mut stale = Vec::with_capacity(keys.len());
+                for key in keys {
+                    match cache.get(&key.id()) {
+                        Some(c) if c.at.elapsed() < STALE_LIMIT || c.final_value => stale.push(c.value),
+                        _ => return Err(e),
+                    }
+                }
+                metrics::counter!("tollgate_store_stale_reads_total").increment(1);
+                Ok(stale)
+            }
+        }
+    }
+
+    async fn add_within(&self, key: &CounterKey, amount: u64, limit: u64) -> StoreResult<Increment> {
+        if amount > limit {
+            let current = self.read_counters(&[key]).await?[0];
+            return Ok(Increment::Refused(current));
+        }
+        let outcome = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(counter_item_key(key)))
+            .update_expression("ADD v :amount SET expires_at = if_not_exists(expires_at, :expires)")
+            .condition_expression("attribute_not_exists(v) OR v <= :max")
+            .expression_attribute_values(":amount", n(amount))
+            .expression_attribute_values(":expires", n(key.expires_at))
+            .expression_attribute_values(":max", n(limit - amount))
+            .return_values(ReturnValue::UpdatedNew)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match outcome {
+            Ok(out) => {
+                let value = out.attributes().map_or(amount, |a| number(a, "v"));
+                self.remember(key, value);
+                Ok(Increment::Applied(value))
+            }
+            Err(SdkError::ServiceError(e)) if matches!(e.err(), UpdateItemError::ConditionalCheckFailedException(_)) => {
+                let value = match e.err() {
+                    UpdateItemError::ConditionalCheckFailedException(c) => c.item().map_or(limit, |i| number(i, "v")),
+                    _ => limit,
+                };
+                self.remember(key, value);
+                Ok(Increment::Refused(value))
+            }
+            Err(e) => Err(unavailable("UpdateItem", e)),
+        }
+    }
+
+    async fn apply_debits(&self, debits: &[Debit]) -> StoreResult<()> {
+        for chunk in debits.chunks(DEBIT_CONCURRENCY) {
+            let results = futures_util::future::join_all(chunk.iter().map(|d| self.apply_one(d))).await;
+            // Applied debits are not applied again when the batch is retried: their markers exist.
+            if let Some(e) = results.into_iter().find_map(Result::err) {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    async fn list_counters(&self, team: &str, prefix: &str) -> StoreResult<Vec<(String, u64)>> {
+        let mut counters: Vec<(String, u64)> = self
+            .query(&format!("team#{team}"), prefix)
+            .await?
+            .iter()
+            .map(|item| {
+                let sk = item.get("sk").and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
+                (sk, number(item, "v"))
+            })
+            .collect();
+        counters.sort();
+        Ok(counters)
+    }
+
+    async fn put_team(&self, team: &Team) -> StoreResult<()> {
+        let json = serde_json::to_string(team).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.put_doc("teams", &team.id, json).await
+    }
+
+    async fn delete_team(&self, id: &str) -> StoreResult<bool> {
+        self.delete_doc("teams", id).await
+    }
+
+    async fn team(&self, id: &str) -> StoreResult<Option<Team>> {
+        match self.get_doc("teams", id).await? {
+            Some(json) => serde_json::from_str(&json).map(Some).map_err(|e| StoreError::Corrupt(format!("team {id}: {e}"))),
+            None => Ok(None),
+        }
+    }
+
+    async fn team_for_client(&self, client_id: &str) -> StoreResult<Option<Team>> {
+        Ok(self
+            .list_teams()
+            .await?
+            .into_iter()
+            .find(|t| t.client_ids.iter().any(|c| c == client_id)))
+    }
+
+    async fn list_teams(&self) -> StoreResult<Vec<Team>> {
+        Ok(self.docs::<Team>("teams").await?.into_iter().map(|(_, t)| t).collect())
+    }
+
+    async fn prices(&self) -> StoreResult<Vec<(String, PriceUsd)>> {
+        self.docs("prices").await
+    }
+
+    async fn put_price(&self, model: &str, price: &PriceUsd) -> StoreResult<()> {
+        let json = serde_json::to_string(price).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.put_doc("prices", model, json).await
+    }
+
+    async fn delete_price(&self, model: &str) -> StoreResult<bool> {
+        self.delete_doc("prices", model).await
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.get_doc("health", "health").await.map(|_| ())
+    }
+
+    async fn flush(&self) -> StoreResult<()> {
+        Ok(())
+    }
+
+    fn backend_name(&self) -> &'static str {
+        "dynamodb"
+    }
+}
