@@ -22,7 +22,9 @@ use crate::identity::{Authenticator, JwksSource, KeySet, Verification};
 use crate::store::{DynamoStore, EmbeddedStore, MemoryStore, Spool, Store};
 
 /// The configured store, and the spool that keeps debits a remote store could not take yet.
-pub async fn open_store(settings: &Settings) -> anyhow::Result<(Arc<dyn Store>, Option<Arc<Spool>>)> {
+pub async fn open_store(
+    settings: &Settings,
+) -> anyhow::Result<(Arc<dyn Store>, Option<Arc<Spool>>)> {
     Ok(match settings.store.backend {
         StoreBackend::Memory => (Arc::new(MemoryStore::new()), None),
         StoreBackend::Embedded => (
@@ -36,7 +38,10 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<(Arc<dyn Store>, 
             let ddb = &settings.store.dynamodb;
             let spool = Spool::open(&ddb.spool_path)
                 .with_context(|| format!("opening the spool {}", ddb.spool_path.display()))?;
-            (Arc::new(DynamoStore::connect(ddb).await), Some(Arc::new(spool)))
+            (
+                Arc::new(DynamoStore::connect(ddb).await),
+                Some(Arc::new(spool)),
+            )
         }
     })
 }
@@ -111,7 +116,10 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
             .with_context(|| format!("storing team {}", team.id))?;
     }
     let auth = Arc::new(authenticator(&settings).await?);
-    let engine = Arc::new(Engine::new(store.clone(), spool, settings.engine_settings()?,
+    let engine = Arc::new(Engine::new(
+        store.clone(),
+        spool,
+        settings.engine_settings()?,
         Arc::new(SystemClock),
     ));
     let admin = Arc::new(AdminState {

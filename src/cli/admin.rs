@@ -28,7 +28,12 @@ pub struct AdminArgs {
     )]
     url: String,
     /// Bearer token with the https://gateway.internal/admin scope.
-    #[arg(long, env = "TOLLGATE_ADMIN_TOKEN", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        env = "TOLLGATE_ADMIN_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
     token: Option<String>,
     /// Act on the configured store directly instead of a running instance (embedded store only;
     /// tollgate must not be running on the same file).
@@ -251,8 +256,14 @@ async fn init_table(config: Option<PathBuf>) -> anyhow::Result<()> {
         bail!("init-table creates a DynamoDB table; store.backend is not \"dynamodb\"");
     }
     let table = &settings.store.dynamodb.table;
-    let created = DynamoStore::connect(&settings.store.dynamodb).await.create_table().await?;
-    println!("{}", json!({"table": table, "created": created, "ttl_attribute": "expires_at"}));
+    let created = DynamoStore::connect(&settings.store.dynamodb)
+        .await
+        .create_table()
+        .await?;
+    println!(
+        "{}",
+        json!({"table": table, "created": created, "ttl_attribute": "expires_at"})
+    );
     Ok(())
 }
 
@@ -267,7 +278,10 @@ async fn offline(
         bail!("--offline needs a persistent store; store.backend is \"memory\"");
     }
     let (store, spool) = crate::server::open_store(&settings).await?;
-    let engine = Arc::new(Engine::new(store.clone(), spool, settings.engine_settings()?,
+    let engine = Arc::new(Engine::new(
+        store.clone(),
+        spool,
+        settings.engine_settings()?,
         Arc::new(SystemClock),
     ));
     let app = router(Arc::new(AdminState {

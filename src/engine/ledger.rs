@@ -59,7 +59,12 @@ impl Ledger {
     }
 }
 
-async fn run(store: Arc<dyn Store>, spool: Option<Arc<Spool>>, replay: Arc<Notify>, mut entries: mpsc::Receiver<Entry>) {
+async fn run(
+    store: Arc<dyn Store>,
+    spool: Option<Arc<Spool>>,
+    replay: Arc<Notify>,
+    mut entries: mpsc::Receiver<Entry>,
+) {
     let mut debits = Vec::new();
     let mut flushes = Vec::new();
     while let Some(first) = entries.recv().await {
@@ -96,15 +101,19 @@ async fn apply_or_spool(store: &dyn Store, spool: &Spool, replay: &Notify, debit
     if spool.pending() == 0 {
         match store.apply_debits(debits).await {
             Ok(()) => {
-                metrics::counter!("tollgate_debits_total", "result" => "applied").increment(debits.len() as u64);
+                metrics::counter!("tollgate_debits_total", "result" => "applied")
+                    .increment(debits.len() as u64);
                 return;
             }
-            Err(e) => tracing::warn!(debits = debits.len(), error = %e, "store refused debits; spooling them"),
+            Err(e) => {
+                tracing::warn!(debits = debits.len(), error = %e, "store refused debits; spooling them")
+            }
         }
     }
     match spool.push(debits).await {
         Ok(()) => {
-            metrics::counter!("tollgate_debits_total", "result" => "spooled").increment(debits.len() as u64);
+            metrics::counter!("tollgate_debits_total", "result" => "spooled")
+                .increment(debits.len() as u64);
             replay.notify_one();
         }
         Err(e) => {
@@ -133,7 +142,8 @@ async fn replay_spool(store: Arc<dyn Store>, spool: Arc<Spool>, replay: Arc<Noti
         match store.apply_debits(&debits).await {
             Ok(()) => {
                 backoff = Duration::from_millis(100);
-                metrics::counter!("tollgate_debits_total", "result" => "replayed").increment(debits.len() as u64);
+                metrics::counter!("tollgate_debits_total", "result" => "replayed")
+                    .increment(debits.len() as u64);
                 if let Err(e) = spool.remove(seqs).await {
                     // Left in the spool, they will be replayed again: the store ignores repeats.
                     tracing::error!(error = %e, "could not remove replayed debits from the spool");
@@ -156,11 +166,13 @@ async fn apply_until_done(store: &dyn Store, debits: &[Debit]) {
     loop {
         match store.apply_debits(debits).await {
             Ok(()) => {
-                metrics::counter!("tollgate_debits_total", "result" => "applied").increment(debits.len() as u64);
+                metrics::counter!("tollgate_debits_total", "result" => "applied")
+                    .increment(debits.len() as u64);
                 return;
             }
             Err(e) => {
-                metrics::counter!("tollgate_debits_total", "result" => "retried").increment(debits.len() as u64);
+                metrics::counter!("tollgate_debits_total", "result" => "retried")
+                    .increment(debits.len() as u64);
                 tracing::warn!(debits = debits.len(), error = %e, retry_in = ?backoff, "debits failed; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);

@@ -252,7 +252,10 @@ impl Engine {
         let started = std::time::Instant::now();
         let now_ms = self.clock.now_ms();
         let request_id = request_id.map_or_else(|| self.next_request_id(), str::to_owned);
-        let outcome = match self.admit_at(self.store.as_ref(), team, call, now_ms, &request_id).await {
+        let outcome = match self
+            .admit_at(self.store.as_ref(), team, call, now_ms, &request_id)
+            .await
+        {
             Ok(ticket) => {
                 metrics::gauge!("tollgate_store_up").set(1.0);
                 Ok(ticket)
@@ -265,7 +268,10 @@ impl Engine {
                     FailMode::Closed => Err(self.refuse(unavailable)),
                     FailMode::Open => {
                         metrics::counter!("tollgate_fail_open_total").increment(1);
-                        match self.admit_at(&self.fallback, team, call, now_ms, &request_id).await {
+                        match self
+                            .admit_at(&self.fallback, team, call, now_ms, &request_id)
+                            .await
+                        {
                             Ok(ticket) => Ok(ticket),
                             Err(Failure::Refused(rejection)) => Err(rejection),
                             Err(Failure::Store(_)) => Err(self.refuse(unavailable)),
@@ -334,12 +340,14 @@ impl Engine {
         rate_headers.rpm_remaining = rate::remaining(limits.rpm, previous, current, pos);
 
         if !tokens::within_daily_limit(used_today, limits.daily_tokens) {
-            return Err(self.refuse(Rejection::daily_tokens_exceeded(
-                used_today,
-                limits.daily_tokens.unwrap_or_default(),
-                rate_headers,
-                calendar::secs_until_next_day(now),
-            )).into());
+            return Err(self
+                .refuse(Rejection::daily_tokens_exceeded(
+                    used_today,
+                    limits.daily_tokens.unwrap_or_default(),
+                    rate_headers,
+                    calendar::secs_until_next_day(now),
+                ))
+                .into());
         }
         if let Some(m) = &money {
             let (spent, spent_on_model, reserved) = (values[3], values[4], values[5]);
@@ -349,12 +357,17 @@ impl Engine {
             if !budget::within_budget(spent, reserved, incoming, budget) {
                 match team.on_breach {
                     OnBreach::Block => {
-                        return Err(self.refuse(Rejection::budget_exceeded(
-                            RejectionKind::MonthlyBudgetExceeded,
-                            budget::budget_exceeded_reason(spent.saturating_add(reserved), budget),
-                            rate_headers,
-                            retry,
-                        )).into());
+                        return Err(self
+                            .refuse(Rejection::budget_exceeded(
+                                RejectionKind::MonthlyBudgetExceeded,
+                                budget::budget_exceeded_reason(
+                                    spent.saturating_add(reserved),
+                                    budget,
+                                ),
+                                rate_headers,
+                                retry,
+                            ))
+                            .into());
                     }
                     OnBreach::Warn => {
                         metrics::counter!("tollgate_budget_overruns_total", "team" => team.id.clone()).increment(1);
@@ -368,12 +381,14 @@ impl Engine {
                 let reason = budget::model_budget_exceeded_reason(&m.model, spent_on_model, cap);
                 match team.on_breach {
                     OnBreach::Block => {
-                        return Err(self.refuse(Rejection::budget_exceeded(
-                            RejectionKind::ModelBudgetExceeded,
-                            reason,
-                            rate_headers,
-                            retry,
-                        )).into());
+                        return Err(self
+                            .refuse(Rejection::budget_exceeded(
+                                RejectionKind::ModelBudgetExceeded,
+                                reason,
+                                rate_headers,
+                                retry,
+                            ))
+                            .into());
                     }
                     OnBreach::Warn => {
                         ticket.budget_warning = ticket.budget_warning.or(Some(reason))
@@ -398,15 +413,17 @@ impl Engine {
                         }
                     }
                     Ok(Increment::Refused(now_reserved)) => {
-                        return Err(self.refuse(Rejection::budget_exceeded(
-                            RejectionKind::MonthlyBudgetExceeded,
-                            budget::budget_exceeded_reason(
-                                spent.saturating_add(now_reserved),
-                                budget,
-                            ),
-                            rate_headers,
-                            retry,
-                        )).into());
+                        return Err(self
+                            .refuse(Rejection::budget_exceeded(
+                                RejectionKind::MonthlyBudgetExceeded,
+                                budget::budget_exceeded_reason(
+                                    spent.saturating_add(now_reserved),
+                                    budget,
+                                ),
+                                rate_headers,
+                                retry,
+                            ))
+                            .into());
                     }
                     Err(e) => return Err(Failure::Store(e)),
                 }

@@ -33,7 +33,10 @@ fn engine_with(store: Arc<dyn Store>, fail_mode: FailMode) -> (Arc<Engine>, Arc<
 fn engine_set(store: Arc<dyn Store>, settings: EngineSettings) -> (Arc<Engine>, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock::default());
     clock.0.store(NOON, Ordering::Relaxed);
-    (Arc::new(Engine::new(store, None, settings, clock.clone())), clock)
+    (
+        Arc::new(Engine::new(store, None, settings, clock.clone())),
+        clock,
+    )
 }
 
 fn engine() -> (Arc<Engine>, Arc<ManualClock>) {
@@ -259,7 +262,14 @@ async fn store_outage_follows_the_fail_mode() {
     assert_eq!(r.kind, RejectionKind::Unavailable);
     assert_eq!(r.kind.status(), 503);
     let (open, _) = engine_with(Arc::new(DownStore), FailMode::Open);
-    assert!(open.admit(&t, None, None).await.is_ok());
+    // Open: admitted, but an outage is not unlimited: the team's RPM holds per instance.
+    for _ in 0..5 {
+        assert!(open.admit(&t, None, None).await.is_ok());
+    }
+    assert_eq!(
+        open.admit(&t, None, None).await.unwrap_err().kind,
+        RejectionKind::RpmExceeded
+    );
 }
 
 // ---- money: prices, budgets, caps, allow-lists

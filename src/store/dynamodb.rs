@@ -30,9 +30,9 @@ use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkErro
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, KeysAndAttributes, Put,
-    ReturnValue, ReturnValuesOnConditionCheckFailure, ScalarAttributeType, TimeToLiveSpecification,
-    TransactWriteItem, Update,
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, KeysAndAttributes,
+    Put, ReturnValue, ReturnValuesOnConditionCheckFailure, ScalarAttributeType,
+    TimeToLiveSpecification, TransactWriteItem, Update,
 };
 use serde::{Deserialize, Serialize};
 
@@ -81,6 +81,8 @@ impl Default for DynamoDbSettings {
 
 pub struct DynamoStore {
     client: Client,
+    /// Calls made, for the benchmark's calls-per-request figure.
+    calls: std::sync::atomic::AtomicU64,
     table: String,
     read_cache: Duration,
     cache: Mutex<HashMap<String, Cached>>,
@@ -95,7 +97,9 @@ struct Cached {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// A failed call as `dynamodb <Op>: <code>: <message>` (or the transport error's own words).
@@ -122,7 +126,10 @@ fn n(v: impl ToString) -> AttributeValue {
 }
 
 fn counter_item_key(key: &CounterKey) -> HashMap<String, AttributeValue> {
-    HashMap::from([("pk".into(), s(format!("team#{}", key.team))), ("sk".into(), s(key.counter.clone()))])
+    HashMap::from([
+        ("pk".into(), s(format!("team#{}", key.team))),
+        ("sk".into(), s(key.counter.clone())),
+    ])
 }
 
 fn number(item: &HashMap<String, AttributeValue>, name: &str) -> u64 {
@@ -161,6 +168,7 @@ impl DynamoStore {
         let config = loader.load().await;
         Self {
             client: Client::new(&config),
+            calls: std::sync::atomic::AtomicU64::new(0),
             table: settings.table.clone(),
             read_cache: Duration::from_millis(settings.read_cache_ms),
             cache: Mutex::new(HashMap::new()),
@@ -170,7 +178,13 @@ impl DynamoStore {
     /// Creates the table (on-demand capacity) with TTL on `expires_at`, unless it exists.
     /// Returns whether it was created.
     pub async fn create_table(&self) -> StoreResult<bool> {
-        let exists = self.client.describe_table().table_name(&self.table).send().await.is_ok();
+        let exists = self
+            .client
+            .describe_table()
+            .table_name(&self.table)
+            .send()
+            .await
+            .is_ok();
         if !exists {
             let attribute = |name: &str| {
                 AttributeDefinition::builder()
@@ -213,19 +227,37 @@ impl DynamoStore {
             .await;
         if let Err(e) = ttl {
             // Enabling TTL twice is refused: it is already on.
-            if !DisplayErrorContext(&e).to_string().contains("already enabled") {
+            if !DisplayErrorContext(&e)
+                .to_string()
+                .contains("already enabled")
+            {
                 return Err(unavailable("UpdateTimeToLive", e));
             }
         }
         Ok(!exists)
     }
 
+    /// DynamoDB calls made so far.
+    pub fn calls(&self) -> u64 {
+        self.calls.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn count(&self, op: &'static str) {
+        self.calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        metrics::counter!("tollgate_dynamodb_calls_total", "op" => op).increment(1);
+    }
+
     fn remember(&self, key: &CounterKey, value: u64) {
         let final_value = is_final(key, unix_now() * 1000);
-        self.cache
-            .lock()
-            .unwrap()
-            .insert(key.id(), Cached { value, at: Instant::now(), final_value });
+        self.cache.lock().unwrap().insert(
+            key.id(),
+            Cached {
+                value,
+                at: Instant::now(),
+                final_value,
+            },
+        );
     }
 
     fn evict_old(&self) {
@@ -238,13 +270,15 @@ impl DynamoStore {
     async fn fetch(&self, keys: &[&CounterKey]) -> StoreResult<HashMap<String, u64>> {
         let mut found = HashMap::new();
         for chunk in keys.chunks(BATCH_GET_MAX) {
-            let mut pending: Vec<HashMap<String, AttributeValue>> = chunk.iter().map(|k| counter_item_key(k)).collect();
+            let mut pending: Vec<HashMap<String, AttributeValue>> =
+                chunk.iter().map(|k| counter_item_key(k)).collect();
             while !pending.is_empty() {
                 let request = KeysAndAttributes::builder()
                     .set_keys(Some(std::mem::take(&mut pending)))
                     .projection_expression("pk, sk, v")
                     .build()
                     .map_err(|e| malformed("BatchGetItem", e))?;
+                self.count("BatchGetItem");
                 let response = self
                     .client
                     .batch_get_item()
@@ -252,14 +286,29 @@ impl DynamoStore {
                     .send()
                     .await
                     .map_err(|e| unavailable("BatchGetItem", e))?;
-                for item in response.responses().and_then(|r| r.get(&self.table)).into_iter().flatten() {
-                    let pk = item.get("pk").and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
-                    let sk = item.get("sk").and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
+                for item in response
+                    .responses()
+                    .and_then(|r| r.get(&self.table))
+                    .into_iter()
+                    .flatten()
+                {
+                    let pk = item
+                        .get("pk")
+                        .and_then(|v| v.as_s().ok())
+                        .cloned()
+                        .unwrap_or_default();
+                    let sk = item
+                        .get("sk")
+                        .and_then(|v| v.as_s().ok())
+                        .cloned()
+                        .unwrap_or_default();
                     let team = pk.strip_prefix("team#").unwrap_or(&pk);
                     found.insert(format!("{team}#{sk}"), number(item, "v"));
                 }
                 // Keys DynamoDB did not get to (throttling) are asked for again.
-                if let Some(unprocessed) = response.unprocessed_keys().and_then(|u| u.get(&self.table)) {
+                if let Some(unprocessed) =
+                    response.unprocessed_keys().and_then(|u| u.get(&self.table))
+                {
                     pending = unprocessed.keys().to_vec();
                 }
             }
@@ -268,18 +317,20 @@ impl DynamoStore {
     }
 
     async fn apply_one(&self, debit: &Debit) -> StoreResult<()> {
-        let mut items = vec![TransactWriteItem::builder()
-            .put(
-                Put::builder()
-                    .table_name(&self.table)
-                    .item("pk", s(format!("debit#{}", debit.id)))
-                    .item("sk", s("debit"))
-                    .item("expires_at", n(unix_now() + DEBIT_MARKER_SECS))
-                    .condition_expression("attribute_not_exists(pk)")
-                    .build()
-                    .map_err(|e| malformed("TransactWriteItems", e))?,
-            )
-            .build()];
+        let mut items = vec![
+            TransactWriteItem::builder()
+                .put(
+                    Put::builder()
+                        .table_name(&self.table)
+                        .item("pk", s(format!("debit#{}", debit.id)))
+                        .item("sk", s("debit"))
+                        .item("expires_at", n(unix_now() + DEBIT_MARKER_SECS))
+                        .condition_expression("attribute_not_exists(pk)")
+                        .build()
+                        .map_err(|e| malformed("TransactWriteItems", e))?,
+                )
+                .build(),
+        ];
         for (key, amount) in &debit.amounts {
             items.push(
                 TransactWriteItem::builder()
@@ -296,7 +347,14 @@ impl DynamoStore {
                     .build(),
             );
         }
-        match self.client.transact_write_items().set_transact_items(Some(items)).send().await {
+        self.count("TransactWriteItems");
+        match self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await
+        {
             Ok(_) => {
                 let mut cache = self.cache.lock().unwrap();
                 for (key, amount) in &debit.amounts {
@@ -319,6 +377,7 @@ impl DynamoStore {
     }
 
     async fn put_doc(&self, pk: &str, sk: &str, json: String) -> StoreResult<()> {
+        self.count("PutItem");
         self.client
             .put_item()
             .table_name(&self.table)
@@ -332,6 +391,7 @@ impl DynamoStore {
     }
 
     async fn delete_doc(&self, pk: &str, sk: &str) -> StoreResult<bool> {
+        self.count("DeleteItem");
         let out = self
             .client
             .delete_item()
@@ -346,6 +406,7 @@ impl DynamoStore {
     }
 
     async fn get_doc(&self, pk: &str, sk: &str) -> StoreResult<Option<String>> {
+        self.count("GetItem");
         let out = self
             .client
             .get_item()
@@ -355,14 +416,23 @@ impl DynamoStore {
             .send()
             .await
             .map_err(|e| unavailable("GetItem", e))?;
-        Ok(out.item().and_then(|i| i.get("doc")).and_then(|d| d.as_s().ok()).cloned())
+        Ok(out
+            .item()
+            .and_then(|i| i.get("doc"))
+            .and_then(|d| d.as_s().ok())
+            .cloned())
     }
 
     /// Every item of a partition whose sort key starts with `prefix`.
-    async fn query(&self, pk: &str, prefix: &str) -> StoreResult<Vec<HashMap<String, AttributeValue>>> {
+    async fn query(
+        &self,
+        pk: &str,
+        prefix: &str,
+    ) -> StoreResult<Vec<HashMap<String, AttributeValue>>> {
         let mut items = Vec::new();
         let mut start = None;
         loop {
+            self.count("Query");
             let mut query = self
                 .client
                 .query()
@@ -377,10 +447,7 @@ impl DynamoStore {
                     .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
                     .expression_attribute_values(":prefix", s(prefix))
             };
-            let out = query
-                .send()
-                .await
-                .map_err(|e| unavailable("Query", e))?;
+            let out = query.send().await.map_err(|e| unavailable("Query", e))?;
             items.extend(out.items().iter().cloned());
             match out.last_evaluated_key() {
                 Some(key) if !key.is_empty() => start = Some(key.clone()),
@@ -389,12 +456,24 @@ impl DynamoStore {
         }
     }
 
-    async fn docs<T: serde::de::DeserializeOwned>(&self, pk: &str) -> StoreResult<Vec<(String, T)>> {
+    async fn docs<T: serde::de::DeserializeOwned>(
+        &self,
+        pk: &str,
+    ) -> StoreResult<Vec<(String, T)>> {
         let mut docs = Vec::new();
         for item in self.query(pk, "").await? {
-            let sk = item.get("sk").and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
-            let doc = item.get("doc").and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
-            let value = serde_json::from_str(&doc).map_err(|e| StoreError::Corrupt(format!("{pk}/{sk}: {e}")))?;
+            let sk = item
+                .get("sk")
+                .and_then(|v| v.as_s().ok())
+                .cloned()
+                .unwrap_or_default();
+            let doc = item
+                .get("doc")
+                .and_then(|v| v.as_s().ok())
+                .cloned()
+                .unwrap_or_default();
+            let value = serde_json::from_str(&doc)
+                .map_err(|e| StoreError::Corrupt(format!("{pk}/{sk}: {e}")))?;
             docs.push((sk, value));
         }
         Ok(docs)
@@ -410,7 +489,9 @@ impl Store for DynamoStore {
             let mut missing = Vec::new();
             for key in keys {
                 match cache.get(&key.id()) {
-                    Some(c) if c.final_value || c.at.elapsed() < self.read_cache => values.push(Some(c.value)),
+                    Some(c) if c.final_value || c.at.elapsed() < self.read_cache => {
+                        values.push(Some(c.value))
+                    }
                     _ => {
                         values.push(None);
                         missing.push(*key);
@@ -431,7 +512,13 @@ impl Store for DynamoStore {
                 let cache = self.cache.lock().unwrap();
                 for (slot, key) in values.iter_mut().zip(keys) {
                     if slot.is_none() {
-                        *slot = Some(found.get(&key.id()).copied().or_else(|| cache.get(&key.id()).map(|c| c.value)).unwrap_or(0));
+                        *slot = Some(
+                            found
+                                .get(&key.id())
+                                .copied()
+                                .or_else(|| cache.get(&key.id()).map(|c| c.value))
+                                .unwrap_or(0),
+                        );
                     }
                 }
                 Ok(values.into_iter().map(Option::unwrap_or_default).collect())
@@ -442,7 +529,9 @@ impl Store for DynamoStore {
                 let mut stale = Vec::with_capacity(keys.len());
                 for key in keys {
                     match cache.get(&key.id()) {
-                        Some(c) if c.at.elapsed() < STALE_LIMIT || c.final_value => stale.push(c.value),
+                        Some(c) if c.at.elapsed() < STALE_LIMIT || c.final_value => {
+                            stale.push(c.value)
+                        }
                         _ => return Err(e),
                     }
                 }
@@ -452,11 +541,17 @@ impl Store for DynamoStore {
         }
     }
 
-    async fn add_within(&self, key: &CounterKey, amount: u64, limit: u64) -> StoreResult<Increment> {
+    async fn add_within(
+        &self,
+        key: &CounterKey,
+        amount: u64,
+        limit: u64,
+    ) -> StoreResult<Increment> {
         if amount > limit {
             let current = self.read_counters(&[key]).await?[0];
             return Ok(Increment::Refused(current));
         }
+        self.count("UpdateItem");
         let outcome = self
             .client
             .update_item()
@@ -477,9 +572,13 @@ impl Store for DynamoStore {
                 self.remember(key, value);
                 Ok(Increment::Applied(value))
             }
-            Err(SdkError::ServiceError(e)) if matches!(e.err(), UpdateItemError::ConditionalCheckFailedException(_)) => {
+            Err(SdkError::ServiceError(e))
+                if matches!(e.err(), UpdateItemError::ConditionalCheckFailedException(_)) =>
+            {
                 let value = match e.err() {
-                    UpdateItemError::ConditionalCheckFailedException(c) => c.item().map_or(limit, |i| number(i, "v")),
+                    UpdateItemError::ConditionalCheckFailedException(c) => {
+                        c.item().map_or(limit, |i| number(i, "v"))
+                    }
                     _ => limit,
                 };
                 self.remember(key, value);
@@ -491,7 +590,8 @@ impl Store for DynamoStore {
 
     async fn apply_debits(&self, debits: &[Debit]) -> StoreResult<()> {
         for chunk in debits.chunks(DEBIT_CONCURRENCY) {
-            let results = futures_util::future::join_all(chunk.iter().map(|d| self.apply_one(d))).await;
+            let results =
+                futures_util::future::join_all(chunk.iter().map(|d| self.apply_one(d))).await;
             // Applied debits are not applied again when the batch is retried: their markers exist.
             if let Some(e) = results.into_iter().find_map(Result::err) {
                 return Err(e);
@@ -506,7 +606,11 @@ impl Store for DynamoStore {
             .await?
             .iter()
             .map(|item| {
-                let sk = item.get("sk").and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
+                let sk = item
+                    .get("sk")
+                    .and_then(|v| v.as_s().ok())
+                    .cloned()
+                    .unwrap_or_default();
                 (sk, number(item, "v"))
             })
             .collect();
@@ -525,7 +629,9 @@ impl Store for DynamoStore {
 
     async fn team(&self, id: &str) -> StoreResult<Option<Team>> {
         match self.get_doc("teams", id).await? {
-            Some(json) => serde_json::from_str(&json).map(Some).map_err(|e| StoreError::Corrupt(format!("team {id}: {e}"))),
+            Some(json) => serde_json::from_str(&json)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt(format!("team {id}: {e}"))),
             None => Ok(None),
         }
     }
@@ -539,7 +645,12 @@ impl Store for DynamoStore {
     }
 
     async fn list_teams(&self) -> StoreResult<Vec<Team>> {
-        Ok(self.docs::<Team>("teams").await?.into_iter().map(|(_, t)| t).collect())
+        Ok(self
+            .docs::<Team>("teams")
+            .await?
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect())
     }
 
     async fn prices(&self) -> StoreResult<Vec<(String, PriceUsd)>> {

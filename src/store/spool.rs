@@ -35,7 +35,10 @@ impl Spool {
         let (pending, next_seq) = {
             let tx = db.begin_read().map_err(failed)?;
             let table = tx.open_table(QUEUE).map_err(failed)?;
-            let last = table.last().map_err(failed)?.map_or(0, |(k, _)| k.value() + 1);
+            let last = table
+                .last()
+                .map_err(failed)?
+                .map_or(0, |(k, _)| k.value() + 1);
             (table.len().map_err(failed)?, last)
         };
         if pending > 0 {
@@ -90,7 +93,8 @@ impl Spool {
             let mut out = Vec::new();
             for row in table.iter().map_err(failed)?.take(limit) {
                 let (seq, json) = row.map_err(failed)?;
-                let debit = serde_json::from_str(json.value()).map_err(|e| StoreError::Corrupt(format!("spool entry: {e}")))?;
+                let debit = serde_json::from_str(json.value())
+                    .map_err(|e| StoreError::Corrupt(format!("spool entry: {e}")))?;
                 out.push((seq.value(), debit));
             }
             Ok(out)
@@ -115,7 +119,10 @@ impl Spool {
         })
         .await
         .map_err(failed)??;
-        let now = self.pending.fetch_sub(n, Ordering::Relaxed).saturating_sub(n);
+        let now = self
+            .pending
+            .fetch_sub(n, Ordering::Relaxed)
+            .saturating_sub(n);
         metrics::gauge!("tollgate_spool_pending").set(now as f64);
         Ok(())
     }
@@ -129,7 +136,10 @@ mod tests {
     fn debit(id: &str) -> Debit {
         Debit {
             id: id.into(),
-            amounts: vec![(CounterKey::tokens_on_day("t", "2026-11-21", 9), 5), (CounterKey::reserved_in_month("t", "2026-11", 9), -3)],
+            amounts: vec![
+                (CounterKey::tokens_on_day("t", "2026-11-21", 9), 5),
+                (CounterKey::reserved_in_month("t", "2026-11", 9), -3),
+            ],
         }
     }
 
@@ -148,10 +158,26 @@ mod tests {
         }
         let spool = Spool::open(&path).unwrap();
         assert_eq!(spool.pending(), 2);
-        let rest: Vec<String> = spool.oldest(10).await.unwrap().into_iter().map(|(_, d)| d.id).collect();
+        let rest: Vec<String> = spool
+            .oldest(10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(_, d)| d.id)
+            .collect();
         assert_eq!(rest, vec!["b", "c"]);
         spool.push(&[debit("d")]).await.unwrap();
-        let all: Vec<String> = spool.oldest(10).await.unwrap().into_iter().map(|(_, d)| d.id).collect();
-        assert_eq!(all, vec!["b", "c", "d"], "new entries go after the old ones");
+        let all: Vec<String> = spool
+            .oldest(10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(_, d)| d.id)
+            .collect();
+        assert_eq!(
+            all,
+            vec!["b", "c", "d"],
+            "new entries go after the old ones"
+        );
     }
 }
