@@ -1,6 +1,7 @@
 //! The policy engine: resolves a caller's team, reads the counters policy needs, asks `policy/`
 //! for a decision, and records usage and spend after the response. Wire adapters call only this.
 
+mod breaker;
 mod ledger;
 mod prices;
 mod teams;
@@ -12,6 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+pub use breaker::Breaker;
 pub use ledger::Ledger;
 pub use prices::PriceBook;
 pub use teams::TeamDirectory;
@@ -106,6 +108,8 @@ pub struct ModelCall<'a> {
     pub max_output_tokens: Option<u64>,
 }
 
+/// After a store failure, admissions skip the store this long before probing it again.
+const STORE_PAUSE_AFTER_FAILURE: Duration = Duration::from_secs(1);
 /// Output tokens assumed for a reservation when the request sets no maximum.
 const DEFAULT_RESERVED_OUTPUT_TOKENS: u64 = 1024;
 /// Spend counters are kept this long after their month, for usage history.
@@ -161,6 +165,7 @@ pub struct Engine {
     /// Per-instance counters that decide admission while the store is down and the fail mode is
     /// open, so an outage is not unlimited spend.
     fallback: MemoryStore,
+    breaker: Arc<Breaker>,
     teams: TeamDirectory,
     prices: PriceBook,
     ledger: Ledger,
@@ -179,8 +184,10 @@ impl Engine {
         settings: EngineSettings,
         clock: Arc<dyn Clock>,
     ) -> Self {
+        let breaker = Arc::new(Breaker::new(STORE_PAUSE_AFTER_FAILURE));
         Self {
-            teams: TeamDirectory::new(store.clone(), settings.cache_ttl),
+            teams: TeamDirectory::new(store.clone(), settings.cache_ttl, breaker.clone()),
+            breaker,
             prices: PriceBook::new(store.clone(), settings.prices.clone(), settings.cache_ttl),
             ledger: Ledger::start(store.clone(), spool),
             fallback: MemoryStore::new(),
@@ -252,18 +259,31 @@ impl Engine {
         let started = std::time::Instant::now();
         let now_ms = self.clock.now_ms();
         let request_id = request_id.map_or_else(|| self.next_request_id(), str::to_owned);
-        let outcome = match self
-            .admit_at(self.store.as_ref(), team, call, now_ms, &request_id)
-            .await
-        {
+        let store_called = self.breaker.allows();
+        let attempt = if store_called {
+            self.admit_at(self.store.as_ref(), team, call, now_ms, &request_id)
+                .await
+        } else {
+            Err(Failure::Store(StoreError::Unavailable(
+                "not called: failing recently".into(),
+            )))
+        };
+        let outcome = match attempt {
             Ok(ticket) => {
-                metrics::gauge!("tollgate_store_up").set(1.0);
+                self.breaker.succeeded();
                 Ok(ticket)
             }
-            Err(Failure::Refused(rejection)) => Err(rejection),
+            Err(Failure::Refused(rejection)) => {
+                self.breaker.succeeded();
+                Err(rejection)
+            }
             Err(Failure::Store(error)) => {
-                metrics::gauge!("tollgate_store_up").set(0.0);
-                let unavailable = self.store_failure("admit", &error);
+                let unavailable = if store_called {
+                    self.breaker.failed();
+                    self.store_failure("admit", &error)
+                } else {
+                    Rejection::new(RejectionKind::Unavailable, "rate-limit store unavailable")
+                };
                 match self.settings.fail_mode {
                     FailMode::Closed => Err(self.refuse(unavailable)),
                     FailMode::Open => {
@@ -563,7 +583,6 @@ impl Engine {
         metrics::counter!("tollgate_store_errors_total", "backend" => self.store.backend_name(), "op" => op)
             .increment(1);
         tracing::error!(op, error = %error, fail_mode = ?self.settings.fail_mode, "store failed during admission");
-        metrics::gauge!("tollgate_store_up").set(0.0);
         Rejection::new(RejectionKind::Unavailable, "rate-limit store unavailable")
     }
 

@@ -6,13 +6,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use super::Breaker;
 use crate::policy::Team;
-use crate::store::{Store, StoreResult};
+use crate::store::{Store, StoreError, StoreResult};
 
 type Entry = (Instant, Option<Arc<Team>>);
 
 pub struct TeamDirectory {
     store: Arc<dyn Store>,
+    breaker: Arc<Breaker>,
     ttl: Duration,
     cache: RwLock<HashMap<String, Entry>>,
 }
@@ -21,9 +23,10 @@ pub struct TeamDirectory {
 const MAX_ENTRIES: usize = 10_000;
 
 impl TeamDirectory {
-    pub fn new(store: Arc<dyn Store>, ttl: Duration) -> Self {
+    pub fn new(store: Arc<dyn Store>, ttl: Duration, breaker: Arc<Breaker>) -> Self {
         Self {
             store,
+            breaker,
             ttl,
             cache: RwLock::new(HashMap::new()),
         }
@@ -63,7 +66,17 @@ impl TeamDirectory {
             Some((_, team)) => Some(team.clone()),
             None => None,
         };
-        match load.await {
+        let loaded = if self.breaker.allows() {
+            load.await
+        } else if let Some(team) = stale {
+            // The store is known to be failing: the stale entry, without a doomed call first.
+            return Ok(team);
+        } else {
+            Err(StoreError::Unavailable(
+                "not called: failing recently".into(),
+            ))
+        };
+        match loaded {
             Ok(team) => {
                 let team = team.map(Arc::new);
                 let mut cache = self.cache.write().unwrap();
