@@ -12,7 +12,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{EngineSettings, FailMode, UnknownModel};
+use crate::engine::{EngineSettings, FailMode, FailModes, UnknownModel};
 use crate::policy::pricing::{PriceSource, PriceTable, PriceUsd};
 use crate::policy::{LimitOverrides, Team, Tier, TierTable};
 
@@ -133,8 +133,11 @@ impl Default for StoreSettings {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PolicySettings {
-    /// When the store cannot answer: `closed` refuses with 503, `open` admits.
+    /// When the store cannot answer: `closed` refuses with 503, `open` admits (on per-instance
+    /// counters). The default for every check.
     pub fail_mode: FailMode,
+    /// Per-check overrides of `fail_mode`: `rpm`, `tokens`, `budget`.
+    pub fail_mode_by_check: FailModeOverrides,
     /// How long team definitions and admin prices are cached before the store is asked again:
     /// admin changes reach other instances within this (the instance that made them at once).
     pub team_cache_ttl_seconds: u64,
@@ -144,7 +147,30 @@ impl Default for PolicySettings {
     fn default() -> Self {
         Self {
             fail_mode: FailMode::Closed,
+            fail_mode_by_check: FailModeOverrides::default(),
             team_cache_ttl_seconds: 5,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FailModeOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rpm: Option<FailMode>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<FailMode>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget: Option<FailMode>,
+}
+
+impl PolicySettings {
+    pub fn fail_modes(&self) -> FailModes {
+        let by_check = &self.fail_mode_by_check;
+        FailModes {
+            rpm: by_check.rpm.unwrap_or(self.fail_mode),
+            tokens: by_check.tokens.unwrap_or(self.fail_mode),
+            budget: by_check.budget.unwrap_or(self.fail_mode),
         }
     }
 }
@@ -299,7 +325,7 @@ impl Settings {
         };
         Ok(EngineSettings {
             tiers: TierTable::new(self.tiers.clone()),
-            fail_mode: self.policy.fail_mode,
+            fail_modes: self.policy.fail_modes(),
             cache_ttl: Duration::from_secs(self.policy.team_cache_ttl_seconds),
             prices,
             unknown_model,

@@ -156,7 +156,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
 
     let ops = Arc::new(OpsState {
         store: store.clone(),
-        fail_open: settings.policy.fail_mode == crate::engine::FailMode::Open,
+        fail_open: settings.policy.fail_modes().any_open(),
         metrics: metrics.clone(),
         accepting: AtomicBool::new(true),
     });

@@ -37,6 +37,38 @@ pub enum FailMode {
     Open,
 }
 
+/// Fail modes of each check, for when the store cannot answer. A request is refused if any
+/// check it needs is closed; otherwise it is admitted on per-instance counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+pub struct FailModes {
+    pub rpm: FailMode,
+    pub tokens: FailMode,
+    /// Monthly budget and model caps (model calls only).
+    pub budget: FailMode,
+}
+
+impl FailModes {
+    pub fn all(mode: FailMode) -> Self {
+        Self {
+            rpm: mode,
+            tokens: mode,
+            budget: mode,
+        }
+    }
+
+    /// Whether a request can be admitted without the store.
+    fn admits(&self, model_call: bool) -> bool {
+        self.rpm == FailMode::Open
+            && self.tokens == FailMode::Open
+            && (!model_call || self.budget == FailMode::Open)
+    }
+
+    /// Whether any traffic still flows while the store is down.
+    pub fn any_open(&self) -> bool {
+        self.admits(false)
+    }
+}
+
 /// What to do with a model that has no price.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UnknownModel {
@@ -74,7 +106,7 @@ impl Clock for ManualClock {
 #[derive(Clone, Debug)]
 pub struct EngineSettings {
     pub tiers: TierTable,
-    pub fail_mode: FailMode,
+    pub fail_modes: FailModes,
     /// Teams and admin prices are re-read from the store after this long.
     pub cache_ttl: Duration,
     /// Built-in prices with configuration overrides applied.
@@ -90,7 +122,7 @@ impl Default for EngineSettings {
     fn default() -> Self {
         Self {
             tiers: TierTable::default(),
-            fail_mode: FailMode::Closed,
+            fail_modes: FailModes::all(FailMode::Closed),
             cache_ttl: Duration::from_secs(5),
             prices: PriceTable::builtin(),
             unknown_model: UnknownModel::Reject,
@@ -284,9 +316,9 @@ impl Engine {
                 } else {
                     Rejection::new(RejectionKind::Unavailable, "rate-limit store unavailable")
                 };
-                match self.settings.fail_mode {
-                    FailMode::Closed => Err(self.refuse(unavailable)),
-                    FailMode::Open => {
+                match self.settings.fail_modes.admits(call.is_some()) {
+                    false => Err(self.refuse(unavailable)),
+                    true => {
                         metrics::counter!("tollgate_fail_open_total").increment(1);
                         match self
                             .admit_at(&self.fallback, team, call, now_ms, &request_id)
@@ -582,7 +614,7 @@ impl Engine {
     fn store_failure(&self, op: &'static str, error: &StoreError) -> Rejection {
         metrics::counter!("tollgate_store_errors_total", "backend" => self.store.backend_name(), "op" => op)
             .increment(1);
-        tracing::error!(op, error = %error, fail_mode = ?self.settings.fail_mode, "store failed during admission");
+        tracing::error!(op, error = %error, fail_modes = ?self.settings.fail_modes, "store failed during admission");
         Rejection::new(RejectionKind::Unavailable, "rate-limit store unavailable")
     }
 

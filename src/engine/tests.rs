@@ -24,7 +24,7 @@ fn engine_with(store: Arc<dyn Store>, fail_mode: FailMode) -> (Arc<Engine>, Arc<
     engine_set(
         store,
         EngineSettings {
-            fail_mode,
+            fail_modes: FailModes::all(fail_mode),
             ..Default::default()
         },
     )
