@@ -18,6 +18,7 @@ pub mod config;
 pub mod contract;
 pub mod engine;
 pub mod extproc;
+pub mod guardrail;
 pub mod http;
 pub mod identity;
 pub mod llm;
