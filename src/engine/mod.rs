@@ -116,6 +116,11 @@ pub struct EngineSettings {
     pub warn_at_percent: Vec<u8>,
     /// Reserve each request's estimated cost at admission (settled with the actual cost).
     pub reserve: bool,
+    /// Longest admission against the store before it counts as a store failure (fail mode):
+    /// keep it under Envoy's ext_proc `message_timeout`.
+    pub admission_deadline: Duration,
+    /// Teams from the configuration file, known even when the store is down.
+    pub configured_teams: Vec<Team>,
 }
 
 impl Default for EngineSettings {
@@ -128,6 +133,8 @@ impl Default for EngineSettings {
             unknown_model: UnknownModel::Reject,
             warn_at_percent: vec![80],
             reserve: false,
+            admission_deadline: Duration::from_millis(500),
+            configured_teams: Vec::new(),
         }
     }
 }
@@ -218,7 +225,12 @@ impl Engine {
     ) -> Self {
         let breaker = Arc::new(Breaker::new(STORE_PAUSE_AFTER_FAILURE));
         Self {
-            teams: TeamDirectory::new(store.clone(), settings.cache_ttl, breaker.clone()),
+            teams: TeamDirectory::new(
+                store.clone(),
+                settings.cache_ttl,
+                breaker.clone(),
+                settings.configured_teams.clone(),
+            ),
             breaker,
             prices: PriceBook::new(store.clone(), settings.prices.clone(), settings.cache_ttl),
             ledger: Ledger::start(store.clone(), spool),
@@ -293,8 +305,14 @@ impl Engine {
         let request_id = request_id.map_or_else(|| self.next_request_id(), str::to_owned);
         let store_called = self.breaker.allows();
         let attempt = if store_called {
-            self.admit_at(self.store.as_ref(), team, call, now_ms, &request_id)
-                .await
+            let primary = self.admit_at(self.store.as_ref(), team, call, now_ms, &request_id);
+            match tokio::time::timeout(self.settings.admission_deadline, primary).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(Failure::Store(StoreError::Unavailable(format!(
+                    "admission took longer than {:?}",
+                    self.settings.admission_deadline
+                )))),
+            }
         } else {
             Err(Failure::Store(StoreError::Unavailable(
                 "not called: failing recently".into(),

@@ -1,6 +1,9 @@
 //! Prices in force: built-in and configured prices with the admin API's prices (from the store)
-//! on top, re-read after the cache TTL so that every instance sees an admin change within it.
+//! on top. After the cache TTL the admin prices are re-read in the background, so the request
+//! path never waits on the store for them; an admin change on this instance (which invalidates
+//! the table) is read before the next request is priced.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -8,38 +11,56 @@ use crate::policy::pricing::{PriceSource, PriceTable};
 use crate::store::Store;
 
 pub struct PriceBook {
+    shared: Arc<Shared>,
+    ttl: Duration,
+}
+
+struct Shared {
     store: Arc<dyn Store>,
     base: PriceTable,
-    ttl: Duration,
+    /// The table and when it was read; `None` forces a read before the next use.
     current: RwLock<(Option<Instant>, Arc<PriceTable>)>,
-    /// Lets one caller refresh while the others keep using the current table.
-    refreshing: tokio::sync::Mutex<()>,
+    refreshing: AtomicBool,
 }
 
 impl PriceBook {
     pub fn new(store: Arc<dyn Store>, base: PriceTable, ttl: Duration) -> Self {
         Self {
-            store,
-            current: RwLock::new((None, Arc::new(base.clone()))),
-            base,
+            shared: Arc::new(Shared {
+                store,
+                current: RwLock::new((None, Arc::new(base.clone()))),
+                base,
+                refreshing: AtomicBool::new(false),
+            }),
             ttl,
-            refreshing: tokio::sync::Mutex::new(()),
         }
     }
 
     pub async fn table(&self) -> Arc<PriceTable> {
-        let (loaded_at, table) = self.current.read().unwrap().clone();
-        if loaded_at.is_some_and(|t| t.elapsed() < self.ttl) {
-            return table;
-        }
-        let Ok(_guard) = self.refreshing.try_lock() else {
-            // Someone else is refreshing: the current table is at most one TTL old.
-            if loaded_at.is_some() {
-                return table;
+        let (loaded_at, table) = self.shared.current.read().unwrap().clone();
+        match loaded_at {
+            None => self.shared.reload().await.unwrap_or(table),
+            Some(at) if at.elapsed() >= self.ttl => {
+                if !self.shared.refreshing.swap(true, Ordering::AcqRel) {
+                    let shared = self.shared.clone();
+                    tokio::spawn(async move {
+                        let _ = shared.reload().await;
+                        shared.refreshing.store(false, Ordering::Release);
+                    });
+                }
+                table
             }
-            let _wait = self.refreshing.lock().await;
-            return self.current.read().unwrap().1.clone();
-        };
+            Some(_) => table,
+        }
+    }
+
+    pub fn invalidate(&self) {
+        self.shared.current.write().unwrap().0 = None;
+    }
+}
+
+impl Shared {
+    async fn reload(&self) -> Option<Arc<PriceTable>> {
         match self.store.prices().await {
             Ok(admin) => {
                 let mut fresh = self.base.clone();
@@ -53,16 +74,14 @@ impl PriceBook {
                 }
                 let fresh = Arc::new(fresh);
                 *self.current.write().unwrap() = (Some(Instant::now()), fresh.clone());
-                fresh
+                Some(fresh)
             }
             Err(e) => {
                 tracing::warn!(error = %e, "could not read admin prices; keeping the previous table");
-                table
+                // Try again after a TTL rather than on every request.
+                self.current.write().unwrap().0 = Some(Instant::now());
+                None
             }
         }
-    }
-
-    pub fn invalidate(&self) {
-        self.current.write().unwrap().0 = None;
     }
 }

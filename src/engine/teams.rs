@@ -1,6 +1,8 @@
 //! Team lookups with a short-lived cache, so the request path rarely touches the store for
-//! them. A team changed in the store is seen by every instance within the cache TTL. When the
-//! store fails, a stale entry is served rather than refusing a known team.
+//! them. An expired entry is served while it is re-read in the background, so a team changed in
+//! the store is seen by every instance within about the cache TTL and a slow store does not slow
+//! requests down. When the store fails, cached entries are served, and teams declared in the
+//! configuration are known even if they were never looked up before the outage.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -12,23 +14,60 @@ use crate::store::{Store, StoreError, StoreResult};
 
 type Entry = (Instant, Option<Arc<Team>>);
 
+/// Bound on cached lookups (including misses from unknown client ids).
+const MAX_ENTRIES: usize = 10_000;
+
 pub struct TeamDirectory {
     store: Arc<dyn Store>,
     breaker: Arc<Breaker>,
     ttl: Duration,
-    cache: RwLock<HashMap<String, Entry>>,
+    cache: Arc<RwLock<HashMap<String, Entry>>>,
+    /// Teams from the configuration file: the answer of last resort during an outage.
+    configured: Vec<Arc<Team>>,
 }
 
-/// Bound on cached lookups (including misses from unknown client ids).
-const MAX_ENTRIES: usize = 10_000;
+#[derive(Clone)]
+enum Lookup {
+    Id(String),
+    Client(String),
+}
+
+impl Lookup {
+    fn key(&self) -> String {
+        match self {
+            Lookup::Id(id) => format!("team:{id}"),
+            Lookup::Client(c) => format!("client:{c}"),
+        }
+    }
+
+    async fn load(&self, store: &dyn Store) -> StoreResult<Option<Team>> {
+        match self {
+            Lookup::Id(id) => store.team(id).await,
+            Lookup::Client(c) => store.team_for_client(c).await,
+        }
+    }
+
+    fn matches(&self, team: &Team) -> bool {
+        match self {
+            Lookup::Id(id) => &team.id == id,
+            Lookup::Client(c) => team.client_ids.iter().any(|x| x == c),
+        }
+    }
+}
 
 impl TeamDirectory {
-    pub fn new(store: Arc<dyn Store>, ttl: Duration, breaker: Arc<Breaker>) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        ttl: Duration,
+        breaker: Arc<Breaker>,
+        configured: Vec<Team>,
+    ) -> Self {
         Self {
             store,
             breaker,
             ttl,
-            cache: RwLock::new(HashMap::new()),
+            cache: Arc::new(RwLock::new(HashMap::new())),
+            configured: configured.into_iter().map(Arc::new).collect(),
         }
     }
 
@@ -38,39 +77,40 @@ impl TeamDirectory {
     }
 
     pub async fn by_id(&self, id: &str) -> StoreResult<Option<Arc<Team>>> {
-        let store = self.store.clone();
-        let id_owned = id.to_owned();
-        self.cached(
-            format!("team:{id}"),
-            async move { store.team(&id_owned).await },
-        )
-        .await
+        self.lookup(Lookup::Id(id.to_owned())).await
     }
 
     pub async fn by_client(&self, client_id: &str) -> StoreResult<Option<Arc<Team>>> {
-        let store = self.store.clone();
-        let client = client_id.to_owned();
-        self.cached(format!("client:{client_id}"), async move {
-            store.team_for_client(&client).await
-        })
-        .await
+        self.lookup(Lookup::Client(client_id.to_owned())).await
     }
 
-    async fn cached(
-        &self,
-        key: String,
-        load: impl Future<Output = StoreResult<Option<Team>>>,
-    ) -> StoreResult<Option<Arc<Team>>> {
-        let stale = match self.cache.read().unwrap().get(&key) {
-            Some((at, team)) if at.elapsed() < self.ttl => return Ok(team.clone()),
-            Some((_, team)) => Some(team.clone()),
-            None => None,
-        };
-        let loaded = if self.breaker.allows() {
-            load.await
-        } else if let Some(team) = stale {
-            // The store is known to be failing: the stale entry, without a doomed call first.
+    async fn lookup(&self, lookup: Lookup) -> StoreResult<Option<Arc<Team>>> {
+        let key = lookup.key();
+        let cached = self.cache.read().unwrap().get(&key).cloned();
+        if let Some((at, team)) = cached {
+            if at.elapsed() >= self.ttl && self.breaker.allows() {
+                // Re-read in the background; mark the entry fresh so one refresh runs, not many.
+                self.remember(&key, team.clone());
+                let (store, cache, lookup) =
+                    (self.store.clone(), self.cache.clone(), lookup.clone());
+                tokio::spawn(async move {
+                    match lookup.load(store.as_ref()).await {
+                        Ok(team) => {
+                            cache
+                                .write()
+                                .unwrap()
+                                .insert(lookup.key(), (Instant::now(), team.map(Arc::new)));
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "store failed; keeping the cached team")
+                        }
+                    }
+                });
+            }
             return Ok(team);
+        }
+        let loaded = if self.breaker.allows() {
+            lookup.load(self.store.as_ref()).await
         } else {
             Err(StoreError::Unavailable(
                 "not called: failing recently".into(),
@@ -79,24 +119,25 @@ impl TeamDirectory {
         match loaded {
             Ok(team) => {
                 let team = team.map(Arc::new);
-                let mut cache = self.cache.write().unwrap();
-                if cache.len() >= MAX_ENTRIES {
-                    let ttl = self.ttl;
-                    cache.retain(|_, (at, _)| at.elapsed() < ttl);
-                    if cache.len() >= MAX_ENTRIES {
-                        cache.clear();
-                    }
-                }
-                cache.insert(key, (Instant::now(), team.clone()));
+                self.remember(&key, team.clone());
                 Ok(team)
             }
-            Err(e) => match stale {
-                Some(team) => {
-                    tracing::warn!(error = %e, "store failed; serving a stale team entry");
-                    Ok(team)
-                }
+            Err(e) => match self.configured.iter().find(|t| lookup.matches(t)) {
+                Some(team) => Ok(Some(team.clone())),
                 None => Err(e),
             },
         }
+    }
+
+    fn remember(&self, key: &str, team: Option<Arc<Team>>) {
+        let mut cache = self.cache.write().unwrap();
+        if cache.len() >= MAX_ENTRIES {
+            let ttl = self.ttl;
+            cache.retain(|_, (at, _)| at.elapsed() < ttl);
+            if cache.len() >= MAX_ENTRIES {
+                cache.clear();
+            }
+        }
+        cache.insert(key.to_owned(), (Instant::now(), team));
     }
 }

@@ -13,6 +13,7 @@
 //! The `matched` fields hold the sensitive text itself: never log them. Use
 //! [`ApplyGuardrailResponse::policies_fired`] for logs and metrics.
 
+pub mod bedrock;
 pub mod local;
 
 use async_trait::async_trait;

@@ -45,8 +45,13 @@ use crate::policy::rate::BUCKET_MS;
 const STALE_LIMIT: Duration = Duration::from_secs(300);
 /// Markers of applied debits are kept this long: the longest outage a replay can follow.
 const DEBIT_MARKER_SECS: u64 = 14 * 86_400;
-/// Debits applied at once from one batch.
-const DEBIT_CONCURRENCY: usize = 16;
+/// TransactWriteItems takes at most 100 items.
+const TRANSACTION_ITEMS: usize = 100;
+/// Deadline of a debit: longer than admission's (it is off the request path), short enough that
+/// debits a hung DynamoDB holds reach the durable spool within seconds.
+const DEBIT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Deadline of table management and team or price writes (admin, startup).
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
 /// BatchGetItem takes at most 100 keys.
 const BATCH_GET_MAX: usize = 100;
 
@@ -139,6 +144,15 @@ fn number(item: &HashMap<String, AttributeValue>, name: &str) -> u64 {
         .map_or(0, |v| v.max(0) as u64)
 }
 
+/// Calls off the request path may take longer than `timeout_ms`, which is sized for admission.
+fn timeout_override(deadline: Duration) -> aws_sdk_dynamodb::config::Builder {
+    aws_sdk_dynamodb::config::Builder::default().timeout_config(
+        aws_config::timeout::TimeoutConfig::builder()
+            .operation_timeout(deadline)
+            .build(),
+    )
+}
+
 /// A finished minute's request bucket never changes again.
 fn is_final(key: &CounterKey, now_ms: u64) -> bool {
     key.counter
@@ -182,6 +196,8 @@ impl DynamoStore {
             .client
             .describe_table()
             .table_name(&self.table)
+            .customize()
+            .config_override(timeout_override(CONTROL_TIMEOUT))
             .send()
             .await
             .is_ok();
@@ -208,6 +224,8 @@ impl DynamoStore {
                 .key_schema(key("pk", KeyType::Hash))
                 .key_schema(key("sk", KeyType::Range))
                 .billing_mode(BillingMode::PayPerRequest)
+                .customize()
+                .config_override(timeout_override(CONTROL_TIMEOUT))
                 .send()
                 .await
                 .map_err(|e| unavailable("CreateTable", e))?;
@@ -223,6 +241,8 @@ impl DynamoStore {
                     .build()
                     .expect("TTL specification is complete"),
             )
+            .customize()
+            .config_override(timeout_override(CONTROL_TIMEOUT))
             .send()
             .await;
         if let Err(e) = ttl {
@@ -316,60 +336,75 @@ impl DynamoStore {
         Ok(found)
     }
 
-    async fn apply_one(&self, debit: &Debit) -> StoreResult<()> {
-        let mut items = vec![
-            TransactWriteItem::builder()
-                .put(
-                    Put::builder()
-                        .table_name(&self.table)
-                        .item("pk", s(format!("debit#{}", debit.id)))
-                        .item("sk", s("debit"))
-                        .item("expires_at", n(unix_now() + DEBIT_MARKER_SECS))
-                        .condition_expression("attribute_not_exists(pk)")
-                        .build()
-                        .map_err(|e| malformed("TransactWriteItems", e))?,
+    /// Applies debits in one transaction: a marker per debit (which must not exist yet) and one
+    /// `ADD` per counter with the debits' amounts summed, so a batch for one team is one call and
+    /// never conflicts with itself. If a marker exists (a replay), each debit is applied on its
+    /// own, and the ones already applied are skipped.
+    async fn apply_group(&self, debits: &[&Debit]) -> StoreResult<()> {
+        let mut sums: Vec<(&CounterKey, i64)> = Vec::new();
+        for (key, amount) in debits.iter().flat_map(|d| &d.amounts) {
+            match sums.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, sum)) => *sum += amount,
+                None => sums.push((key, *amount)),
+            }
+        }
+        let mut items = Vec::with_capacity(debits.len() + sums.len());
+        for debit in debits {
+            let marker = Put::builder()
+                .table_name(&self.table)
+                .item("pk", s(format!("debit#{}", debit.id)))
+                .item("sk", s("debit"))
+                .item("expires_at", n(unix_now() + DEBIT_MARKER_SECS))
+                .condition_expression("attribute_not_exists(pk)")
+                .build()
+                .map_err(|e| malformed("TransactWriteItems", e))?;
+            items.push(TransactWriteItem::builder().put(marker).build());
+        }
+        for (key, amount) in &sums {
+            let add = Update::builder()
+                .table_name(&self.table)
+                .set_key(Some(counter_item_key(key)))
+                .update_expression(
+                    "ADD v :amount SET expires_at = if_not_exists(expires_at, :expires)",
                 )
-                .build(),
-        ];
-        for (key, amount) in &debit.amounts {
-            items.push(
-                TransactWriteItem::builder()
-                    .update(
-                        Update::builder()
-                            .table_name(&self.table)
-                            .set_key(Some(counter_item_key(key)))
-                            .update_expression("ADD v :amount SET expires_at = if_not_exists(expires_at, :expires)")
-                            .expression_attribute_values(":amount", n(amount))
-                            .expression_attribute_values(":expires", n(key.expires_at))
-                            .build()
-                            .map_err(|e| malformed("TransactWriteItems", e))?,
-                    )
-                    .build(),
-            );
+                .expression_attribute_values(":amount", n(amount))
+                .expression_attribute_values(":expires", n(key.expires_at))
+                .build()
+                .map_err(|e| malformed("TransactWriteItems", e))?;
+            items.push(TransactWriteItem::builder().update(add).build());
         }
         self.count("TransactWriteItems");
-        match self
+        let outcome = self
             .client
             .transact_write_items()
             .set_transact_items(Some(items))
+            .customize()
+            .config_override(timeout_override(DEBIT_TIMEOUT))
             .send()
-            .await
-        {
+            .await;
+        match outcome {
             Ok(_) => {
                 let mut cache = self.cache.lock().unwrap();
-                for (key, amount) in &debit.amounts {
+                for (key, amount) in sums {
                     if let Some(c) = cache.get_mut(&key.id()) {
-                        c.value = c.value.saturating_add_signed(*amount);
+                        c.value = c.value.saturating_add_signed(amount);
                     }
                 }
                 Ok(())
             }
             Err(SdkError::ServiceError(e))
                 if matches!(e.err(), TransactWriteItemsError::TransactionCanceledException(t)
-                    if t.cancellation_reasons().first().and_then(|r| r.code()) == Some("ConditionalCheckFailed")) =>
+                    if t.cancellation_reasons().iter().any(|r| r.code() == Some("ConditionalCheckFailed"))) =>
             {
-                tracing::debug!(debit = %debit.id, "debit already applied");
-                metrics::counter!("tollgate_debits_total", "result" => "duplicate").increment(1);
+                if let [debit] = debits {
+                    tracing::debug!(debit = %debit.id, "debit already applied");
+                    metrics::counter!("tollgate_debits_total", "result" => "duplicate")
+                        .increment(1);
+                    return Ok(());
+                }
+                for debit in debits {
+                    Box::pin(self.apply_group(&[*debit])).await?;
+                }
                 Ok(())
             }
             Err(e) => Err(unavailable("TransactWriteItems", e)),
@@ -384,6 +419,8 @@ impl DynamoStore {
             .item("pk", s(pk))
             .item("sk", s(sk))
             .item("doc", s(json))
+            .customize()
+            .config_override(timeout_override(CONTROL_TIMEOUT))
             .send()
             .await
             .map_err(|e| unavailable("PutItem", e))?;
@@ -399,6 +436,8 @@ impl DynamoStore {
             .key("pk", s(pk))
             .key("sk", s(sk))
             .return_values(ReturnValue::AllOld)
+            .customize()
+            .config_override(timeout_override(CONTROL_TIMEOUT))
             .send()
             .await
             .map_err(|e| unavailable("DeleteItem", e))?;
@@ -589,13 +628,25 @@ impl Store for DynamoStore {
     }
 
     async fn apply_debits(&self, debits: &[Debit]) -> StoreResult<()> {
-        for chunk in debits.chunks(DEBIT_CONCURRENCY) {
-            let results =
-                futures_util::future::join_all(chunk.iter().map(|d| self.apply_one(d))).await;
-            // Applied debits are not applied again when the batch is retried: their markers exist.
-            if let Some(e) = results.into_iter().find_map(Result::err) {
-                return Err(e);
+        // Groups fit TransactWriteItems' 100 items: a marker per debit plus each distinct counter.
+        let mut group: Vec<&Debit> = Vec::new();
+        let mut keys: std::collections::HashSet<&CounterKey> = std::collections::HashSet::new();
+        for debit in debits {
+            let new_keys = debit
+                .amounts
+                .iter()
+                .filter(|(k, _)| !keys.contains(k))
+                .count();
+            if !group.is_empty() && group.len() + 1 + keys.len() + new_keys > TRANSACTION_ITEMS {
+                self.apply_group(&group).await?;
+                group.clear();
+                keys.clear();
             }
+            group.push(debit);
+            keys.extend(debit.amounts.iter().map(|(k, _)| k));
+        }
+        if !group.is_empty() {
+            self.apply_group(&group).await?;
         }
         Ok(())
     }

@@ -19,6 +19,7 @@ ANTHROPIC_ERROR_TYPES = {
     403: "permission_error",
     413: "request_too_large",
     429: "rate_limit_error",
+    503: "api_error",  # policy_unavailable (the store failed, fail_mode closed)
 }
 
 

@@ -438,11 +438,15 @@ def render_tollgate_config(
     pricing: dict | None = None,
     budgets: dict | None = None,
     policy: dict | None = None,
+    store: dict | None = None,
 ) -> str:
     """`identity` adds or replaces [identity] keys; a `jwks_url` there replaces the JWKS file.
     `pricing`, `budgets` and `policy` become those sections, e.g.
     `pricing={"unknown_model": "default", "default_price": {"input": 10.0, "output": 30.0},
-    "models": {"my-model": {"input": 1000.0, "output": 1000.0}}}`."""
+    "models": {"my-model": {"input": 1000.0, "output": 1000.0}}}`.
+    `store`, when given, is the whole [store] section instead of `store_backend`/`store_path`; its
+    dict values become sub-tables: `{"backend": "dynamodb", "dynamodb": {"table": "t"}}` renders
+    `[store]` with `backend` and `[store.dynamodb]` with `table`."""
     identity = dict(identity or {})
     lines = [
         "[server]",
@@ -459,9 +463,13 @@ def render_tollgate_config(
         lines.append(f"{key} = {value if isinstance(value, int) else _q(value)}")
     if team_claim:
         lines.append(f"team_claim = {_q(team_claim)}")
-    lines += [f"trust_upstream = {'true' if trust_upstream else 'false'}", "", "[store]", f"backend = {_q(store_backend)}"]
-    if store_path is not None:
-        lines.append(f"path = {_q(store_path)}")
+    lines.append(f"trust_upstream = {'true' if trust_upstream else 'false'}")
+    if store is not None:
+        lines += _store_tables(store)
+    else:
+        lines += ["", "[store]", f"backend = {_q(store_backend)}"]
+        if store_path is not None:
+            lines.append(f"path = {_q(store_path)}")
     for section, table in (("policy", policy), ("pricing", pricing), ("budgets", budgets)):
         if table is not None:
             lines += _toml_table(section, table)
@@ -486,6 +494,18 @@ def render_tollgate_config(
         if t.allowed_models is not None:
             lines.append(f"allowed_models = {_toml_value(list(t.allowed_models))}")
     return "\n".join(lines) + "\n"
+
+
+def _store_tables(store: dict) -> list[str]:
+    """`[store]` with its scalars, then `[store.<name>]` for each dict value (backend settings)."""
+    lines = ["", "[store]"]
+    subs: list[str] = []
+    for k, v in store.items():
+        if isinstance(v, dict):
+            subs += ["", f"[store.{_toml_key(k)}]"] + [f"{_toml_key(sk)} = {_toml_value(sv)}" for sk, sv in v.items()]
+        else:
+            lines.append(f"{_toml_key(k)} = {_toml_value(v)}")
+    return lines + subs
 
 
 _PORT_RE = re.compile(r"(port_value:\s*)(\d+)")
@@ -541,8 +561,13 @@ class Stack:
         pricing: dict | None = None,
         budgets: dict | None = None,
         policy: dict | None = None,
+        store: dict | None = None,
+        tollgate_env: dict | None = None,
         tollgate_bin: Path | None = None,
     ):
+        """`store` replaces `store_backend` with a whole [store] section (see render_tollgate_config);
+        a dynamodb store without a `spool_path` gets `<workdir>/spool.redb` (`self.spool_path`).
+        `tollgate_env` is added to tollgate's environment (e.g. AWS credentials for DynamoDB Local)."""
         self.name = name
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -557,6 +582,16 @@ class Stack:
         self.http_port = free_port()
         self.upstream_port = free_port()
         self.store_path = self.workdir / "tollgate.redb"
+        self.spool_path: Path | None = None
+        if store is not None:
+            store = {k: (dict(v) if isinstance(v, dict) else v) for k, v in store.items()}
+            store_backend = str(store.get("backend", store_backend))
+            if store_backend == "dynamodb":
+                ddb = store.setdefault("dynamodb", {})
+                ddb.setdefault("spool_path", str(self.workdir / "spool.redb"))
+                self.spool_path = Path(ddb["spool_path"])
+        self.store = store
+        self.store_backend = store_backend
         self.config_path = self.workdir / "tollgate.toml"
         self.config_path.write_text(
             render_tollgate_config(
@@ -572,6 +607,7 @@ class Stack:
                 pricing=pricing,
                 budgets=budgets,
                 policy=policy,
+                store=store,
             )
         )
         self.envoy_yaml = self.workdir / f"envoy-{envoy_config}"
@@ -590,7 +626,7 @@ class Stack:
             f"{name}-tollgate",
             [self.tollgate_bin, "serve", "--config", self.config_path],
             logs,
-            env={"RUST_LOG": os.environ.get("E2E_TOLLGATE_RUST_LOG", "info"), "NO_COLOR": "1"},
+            env={"RUST_LOG": os.environ.get("E2E_TOLLGATE_RUST_LOG", "info"), "NO_COLOR": "1", **(tollgate_env or {})},
             # tollgate reads TOLLGATE_* as configuration: pass only what a test sets on purpose.
             scrub_env_prefix="TOLLGATE_",
         )
