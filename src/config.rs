@@ -13,6 +13,10 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{EngineSettings, FailMode, FailModes, UnknownModel};
+use crate::guardrail::bedrock::BedrockSettings;
+use crate::guardrail::local::{LocalGuardrail, LocalGuardrailConfig};
+use crate::guardrail::service::Mode as GuardrailMode;
+use crate::llm::texts::Scope;
 use crate::policy::pricing::{PriceSource, PriceTable, PriceUsd};
 use crate::policy::{LimitOverrides, Team, Tier, TierTable};
 
@@ -25,6 +29,7 @@ pub struct Settings {
     pub policy: PolicySettings,
     pub pricing: PricingSettings,
     pub budgets: BudgetSettings,
+    pub guardrail: GuardrailSettings,
     pub log: LogSettings,
     /// Overrides of tier defaults, e.g. `[tiers.standard] rpm = 150`.
     pub tiers: HashMap<Tier, LimitOverrides>,
@@ -218,6 +223,38 @@ impl Default for BudgetSettings {
     }
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GuardrailBackend {
+    Local,
+    Bedrock,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GuardrailSettings {
+    /// off | observe (default: assess, log, count, never block) | enforce.
+    pub mode: GuardrailMode,
+    /// Bedrock when `[guardrail.bedrock]` is set, else the local engine, unless chosen here.
+    pub backend: Option<GuardrailBackend>,
+    /// Which texts of a prompt are assessed: `latest` (default) or `all`.
+    pub scope: Scope,
+    /// Enforce mode when the guardrail fails: `closed` (default, 503) or `open`.
+    pub fail_mode: FailMode,
+    pub local: LocalGuardrailConfig,
+    pub bedrock: Option<BedrockSettings>,
+}
+
+impl GuardrailSettings {
+    pub fn backend(&self) -> GuardrailBackend {
+        self.backend.unwrap_or(if self.bedrock.is_some() {
+            GuardrailBackend::Bedrock
+        } else {
+            GuardrailBackend::Local
+        })
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -245,7 +282,16 @@ impl Default for LogSettings {
 
 /// Top-level keys of [`Settings`].
 const SECTIONS: &[&str] = &[
-    "server", "identity", "store", "policy", "log", "tiers", "teams",
+    "server",
+    "identity",
+    "store",
+    "policy",
+    "pricing",
+    "budgets",
+    "guardrail",
+    "log",
+    "tiers",
+    "teams",
 ];
 
 impl Settings {
@@ -296,6 +342,14 @@ impl Settings {
         if self.identity.jwks_file.is_some() && self.identity.jwks_url.is_some() {
             bail!("identity: set jwks_file or jwks_url, not both");
         }
+        if self.guardrail.backend() == GuardrailBackend::Bedrock && self.guardrail.bedrock.is_none()
+        {
+            bail!(
+                "guardrail.backend = \"bedrock\" needs [guardrail.bedrock] with guardrail_id and guardrail_version"
+            );
+        }
+        LocalGuardrail::new(self.guardrail.local.clone())
+            .map_err(|e| anyhow::anyhow!("guardrail.local: {e}"))?;
         if let Some(t) = self
             .budgets
             .warn_at_percent

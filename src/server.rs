@@ -14,9 +14,14 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::admin::Admin;
 use crate::admin::http::{AdminState, router as admin_router};
-use crate::config::{Settings, StoreBackend};
+use crate::config::{GuardrailBackend, Settings, StoreBackend};
+use crate::engine::FailMode;
 use crate::engine::{Engine, SystemClock};
 use crate::extproc::{Context, ExtProcService};
+use crate::guardrail::Guardrail;
+use crate::guardrail::bedrock::BedrockGuardrail;
+use crate::guardrail::local::LocalGuardrail;
+use crate::guardrail::service::{GuardrailService, Mode as GuardrailMode};
 use crate::http::{OpsState, router};
 use crate::identity::{Authenticator, JwksSource, KeySet, Verification};
 use crate::store::{DynamoStore, EmbeddedStore, MemoryStore, Spool, Store};
@@ -95,6 +100,34 @@ pub async fn authenticator(settings: &Settings) -> anyhow::Result<Authenticator>
     ))
 }
 
+/// The configured guardrail, or `None` when guardrails are off.
+pub async fn guardrail_service(
+    settings: &Settings,
+) -> anyhow::Result<Option<Arc<GuardrailService>>> {
+    let g = &settings.guardrail;
+    if g.mode == GuardrailMode::Off {
+        return Ok(None);
+    }
+    let backend: Arc<dyn Guardrail> = match (g.backend(), &g.bedrock) {
+        (GuardrailBackend::Bedrock, Some(bedrock)) => {
+            Arc::new(BedrockGuardrail::connect(bedrock).await)
+        }
+        (GuardrailBackend::Bedrock, None) => {
+            anyhow::bail!("guardrail.backend = \"bedrock\" needs [guardrail.bedrock]")
+        }
+        (GuardrailBackend::Local, _) => Arc::new(
+            LocalGuardrail::new(g.local.clone())
+                .map_err(|e| anyhow::anyhow!("guardrail.local: {e}"))?,
+        ),
+    };
+    tracing::info!(mode = ?g.mode, backend = backend.name(), version = backend.version(), "guardrail on");
+    Ok(Some(Arc::new(GuardrailService::new(
+        backend,
+        g.mode,
+        g.fail_mode == FailMode::Closed,
+    ))))
+}
+
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let metrics = crate::telemetry::init_metrics()?;
     let (store, spool) = open_store(&settings).await?;
@@ -126,11 +159,14 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         admin: Admin::new(engine.clone()),
         auth: Some(auth.clone()),
     });
+    let guardrail = guardrail_service(&settings).await?;
     let extproc = ExtProcService::new(Arc::new(Context {
         engine: engine.clone(),
         auth,
         max_request_body_bytes: settings.server.max_request_body_bytes,
         max_response_json_bytes: settings.server.max_response_json_bytes,
+        guardrail,
+        guardrail_scope: settings.guardrail.scope,
     }));
     let exchanges = extproc.exchanges();
     let abandon = extproc.abandon_token();

@@ -57,6 +57,8 @@ async fn start() -> Harness {
         auth,
         max_request_body_bytes: 1 << 20,
         max_response_json_bytes: 1 << 20,
+        guardrail: None,
+        guardrail_scope: Default::default(),
     }));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -21,7 +21,9 @@ use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::engine::Engine;
+use crate::guardrail::service::GuardrailService;
 use crate::identity::Authenticator;
+use crate::llm::texts::Scope;
 
 pub use stream::Exchange;
 
@@ -33,6 +35,10 @@ pub struct Context {
     pub max_request_body_bytes: usize,
     /// Non-streamed response bodies are buffered up to this for usage extraction.
     pub max_response_json_bytes: usize,
+    /// Content guardrails; `None` when they are off.
+    pub guardrail: Option<Arc<GuardrailService>>,
+    /// Which texts of a prompt the guardrail assesses.
+    pub guardrail_scope: Scope,
 }
 
 #[derive(Clone)]

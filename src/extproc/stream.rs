@@ -22,8 +22,11 @@ use super::Context;
 use super::envoy::{self, header};
 use crate::contract::{rate_headers, rejection_reply};
 use crate::engine::{ModelCall, Ticket};
+use crate::guardrail::Source;
+use crate::guardrail::service::Outcome;
 use crate::identity::INVOKE_SCOPE;
-use crate::llm::{ApiKind, RequestFacts, UsageTracker, parse_request};
+use crate::llm::texts::{replace_texts, request_texts};
+use crate::llm::{ApiKind, ParsedRequest, RequestFacts, UsageTracker, parse_request};
 use crate::policy::{Rejection, RejectionKind, Team, Usage};
 
 const JWT_AUTHN_NAMESPACE: &str = "envoy.filters.http.jwt_authn";
@@ -42,6 +45,8 @@ pub struct Exchange {
     ticket: Option<Ticket>,
     response_started: bool,
     tracker: Option<UsageTracker>,
+    /// `x-tollgate-guardrail` for the response: what the input guardrail did or would do.
+    guardrail_note: Option<&'static str>,
 }
 
 impl Exchange {
@@ -58,6 +63,7 @@ impl Exchange {
             ticket: None,
             response_started: false,
             tracker: None,
+            guardrail_note: None,
         }
     }
 
@@ -215,17 +221,61 @@ impl Exchange {
                 return self.refuse_here(Rejection::new(RejectionKind::InvalidBody, e.to_string()));
             }
         };
-        let facts = parsed.facts;
+        let mut parsed = parsed;
         let call = ModelCall {
-            model: &facts.model,
-            prompt_chars: facts.prompt_chars,
-            max_output_tokens: facts.max_output_tokens,
+            model: &parsed.facts.model,
+            prompt_chars: parsed.facts.prompt_chars,
+            max_output_tokens: parsed.facts.max_output_tokens,
         };
         if let Err(rejection) = self.admit(&team, Some(call)).await {
             return self.refuse(rejection);
         }
-        self.facts = Some(facts);
-        envoy::request_body_reply(parsed.rewritten)
+        if let Some(refusal) = self.guard_prompt(&mut parsed).await {
+            // Never reached the model: nothing to charge (the RPM slot stays used).
+            self.settle(Usage::default());
+            return refusal;
+        }
+        let reply = envoy::request_body_reply(parsed.rewritten());
+        self.facts = Some(parsed.facts);
+        reply
+    }
+
+    /// Runs the input guardrail on the prompt's new texts. Masks them in the body, or returns the
+    /// refusal to send instead of forwarding.
+    async fn guard_prompt(&mut self, parsed: &mut ParsedRequest) -> Option<ProcessingResponse> {
+        let guard = self.ctx.guardrail.clone()?;
+        let slots = request_texts(self.api, &parsed.body, self.ctx.guardrail_scope);
+        if slots.is_empty() {
+            return None;
+        }
+        let texts: Vec<String> = slots.iter().map(|s| s.text.clone()).collect();
+        match guard.check(Source::Input, &texts).await {
+            Outcome::Pass { note } => self.guardrail_note = note,
+            Outcome::Mask { texts: masked } => {
+                let replacements: Vec<(String, String)> = slots
+                    .into_iter()
+                    .zip(masked)
+                    .filter(|(slot, text)| &slot.text != text)
+                    .map(|(slot, text)| (slot.pointer, text))
+                    .collect();
+                replace_texts(&mut parsed.body, &replacements);
+                parsed.changed = true;
+                self.guardrail_note = Some("anonymized");
+            }
+            Outcome::Block { message, policies } => {
+                let mut rejection = Rejection::new(RejectionKind::GuardrailIntervened, message);
+                rejection.policies = policies;
+                return Some(self.refuse_here(rejection));
+            }
+            Outcome::Unavailable { error } => {
+                tracing::warn!(%error, "guardrail unavailable; refusing (fail mode closed)");
+                return Some(self.refuse_here(Rejection::new(
+                    RejectionKind::GuardrailUnavailable,
+                    "content guardrail unavailable",
+                )));
+            }
+        }
+        None
     }
 
     fn on_response_headers(&mut self, headers: HttpHeaders) -> ProcessingResponse {
@@ -235,6 +285,9 @@ impl Exchange {
             return envoy::response_headers_reply(&[], true);
         };
         let mut set = rate_headers(&ticket.rate);
+        if let Some(note) = self.guardrail_note {
+            set.push(("x-tollgate-guardrail", note.to_owned()));
+        }
         if let Some(warning) = &ticket.budget_warning {
             set.push(("x-tollgate-budget-warning", warning.clone()));
         }

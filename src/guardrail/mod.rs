@@ -15,6 +15,7 @@
 
 pub mod bedrock;
 pub mod local;
+pub mod service;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};

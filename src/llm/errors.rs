@@ -15,6 +15,9 @@ pub fn rejection_body(api: ApiKind, rejection: &Rejection) -> Vec<u8> {
     if let Some(secs) = rejection.retry_after_secs {
         body["retry_after_seconds"] = json!(secs);
     }
+    if !rejection.policies.is_empty() {
+        body["policies"] = json!(rejection.policies);
+    }
     let kind = rejection.kind;
     match api {
         ApiKind::AnthropicMessages => {
@@ -44,10 +47,11 @@ fn openai_type(kind: RejectionKind) -> &'static str {
         RejectionKind::Forbidden | RejectionKind::UnknownTeam | RejectionKind::ModelNotAllowed => {
             "permission_error"
         }
-        RejectionKind::InvalidBody | RejectionKind::BodyTooLarge | RejectionKind::UnknownModel => {
-            "invalid_request_error"
-        }
-        RejectionKind::Unavailable => "server_error",
+        RejectionKind::InvalidBody
+        | RejectionKind::BodyTooLarge
+        | RejectionKind::UnknownModel
+        | RejectionKind::GuardrailIntervened => "invalid_request_error",
+        RejectionKind::Unavailable | RejectionKind::GuardrailUnavailable => "server_error",
     }
 }
 
@@ -62,9 +66,11 @@ fn anthropic_type(kind: RejectionKind) -> &'static str {
         RejectionKind::Forbidden | RejectionKind::UnknownTeam | RejectionKind::ModelNotAllowed => {
             "permission_error"
         }
-        RejectionKind::InvalidBody | RejectionKind::UnknownModel => "invalid_request_error",
+        RejectionKind::InvalidBody
+        | RejectionKind::UnknownModel
+        | RejectionKind::GuardrailIntervened => "invalid_request_error",
         RejectionKind::BodyTooLarge => "request_too_large",
-        RejectionKind::Unavailable => "api_error",
+        RejectionKind::Unavailable | RejectionKind::GuardrailUnavailable => "api_error",
     }
 }
 

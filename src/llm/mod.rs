@@ -4,6 +4,7 @@
 pub mod errors;
 pub mod request;
 pub mod sse;
+pub mod texts;
 pub mod usage;
 
 pub use request::{BodyError, ParsedRequest, RequestFacts, parse_request};

@@ -17,8 +17,18 @@ pub struct RequestFacts {
 #[derive(Debug)]
 pub struct ParsedRequest {
     pub facts: RequestFacts,
-    /// The body to forward instead of the original, when tollgate had to change it.
-    pub rewritten: Option<Vec<u8>>,
+    /// The body, with any change tollgate made to it.
+    pub body: Value,
+    /// Whether `body` differs from what the client sent.
+    pub changed: bool,
+}
+
+impl ParsedRequest {
+    /// The body to forward instead of the original, when tollgate changed it.
+    pub fn rewritten(&self) -> Option<Vec<u8>> {
+        self.changed
+            .then(|| serde_json::to_vec(&self.body).expect("a parsed JSON value serializes"))
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -63,8 +73,7 @@ pub fn parse_request(api: ApiKind, body: &[u8]) -> Result<ParsedRequest, BodyErr
         .filter_map(|k| object.get(*k))
         .map(text_chars)
         .sum();
-    let rewritten = (api == ApiKind::OpenAiChat && stream && request_usage_in_stream(object))
-        .then(|| serde_json::to_vec(&value).expect("a parsed JSON value serializes"));
+    let changed = api == ApiKind::OpenAiChat && stream && request_usage_in_stream(object);
     Ok(ParsedRequest {
         facts: RequestFacts {
             model,
@@ -72,7 +81,8 @@ pub fn parse_request(api: ApiKind, body: &[u8]) -> Result<ParsedRequest, BodyErr
             max_output_tokens,
             prompt_chars,
         },
-        rewritten,
+        body: value,
+        changed,
     })
 }
 
@@ -134,7 +144,7 @@ mod tests {
         assert_eq!(p.facts.max_output_tokens, Some(512));
         assert_eq!(p.facts.prompt_chars, "Be brief.".len() as u64 + 5);
         assert!(
-            p.rewritten.is_none(),
+            p.rewritten().is_none(),
             "Anthropic streams report usage unasked"
         );
     }
@@ -145,7 +155,7 @@ mod tests {
             ApiKind::OpenAiChat,
             json!({"model": "gpt-4o", "stream": true, "messages": [{"role": "user", "content": "hi"}]}),
         );
-        let body: Value = serde_json::from_slice(&p.rewritten.unwrap()).unwrap();
+        let body: Value = serde_json::from_slice(&p.rewritten().unwrap()).unwrap();
         assert_eq!(body["stream_options"]["include_usage"], json!(true));
         assert_eq!(body["messages"][0]["content"], json!("hi"));
     }
@@ -156,12 +166,12 @@ mod tests {
             ApiKind::OpenAiChat,
             json!({"model": "gpt-4o", "stream": true, "stream_options": {"include_usage": true}, "messages": []}),
         );
-        assert!(asked.rewritten.is_none());
+        assert!(asked.rewritten().is_none());
         let plain = parse(
             ApiKind::OpenAiChat,
             json!({"model": "gpt-4o", "messages": []}),
         );
-        assert!(plain.rewritten.is_none());
+        assert!(plain.rewritten().is_none());
     }
 
     #[test]
@@ -170,7 +180,7 @@ mod tests {
             ApiKind::OpenAiChat,
             json!({"model": "m", "stream": true, "stream_options": {"include_usage": false, "x": 1}}),
         );
-        let body: Value = serde_json::from_slice(&p.rewritten.unwrap()).unwrap();
+        let body: Value = serde_json::from_slice(&p.rewritten().unwrap()).unwrap();
         assert_eq!(
             body["stream_options"],
             json!({"include_usage": true, "x": 1})

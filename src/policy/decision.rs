@@ -11,6 +11,10 @@ pub enum RejectionKind {
     ModelBudgetExceeded,
     ModelNotAllowed,
     UnknownModel,
+    /// A content guardrail blocked the prompt (enforce mode).
+    GuardrailIntervened,
+    /// The guardrail failed and its fail mode is closed.
+    GuardrailUnavailable,
     Unauthenticated,
     Forbidden,
     UnknownTeam,
@@ -29,9 +33,9 @@ impl RejectionKind {
             | Self::ModelBudgetExceeded => 429,
             Self::Unauthenticated => 401,
             Self::Forbidden | Self::UnknownTeam | Self::ModelNotAllowed => 403,
-            Self::InvalidBody | Self::UnknownModel => 400,
+            Self::InvalidBody | Self::UnknownModel | Self::GuardrailIntervened => 400,
             Self::BodyTooLarge => 413,
-            Self::Unavailable => 503,
+            Self::Unavailable | Self::GuardrailUnavailable => 503,
         }
     }
 
@@ -44,6 +48,8 @@ impl RejectionKind {
             Self::ModelBudgetExceeded => "model_budget_exceeded",
             Self::ModelNotAllowed => "model_not_allowed",
             Self::UnknownModel => "unknown_model",
+            Self::GuardrailIntervened => "guardrail_intervened",
+            Self::GuardrailUnavailable => "guardrail_unavailable",
             Self::Unauthenticated => "unauthenticated",
             Self::Forbidden => "forbidden",
             Self::UnknownTeam => "unknown_team",
@@ -55,7 +61,10 @@ impl RejectionKind {
 
     /// Whether retrying the same request soon can succeed. SDKs are told not to retry otherwise.
     pub fn retryable(self) -> bool {
-        matches!(self, Self::RpmExceeded | Self::Unavailable)
+        matches!(
+            self,
+            Self::RpmExceeded | Self::Unavailable | Self::GuardrailUnavailable
+        )
     }
 }
 
@@ -78,6 +87,8 @@ pub struct Rejection {
     pub reason: String,
     pub retry_after_secs: Option<u64>,
     pub rate: Option<RateHeaders>,
+    /// Guardrail policies that fired (names only, never the matched text).
+    pub policies: Vec<String>,
 }
 
 impl Rejection {
@@ -87,6 +98,7 @@ impl Rejection {
             reason: reason.into(),
             retry_after_secs: None,
             rate: None,
+            policies: Vec::new(),
         }
     }
 
@@ -99,6 +111,7 @@ impl Rejection {
             ),
             retry_after_secs: Some(retry_after_secs),
             rate: Some(rate),
+            policies: Vec::new(),
         }
     }
 
@@ -114,6 +127,7 @@ impl Rejection {
             reason,
             retry_after_secs: Some(retry_after_secs),
             rate: Some(rate),
+            policies: Vec::new(),
         }
     }
 
@@ -128,6 +142,7 @@ impl Rejection {
             reason: format!("Daily token limit exceeded ({used}/{limit} tokens today)"),
             retry_after_secs: Some(retry_after_secs),
             rate: Some(rate),
+            policies: Vec::new(),
         }
     }
 }

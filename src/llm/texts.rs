@@ -1,0 +1,239 @@
+//! The texts of a request that guardrails assess, with where each sits in the body (a JSON
+//! pointer), so that masked texts can be written back in place. By default only what is new in
+//! the conversation is taken: the system prompt or instructions plus the messages after the last
+//! assistant turn (the latest user message and tool results), not the whole history every time.
+
+use serde_json::Value;
+
+use super::ApiKind;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// System prompt or instructions, and the messages after the last assistant turn.
+    #[default]
+    Latest,
+    /// Every non-assistant message.
+    All,
+}
+
+/// One text of the body and its JSON pointer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TextSlot {
+    pub pointer: String,
+    pub text: String,
+}
+
+pub fn request_texts(api: ApiKind, body: &Value, scope: Scope) -> Vec<TextSlot> {
+    let mut slots = Vec::new();
+    match api {
+        ApiKind::OpenAiChat => {
+            let messages = body
+                .get("messages")
+                .and_then(Value::as_array)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            let from = first_new(messages, scope, |m| role(m) == Some("assistant"));
+            for (i, m) in messages.iter().enumerate() {
+                let system = matches!(role(m), Some("system" | "developer"));
+                if role(m) == Some("assistant") || (i < from && !system) {
+                    continue;
+                }
+                content(
+                    m.get("content"),
+                    &format!("/messages/{i}/content"),
+                    &mut slots,
+                );
+            }
+        }
+        ApiKind::AnthropicMessages => {
+            content(body.get("system"), "/system", &mut slots);
+            let messages = body
+                .get("messages")
+                .and_then(Value::as_array)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            let from = first_new(messages, scope, |m| role(m) == Some("assistant"));
+            for (i, m) in messages.iter().enumerate().skip(from) {
+                if role(m) != Some("assistant") {
+                    content(
+                        m.get("content"),
+                        &format!("/messages/{i}/content"),
+                        &mut slots,
+                    );
+                }
+            }
+        }
+        ApiKind::OpenAiResponses => {
+            text(body.get("instructions"), "/instructions", &mut slots);
+            match body.get("input") {
+                Some(Value::String(_)) => text(body.get("input"), "/input", &mut slots),
+                Some(Value::Array(items)) => {
+                    let from = first_new(items, scope, |m| role(m) == Some("assistant"));
+                    for (i, item) in items.iter().enumerate().skip(from) {
+                        if role(item) == Some("assistant") {
+                            continue;
+                        }
+                        content(
+                            item.get("content"),
+                            &format!("/input/{i}/content"),
+                            &mut slots,
+                        );
+                        // Tool results come back as function_call_output items.
+                        text(
+                            item.get("output"),
+                            &format!("/input/{i}/output"),
+                            &mut slots,
+                        );
+                    }
+                }
+                _ => {}
+            }
+        }
+        ApiKind::Other => {}
+    }
+    slots
+}
+
+/// Writes `(pointer, text)` replacements into the body.
+pub fn replace_texts(body: &mut Value, replacements: &[(String, String)]) {
+    for (pointer, text) in replacements {
+        if let Some(slot) = body.pointer_mut(pointer) {
+            *slot = Value::String(text.clone());
+        }
+    }
+}
+
+fn role(message: &Value) -> Option<&str> {
+    message.get("role").and_then(Value::as_str)
+}
+
+/// Index of the first message to assess: after the last one `is_assistant` marks, for `Latest`.
+fn first_new(messages: &[Value], scope: Scope, is_assistant: impl Fn(&Value) -> bool) -> usize {
+    match scope {
+        Scope::All => 0,
+        Scope::Latest => messages.iter().rposition(is_assistant).map_or(0, |i| i + 1),
+    }
+}
+
+fn text(value: Option<&Value>, pointer: &str, slots: &mut Vec<TextSlot>) {
+    if let Some(Value::String(s)) = value
+        && !s.trim().is_empty()
+    {
+        slots.push(TextSlot {
+            pointer: pointer.to_owned(),
+            text: s.clone(),
+        });
+    }
+}
+
+/// A `content` value: a string, or blocks with text in `text` (OpenAI parts, Anthropic blocks) or,
+/// for Anthropic tool results, in their own nested `content`.
+fn content(value: Option<&Value>, pointer: &str, slots: &mut Vec<TextSlot>) {
+    match value {
+        Some(Value::String(_)) => text(value, pointer, slots),
+        Some(Value::Array(blocks)) => {
+            for (j, block) in blocks.iter().enumerate() {
+                let at = format!("{pointer}/{j}");
+                match block.get("type").and_then(Value::as_str) {
+                    Some("text" | "input_text") => {
+                        text(block.get("text"), &format!("{at}/text"), slots)
+                    }
+                    Some("tool_result") => {
+                        content(block.get("content"), &format!("{at}/content"), slots)
+                    }
+                    _ => {}
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pointers(slots: &[TextSlot]) -> Vec<&str> {
+        slots.iter().map(|s| s.pointer.as_str()).collect()
+    }
+
+    #[test]
+    fn openai_chat_latest_turn_and_system_prompt() {
+        let body = json!({"messages": [
+            {"role": "system", "content": "be kind"},
+            {"role": "user", "content": "old question with a@b.example"},
+            {"role": "assistant", "content": "old answer"},
+            {"role": "user", "content": [{"type": "text", "text": "new question"}, {"type": "image_url", "image_url": {}}]},
+            {"role": "tool", "tool_call_id": "t1", "content": "tool output"},
+        ]});
+        let slots = request_texts(ApiKind::OpenAiChat, &body, Scope::Latest);
+        assert_eq!(
+            pointers(&slots),
+            vec![
+                "/messages/0/content",
+                "/messages/3/content/0/text",
+                "/messages/4/content"
+            ]
+        );
+        let all = request_texts(ApiKind::OpenAiChat, &body, Scope::All);
+        assert_eq!(all.len(), 4, "every non-assistant message");
+    }
+
+    #[test]
+    fn anthropic_system_blocks_and_tool_results() {
+        let body = json!({"system": [{"type": "text", "text": "sys"}], "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "x", "name": "f", "input": {}}]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "x", "content": [{"type": "text", "text": "result"}]},
+                {"type": "text", "text": "and now?"}]},
+        ]});
+        let slots = request_texts(ApiKind::AnthropicMessages, &body, Scope::Latest);
+        assert_eq!(
+            pointers(&slots),
+            vec![
+                "/system/0/text",
+                "/messages/2/content/0/content/0/text",
+                "/messages/2/content/1/text"
+            ]
+        );
+    }
+
+    #[test]
+    fn responses_instructions_input_and_function_outputs() {
+        let body = json!({"instructions": "inst", "input": [
+            {"role": "user", "content": [{"type": "input_text", "text": "q"}]},
+            {"type": "function_call_output", "call_id": "c", "output": "42"},
+        ]});
+        let slots = request_texts(ApiKind::OpenAiResponses, &body, Scope::Latest);
+        assert_eq!(
+            pointers(&slots),
+            vec![
+                "/instructions",
+                "/input/0/content/0/text",
+                "/input/1/output"
+            ]
+        );
+        let plain = request_texts(
+            ApiKind::OpenAiResponses,
+            &json!({"input": "just text"}),
+            Scope::Latest,
+        );
+        assert_eq!(pointers(&plain), vec!["/input"]);
+    }
+
+    #[test]
+    fn replacements_go_back_in_place() {
+        let mut body = json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": "mail a@b.example"}]}]});
+        replace_texts(
+            &mut body,
+            &[("/messages/0/content/0/text".into(), "mail {EMAIL}".into())],
+        );
+        assert_eq!(
+            body,
+            json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": "mail {EMAIL}"}]}]})
+        );
+    }
+}
