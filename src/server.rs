@@ -108,7 +108,19 @@ pub async fn guardrail_service(
     if g.mode == GuardrailMode::Off {
         return Ok(None);
     }
-    let backend: Arc<dyn Guardrail> = match (g.backend(), &g.bedrock) {
+    let backend = guardrail_backend(settings).await?;
+    tracing::info!(mode = ?g.mode, backend = backend.name(), version = backend.version(), "guardrail on");
+    Ok(Some(Arc::new(GuardrailService::new(
+        backend,
+        g.mode,
+        g.fail_mode == FailMode::Closed,
+    ))))
+}
+
+/// The configured guardrail backend, whatever the mode (`tollgate guardrail test` uses it too).
+pub async fn guardrail_backend(settings: &Settings) -> anyhow::Result<Arc<dyn Guardrail>> {
+    let g = &settings.guardrail;
+    Ok(match (g.backend(), &g.bedrock) {
         (GuardrailBackend::Bedrock, Some(bedrock)) => {
             Arc::new(BedrockGuardrail::connect(bedrock).await)
         }
@@ -119,13 +131,7 @@ pub async fn guardrail_service(
             LocalGuardrail::new(g.local.clone())
                 .map_err(|e| anyhow::anyhow!("guardrail.local: {e}"))?,
         ),
-    };
-    tracing::info!(mode = ?g.mode, backend = backend.name(), version = backend.version(), "guardrail on");
-    Ok(Some(Arc::new(GuardrailService::new(
-        backend,
-        g.mode,
-        g.fail_mode == FailMode::Closed,
-    ))))
+    })
 }
 
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {

@@ -265,6 +265,8 @@ impl Exchange {
             Outcome::Block { message, policies } => {
                 let mut rejection = Rejection::new(RejectionKind::GuardrailIntervened, message);
                 rejection.policies = policies;
+                // The request was admitted and counted: say what is left.
+                rejection.rate = self.ticket.as_ref().map(|t| t.rate);
                 return Some(self.refuse_here(rejection));
             }
             Outcome::Unavailable { error } => {

@@ -70,8 +70,9 @@ pub fn request_texts(api: ApiKind, body: &Value, scope: Scope) -> Vec<TextSlot> 
                 Some(Value::String(_)) => text(body.get("input"), "/input", &mut slots),
                 Some(Value::Array(items)) => {
                     let from = first_new(items, scope, |m| role(m) == Some("assistant"));
-                    for (i, item) in items.iter().enumerate().skip(from) {
-                        if role(item) == Some("assistant") {
+                    for (i, item) in items.iter().enumerate() {
+                        let system = matches!(role(item), Some("system" | "developer"));
+                        if role(item) == Some("assistant") || (i < from && !system) {
                             continue;
                         }
                         content(
@@ -215,6 +216,18 @@ mod tests {
                 "/input/0/content/0/text",
                 "/input/1/output"
             ]
+        );
+        let with_developer = json!({"input": [
+            {"role": "developer", "content": "rules"},
+            {"role": "user", "content": "q1"},
+            {"role": "assistant", "content": "a1"},
+            {"role": "user", "content": "q2"},
+        ]});
+        let slots = request_texts(ApiKind::OpenAiResponses, &with_developer, Scope::Latest);
+        assert_eq!(
+            pointers(&slots),
+            vec!["/input/0/content", "/input/3/content"],
+            "system-like items always count"
         );
         let plain = request_texts(
             ApiKind::OpenAiResponses,

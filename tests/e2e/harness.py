@@ -439,6 +439,7 @@ def render_tollgate_config(
     budgets: dict | None = None,
     policy: dict | None = None,
     store: dict | None = None,
+    guardrail: dict | None = None,
 ) -> str:
     """`identity` adds or replaces [identity] keys; a `jwks_url` there replaces the JWKS file.
     `pricing`, `budgets` and `policy` become those sections, e.g.
@@ -446,7 +447,10 @@ def render_tollgate_config(
     "models": {"my-model": {"input": 1000.0, "output": 1000.0}}}`.
     `store`, when given, is the whole [store] section instead of `store_backend`/`store_path`; its
     dict values become sub-tables: `{"backend": "dynamodb", "dynamodb": {"table": "t"}}` renders
-    `[store]` with `backend` and `[store.dynamodb]` with `table`."""
+    `[store]` with `backend` and `[store.dynamodb]` with `table`.
+    `guardrail` is the [guardrail] section (see `_toml_section`): `{"mode": "enforce", "local":
+    {"words": ["x"], "pii": [{"type": "EMAIL", "action": "ANONYMIZE"}]}}` renders `[guardrail]`,
+    `[guardrail.local]` and `[[guardrail.local.pii]]`."""
     identity = dict(identity or {})
     lines = [
         "[server]",
@@ -473,6 +477,8 @@ def render_tollgate_config(
     for section, table in (("policy", policy), ("pricing", pricing), ("budgets", budgets)):
         if table is not None:
             lines += _toml_table(section, table)
+    if guardrail is not None:
+        lines += _toml_section("guardrail", guardrail)
     for t in teams:
         lines += [
             "",
@@ -506,6 +512,40 @@ def _store_tables(store: dict) -> list[str]:
         else:
             lines.append(f"{_toml_key(k)} = {_toml_value(v)}")
     return lines + subs
+
+
+def _is_table_array(v) -> bool:
+    return isinstance(v, (list, tuple)) and bool(v) and all(isinstance(x, dict) for x in v)
+
+
+def _toml_section(name: str, table: dict) -> list[str]:
+    """`[name]` with its scalars and arrays; then each dict value as a sub-table `[name.key]`
+    (recursively) and each non-empty list of dicts as an array of tables `[[name.key]]`. The
+    rendering is checked to parse back to `table`."""
+
+    def render(path: str, t: dict, header: str) -> list[str]:
+        lines = ["", header]
+        later: list[str] = []
+        for k, v in t.items():
+            sub = f"{path}.{_toml_key(str(k))}"
+            if isinstance(v, dict):
+                later += render(sub, v, f"[{sub}]")
+            elif _is_table_array(v):
+                for item in v:
+                    later += render(sub, item, f"[[{sub}]]")
+            else:
+                lines.append(f"{_toml_key(str(k))} = {_toml_value(v)}")
+        return lines + later
+
+    lines = render(name, table, f"[{name}]")
+    try:
+        import tomllib
+    except ImportError:  # Python < 3.11: no check
+        return lines
+    parsed = tomllib.loads("\n".join(lines))[name]
+    expected = json.loads(json.dumps(table, default=str))  # tuples -> lists, Paths -> str
+    assert parsed == expected, f"[{name}] rendered as\n" + "\n".join(lines) + f"\nwhich parses to {parsed!r}"
+    return lines
 
 
 _PORT_RE = re.compile(r"(port_value:\s*)(\d+)")
@@ -562,12 +602,14 @@ class Stack:
         budgets: dict | None = None,
         policy: dict | None = None,
         store: dict | None = None,
+        guardrail: dict | None = None,
         tollgate_env: dict | None = None,
         tollgate_bin: Path | None = None,
     ):
         """`store` replaces `store_backend` with a whole [store] section (see render_tollgate_config);
         a dynamodb store without a `spool_path` gets `<workdir>/spool.redb` (`self.spool_path`).
-        `tollgate_env` is added to tollgate's environment (e.g. AWS credentials for DynamoDB Local)."""
+        `tollgate_env` is added to tollgate's environment (e.g. AWS credentials for DynamoDB Local).
+        `guardrail` is the [guardrail] section (see render_tollgate_config)."""
         self.name = name
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -608,6 +650,7 @@ class Stack:
                 budgets=budgets,
                 policy=policy,
                 store=store,
+                guardrail=guardrail,
             )
         )
         self.envoy_yaml = self.workdir / f"envoy-{envoy_config}"
