@@ -22,6 +22,14 @@ async fn main() -> ExitCode {
             timeout_seconds,
         } => cli::check(url, config, Duration::from_secs(timeout_seconds)).await,
         Command::Admin(args) => cli::admin::run(args).await,
+        Command::Guardrail {
+            command:
+                cli::GuardrailCommand::Test {
+                    text,
+                    source,
+                    config,
+                },
+        } => cli::guardrail_test(text, &source, config).await,
         Command::Config { config } => Settings::load(config.as_deref()).and_then(|s| {
             println!("{}", serde_json::to_string_pretty(&s)?);
             Ok(())

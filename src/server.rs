@@ -163,6 +163,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     ));
     let admin = Arc::new(AdminState {
         admin: Admin::new(engine.clone()),
+        guardrail: guardrail_backend(&settings).await.ok(),
         auth: Some(auth.clone()),
     });
     let guardrail = guardrail_service(&settings).await?;

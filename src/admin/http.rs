@@ -16,12 +16,15 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::{Admin, AdminError, BudgetUpdate};
+use crate::guardrail::{Guardrail, Source};
 use crate::identity::{ADMIN_SCOPE, Authenticator, Principal};
 use crate::policy::Team;
 use crate::policy::pricing::PriceUsd;
 
 pub struct AdminState {
     pub admin: Admin,
+    /// The configured guardrail backend, for `POST /admin/guardrail/test`.
+    pub guardrail: Option<Arc<dyn Guardrail>>,
     /// `None` only for `tollgate admin --offline`, where the caller already holds the store.
     pub auth: Option<Arc<Authenticator>>,
 }
@@ -37,6 +40,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/admin/teams/{id}/usage", get(usage))
         .route("/admin/prices", get(prices))
         .route("/admin/prices/{model}", put(put_price).delete(delete_price))
+        .route("/admin/guardrail/test", axum::routing::post(guardrail_test))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .with_state(state)
 }
@@ -267,4 +271,43 @@ async fn delete_price(
     caller.audit("delete_price", &model);
     s.admin.delete_price(&model).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GuardrailTest {
+    text: String,
+    #[serde(default)]
+    source: Option<String>,
+}
+
+/// Runs a text through the configured guardrail and shows its full verdict (matches included:
+/// this is an admin tool for tuning the guardrail).
+async fn guardrail_test(
+    caller: Caller,
+    State(s): State<Arc<AdminState>>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let test: GuardrailTest = parse(&body)?;
+    let source = match test.source.as_deref().unwrap_or("input") {
+        "input" | "INPUT" => Source::Input,
+        "output" | "OUTPUT" => Source::Output,
+        other => {
+            return Err(ApiError {
+                status: StatusCode::BAD_REQUEST,
+                message: format!("source {other:?} is not \"input\" or \"output\""),
+                field: Some("source".into()),
+            });
+        }
+    };
+    let Some(guardrail) = &s.guardrail else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no guardrail is configured",
+        ));
+    };
+    caller.audit("guardrail_test", guardrail.name());
+    Ok(Json(
+        crate::guardrail::test_report(guardrail.as_ref(), source, test.text).await,
+    ))
 }

@@ -286,6 +286,7 @@ async fn offline(
     ));
     let app = router(Arc::new(AdminState {
         admin: Admin::new(engine.clone()),
+        guardrail: crate::server::guardrail_backend(&settings).await.ok(),
         auth: None,
     }));
     let request = Request::builder()

@@ -41,6 +41,11 @@ pub enum Command {
     },
     /// Manage teams, budgets and prices through the admin API (or the store, with --offline).
     Admin(admin::AdminArgs),
+    /// Run a text through the configured guardrail and print its verdict and assessments.
+    Guardrail {
+        #[command(subcommand)]
+        command: GuardrailCommand,
+    },
     /// Print the effective configuration as JSON (defaults, file and environment merged).
     Config {
         #[arg(long, env = "TOLLGATE_CONFIG")]
@@ -68,6 +73,39 @@ pub enum Command {
         #[arg(long, default_value_t = 3600)]
         ttl_seconds: u64,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GuardrailCommand {
+    /// `tollgate guardrail test "some text"`
+    Test {
+        text: String,
+        /// Assess as a prompt (input) or a model response (output).
+        #[arg(long, default_value = "input", value_parser = ["input", "output"])]
+        source: String,
+        #[arg(long, env = "TOLLGATE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+pub async fn guardrail_test(
+    text: String,
+    source: &str,
+    config: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let settings = Settings::load(config.as_deref())?;
+    let backend = crate::server::guardrail_backend(&settings).await?;
+    let source = if source == "output" {
+        crate::guardrail::Source::Output
+    } else {
+        crate::guardrail::Source::Input
+    };
+    let report = crate::guardrail::test_report(backend.as_ref(), source, text).await;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    match report.get("error") {
+        Some(e) => bail!("guardrail failed: {e}"),
+        None => Ok(()),
+    }
 }
 
 pub async fn check(

@@ -24,6 +24,7 @@ What is checked, for OpenAI Chat Completions, OpenAI Responses and Anthropic Mes
 from __future__ import annotations
 
 import copy
+import json
 import time
 import uuid
 
@@ -944,3 +945,30 @@ def test_backend_down_fail_open_and_observe_forward_unchanged(request, marker, s
     assert r.headers.get(HEADER) == "unavailable", dict(r.headers)
     assert upstream_body(stack, marker) == sent("chat", body)
     assert m.delta(ERRORS, source="INPUT") == 1
+
+
+def test_try_it_admin_endpoint_and_cli(enforce, tollgate_bin):
+    """`POST /admin/guardrail/test` (admin scope) and `tollgate guardrail test` show the verdict of
+    the configured guardrail on a text, with the policies that fired."""
+    import subprocess
+
+    from harness import tollgate_cli_env
+
+    api = enforce.admin_api()
+    r = api.post("/admin/guardrail/test", json_body={"text": f"my ssn is {SSN}"})
+    assert r.status_code == 200, r.text
+    report = r.json()
+    assert (report["backend"], report["verdict"]) == ("local", "blocked")
+    assert SSN_POLICY in report["policies"]
+    r = api.post("/admin/guardrail/test", json_body={"text": "hello", "source": "output"})
+    assert (r.json()["verdict"], r.json()["source"]) == ("none", "OUTPUT")
+    assert api.post("/admin/guardrail/test", json_body={"text": "x", "source": "sideways"}).status_code == 400
+    assert enforce.admin_api(token=None).post("/admin/guardrail/test", json_body={"text": "x"}).status_code == 401
+
+    out = subprocess.run(
+        [str(tollgate_bin), "guardrail", "test", f"card {CARD}", "--config", str(enforce.config_path)],
+        capture_output=True, text=True, timeout=30, env=tollgate_cli_env(),
+    )
+    assert out.returncode == 0, out.stderr
+    cli = json.loads(out.stdout)
+    assert cli["verdict"] == "blocked" and any("CREDIT_DEBIT_CARD_NUMBER" in p for p in cli["policies"])
