@@ -412,6 +412,35 @@ pub trait Guardrail: Send + Sync {
     fn version(&self) -> &str;
 }
 
+/// A guardrail's full verdict on one text, as `tollgate guardrail test` and the admin API show it.
+pub async fn test_report(
+    guardrail: &dyn Guardrail,
+    source: Source,
+    text: String,
+) -> serde_json::Value {
+    let mut report = serde_json::json!({
+        "backend": guardrail.name(),
+        "version": guardrail.version(),
+        "source": source.as_str(),
+    });
+    match guardrail.apply(source, &[text]).await {
+        Ok(response) => {
+            report["verdict"] = serde_json::json!(if response.blocked() {
+                "blocked"
+            } else if response.intervened() {
+                "anonymized"
+            } else {
+                "none"
+            });
+            report["policies"] = serde_json::json!(response.policies_fired());
+            report["text_units"] = serde_json::json!(response.text_units());
+            report["response"] = serde_json::to_value(&response).unwrap_or_default();
+        }
+        Err(e) => report["error"] = serde_json::json!(e.to_string()),
+    }
+    report
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -507,33 +536,4 @@ mod tests {
         assert_eq!(serde_json::to_value(Source::Output).unwrap(), "OUTPUT");
         assert_eq!(Source::Output.as_str(), "OUTPUT");
     }
-}
-
-/// A guardrail's full verdict on one text, as `tollgate guardrail test` and the admin API show it.
-pub async fn test_report(
-    guardrail: &dyn Guardrail,
-    source: Source,
-    text: String,
-) -> serde_json::Value {
-    let mut report = serde_json::json!({
-        "backend": guardrail.name(),
-        "version": guardrail.version(),
-        "source": source.as_str(),
-    });
-    match guardrail.apply(source, &[text]).await {
-        Ok(response) => {
-            report["verdict"] = serde_json::json!(if response.blocked() {
-                "blocked"
-            } else if response.intervened() {
-                "anonymized"
-            } else {
-                "none"
-            });
-            report["policies"] = serde_json::json!(response.policies_fired());
-            report["text_units"] = serde_json::json!(response.text_units());
-            report["response"] = serde_json::to_value(&response).unwrap_or_default();
-        }
-        Err(e) => report["error"] = serde_json::json!(e.to_string()),
-    }
-    report
 }
