@@ -124,6 +124,37 @@ pub fn response_headers_reply(
     }
 }
 
+/// Continue the response, but have Envoy buffer its whole body for one body message, so the body
+/// can be checked (and replaced) before any of it reaches the client.
+pub fn response_headers_buffering_reply(set: &[(&'static str, String)]) -> ProcessingResponse {
+    ProcessingResponse {
+        response: Some(Reply::ResponseHeaders(HeadersResponse {
+            response: common(set, &[], None),
+        })),
+        mode_override: Some(ProcessingMode {
+            response_header_mode: HeaderSendMode::Send as i32,
+            response_body_mode: BodySendMode::Buffered as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Replace a buffered response body, with a matching content-length and extra headers.
+pub fn response_body_replace_reply(
+    body: Vec<u8>,
+    set: &[(&'static str, String)],
+) -> ProcessingResponse {
+    let mut headers = set.to_vec();
+    headers.push(("content-length", body.len().to_string()));
+    ProcessingResponse {
+        response: Some(Reply::ResponseBody(BodyResponse {
+            response: common(&headers, &[], Some(body)),
+        })),
+        ..Default::default()
+    }
+}
+
 pub fn response_body_reply() -> ProcessingResponse {
     ProcessingResponse {
         response: Some(Reply::ResponseBody(BodyResponse::default())),

@@ -23,9 +23,9 @@ use super::envoy::{self, header};
 use crate::contract::{rate_headers, rejection_reply};
 use crate::engine::{ModelCall, Ticket};
 use crate::guardrail::Source;
-use crate::guardrail::service::Outcome;
+use crate::guardrail::service::{Mode, Outcome};
 use crate::identity::INVOKE_SCOPE;
-use crate::llm::texts::{replace_texts, request_texts};
+use crate::llm::texts::{content_filtered, replace_texts, request_texts, response_texts};
 use crate::llm::{ApiKind, ParsedRequest, RequestFacts, UsageTracker, parse_request};
 use crate::policy::{Rejection, RejectionKind, Team, Usage};
 
@@ -47,6 +47,8 @@ pub struct Exchange {
     tracker: Option<UsageTracker>,
     /// `x-tollgate-guardrail` for the response: what the input guardrail did or would do.
     guardrail_note: Option<&'static str>,
+    /// The whole response body comes in one message, to pass the output guardrail first.
+    guard_response: bool,
 }
 
 impl Exchange {
@@ -64,6 +66,7 @@ impl Exchange {
             response_started: false,
             tracker: None,
             guardrail_note: None,
+            guard_response: false,
         }
     }
 
@@ -76,7 +79,7 @@ impl Exchange {
             Some(Message::RequestHeaders(h)) => Ok(self.on_request_headers(h, metadata).await),
             Some(Message::RequestBody(b)) => Ok(self.on_request_body(b).await),
             Some(Message::ResponseHeaders(h)) => Ok(self.on_response_headers(h)),
-            Some(Message::ResponseBody(b)) => Ok(self.on_response_body(b)),
+            Some(Message::ResponseBody(b)) => Ok(self.on_response_body(b).await),
             Some(Message::RequestTrailers(_)) => Ok(trailers(true)),
             Some(Message::ResponseTrailers(_)) => Ok(trailers(false)),
             None => Err(Status::invalid_argument(
@@ -308,10 +311,63 @@ impl Exchange {
             facts.map_or(0, |f| f.prompt_chars),
             self.ctx.max_response_json_bytes,
         ));
+        let enforcing = self
+            .ctx
+            .guardrail
+            .as_ref()
+            .is_some_and(|g| g.mode() == Mode::Enforce);
+        if enforcing && !event_stream {
+            // Nothing of the answer may reach the client before the guardrail saw all of it.
+            self.guard_response = true;
+            return envoy::response_headers_buffering_reply(&set);
+        }
         envoy::response_headers_reply(&set, false)
     }
 
-    fn on_response_body(&mut self, body: HttpBody) -> ProcessingResponse {
+    /// Runs the output guardrail on a whole (buffered) response body; returns the replacement
+    /// to send when the guardrail masks or blocks it.
+    async fn guard_answer(&self, body: &[u8]) -> Option<ProcessingResponse> {
+        let guard = self.ctx.guardrail.clone()?;
+        let mut value: serde_json::Value = serde_json::from_slice(body).ok()?;
+        let slots = response_texts(self.api, &value);
+        if slots.is_empty() {
+            return None;
+        }
+        let texts: Vec<String> = slots.iter().map(|s| s.text.clone()).collect();
+        let note = match guard.check(Source::Output, &texts).await {
+            Outcome::Pass { .. } => return None,
+            Outcome::Mask { texts: masked } => {
+                let replacements: Vec<(String, String)> = slots
+                    .into_iter()
+                    .zip(masked)
+                    .filter(|(slot, text)| &slot.text != text)
+                    .map(|(slot, text)| (slot.pointer, text))
+                    .collect();
+                replace_texts(&mut value, &replacements);
+                "anonymized"
+            }
+            Outcome::Block { message, .. } => {
+                content_filtered(self.api, &mut value, &message);
+                "blocked"
+            }
+            // Fail closed: an answer the guardrail could not check is not delivered.
+            Outcome::Unavailable { .. } => {
+                content_filtered(
+                    self.api,
+                    &mut value,
+                    "The response could not be checked and was withheld.",
+                );
+                "unavailable"
+            }
+        };
+        let body = serde_json::to_vec(&value).expect("JSON values serialize");
+        Some(envoy::response_body_replace_reply(
+            body,
+            &[("x-tollgate-guardrail", note.to_owned())],
+        ))
+    }
+
+    async fn on_response_body(&mut self, body: HttpBody) -> ProcessingResponse {
         if let Some(tracker) = &mut self.tracker {
             tracker.feed(&body.body);
             if body.end_of_stream {
@@ -321,6 +377,11 @@ impl Exchange {
                     .map(UsageTracker::finish)
                     .unwrap_or_default();
                 self.settle(usage);
+            }
+        }
+        if self.guard_response && body.end_of_stream {
+            if let Some(replacement) = self.guard_answer(&body.body).await {
+                return replacement;
             }
         }
         envoy::response_body_reply()

@@ -97,7 +97,8 @@ impl GuardrailService {
         };
         let hits = (texts.len() - fresh.len()) as u64;
         if hits > 0 {
-            metrics::counter!("tollgate_guardrail_cache_hits_total").increment(hits);
+            metrics::counter!("tollgate_guardrail_cache_hits_total", "source" => source.as_str())
+                .increment(hits);
         }
         if fresh.is_empty() {
             return Outcome::Pass { note: None };
@@ -107,7 +108,7 @@ impl GuardrailService {
             Ok(v) => v,
             Err(e) => return self.failed(source, e),
         };
-        metrics::counter!("tollgate_guardrail_text_units_total", "backend" => self.backend.name())
+        metrics::counter!("tollgate_guardrail_text_units_total", "backend" => self.backend.name(), "source" => source.as_str())
             .increment(verdict.text_units());
         let kind = if verdict.blocked() {
             "blocked"

@@ -96,6 +96,88 @@ pub fn request_texts(api: ApiKind, body: &Value, scope: Scope) -> Vec<TextSlot> 
     slots
 }
 
+/// The texts of a (non-streamed) model response.
+pub fn response_texts(api: ApiKind, body: &Value) -> Vec<TextSlot> {
+    let mut slots = Vec::new();
+    match api {
+        ApiKind::OpenAiChat => {
+            for (i, choice) in body
+                .get("choices")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                content(
+                    choice.pointer("/message/content"),
+                    &format!("/choices/{i}/message/content"),
+                    &mut slots,
+                );
+            }
+        }
+        ApiKind::OpenAiResponses => {
+            for (i, item) in body
+                .get("output")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                for (j, part) in item
+                    .get("content")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .enumerate()
+                {
+                    if part.get("type").and_then(Value::as_str) == Some("output_text") {
+                        text(
+                            part.get("text"),
+                            &format!("/output/{i}/content/{j}/text"),
+                            &mut slots,
+                        );
+                    }
+                }
+            }
+        }
+        ApiKind::AnthropicMessages => content(body.get("content"), "/content", &mut slots),
+        ApiKind::Other => {}
+    }
+    slots
+}
+
+/// Replaces a response's content with `message`, marked the way each API marks filtered content:
+/// OpenAI Chat `finish_reason: "content_filter"`, Responses `status: "incomplete"` with
+/// `incomplete_details.reason: "content_filter"`, Anthropic `stop_reason: "refusal"`.
+pub fn content_filtered(api: ApiKind, body: &mut Value, message: &str) {
+    match api {
+        ApiKind::OpenAiChat => {
+            for choice in body
+                .get_mut("choices")
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+            {
+                choice["message"] = serde_json::json!({"role": "assistant", "content": message});
+                choice["finish_reason"] = Value::from("content_filter");
+            }
+        }
+        ApiKind::OpenAiResponses => {
+            body["output"] = serde_json::json!([{
+                "type": "message", "id": "msg_guardrail", "status": "incomplete", "role": "assistant",
+                "content": [{"type": "output_text", "text": message, "annotations": []}],
+            }]);
+            body["status"] = Value::from("incomplete");
+            body["incomplete_details"] = serde_json::json!({"reason": "content_filter"});
+        }
+        ApiKind::AnthropicMessages => {
+            body["content"] = serde_json::json!([{"type": "text", "text": message}]);
+            body["stop_reason"] = Value::from("refusal");
+        }
+        ApiKind::Other => {}
+    }
+}
+
 /// Writes `(pointer, text)` replacements into the body.
 pub fn replace_texts(body: &mut Value, replacements: &[(String, String)]) {
     for (pointer, text) in replacements {
@@ -235,6 +317,39 @@ mod tests {
             Scope::Latest,
         );
         assert_eq!(pointers(&plain), vec!["/input"]);
+    }
+
+    #[test]
+    fn response_texts_and_content_filtering_per_api() {
+        let mut chat = json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": "secret"}, "finish_reason": "stop"}]});
+        assert_eq!(
+            pointers(&response_texts(ApiKind::OpenAiChat, &chat)),
+            vec!["/choices/0/message/content"]
+        );
+        content_filtered(ApiKind::OpenAiChat, &mut chat, "no");
+        assert_eq!(chat["choices"][0]["finish_reason"], json!("content_filter"));
+        assert_eq!(chat["choices"][0]["message"]["content"], json!("no"));
+
+        let mut msg =
+            json!({"content": [{"type": "text", "text": "secret"}], "stop_reason": "end_turn"});
+        assert_eq!(
+            pointers(&response_texts(ApiKind::AnthropicMessages, &msg)),
+            vec!["/content/0/text"]
+        );
+        content_filtered(ApiKind::AnthropicMessages, &mut msg, "no");
+        assert_eq!(
+            (
+                msg["stop_reason"].clone(),
+                msg["content"][0]["text"].clone()
+            ),
+            (json!("refusal"), json!("no"))
+        );
+
+        let resp = json!({"output": [{"type": "message", "content": [{"type": "output_text", "text": "secret"}]}]});
+        assert_eq!(
+            pointers(&response_texts(ApiKind::OpenAiResponses, &resp)),
+            vec!["/output/0/content/0/text"]
+        );
     }
 
     #[test]

@@ -33,7 +33,7 @@ import openai
 import pytest
 
 from checks import ANTHROPIC, OPENAI, check_error_body
-from harness import Team, avoid_minute_boundary, free_port, metric_total
+from harness import Team, avoid_minute_boundary, free_port, metric_total, wait_until
 
 TEXT = "Hello from the fake LLM upstream! This is a canned answer."
 BLOCKED_IN = "Sorry, I can't help with that request."
@@ -164,9 +164,9 @@ class Metrics:
         now = self.stack.tollgate_get("/metrics").text
         return metric_total(now, name, **labels) - metric_total(self.before, name, **labels)
 
-    def deltas(self, *names: str) -> dict[str, float]:
+    def deltas(self, *names: str, **labels) -> dict[str, float]:
         now = self.stack.tollgate_get("/metrics").text
-        return {n: metric_total(now, n) - metric_total(self.before, n) for n in names}
+        return {n: metric_total(now, n, **labels) - metric_total(self.before, n, **labels) for n in names}
 
 
 def verdicts(m: Metrics, mode: str) -> dict[str, float]:
@@ -483,6 +483,7 @@ ENFORCE_TEAMS = (
         "gr-latest-tool-block", "gr-cache", "gr-units", "gr-not-cached", "gr-mixed-clean",
     )]
     + [_team("gr-rpm", rpm=4, daily_tokens=1000)]
+    + [_team(f"gr-out-{n}") for n in ("block-chat", "block-responses", "block-messages", "anon", "clean", "sdk")]
 )
 ALL_TEAMS = [_team(f"gr-all-anon-{c[0]}") for c in ALL_ANON_CASES] + [_team(f"gr-all-block-{a}") for a in PATHS]
 OBSERVE_TEAMS = [_team(t) for t in ("gr-obs-block", "gr-obs-anon", "gr-obs-clean", "gr-obs-mixed", "gr-obs-sdk")]
@@ -565,7 +566,7 @@ def test_enforce_block_raw_contract_log_and_metrics(enforce, marker):
     assert "gail@example.com" not in r.text
     assert verdicts(m, "enforce") == {"blocked": 1, "anonymized": 0, "none": 0}
     assert m.delta(VERDICTS, mode="observe") == 0
-    assert m.delta(UNITS) == 1, "one short text: one billed text unit"
+    assert m.delta(UNITS, source="INPUT") == 1, "one short text: one billed text unit"
     # The policies are logged, never the matched text.
     time.sleep(0.2)
     log = tollgate_log(enforce)
@@ -751,25 +752,25 @@ def test_clean_text_is_assessed_once(enforce, marker):
     body = {"messages": [{"role": "user", "content": unique("a perfectly clean question")}]}
     m = Metrics(enforce)
     answered(send(enforce, "chat", team, body, marker), "chat")
-    assert m.deltas(UNITS, CACHE_HITS) == {UNITS: 1, CACHE_HITS: 0}
+    assert m.deltas(UNITS, CACHE_HITS, source="INPUT") == {UNITS: 1, CACHE_HITS: 0}
     assert verdicts(m, "enforce") == {"blocked": 0, "anonymized": 0, "none": 1}
 
     m = Metrics(enforce)
     r = send(enforce, "chat", team, body, marker)
     answered(r, "chat")
     assert r.headers.get(HEADER) not in INTERVENTION_NOTES
-    assert m.deltas(UNITS, CACHE_HITS) == {UNITS: 0, CACHE_HITS: 1}, "the second time comes from the cache"
+    assert m.deltas(UNITS, CACHE_HITS, source="INPUT") == {UNITS: 0, CACHE_HITS: 1}, "the second time comes from the cache"
 
     # Per text: the system prompt seen before is not assessed again, the new question is.
     system = unique("You are a helpful assistant")
     m = Metrics(enforce)
     answered(send(enforce, "chat", team, {"messages": [
         {"role": "system", "content": system}, {"role": "user", "content": unique()}]}, marker), "chat")
-    assert m.deltas(UNITS, CACHE_HITS) == {UNITS: 2, CACHE_HITS: 0}
+    assert m.deltas(UNITS, CACHE_HITS, source="INPUT") == {UNITS: 2, CACHE_HITS: 0}
     m = Metrics(enforce)
     answered(send(enforce, "chat", team, {"messages": [
         {"role": "system", "content": system}, {"role": "user", "content": unique()}]}, marker), "chat")
-    assert m.deltas(UNITS, CACHE_HITS) == {UNITS: 1, CACHE_HITS: 1}
+    assert m.deltas(UNITS, CACHE_HITS, source="INPUT") == {UNITS: 1, CACHE_HITS: 1}
     assert len(enforce.upstream_requests(marker)) == 4
 
 
@@ -779,7 +780,7 @@ def test_text_units_are_per_thousand_characters(enforce, marker):
     m = Metrics(enforce)
     answered(send(enforce, "messages", "gr-units", {"messages": [{"role": "user", "content": long_text}]}, marker),
              "messages")
-    assert m.delta(UNITS) == 3
+    assert m.delta(UNITS, source="INPUT") == 3
 
 
 def test_masked_and_blocked_texts_are_not_cached(enforce, marker):
@@ -790,7 +791,7 @@ def test_masked_and_blocked_texts_are_not_cached(enforce, marker):
         r = send(enforce, "chat", team, body, marker)
         answered(r, "chat")
         assert r.headers.get(HEADER) == "anonymized"
-    assert m.deltas(UNITS, CACHE_HITS) == {UNITS: 2, CACHE_HITS: 0}
+    assert m.deltas(UNITS, CACHE_HITS, source="INPUT") == {UNITS: 2, CACHE_HITS: 0}
     assert verdicts(m, "enforce")["anonymized"] == 2
     for up in enforce.upstream_requests(marker):
         assert up["body"]["messages"] == [{"role": "user", "content": "Please contact {EMAIL}"}]
@@ -972,3 +973,63 @@ def test_try_it_admin_endpoint_and_cli(enforce, tollgate_bin):
     assert out.returncode == 0, out.stderr
     cli = json.loads(out.stdout)
     assert cli["verdict"] == "blocked" and any("CREDIT_DEBIT_CARD_NUMBER" in p for p in cli["policies"])
+
+
+
+# --------------------------------------------------------------------------- the model's answers (enforce)
+
+BODIES = {
+    "chat": {"messages": [{"role": "user", "content": "hi"}]},
+    "responses": {"input": "hi"},
+    "messages": {"messages": [{"role": "user", "content": "hi"}]},
+}
+
+
+@pytest.mark.parametrize("api", ["chat", "responses", "messages"])
+def test_enforce_replaces_a_blocked_answer_with_the_content_filter_response(enforce, marker, api):
+    """The answer (non-streamed) is buffered and assessed before any of it reaches the client; a
+    blocked one is replaced by the guardrail's blocked-output message, marked as filtered the way
+    each API marks it, HTTP 200, and the tokens the model spent are still charged."""
+    team = f"gr-out-block-{api}"
+    before = enforce.usage(team)["tokens_today"]["used"]
+    r = send(enforce, api, team, {**BODIES[api]}, marker, headers={"x-fake-text": f"The number is {SSN} ok"})
+    assert r.status_code == 200, r.text
+    assert r.headers.get(HEADER) == "blocked"
+    assert SSN not in r.text
+    j = r.json()
+    if api == "chat":
+        assert j["choices"][0]["message"]["content"] == BLOCKED_OUT
+        assert j["choices"][0]["finish_reason"] == "content_filter"
+    elif api == "messages":
+        assert j["content"] == [{"type": "text", "text": BLOCKED_OUT}]
+        assert j["stop_reason"] == "refusal"
+    else:
+        assert j["output"][0]["content"][0]["text"] == BLOCKED_OUT
+        assert (j["status"], j["incomplete_details"]["reason"]) == ("incomplete", "content_filter")
+    assert j["usage"], "usage is kept"
+    wait_until(lambda: enforce.usage(team)["tokens_today"]["used"] > before, 5, what="the answer's tokens charged")
+
+
+def test_enforce_masks_an_anonymized_answer_in_place(enforce, marker):
+    r = send(enforce, "chat", "gr-out-anon", {**BODIES["chat"]}, marker,
+             headers={"x-fake-text": "Write to jo@example.com today"})
+    assert r.status_code == 200, r.text
+    assert r.headers.get(HEADER) == "anonymized"
+    assert r.json()["choices"][0]["message"]["content"] == "Write to {EMAIL} today"
+    assert r.json()["choices"][0]["finish_reason"] == "stop"
+
+
+def test_enforce_passes_a_clean_answer_untouched(enforce, marker):
+    r = send(enforce, "messages", "gr-out-clean", {**BODIES["messages"]}, marker)
+    answered(r, "messages")
+    assert r.headers.get(HEADER) is None
+
+
+def test_sdk_sees_a_filtered_answer(enforce, marker):
+    client = enforce.openai(enforce.token("gr-out-sdk"), marker)
+    out = client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
+        extra_headers={"x-fake-text": f"card {CARD}"},
+    )
+    assert out.choices[0].finish_reason == "content_filter"
+    assert out.choices[0].message.content == BLOCKED_OUT
