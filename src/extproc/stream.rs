@@ -379,10 +379,11 @@ impl Exchange {
                 self.settle(usage);
             }
         }
-        if self.guard_response && body.end_of_stream {
-            if let Some(replacement) = self.guard_answer(&body.body).await {
-                return replacement;
-            }
+        if self.guard_response
+            && body.end_of_stream
+            && let Some(replacement) = self.guard_answer(&body.body).await
+        {
+            return replacement;
         }
         envoy::response_body_reply()
     }
