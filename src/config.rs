@@ -243,6 +243,8 @@ pub struct GuardrailSettings {
     pub fail_mode: FailMode,
     pub local: LocalGuardrailConfig,
     pub bedrock: Option<BedrockSettings>,
+    /// Streamed answers: `strategy` (buffered | async), `window_chars`, `overlap_chars`.
+    pub streaming: crate::extproc::stream_guard::StreamingSettings,
 }
 
 impl GuardrailSettings {

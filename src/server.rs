@@ -174,6 +174,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         max_response_json_bytes: settings.server.max_response_json_bytes,
         guardrail,
         guardrail_scope: settings.guardrail.scope,
+        guardrail_streaming: settings.guardrail.streaming,
     }));
     let exchanges = extproc.exchanges();
     let abandon = extproc.abandon_token();

@@ -155,6 +155,16 @@ pub fn response_body_replace_reply(
     }
 }
 
+/// Replace one streamed response chunk (empty: hold it back).
+pub fn response_body_chunk_reply(body: Vec<u8>) -> ProcessingResponse {
+    ProcessingResponse {
+        response: Some(Reply::ResponseBody(BodyResponse {
+            response: common(&[], &[], Some(body)),
+        })),
+        ..Default::default()
+    }
+}
+
 pub fn response_body_reply() -> ProcessingResponse {
     ProcessingResponse {
         response: Some(Reply::ResponseBody(BodyResponse::default())),

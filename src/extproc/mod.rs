@@ -7,6 +7,7 @@
 
 mod envoy;
 mod stream;
+pub mod stream_guard;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -39,6 +40,8 @@ pub struct Context {
     pub guardrail: Option<Arc<GuardrailService>>,
     /// Which texts of a prompt the guardrail assesses.
     pub guardrail_scope: Scope,
+    /// How streamed answers are assessed.
+    pub guardrail_streaming: stream_guard::StreamingSettings,
 }
 
 #[derive(Clone)]

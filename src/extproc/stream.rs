@@ -20,6 +20,7 @@ use tonic::Status;
 
 use super::Context;
 use super::envoy::{self, header};
+use super::stream_guard::{ChunkAction, StreamGuard};
 use crate::contract::{rate_headers, rejection_reply};
 use crate::engine::{ModelCall, Ticket};
 use crate::guardrail::Source;
@@ -49,6 +50,8 @@ pub struct Exchange {
     guardrail_note: Option<&'static str>,
     /// The whole response body comes in one message, to pass the output guardrail first.
     guard_response: bool,
+    /// The output guardrail on a streamed answer.
+    stream_guard: Option<StreamGuard>,
 }
 
 impl Exchange {
@@ -67,6 +70,7 @@ impl Exchange {
             tracker: None,
             guardrail_note: None,
             guard_response: false,
+            stream_guard: None,
         }
     }
 
@@ -321,6 +325,13 @@ impl Exchange {
             self.guard_response = true;
             return envoy::response_headers_buffering_reply(&set);
         }
+        if let (true, Some(guard)) = (enforcing && event_stream, &self.ctx.guardrail) {
+            self.stream_guard = Some(StreamGuard::new(
+                self.api,
+                guard.clone(),
+                self.ctx.guardrail_streaming,
+            ));
+        }
         envoy::response_headers_reply(&set, false)
     }
 
@@ -377,6 +388,12 @@ impl Exchange {
                     .map(UsageTracker::finish)
                     .unwrap_or_default();
                 self.settle(usage);
+            }
+        }
+        if let Some(guard) = &mut self.stream_guard {
+            match guard.on_chunk(&body.body, body.end_of_stream).await {
+                ChunkAction::Pass => {}
+                ChunkAction::Replace(bytes) => return envoy::response_body_chunk_reply(bytes),
             }
         }
         if self.guard_response

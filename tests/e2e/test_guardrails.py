@@ -484,6 +484,7 @@ ENFORCE_TEAMS = (
     )]
     + [_team("gr-rpm", rpm=4, daily_tokens=1000)]
     + [_team(f"gr-out-{n}") for n in ("block-chat", "block-responses", "block-messages", "anon", "clean", "sdk")]
+    + [_team(f"gr-stream-{n}") for n in ("chat", "messages", "responses", "clean")]
 )
 ALL_TEAMS = [_team(f"gr-all-anon-{c[0]}") for c in ALL_ANON_CASES] + [_team(f"gr-all-block-{a}") for a in PATHS]
 OBSERVE_TEAMS = [_team(t) for t in ("gr-obs-block", "gr-obs-anon", "gr-obs-clean", "gr-obs-mixed", "gr-obs-sdk")]
@@ -1033,3 +1034,68 @@ def test_sdk_sees_a_filtered_answer(enforce, marker):
     )
     assert out.choices[0].finish_reason == "content_filter"
     assert out.choices[0].message.content == BLOCKED_OUT
+
+
+
+# --------------------------------------------------------------------------- streamed answers
+
+
+STREAM_TEAMS = [_team(f"gr-async-{n}") for n in ("late", "clean")]
+
+
+@pytest.fixture(scope="module")
+def enforce_async(stack_factory):
+    g = guardrail(mode="enforce", backend="local")
+    g["streaming"] = {"strategy": "async", "window_chars": 24, "overlap_chars": 8}
+    return stack_factory("guardrail-async", STREAM_TEAMS, guardrail=g)
+
+
+def test_buffered_stream_never_shows_blocked_text(enforce, marker):
+    """Buffered strategy (default): chunks are held until their window is assessed; a blocked
+    answer reaches the SDK only as the content-filter ending."""
+    client = enforce.openai(enforce.token("gr-stream-chat"), marker)
+    chunks = list(client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True,
+        extra_headers={"x-fake-text": f"here it is {SSN} done"},
+    ))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert SSN not in text
+    assert text == BLOCKED_OUT
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "content_filter"
+
+    a = enforce.anthropic(enforce.token("gr-stream-messages"), marker)
+    with a.messages.stream(model="claude-haiku-4-5", max_tokens=64, messages=[{"role": "user", "content": "hi"}],
+                           extra_headers={"x-fake-text": f"card {CARD} ok"}) as stream:
+        final = stream.get_final_message()
+    assert final.stop_reason == "refusal"
+    assert "".join(b.text for b in final.content if b.type == "text") == BLOCKED_OUT
+
+
+def test_buffered_stream_passes_clean_answers_whole(enforce, marker):
+    client = enforce.openai(enforce.token("gr-stream-clean"), marker)
+    chunks = list(client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == TEXT
+    assert chunks[-1].usage is not None, "the usage chunk is released too"
+
+
+def test_async_stream_ends_with_a_content_filter_event(enforce_async, marker):
+    """Async strategy: chunks pass at once while windows are assessed; a blocked window ends the
+    stream with the content-filter event (earlier text may have been seen)."""
+    client = enforce_async.openai(enforce_async.token("gr-async-late"), marker)
+    chunks = list(client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True,
+        # Events 50 ms apart, as a model streams: each window's verdict is back before the next.
+        extra_headers={"x-fake-text": f"one two three four five six seven eight nine ten {SSN} eleven twelve "
+                                      "thirteen fourteen fifteen sixteen seventeen eighteen nineteen twenty",
+                       "x-fake-event-pause-ms": "50"},
+    ))
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes == ["content_filter"], finishes
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    # Cut soon after the window holding the SSN filled up, long before the answer's end.
+    assert text.endswith(BLOCKED_OUT) and "twenty" not in text, text
+
+    clean = list(enforce_async.openai(enforce_async.token("gr-async-clean"), marker).chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in clean if c.choices) == TEXT
