@@ -20,7 +20,7 @@ use tonic::Status;
 
 use super::Context;
 use super::envoy::{self, header};
-use super::stream_guard::{ChunkAction, StreamGuard};
+use super::stream_guard::{ChunkAction, Strategy, StreamGuard};
 use crate::contract::{rate_headers, rejection_reply};
 use crate::engine::{ModelCall, Ticket};
 use crate::guardrail::Source;
@@ -52,6 +52,8 @@ pub struct Exchange {
     guard_response: bool,
     /// The output guardrail on a streamed answer.
     stream_guard: Option<StreamGuard>,
+    /// Observe mode: a non-streamed answer collected for assessment after it passed.
+    observed_answer: Option<Vec<u8>>,
 }
 
 impl Exchange {
@@ -71,6 +73,7 @@ impl Exchange {
             guardrail_note: None,
             guard_response: false,
             stream_guard: None,
+            observed_answer: None,
         }
     }
 
@@ -325,14 +328,51 @@ impl Exchange {
             self.guard_response = true;
             return envoy::response_headers_buffering_reply(&set);
         }
-        if let (true, Some(guard)) = (enforcing && event_stream, &self.ctx.guardrail) {
-            self.stream_guard = Some(StreamGuard::new(
-                self.api,
-                guard.clone(),
-                self.ctx.guardrail_streaming,
-            ));
+        if let Some(guard) = &self.ctx.guardrail {
+            if event_stream {
+                // Observe mode never blocks: it assesses alongside, as the async strategy does.
+                let mut streaming = self.ctx.guardrail_streaming;
+                if !enforcing {
+                    streaming.strategy = Strategy::Async;
+                }
+                self.stream_guard = Some(StreamGuard::new(self.api, guard.clone(), streaming));
+            } else {
+                self.observed_answer = Some(Vec::new());
+            }
         }
         envoy::response_headers_reply(&set, false)
+    }
+
+    /// Observe mode, non-streamed answer: collects it as it passes and assesses it afterwards,
+    /// off the response path.
+    fn observe_answer(&mut self, chunk: &[u8], end: bool) {
+        let Some(collected) = &mut self.observed_answer else {
+            return;
+        };
+        if collected.len() + chunk.len() > self.ctx.max_response_json_bytes {
+            self.observed_answer = None;
+            return;
+        }
+        collected.extend_from_slice(chunk);
+        if !end {
+            return;
+        }
+        let (Some(body), Some(guard)) = (self.observed_answer.take(), self.ctx.guardrail.clone())
+        else {
+            return;
+        };
+        let api = self.api;
+        self.settlements.spawn(async move {
+            if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&body) {
+                let texts: Vec<String> = response_texts(api, &value)
+                    .into_iter()
+                    .map(|s| s.text)
+                    .collect();
+                if !texts.is_empty() {
+                    guard.check(Source::Output, &texts).await;
+                }
+            }
+        });
     }
 
     /// Runs the output guardrail on a whole (buffered) response body; returns the replacement
@@ -390,6 +430,7 @@ impl Exchange {
                 self.settle(usage);
             }
         }
+        self.observe_answer(&body.body, body.end_of_stream);
         if let Some(guard) = &mut self.stream_guard {
             match guard.on_chunk(&body.body, body.end_of_stream).await {
                 ChunkAction::Pass => {}
@@ -410,6 +451,9 @@ impl Exchange {
 /// admitted request is charged for what passed: resets bring no `end_of_stream` chunk.
 impl Drop for Exchange {
     fn drop(&mut self) {
+        if let Some(guard) = &mut self.stream_guard {
+            guard.assess_rest_later();
+        }
         if self.ticket.is_some() {
             let usage = self.usage_so_far();
             self.settle(usage);

@@ -171,6 +171,21 @@ impl StreamGuard {
         }
     }
 
+    /// The stream ended without its end reaching tollgate (the client stopped reading, Envoy reset
+    /// the stream): assess what was never assessed, for the record, in the background.
+    pub fn assess_rest_later(&mut self) {
+        if self.terminated || self.window.is_empty() {
+            return;
+        }
+        let text = self.take_window();
+        let guard = self.guard.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                guard.check(Source::Output, &[text]).await;
+            });
+        }
+    }
+
     fn release(&mut self) -> ChunkAction {
         self.released_any = true;
         ChunkAction::Replace(std::mem::take(&mut self.held))

@@ -487,7 +487,8 @@ ENFORCE_TEAMS = (
     + [_team(f"gr-stream-{n}") for n in ("chat", "messages", "responses", "clean")]
 )
 ALL_TEAMS = [_team(f"gr-all-anon-{c[0]}") for c in ALL_ANON_CASES] + [_team(f"gr-all-block-{a}") for a in PATHS]
-OBSERVE_TEAMS = [_team(t) for t in ("gr-obs-block", "gr-obs-anon", "gr-obs-clean", "gr-obs-mixed", "gr-obs-sdk")]
+OBSERVE_TEAMS = [_team(t) for t in ("gr-obs-block", "gr-obs-anon", "gr-obs-clean", "gr-obs-mixed", "gr-obs-sdk",
+                                    "gr-obs-answer", "gr-obs-stream")]
 OFF_TEAMS = [_team("gr-off")]
 BEDROCK_TEAMS = [_team("gr-bedrock")]
 
@@ -1099,3 +1100,23 @@ def test_async_stream_ends_with_a_content_filter_event(enforce_async, marker):
     clean = list(enforce_async.openai(enforce_async.token("gr-async-clean"), marker).chat.completions.create(
         model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True))
     assert "".join(c.choices[0].delta.content or "" for c in clean if c.choices) == TEXT
+
+
+
+def test_observe_assesses_answers_without_touching_them(observe, marker):
+    """Observe mode assesses answers too, after they passed: the client gets them unchanged and
+    the verdict is counted (source OUTPUT)."""
+    m = Metrics(observe)
+    r = send(observe, "chat", "gr-obs-answer", {**BODIES["chat"]}, marker, headers={"x-fake-text": f"ssn {SSN}"})
+    assert r.status_code == 200 and SSN in r.json()["choices"][0]["message"]["content"]
+    wait_until(lambda: m.delta(VERDICTS, source="OUTPUT", verdict="blocked", mode="observe") == 1, 5,
+               what="the answer's verdict counted")
+
+    client = observe.openai(observe.token("gr-obs-stream"), marker)
+    chunks = list(client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True,
+        extra_headers={"x-fake-text": f"card {CARD} here"}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert CARD in text, "observe never changes a stream"
+    wait_until(lambda: m.delta(VERDICTS, source="OUTPUT", verdict="blocked", mode="observe") == 2, 5,
+               what="the stream's verdict counted")
