@@ -1120,3 +1120,83 @@ def test_observe_assesses_answers_without_touching_them(observe, marker):
     assert CARD in text, "observe never changes a stream"
     wait_until(lambda: m.delta(VERDICTS, source="OUTPUT", verdict="blocked", mode="observe") == 2, 5,
                what="the stream's verdict counted")
+
+
+# --------------------------------------------------------------------------- Bedrock, end to end
+
+
+class FakeBedrock:
+    """A local server speaking Bedrock's ApplyGuardrail REST contract
+    (`POST /guardrail/{id}/version/{version}/apply`): SSNs are blocked, emails anonymized."""
+
+    def __init__(self):
+        import re
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.calls: list[tuple[str, dict]] = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+                fake.calls.append((self.path, body))
+                texts = [c["text"]["text"] for c in body["content"]]
+                joined = " ".join(texts)
+                usage = {"topicPolicyUnits": 0, "contentPolicyUnits": 0, "wordPolicyUnits": 0,
+                         "sensitiveInformationPolicyUnits": len(texts), "sensitiveInformationPolicyFreeUnits": 0,
+                         "contextualGroundingPolicyUnits": 0}
+                if re.search(r"\d{3}-\d{2}-\d{4}", joined):
+                    answer = {"action": "GUARDRAIL_INTERVENED", "outputs": [{"text": "Bedrock says no."}], "usage": usage,
+                              "assessments": [{"sensitiveInformationPolicy": {"piiEntities": [
+                                  {"type": "US_SOCIAL_SECURITY_NUMBER", "match": "x", "action": "BLOCKED"}]}}]}
+                elif "@" in joined:
+                    masked = [re.sub(r"\S+@\S+", "{EMAIL}", t) for t in texts]
+                    answer = {"action": "GUARDRAIL_INTERVENED", "outputs": [{"text": t} for t in masked], "usage": usage,
+                              "assessments": [{"sensitiveInformationPolicy": {"piiEntities": [
+                                  {"type": "EMAIL", "match": "x", "action": "ANONYMIZED"}]}}]}
+                else:
+                    answer = {"action": "NONE", "outputs": [], "assessments": [], "usage": usage}
+                data = json.dumps(answer).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+
+@pytest.fixture(scope="module")
+def bedrock():
+    fake = FakeBedrock()
+    yield fake
+    fake.server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def enforce_bedrock(stack_factory, bedrock):
+    g = {"mode": "enforce", "backend": "bedrock",
+         "bedrock": {"guardrail_id": "gr-e2e", "guardrail_version": "4", "region": "us-east-1",
+                     "endpoint_url": bedrock.url, "timeout_ms": 2000}}
+    return stack_factory("guardrail-bedrock", [_team("gr-bedrock-e2e")], guardrail=g, tollgate_env=AWS_ENV)
+
+
+def test_bedrock_backend_blocks_and_masks_through_envoy(enforce_bedrock, bedrock, marker):
+    s = enforce_bedrock
+    r = send(s, "chat", "gr-bedrock-e2e", {"messages": [{"role": "user", "content": f"ssn {SSN}"}]}, marker)
+    assert r.status_code == 400 and r.json()["reason"] == "Bedrock says no.", r.text
+    assert s.upstream_requests(marker) == []
+    path, body = bedrock.calls[-1]
+    assert path == "/guardrail/gr-e2e/version/4/apply"
+    assert body["source"] == "INPUT" and body["content"] == [{"text": {"text": f"ssn {SSN}"}}]
+
+    r = send(s, "messages", "gr-bedrock-e2e", {"messages": [{"role": "user", "content": "mail jo@example.com"}]}, marker)
+    assert r.status_code == 200, r.text
+    assert upstream_body(s, marker)["messages"][0]["content"] == "mail {EMAIL}"
+    assert any(b["source"] == "OUTPUT" for _, b in bedrock.calls), "the answer went to Bedrock too"
