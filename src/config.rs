@@ -230,7 +230,7 @@ pub enum GuardrailBackend {
     Bedrock,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GuardrailSettings {
     /// off | observe (default: assess, log, count, never block) | enforce.
@@ -239,12 +239,29 @@ pub struct GuardrailSettings {
     pub backend: Option<GuardrailBackend>,
     /// Which texts of a prompt are assessed: `latest` (default) or `all`.
     pub scope: Scope,
+    /// Which parts of a prompt are assessed (default all): `system`, `user`, `tool_results`.
+    pub parts: Vec<crate::llm::texts::Part>,
     /// Enforce mode when the guardrail fails: `closed` (default, 503) or `open`.
     pub fail_mode: FailMode,
     pub local: LocalGuardrailConfig,
     pub bedrock: Option<BedrockSettings>,
     /// Streamed answers: `strategy` (buffered | async), `window_chars`, `overlap_chars`.
     pub streaming: crate::extproc::stream_guard::StreamingSettings,
+}
+
+impl Default for GuardrailSettings {
+    fn default() -> Self {
+        Self {
+            mode: GuardrailMode::default(),
+            backend: None,
+            scope: Scope::default(),
+            parts: crate::llm::texts::Part::ALL.to_vec(),
+            fail_mode: FailMode::Closed,
+            local: LocalGuardrailConfig::default(),
+            bedrock: None,
+            streaming: Default::default(),
+        }
+    }
 }
 
 impl GuardrailSettings {

@@ -174,6 +174,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         max_response_json_bytes: settings.server.max_response_json_bytes,
         guardrail,
         guardrail_scope: settings.guardrail.scope,
+        guardrail_parts: settings.guardrail.parts.clone(),
         guardrail_streaming: settings.guardrail.streaming,
     }));
     let exchanges = extproc.exchanges();

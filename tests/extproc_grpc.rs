@@ -59,6 +59,7 @@ async fn start() -> Harness {
         max_response_json_bytes: 1 << 20,
         guardrail: None,
         guardrail_scope: Default::default(),
+        guardrail_parts: Vec::new(),
         guardrail_streaming: Default::default(),
     }));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -38,8 +38,9 @@ pub struct Context {
     pub max_response_json_bytes: usize,
     /// Content guardrails; `None` when they are off.
     pub guardrail: Option<Arc<GuardrailService>>,
-    /// Which texts of a prompt the guardrail assesses.
+    /// Which texts of a prompt the guardrail assesses: how far back, and which parts.
     pub guardrail_scope: Scope,
+    pub guardrail_parts: Vec<crate::llm::texts::Part>,
     /// How streamed answers are assessed.
     pub guardrail_streaming: stream_guard::StreamingSettings,
 }

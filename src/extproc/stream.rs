@@ -26,7 +26,7 @@ use crate::engine::{ModelCall, Ticket};
 use crate::guardrail::Source;
 use crate::guardrail::service::{Mode, Outcome};
 use crate::identity::INVOKE_SCOPE;
-use crate::llm::texts::{content_filtered, replace_texts, request_texts, response_texts};
+use crate::llm::texts::{Part, content_filtered, replace_texts, request_texts, response_texts};
 use crate::llm::{ApiKind, ParsedRequest, RequestFacts, UsageTracker, parse_request};
 use crate::policy::{Rejection, RejectionKind, Team, Usage};
 
@@ -254,7 +254,12 @@ impl Exchange {
     /// refusal to send instead of forwarding.
     async fn guard_prompt(&mut self, parsed: &mut ParsedRequest) -> Option<ProcessingResponse> {
         let guard = self.ctx.guardrail.clone()?;
-        let slots = request_texts(self.api, &parsed.body, self.ctx.guardrail_scope);
+        let mut slots = request_texts(self.api, &parsed.body, self.ctx.guardrail_scope);
+        slots.retain(|s| {
+            self.ctx
+                .guardrail_parts
+                .contains(&Part::of(&parsed.body, &s.pointer))
+        });
         if slots.is_empty() {
             return None;
         }

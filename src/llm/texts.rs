@@ -17,6 +17,44 @@ pub enum Scope {
     All,
 }
 
+/// Which kind of prompt text a slot holds; operators choose which kinds are assessed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Part {
+    /// System prompt, developer messages, Responses `instructions`.
+    System,
+    User,
+    /// Tool results: OpenAI `tool` messages, Anthropic `tool_result`, Responses `function_call_output`.
+    ToolResults,
+}
+
+impl Part {
+    pub const ALL: [Part; 3] = [Part::System, Part::User, Part::ToolResults];
+
+    /// The part of the prompt a text at `pointer` (from [`request_texts`]) belongs to.
+    pub fn of(body: &Value, pointer: &str) -> Part {
+        if pointer.starts_with("/system") || pointer.starts_with("/instructions") {
+            return Part::System;
+        }
+        let mut segments = pointer.split('/').skip(1);
+        let (list, index) = (segments.next(), segments.next());
+        let rest: Vec<&str> = segments.collect();
+        if rest.last() == Some(&"output")
+            || (rest.len() >= 3 && rest[0] == "content" && rest[2] == "content")
+        {
+            return Part::ToolResults;
+        }
+        let message = list
+            .zip(index)
+            .and_then(|(l, i)| body.get(l)?.get(i.parse::<usize>().ok()?));
+        match message.and_then(role) {
+            Some("system" | "developer") => Part::System,
+            Some("tool") => Part::ToolResults,
+            _ => Part::User,
+        }
+    }
+}
+
 /// One text of the body and its JSON pointer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TextSlot {
@@ -350,6 +388,27 @@ mod tests {
             pointers(&response_texts(ApiKind::OpenAiResponses, &resp)),
             vec!["/output/0/content/0/text"]
         );
+    }
+
+    #[test]
+    fn each_text_knows_its_part() {
+        let chat = json!({"messages": [{"role": "developer", "content": "d"}, {"role": "user", "content": "u"},
+                                       {"role": "tool", "content": "t"}]});
+        let parts: Vec<Part> = request_texts(ApiKind::OpenAiChat, &chat, Scope::All)
+            .iter()
+            .map(|s| Part::of(&chat, &s.pointer))
+            .collect();
+        assert_eq!(parts, vec![Part::System, Part::User, Part::ToolResults]);
+        let anthropic = json!({"system": "s", "messages": [{"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "x", "content": "r"}, {"type": "text", "text": "q"}]}]});
+        let parts: Vec<Part> = request_texts(ApiKind::AnthropicMessages, &anthropic, Scope::All)
+            .iter()
+            .map(|s| Part::of(&anthropic, &s.pointer))
+            .collect();
+        assert_eq!(parts, vec![Part::System, Part::ToolResults, Part::User]);
+        let responses = json!({"instructions": "i", "input": [{"type": "function_call_output", "output": "o"}]});
+        assert_eq!(Part::of(&responses, "/instructions"), Part::System);
+        assert_eq!(Part::of(&responses, "/input/0/output"), Part::ToolResults);
     }
 
     #[test]

@@ -1200,3 +1200,22 @@ def test_bedrock_backend_blocks_and_masks_through_envoy(enforce_bedrock, bedrock
     assert r.status_code == 200, r.text
     assert upstream_body(s, marker)["messages"][0]["content"] == "mail {EMAIL}"
     assert any(b["source"] == "OUTPUT" for _, b in bedrock.calls), "the answer went to Bedrock too"
+
+
+@pytest.fixture(scope="module")
+def enforce_user_only(stack_factory):
+    g = guardrail(mode="enforce", backend="local")
+    g["parts"] = ["user"]
+    return stack_factory("guardrail-parts", [_team("gr-parts")], guardrail=g)
+
+
+def test_parts_choose_what_is_assessed(enforce_user_only, marker):
+    """`parts = ["user"]`: system prompts and tool results are not sent to the guardrail."""
+    s = enforce_user_only
+    body = {"messages": [{"role": "system", "content": f"internal ref {SSN}"},
+                         {"role": "user", "content": "hello"},
+                         {"role": "tool", "tool_call_id": "t", "content": f"lookup says {SSN}"}]}
+    r = send(s, "chat", "gr-parts", body, marker)
+    assert r.status_code == 200, r.text
+    r = send(s, "chat", "gr-parts", {"messages": [{"role": "user", "content": f"mine is {SSN}"}]}, marker)
+    assert r.status_code == 400, r.text
