@@ -13,6 +13,7 @@
 //! ```
 
 pub mod admin;
+pub mod aws;
 pub mod cli;
 pub mod config;
 pub mod contract;

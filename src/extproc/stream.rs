@@ -267,13 +267,7 @@ impl Exchange {
         match guard.check(Source::Input, &texts).await {
             Outcome::Pass { note } => self.guardrail_note = note,
             Outcome::Mask { texts: masked } => {
-                let replacements: Vec<(String, String)> = slots
-                    .into_iter()
-                    .zip(masked)
-                    .filter(|(slot, text)| &slot.text != text)
-                    .map(|(slot, text)| (slot.pointer, text))
-                    .collect();
-                replace_texts(&mut parsed.body, &replacements);
+                replace_texts(&mut parsed.body, slots, masked);
                 parsed.changed = true;
                 self.guardrail_note = Some("anonymized");
             }
@@ -393,13 +387,7 @@ impl Exchange {
         let note = match guard.check(Source::Output, &texts).await {
             Outcome::Pass { .. } => return None,
             Outcome::Mask { texts: masked } => {
-                let replacements: Vec<(String, String)> = slots
-                    .into_iter()
-                    .zip(masked)
-                    .filter(|(slot, text)| &slot.text != text)
-                    .map(|(slot, text)| (slot.pointer, text))
-                    .collect();
-                replace_texts(&mut value, &replacements);
+                replace_texts(&mut value, slots, masked);
                 "anonymized"
             }
             Outcome::Block { message, .. } => {

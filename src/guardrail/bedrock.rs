@@ -47,23 +47,14 @@ pub struct BedrockGuardrail {
 
 impl BedrockGuardrail {
     pub async fn connect(settings: &BedrockSettings) -> Self {
-        let timeout = Duration::from_millis(settings.timeout_ms);
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .timeout_config(
-                aws_config::timeout::TimeoutConfig::builder()
-                    .operation_timeout(timeout)
-                    .connect_timeout(timeout)
-                    .build(),
-            )
-            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(3));
-        if let Some(region) = &settings.region {
-            loader = loader.region(aws_config::Region::new(region.clone()));
-        }
-        if let Some(endpoint) = &settings.endpoint_url {
-            loader = loader.endpoint_url(endpoint);
-        }
+        let config = crate::aws::sdk_config(
+            settings.region.as_deref(),
+            settings.endpoint_url.as_deref(),
+            Duration::from_millis(settings.timeout_ms),
+        )
+        .await;
         Self {
-            client: Client::new(&loader.load().await),
+            client: Client::new(&config),
             id: settings.guardrail_id.clone(),
             version: settings.guardrail_version.clone(),
         }

@@ -216,11 +216,14 @@ pub fn content_filtered(api: ApiKind, body: &mut Value, message: &str) {
     }
 }
 
-/// Writes `(pointer, text)` replacements into the body.
-pub fn replace_texts(body: &mut Value, replacements: &[(String, String)]) {
-    for (pointer, text) in replacements {
-        if let Some(slot) = body.pointer_mut(pointer) {
-            *slot = Value::String(text.clone());
+/// Writes new texts (one per slot, as [`request_texts`] or [`response_texts`] found them) back into
+/// the body, in place.
+pub fn replace_texts(body: &mut Value, slots: Vec<TextSlot>, texts: Vec<String>) {
+    for (slot, text) in slots.into_iter().zip(texts) {
+        if slot.text != text
+            && let Some(at) = body.pointer_mut(&slot.pointer)
+        {
+            *at = Value::String(text);
         }
     }
 }
@@ -414,10 +417,8 @@ mod tests {
     #[test]
     fn replacements_go_back_in_place() {
         let mut body = json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": "mail a@b.example"}]}]});
-        replace_texts(
-            &mut body,
-            &[("/messages/0/content/0/text".into(), "mail {EMAIL}".into())],
-        );
+        let slots = request_texts(ApiKind::OpenAiChat, &body, Scope::Latest);
+        replace_texts(&mut body, slots, vec!["mail {EMAIL}".into()]);
         assert_eq!(
             body,
             json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": "mail {EMAIL}"}]}]})

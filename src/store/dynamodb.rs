@@ -163,23 +163,12 @@ fn is_final(key: &CounterKey, now_ms: u64) -> bool {
 
 impl DynamoStore {
     pub async fn connect(settings: &DynamoDbSettings) -> Self {
-        let timeout = Duration::from_millis(settings.timeout_ms);
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .timeout_config(
-                aws_config::timeout::TimeoutConfig::builder()
-                    .operation_timeout(timeout)
-                    .connect_timeout(timeout)
-                    .build(),
-            )
-            // Throttling is retried with the SDK's jittered exponential backoff, inside the deadline.
-            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(3));
-        if let Some(region) = &settings.region {
-            loader = loader.region(aws_config::Region::new(region.clone()));
-        }
-        if let Some(endpoint) = &settings.endpoint_url {
-            loader = loader.endpoint_url(endpoint);
-        }
-        let config = loader.load().await;
+        let config = crate::aws::sdk_config(
+            settings.region.as_deref(),
+            settings.endpoint_url.as_deref(),
+            Duration::from_millis(settings.timeout_ms),
+        )
+        .await;
         Self {
             client: Client::new(&config),
             calls: std::sync::atomic::AtomicU64::new(0),
