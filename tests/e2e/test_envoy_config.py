@@ -38,7 +38,16 @@ def test_config_validates(name, tmp_path):
     assert "OK" in r.stdout + r.stderr
 
 
-@pytest.mark.parametrize("name", CONFIGS)
+def test_ecs_config_validates():
+    """The ECS config (provider clusters, remote JWKS, provider keys from the environment) is
+    validated as shipped: it binds nothing on this machine."""
+    r = _validate(REPO / "envoy" / "ecs.yaml")
+    assert r.returncode == 0, f"envoy --mode validate ecs.yaml failed:\n{r.stdout}\n{r.stderr}"
+    text = (REPO / "envoy" / "ecs.yaml").read_text()
+    assert 'request_headers_to_remove: ["authorization"]' in text, "the caller's Cognito token never goes upstream"
+
+
+@pytest.mark.parametrize("name", CONFIGS + ["ecs.yaml"])
 def test_config_fails_closed(name):
     text = (REPO / "envoy" / name).read_text()
     assert "failure_mode_allow: false" in text
