@@ -73,4 +73,52 @@ fn describe() {
         "ext_proc streams ended with an error status"
     );
     describe_counter!("tollgate_jwks_refreshes_total", "JWKS fetches by result");
+    describe_counter!(
+        "tollgate_spend_micros_total",
+        "Micro-dollars charged, by team"
+    );
+    describe_counter!(
+        "tollgate_budget_threshold_crossings_total",
+        "First crossing of a budget warning threshold per team and month"
+    );
+    describe_counter!(
+        "tollgate_budget_overruns_total",
+        "Calls let through over budget (on_breach = warn)"
+    );
+    describe_counter!(
+        "tollgate_unknown_model_total",
+        "Calls for models without a price, by policy"
+    );
+    describe_gauge!(
+        "tollgate_store_up",
+        "1 while the store answers, 0 while it fails"
+    );
+    describe_gauge!(
+        "tollgate_spool_pending",
+        "Debits waiting in the spool for the store"
+    );
+    describe_counter!(
+        "tollgate_store_stale_reads_total",
+        "Reads answered from cached values because the store failed"
+    );
+    describe_counter!(
+        "tollgate_dynamodb_calls_total",
+        "DynamoDB calls, by operation"
+    );
+    describe_counter!(
+        "tollgate_guardrail_verdicts_total",
+        "Guardrail verdicts by source, verdict and mode"
+    );
+    describe_counter!(
+        "tollgate_guardrail_cache_hits_total",
+        "Texts not sent to the guardrail because they were assessed clean before"
+    );
+    describe_counter!(
+        "tollgate_guardrail_text_units_total",
+        "Guardrail text units billed, by backend and source"
+    );
+    describe_counter!(
+        "tollgate_guardrail_errors_total",
+        "Guardrail failures by source and kind"
+    );
 }
