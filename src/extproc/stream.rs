@@ -52,8 +52,8 @@ pub struct Exchange {
     guard_response: bool,
     /// The output guardrail on a streamed answer.
     stream_guard: Option<StreamGuard>,
-    /// Observe mode: a non-streamed answer collected for assessment after it passed.
-    observed_answer: Option<Vec<u8>>,
+    /// Observe mode: the non-streamed answer is assessed after it passed.
+    observe_answer: bool,
 }
 
 impl Exchange {
@@ -73,7 +73,7 @@ impl Exchange {
             guardrail_note: None,
             guard_response: false,
             stream_guard: None,
-            observed_answer: None,
+            observe_answer: false,
         }
     }
 
@@ -336,28 +336,16 @@ impl Exchange {
                 }
                 self.stream_guard = Some(StreamGuard::new(self.api, guard.clone(), streaming));
             } else {
-                self.observed_answer = Some(Vec::new());
+                self.observe_answer = true;
             }
         }
         envoy::response_headers_reply(&set, false)
     }
 
-    /// Observe mode, non-streamed answer: collects it as it passes and assesses it afterwards,
-    /// off the response path.
-    fn observe_answer(&mut self, chunk: &[u8], end: bool) {
-        let Some(collected) = &mut self.observed_answer else {
-            return;
-        };
-        if collected.len() + chunk.len() > self.ctx.max_response_json_bytes {
-            self.observed_answer = None;
-            return;
-        }
-        collected.extend_from_slice(chunk);
-        if !end {
-            return;
-        }
-        let (Some(body), Some(guard)) = (self.observed_answer.take(), self.ctx.guardrail.clone())
-        else {
+    /// Observe mode, non-streamed answer: assessed after it passed, off the response path, from
+    /// the body the usage tracker buffered anyway.
+    fn assess_answer_later(&self, json: Option<Vec<u8>>) {
+        let (Some(body), Some(guard)) = (json, self.ctx.guardrail.clone()) else {
             return;
         };
         let api = self.api;
@@ -414,16 +402,16 @@ impl Exchange {
     async fn on_response_body(&mut self, body: HttpBody) -> ProcessingResponse {
         if let Some(tracker) = &mut self.tracker {
             tracker.feed(&body.body);
-            if body.end_of_stream {
-                let usage = self
-                    .tracker
-                    .take()
-                    .map(UsageTracker::finish)
-                    .unwrap_or_default();
+            if body.end_of_stream
+                && let Some(tracker) = self.tracker.take()
+            {
+                let (usage, json) = tracker.finish_with_body();
                 self.settle(usage);
+                if self.observe_answer {
+                    self.assess_answer_later(json);
+                }
             }
         }
-        self.observe_answer(&body.body, body.end_of_stream);
         if let Some(guard) = &mut self.stream_guard {
             match guard.on_chunk(&body.body, body.end_of_stream).await {
                 ChunkAction::Pass => {}

@@ -96,13 +96,27 @@ impl UsageTracker {
     }
 
     /// The usage to charge, exact when the provider reported it, else estimated.
-    pub fn finish(mut self) -> Usage {
-        if let Body::Json {
-            buf,
-            overflowed: false,
-            ..
-        } = &self.body
-        {
+    pub fn finish(self) -> Usage {
+        self.finish_with_body().0
+    }
+
+    /// [`finish`](Self::finish), also handing over the buffered JSON body (when it was one and
+    /// fitted the limit), so that nothing else has to buffer the same response again.
+    pub fn finish_with_body(mut self) -> (Usage, Option<Vec<u8>>) {
+        let body = match &mut self.body {
+            Body::Json {
+                buf,
+                overflowed: false,
+                ..
+            } => Some(std::mem::take(buf)),
+            _ => None,
+        };
+        let usage = self.usage_from(body.as_deref());
+        (usage, body)
+    }
+
+    fn usage_from(mut self, json: Option<&[u8]>) -> Usage {
+        if let Some(buf) = json {
             if let Some(usage) = serde_json::from_slice::<Value>(buf)
                 .ok()
                 .and_then(|v| usage_of_response(self.api, &v))
