@@ -95,16 +95,22 @@ pub fn request_headers_reply(
 /// Continue the request, replacing its body if `body` is given (with a matching content-length,
 /// which Envoy requires in BUFFERED mode with SEND headers).
 pub fn request_body_reply(body: Option<Vec<u8>>) -> ProcessingResponse {
-    let set: Vec<(&'static str, String)> = body
-        .as_ref()
-        .map(|b| vec![("content-length", b.len().to_string())])
-        .unwrap_or_default();
     ProcessingResponse {
         response: Some(Reply::RequestBody(BodyResponse {
-            response: common(&set, &[], body),
+            response: buffered_body(body, &[]),
         })),
         ..Default::default()
     }
+}
+
+/// A buffered body's reply: the new body, if any, with the `content-length` Envoy requires for it
+/// (BUFFERED mode with SEND headers), plus any other headers.
+fn buffered_body(body: Option<Vec<u8>>, set: &[(&'static str, String)]) -> Option<CommonResponse> {
+    let mut headers = set.to_vec();
+    if let Some(b) = &body {
+        headers.push(("content-length", b.len().to_string()));
+    }
+    common(&headers, &[], body)
 }
 
 /// Continue the response; when `skip_body`, ask Envoy not to send its body at all.
@@ -145,11 +151,9 @@ pub fn response_body_replace_reply(
     body: Vec<u8>,
     set: &[(&'static str, String)],
 ) -> ProcessingResponse {
-    let mut headers = set.to_vec();
-    headers.push(("content-length", body.len().to_string()));
     ProcessingResponse {
         response: Some(Reply::ResponseBody(BodyResponse {
-            response: common(&headers, &[], Some(body)),
+            response: buffered_body(Some(body), set),
         })),
         ..Default::default()
     }
