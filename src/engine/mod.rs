@@ -204,6 +204,8 @@ pub struct Engine {
     /// Per-instance counters that decide admission while the store is down and the fail mode is
     /// open, so an outage is not unlimited spend.
     fallback: MemoryStore,
+    /// The last minute in which the fallback's expired counters were dropped.
+    fallback_swept_minute: AtomicU64,
     breaker: Arc<Breaker>,
     teams: TeamDirectory,
     prices: PriceBook,
@@ -235,6 +237,7 @@ impl Engine {
             prices: PriceBook::new(store.clone(), settings.prices.clone(), settings.cache_ttl),
             ledger: Ledger::start(store.clone(), spool),
             fallback: MemoryStore::new(),
+            fallback_swept_minute: AtomicU64::new(0),
             store,
             clock,
             settings,
@@ -334,19 +337,23 @@ impl Engine {
                 } else {
                     Rejection::new(RejectionKind::Unavailable, "rate-limit store unavailable")
                 };
-                match self.settings.fail_modes.admits(call.is_some()) {
-                    false => Err(self.refuse(unavailable)),
-                    true => {
-                        metrics::counter!("tollgate_fail_open_total").increment(1);
-                        match self
-                            .admit_at(&self.fallback, team, call, now_ms, &request_id)
-                            .await
-                        {
-                            Ok(ticket) => Ok(ticket),
-                            Err(Failure::Refused(rejection)) => Err(rejection),
-                            Err(Failure::Store(_)) => Err(self.refuse(unavailable)),
-                        }
+                if self.settings.fail_modes.admits(call.is_some()) {
+                    metrics::counter!("tollgate_fail_open_total").increment(1);
+                    // An outage can last long: drop the fallback's finished minutes as they pass.
+                    let minute = now_ms / rate::BUCKET_MS;
+                    if self.fallback_swept_minute.swap(minute, Ordering::Relaxed) != minute {
+                        self.fallback.evict_expired(now_ms / 1000);
                     }
+                    match self
+                        .admit_at(&self.fallback, team, call, now_ms, &request_id)
+                        .await
+                    {
+                        Ok(ticket) => Ok(ticket),
+                        Err(Failure::Refused(rejection)) => Err(rejection),
+                        Err(Failure::Store(_)) => Err(self.refuse(unavailable)),
+                    }
+                } else {
+                    Err(self.refuse(unavailable))
                 }
             }
         };

@@ -45,7 +45,7 @@ impl MemoryStore {
     }
 
     /// Drops counters that expired before `now` and returns their ids.
-    pub(super) fn evict_expired(&self, now: u64) -> Vec<String> {
+    pub fn evict_expired(&self, now: u64) -> Vec<String> {
         let mut counters = self.counters.lock().unwrap();
         let expired: Vec<String> = counters
             .iter()
