@@ -30,6 +30,7 @@ pub struct Settings {
     pub pricing: PricingSettings,
     pub budgets: BudgetSettings,
     pub guardrail: GuardrailSettings,
+    pub webhook: WebhookSettings,
     pub log: LogSettings,
     /// Overrides of tier defaults, e.g. `[tiers.standard] rpm = 150`.
     pub tiers: HashMap<Tier, LimitOverrides>,
@@ -282,6 +283,33 @@ pub enum LogFormat {
     Json,
 }
 
+/// The agentgateway promptGuard webhook (`POST /request`, `POST /response`). The header names
+/// are the ones the agentgateway config computes with CEL (`headers:`) or forwards
+/// (`forwardHeaderMatches`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// When set, every webhook call must carry it in `secret_header` (agentgateway cannot sign
+    /// its calls; a static header set in its config is what it can do).
+    pub secret: Option<String>,
+    pub secret_header: String,
+    /// The model the client asked for (CEL `llmRequest.model`).
+    pub model_header: String,
+    /// The client's request path (CEL `request.path`): picks the API error shape of refusals.
+    pub path_header: String,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        Self {
+            secret: None,
+            secret_header: "x-tollgate-webhook-secret".into(),
+            model_header: "x-tollgate-model".into(),
+            path_header: "x-tollgate-path".into(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogSettings {
@@ -308,6 +336,7 @@ const SECTIONS: &[&str] = &[
     "pricing",
     "budgets",
     "guardrail",
+    "webhook",
     "log",
     "tiers",
     "teams",

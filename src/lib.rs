@@ -3,7 +3,7 @@
 //! Data flows top to bottom, each layer calling only the one below it:
 //!
 //! ```text
-//! extproc/ (Envoy gRPC)   http.rs, admin/http.rs          wire adapters: thin
+//! extproc/ (Envoy gRPC)   webhook/ (agentgateway), http.rs, admin/http.rs: wire adapters, thin
 //!            \              /
 //!             identity/  +  llm/                          who is asking, what they ask for
 //!                    \     /
@@ -27,3 +27,4 @@ pub mod policy;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod webhook;

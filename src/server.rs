@@ -25,6 +25,8 @@ use crate::guardrail::service::{GuardrailService, Mode as GuardrailMode};
 use crate::http::{OpsState, router};
 use crate::identity::{Authenticator, JwksSource, KeySet, Verification};
 use crate::store::{DynamoStore, EmbeddedStore, MemoryStore, Spool, Store};
+use crate::webhook::Webhook;
+use crate::webhook::http::{WebhookState, router as webhook_router};
 
 /// The configured store, and the spool that keeps debits a remote store could not take yet.
 pub async fn open_store(
@@ -134,6 +136,32 @@ pub async fn guardrail_backend(settings: &Settings) -> anyhow::Result<Arc<dyn Gu
     })
 }
 
+/// The agentgateway promptGuard webhook over the same engine, identity and guardrail as ext_proc.
+pub fn webhook_state(
+    settings: &Settings,
+    engine: Arc<Engine>,
+    auth: Arc<Authenticator>,
+    guardrail: Option<Arc<GuardrailService>>,
+) -> Arc<WebhookState> {
+    if settings.webhook.secret.is_none() {
+        tracing::warn!(
+            "webhook.secret is not set: /request and /response accept calls from anyone who can reach them"
+        );
+    }
+    Arc::new(WebhookState {
+        webhook: Webhook {
+            engine,
+            auth,
+            guardrail,
+            guardrail_scope: settings.guardrail.scope,
+            guardrail_parts: settings.guardrail.parts.clone(),
+            model_header: settings.webhook.model_header.clone(),
+        },
+        settings: settings.webhook.clone(),
+        max_body_bytes: settings.server.max_request_body_bytes,
+    })
+}
+
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let metrics = crate::telemetry::init_metrics()?;
     let (store, spool) = open_store(&settings).await?;
@@ -167,6 +195,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         auth: Some(auth.clone()),
     });
     let guardrail = guardrail_service(&settings).await?;
+    let webhook = webhook_state(&settings, engine.clone(), auth.clone(), guardrail.clone());
     let extproc = ExtProcService::new(Arc::new(Context {
         engine: engine.clone(),
         auth,
@@ -218,7 +247,9 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         );
     let http = axum::serve(
         http_listener,
-        router(ops.clone()).merge(admin_router(admin)),
+        router(ops.clone())
+            .merge(admin_router(admin))
+            .merge(webhook_router(webhook)),
     )
     .with_graceful_shutdown(stop.clone().cancelled_owned());
     let grpc = tokio::spawn(grpc);

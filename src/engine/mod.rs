@@ -377,12 +377,7 @@ impl Engine {
             CounterKey::requests_in_minute(&team.id, pos.bucket - 1, pos.bucket_expiry_secs() - 60);
         let current_key =
             CounterKey::requests_in_minute(&team.id, pos.bucket, pos.bucket_expiry_secs());
-        // Token counters outlive their day by one so late debits and operators can still see them.
-        let tokens_key = CounterKey::tokens_on_day(
-            &team.id,
-            &calendar::day_key(now),
-            calendar::next_day_start(now) + 86_400,
-        );
+        let tokens_key = tokens_key(&team.id, now);
         let money = match call {
             Some(call) => Some(self.price_call(team, call, now).await?),
             None => None,
@@ -572,7 +567,6 @@ impl Engine {
             )));
         }
         let month = calendar::month_key(now);
-        let expires = calendar::next_month_start(now) + SPEND_RETENTION_SECS;
         let estimate = price.cost_micros(&Usage {
             input: call.prompt_chars.div_ceil(4),
             output: call
@@ -580,9 +574,10 @@ impl Engine {
                 .unwrap_or(DEFAULT_RESERVED_OUTPUT_TOKENS),
             ..Default::default()
         });
+        let (month_key, model_key) = spend_keys(&team.id, &model, now);
         Ok(Money {
-            month_key: CounterKey::spend_in_month(&team.id, &month, expires),
-            model_key: CounterKey::spend_on_model(&team.id, &month, &model, expires),
+            month_key,
+            model_key,
             reserved_key: CounterKey::reserved_in_month(
                 &team.id,
                 &month,
@@ -665,6 +660,12 @@ impl Engine {
         self.settle_as(ticket, Some(usage), api).await;
     }
 
+    /// Gives back an admitted request's reservation, if any, charging nothing: for adapters whose
+    /// usage is reported later by another path (the webhook's, from access logs).
+    pub async fn release(&self, ticket: Ticket) {
+        self.settle_as(ticket, None, "").await;
+    }
+
     /// `usage: None`: the request never ran; only a reservation, if any, is released.
     async fn settle_as(&self, ticket: Ticket, usage: Option<Usage>, api: &'static str) {
         let mut amounts = Vec::new();
@@ -696,6 +697,47 @@ impl Engine {
         }
     }
 
+    /// The debit for usage reported after the fact (an access-log record) rather than through an
+    /// admission: tokens go to the day and spend to the month of `at_ms`, whenever the record is
+    /// processed, and the debit carries `request_id` so a deduplicating store applies it once.
+    /// A model without a price is charged tokens only; the returned cost says so (`None`).
+    pub async fn usage_debit(
+        &self,
+        team: &Team,
+        model: &str,
+        usage: &Usage,
+        at_ms: u64,
+        request_id: &str,
+    ) -> (Debit, Option<u64>) {
+        let at = at_ms / 1000;
+        let mut amounts = Vec::new();
+        if usage.total() > 0 {
+            amounts.push((tokens_key(&team.id, at), usage.total() as i64));
+        }
+        let table = self.prices.table().await;
+        let priced = match (table.price(model), self.settings.unknown_model) {
+            (Some(found), _) => Some(found),
+            (None, UnknownModel::Charge(price)) => {
+                Some((crate::policy::pricing::normalise_model(model), price))
+            }
+            (None, UnknownModel::Reject) => None,
+        };
+        let cost = priced.map(|(model, price)| {
+            let cost = price.cost_micros(usage);
+            if cost > 0 {
+                let (month_key, model_key) = spend_keys(&team.id, &model, at);
+                amounts.push((month_key, cost as i64));
+                amounts.push((model_key, cost as i64));
+            }
+            cost
+        });
+        let debit = Debit {
+            id: request_id.to_owned(),
+            amounts,
+        };
+        (debit, cost)
+    }
+
     /// Waits until every queued debit is applied and the store has made it durable.
     pub async fn flush(&self) {
         self.ledger.flush().await;
@@ -708,6 +750,26 @@ impl Engine {
             self.request_seq.fetch_add(1, Ordering::Relaxed)
         )
     }
+}
+
+/// A team's token counter for the UTC day of `at` (seconds). It outlives its day by one so late
+/// debits and operators can still see it.
+fn tokens_key(team: &str, at: u64) -> CounterKey {
+    CounterKey::tokens_on_day(
+        team,
+        &calendar::day_key(at),
+        calendar::next_day_start(at) + 86_400,
+    )
+}
+
+/// A team's spend counters for the UTC month of `at` (seconds): all models, and `model`.
+fn spend_keys(team: &str, model: &str, at: u64) -> (CounterKey, CounterKey) {
+    let month = calendar::month_key(at);
+    let expires = calendar::next_month_start(at) + SPEND_RETENTION_SECS;
+    (
+        CounterKey::spend_in_month(team, &month, expires),
+        CounterKey::spend_on_model(team, &month, model, expires),
+    )
 }
 
 #[cfg(test)]
