@@ -12,6 +12,7 @@
 //!              policy/     store/                          pure decisions  |  counters and teams
 //! ```
 
+pub mod accesslog;
 pub mod admin;
 pub mod aws;
 pub mod cli;

@@ -166,6 +166,36 @@ impl Authenticator {
         Ok(claims)
     }
 
+    /// The caller of a request that already happened, from the token an access-log record kept:
+    /// the signature and issuer are checked as usual, but not expiry, because the token was valid
+    /// when the request was admitted and the record may be processed hours later.
+    pub async fn authenticate_recorded(
+        &self,
+        token: &str,
+        scope: &str,
+    ) -> Result<Principal, IdentityError> {
+        let token = token
+            .split_once(' ')
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map_or(token, |(_, t)| t)
+            .trim();
+        if token.is_empty() {
+            return Err(IdentityError::Missing);
+        }
+        let claims = match &self.verification {
+            Verification::Keys(keys) => {
+                let mut validation = self.validation.clone();
+                validation.validate_exp = false;
+                self.verify_with(keys, token, &validation).await?
+            }
+            Verification::TrustUpstream => {
+                jsonwebtoken::dangerous::insecure_decode_claims::<Map<String, Value>>(token)
+                    .map_err(|e| IdentityError::Invalid(e.to_string()))?
+            }
+        };
+        self.principal(&claims, scope)
+    }
+
     /// Claims that Envoy's `jwt_authn` already verified.
     pub fn authenticate_verified_claims(
         &self,
@@ -179,6 +209,15 @@ impl Authenticator {
         &self,
         keys: &KeySet,
         token: &str,
+    ) -> Result<Map<String, Value>, IdentityError> {
+        self.verify_with(keys, token, &self.validation).await
+    }
+
+    async fn verify_with(
+        &self,
+        keys: &KeySet,
+        token: &str,
+        validation: &Validation,
     ) -> Result<Map<String, Value>, IdentityError> {
         let header = decode_header(token).map_err(|e| IdentityError::Invalid(e.to_string()))?;
         if header.alg != Algorithm::RS256 {
@@ -194,7 +233,7 @@ impl Authenticator {
             .key(&kid)
             .await
             .map_err(|e| IdentityError::Invalid(e.to_string()))?;
-        decode::<Map<String, Value>>(token, &key, &self.validation)
+        decode::<Map<String, Value>>(token, &key, validation)
             .map(|data| data.claims)
             .map_err(|e| IdentityError::Invalid(e.to_string()))
     }

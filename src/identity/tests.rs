@@ -185,3 +185,42 @@ async fn a_cached_verification_ends_when_the_token_expires() {
         Err(IdentityError::Invalid(_))
     ));
 }
+
+#[tokio::test]
+async fn recorded_tokens_are_verified_but_may_have_expired_since() {
+    let auth = verifying().await;
+    let mut expired = claims();
+    expired["exp"] = json!(get_current_timestamp() - 7200);
+    let expired = token(expired, "dev-1");
+    assert!(matches!(
+        auth.authenticate_header(Some(&bearer(&expired)), INVOKE_SCOPE)
+            .await,
+        Err(IdentityError::Invalid(_))
+    ));
+    for recorded in [expired.clone(), bearer(&expired)] {
+        let p = auth
+            .authenticate_recorded(&recorded, INVOKE_SCOPE)
+            .await
+            .unwrap();
+        assert_eq!(p.team.as_deref(), Some("search"));
+    }
+    // The signature still counts: a record cannot name a team with a forged token.
+    let mut forged = expired.clone();
+    forged.truncate(forged.len() - 4);
+    forged.push_str("AAAA");
+    assert!(matches!(
+        auth.authenticate_recorded(&forged, INVOKE_SCOPE).await,
+        Err(IdentityError::Invalid(_))
+    ));
+    let mut other_issuer = claims();
+    other_issuer["iss"] = json!("https://elsewhere");
+    assert!(
+        auth.authenticate_recorded(&token(other_issuer, "dev-1"), INVOKE_SCOPE)
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        auth.authenticate_recorded("", INVOKE_SCOPE).await,
+        Err(IdentityError::Missing)
+    );
+}
