@@ -70,13 +70,12 @@ pub struct FailedLine {
 
 /// Reads one access-log line.
 pub fn parse_line(line: &LogLine) -> Result<UsageRecord, Skip> {
+    // agentgateway's JSON logs are one object per line. Anything else is reported: a text-format
+    // log (`logging.format` not `json`) would otherwise lose every record's usage silently.
     let record: Map<String, Value> = match serde_json::from_str(line.message.trim()) {
         Ok(Value::Object(record)) => record,
-        // agentgateway's JSON logs are one object per line; anything else is another program's
-        // output or a text-format log, which this recorder cannot read.
-        Ok(_) | Err(_) if !line.message.contains("gen_ai.") => return Err(Skip::NotUsage),
         Ok(_) => return Err(Skip::Unusable("not a JSON object".into())),
-        Err(e) => return Err(Skip::Unusable(format!("not JSON: {e}"))),
+        Err(e) => return Err(Skip::Unusable(format!("not a JSON log record: {e}"))),
     };
     let text = |key: &str| {
         record
@@ -93,8 +92,7 @@ pub fn parse_line(line: &LogLine) -> Result<UsageRecord, Skip> {
                 .ok_or_else(|| Skip::Unusable(format!("{key} is not a token count: {v}"))),
         }
     };
-    let Some(model) = text("gen_ai.response.model").or_else(|| text("gen_ai.request.model"))
-    else {
+    let Some(model) = text("gen_ai.response.model").or_else(|| text("gen_ai.request.model")) else {
         return Err(Skip::NotUsage);
     };
     // agentgateway's input count includes the tokens read from and written to the cache.
@@ -259,15 +257,15 @@ mod tests {
     }
 
     #[test]
-    fn lines_without_usage_are_ignored_and_broken_usage_lines_reported() {
+    fn records_without_usage_are_ignored_and_unreadable_lines_reported() {
         for ignored in [
-            "agentgateway starting",
             r#"{"level":"info","message":"listening"}"#,
             r#"{"http.status":429,"gen_ai.request.model":"gpt-4o"}"#,
         ] {
             assert_eq!(parse_line(&line(ignored)), Err(Skip::NotUsage), "{ignored}");
         }
         for broken in [
+            "2026-11-21T10:00:00Z\tinfo\trequest gen_ai.request.model=gpt-4o",
             r#"{"gen_ai.request.model":"gpt-4o","gen_ai.usage.output_tokens":"#,
             r#"{"gen_ai.request.model":"gpt-4o","gen_ai.usage.output_tokens":-3}"#,
             r#"["gen_ai.usage.output_tokens"]"#,

