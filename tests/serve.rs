@@ -1,5 +1,5 @@
 //! The real `tollgate serve` process: gRPC health for the ext_proc service, the HTTP ops
-//! endpoints, `tollgate check`, and a clean exit on SIGTERM.
+//! endpoints and the webhook, `tollgate check`, and a clean exit on SIGTERM.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -85,6 +85,19 @@ async fn serves_grpc_health_and_readiness_and_stops_cleanly_on_sigterm() {
             .status
             .success()
     );
+
+    // The agentgateway webhook is served on the HTTP port: a call without a token is a reject
+    // that agentgateway can read, not an HTTP error.
+    let reply: serde_json::Value = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{http}/request"))
+        .body(r#"{"body":{"messages":[{"role":"user","content":"hi"}]}}"#)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(reply["action"]["status_code"], 401, "{reply}");
 
     let kill = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
