@@ -287,11 +287,17 @@ impl Outcome {
 struct AgwStream {
     tx: Option<mpsc::Sender<ProcessingRequest>>,
     rx: Streaming<ProcessingResponse>,
-    first_sent: bool,
+    /// `protocol_config`, until the first message takes it.
+    protocol_config: Option<ProtocolConfiguration>,
 }
 
 impl AgwStream {
+    /// A stream with agentgateway's default processing options.
     async fn open(h: &mut Harness) -> Self {
+        Self::with_modes(h, BodySendMode::FullDuplexStreamed).await
+    }
+
+    async fn with_modes(h: &mut Harness, request_body_mode: BodySendMode) -> Self {
         // agentgateway's request channel holds 10 messages.
         let (tx, outbound) = mpsc::channel(10);
         let rx = h
@@ -303,21 +309,19 @@ impl AgwStream {
         Self {
             tx: Some(tx),
             rx,
-            first_sent: false,
+            protocol_config: Some(ProtocolConfiguration {
+                request_body_mode: request_body_mode as i32,
+                response_body_mode: BodySendMode::FullDuplexStreamed as i32,
+                ..Default::default()
+            }),
         }
     }
 
     async fn send(&mut self, request: Message) {
-        // `protocol_config` goes on the first message only (`protocol_config_for_headers`).
-        let protocol_config = (!self.first_sent).then(|| ProtocolConfiguration {
-            request_body_mode: BodySendMode::FullDuplexStreamed as i32,
-            response_body_mode: BodySendMode::FullDuplexStreamed as i32,
-            ..Default::default()
-        });
-        self.first_sent = true;
         let message = ProcessingRequest {
             request: Some(request),
-            protocol_config,
+            // On the first message only (`protocol_config_for_headers`).
+            protocol_config: self.protocol_config.take(),
             ..Default::default()
         };
         self.tx
@@ -949,6 +953,24 @@ async fn a_guarded_stream_ended_by_trailers_still_delivers_its_last_window() {
     );
     assert!(passed.ended_by_trailers);
     ex.finish().await;
+}
+
+#[tokio::test]
+async fn a_client_that_never_sends_request_bodies_cannot_pass_model_calls_unchecked() {
+    let mut h = start(Options::default()).await;
+    // requestBodyMode: none; other calls are still admitted at their headers.
+    let mut files = AgwStream::with_modes(&mut h, BodySendMode::None).await;
+    files.send(request_headers("/v1/files", true)).await;
+    assert!(matches!(files.next().await, Reply::RequestHeaders(_)));
+
+    let mut chat = AgwStream::with_modes(&mut h, BodySendMode::None).await;
+    chat.send(request_headers("/v1/chat/completions", true))
+        .await;
+    let status = tokio::time::timeout(Duration::from_secs(5), chat.rx.message())
+        .await
+        .expect("an answer in time")
+        .expect_err("an error, which agentgateway's failClosed turns into a failed request");
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition);
 }
 
 /// A streamed answer cut after 400 generated characters (about 100 tokens), by `end`.

@@ -106,6 +106,8 @@ pub struct Duplex {
     /// Which directions stream full-duplex; the other (if any) gets the exchange's replies as is.
     request_duplex: bool,
     response_duplex: bool,
+    /// The client never sends request bodies (agentgateway's `requestBodyMode: none`).
+    request_bodies_withheld: bool,
     limits: Limits,
     request: Side,
     response: Side,
@@ -125,6 +127,7 @@ impl Duplex {
         (request_duplex || response_duplex).then_some(Self {
             request_duplex,
             response_duplex,
+            request_bodies_withheld: config.request_body_mode == BodySendMode::None as i32,
             limits,
             request: Side::Start,
             response: Side::Start,
@@ -153,6 +156,9 @@ impl Duplex {
             }
             Some(Message::ResponseBody(_)) if self.response_duplex => {
                 self.on_body(Response, exchange, message).await?
+            }
+            Some(Message::RequestHeaders(_)) if self.request_bodies_withheld => {
+                vec![admit_without_body(exchange, message).await?]
             }
             Some(Message::RequestTrailers(_)) if self.request_duplex => {
                 self.on_trailers(Request, exchange, message).await?
@@ -335,6 +341,22 @@ impl Duplex {
             direction.passed(body, ending == Ending::EndOfStream),
         ])
     }
+}
+
+/// Request headers from a client that never sends request bodies: fine for calls admitted at the
+/// headers, but a model call is admitted on its body, and without it would pass unchecked.
+async fn admit_without_body(
+    exchange: &mut Exchange,
+    message: ProcessingRequest,
+) -> Result<ProcessingResponse, Status> {
+    let reply = exchange.handle(message).await?;
+    if is_immediate(&reply) || matches!(wanted(Direction::Request, &reply), BodyWanted::Not) {
+        return Ok(reply);
+    }
+    Err(Status::failed_precondition(
+        "tollgate admits model calls on their request body, which this client does not send \
+         (requestBodyMode: none)",
+    ))
 }
 
 /// The exchange's reply to one chunk, as streamed replies: nothing while it holds the chunk back
