@@ -10,8 +10,8 @@
 //!   `StreamedBodyResponse` (agentgateway ends the body at any reply that does not), and the body
 //!   ends at the one with `end_of_stream` or at a trailers reply;
 //! - an ImmediateResponse answers the HTTP request; chunks already on their way still go out;
-//! - the request stream is half-closed when agentgateway drops its senders, or the whole call is
-//!   dropped when agentgateway gives up on it.
+//! - the request stream is half-closed when agentgateway drops its senders (after the last body
+//!   message, or when a body stops at an upstream error); only a lost connection resets it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -1000,7 +1000,7 @@ async fn an_answer_whose_body_fails_mid_stream_is_charged_for_what_passed() {
 }
 
 #[tokio::test]
-async fn an_exchange_dropped_mid_answer_is_charged_for_what_passed() {
-    // agentgateway gives up on the call altogether: the gRPC stream is cancelled.
+async fn an_exchange_reset_mid_answer_is_charged_for_what_passed() {
+    // The connection to tollgate is lost (agentgateway restarts): the gRPC stream is reset.
     answer_cut_short(async |ex: AgwStream| drop(ex)).await;
 }
