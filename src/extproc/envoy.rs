@@ -9,7 +9,7 @@ use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::{
 };
 use envoy_types::pb::envoy::service::ext_proc::v3::{
     BodyMutation, BodyResponse, CommonResponse, HeaderMutation, HeadersResponse, HttpHeaders,
-    ImmediateResponse, ProcessingResponse, body_mutation::Mutation,
+    ImmediateResponse, ProcessingResponse, StreamedBodyResponse, body_mutation::Mutation,
     processing_response::Response as Reply,
 };
 use envoy_types::pb::envoy::r#type::v3::HttpStatus;
@@ -174,6 +174,84 @@ pub fn response_body_reply() -> ProcessingResponse {
         response: Some(Reply::ResponseBody(BodyResponse::default())),
         ..Default::default()
     }
+}
+
+/// One FULL_DUPLEX_STREAMED body chunk to pass on, and whether it is the last one.
+pub fn streamed_body_reply(
+    request: bool,
+    body: Vec<u8>,
+    end_of_stream: bool,
+) -> ProcessingResponse {
+    let reply = BodyResponse {
+        response: Some(CommonResponse {
+            body_mutation: Some(BodyMutation {
+                mutation: Some(Mutation::StreamedResponse(StreamedBodyResponse {
+                    body,
+                    end_of_stream,
+                    ..Default::default()
+                })),
+            }),
+            ..Default::default()
+        }),
+    };
+    ProcessingResponse {
+        response: Some(if request {
+            Reply::RequestBody(reply)
+        } else {
+            Reply::ResponseBody(reply)
+        }),
+        ..Default::default()
+    }
+}
+
+pub fn is_immediate(reply: &ProcessingResponse) -> bool {
+    matches!(reply.response, Some(Reply::ImmediateResponse(_)))
+}
+
+/// What a body reply asks for: the body that replaces the one sent (`None`: pass it unchanged),
+/// and the headers it sets.
+pub struct BodyVerdict {
+    pub body: Option<Vec<u8>>,
+    pub set_headers: Vec<HeaderValueOption>,
+}
+
+pub fn body_verdict(reply: ProcessingResponse) -> BodyVerdict {
+    let common = match reply.response {
+        Some(Reply::RequestBody(b) | Reply::ResponseBody(b)) => b.response,
+        _ => None,
+    }
+    .unwrap_or_default();
+    let body = match common.body_mutation.and_then(|m| m.mutation) {
+        Some(Mutation::Body(body)) => Some(body),
+        Some(Mutation::ClearBody(true)) => Some(Vec::new()),
+        Some(Mutation::StreamedResponse(streamed)) => Some(streamed.body),
+        Some(Mutation::ClearBody(false)) | None => None,
+    };
+    BodyVerdict {
+        body,
+        set_headers: common
+            .header_mutation
+            .map(|m| m.set_headers)
+            .unwrap_or_default(),
+    }
+}
+
+/// Adds headers to set to a headers reply.
+pub fn add_set_headers(reply: &mut ProcessingResponse, set: Vec<HeaderValueOption>) {
+    if set.is_empty() {
+        return;
+    }
+    let headers = match &mut reply.response {
+        Some(Reply::RequestHeaders(h) | Reply::ResponseHeaders(h)) => h,
+        _ => return,
+    };
+    headers
+        .response
+        .get_or_insert_with(CommonResponse::default)
+        .header_mutation
+        .get_or_insert_with(HeaderMutation::default)
+        .set_headers
+        .extend(set);
 }
 
 pub fn immediate_reply(reply: contract::Reply) -> ProcessingResponse {

@@ -4,11 +4,17 @@
 //! back as `Err(Status)` (a cleanly closed stream makes Envoy continue unprocessed), a stream
 //! reset at the end of a request is a normal end, and accounting settles when the exchange ends
 //! however it ends (see `Exchange`'s `Drop`).
+//!
+//! A client that streams bodies full-duplex (agentgateway's `extProc`) is recognised by its first
+//! message and served through [`duplex::Duplex`], which may answer a message with no reply or
+//! several.
 
+mod duplex;
 mod envoy;
 mod stream;
 pub mod stream_guard;
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -26,6 +32,7 @@ use crate::guardrail::service::GuardrailService;
 use crate::identity::Authenticator;
 use crate::llm::texts::Scope;
 
+use duplex::Duplex;
 pub use stream::Exchange;
 
 /// What every exchange needs; shared by all streams.
@@ -81,38 +88,82 @@ impl ExtProcService {
 
 type ResponseStream = Pin<Box<dyn Stream<Item = Result<ProcessingResponse, Status>> + Send>>;
 
+/// How replies are shaped for the client, decided by its first message.
+enum Client {
+    /// Envoy (BUFFERED request bodies, STREAMED response bodies): one reply per message, the
+    /// exchange's own.
+    Envoy,
+    FullDuplex(Duplex),
+}
+
+impl Client {
+    fn for_first_message(message: &ProcessingRequest, limits: duplex::Limits) -> Self {
+        match Duplex::for_client(message.protocol_config.as_ref(), limits) {
+            Some(duplex) => {
+                tracing::debug!("ext_proc client streams bodies full-duplex");
+                Client::FullDuplex(duplex)
+            }
+            None => Client::Envoy,
+        }
+    }
+}
+
 struct Driver {
     inbound: Streaming<ProcessingRequest>,
     exchange: Exchange,
+    client: Option<Client>,
+    limits: duplex::Limits,
+    /// Replies decided but not yet sent: a message may call for several.
+    queued: VecDeque<ProcessingResponse>,
     abandon: CancellationToken,
     failed: bool,
 }
 
 impl Driver {
     async fn next_reply(mut self) -> Option<(Result<ProcessingResponse, Status>, Self)> {
-        if self.failed {
-            return None;
-        }
-        let next = tokio::select! {
-            next = self.inbound.message() => next,
-            _ = self.abandon.cancelled() => return None,
-        };
-        match next {
-            Ok(Some(message)) => {
-                let reply = self.exchange.handle(message).await;
-                if let Err(status) = &reply {
-                    tracing::warn!(%status, "ext_proc exchange failed");
-                    metrics::counter!("tollgate_extproc_errors_total").increment(1);
-                    self.failed = true;
+        loop {
+            if let Some(reply) = self.queued.pop_front() {
+                return Some((Ok(reply), self));
+            }
+            if self.failed {
+                return None;
+            }
+            let next = tokio::select! {
+                next = self.inbound.message() => next,
+                _ = self.abandon.cancelled() => return None,
+            };
+            match next {
+                Ok(Some(message)) => match self.replies_to(message).await {
+                    Ok(replies) => self.queued.extend(replies),
+                    Err(status) => {
+                        tracing::warn!(%status, "ext_proc exchange failed");
+                        metrics::counter!("tollgate_extproc_errors_total").increment(1);
+                        self.failed = true;
+                        return Some((Err(status), self));
+                    }
+                },
+                Ok(None) => return None,
+                // Envoy resets the stream when the HTTP request ends (agentgateway cancels it
+                // when it gives up on a request): a normal end.
+                Err(status) => {
+                    tracing::debug!(%status, "ext_proc stream reset by the client");
+                    return None;
                 }
-                Some((reply, self))
             }
-            Ok(None) => None,
-            // Envoy resets the stream when the HTTP request ends: a normal end.
-            Err(status) => {
-                tracing::debug!(%status, "ext_proc stream ended by Envoy");
-                None
-            }
+        }
+    }
+
+    async fn replies_to(
+        &mut self,
+        message: ProcessingRequest,
+    ) -> Result<Vec<ProcessingResponse>, Status> {
+        let limits = self.limits;
+        let client = self
+            .client
+            .get_or_insert_with(|| Client::for_first_message(&message, limits));
+        match client {
+            Client::Envoy => Ok(vec![self.exchange.handle(message).await?]),
+            Client::FullDuplex(duplex) => duplex.handle(&mut self.exchange, message).await,
         }
     }
 }
@@ -128,6 +179,12 @@ impl ExternalProcessor for ExtProcService {
         let driver = Driver {
             inbound: request.into_inner(),
             exchange: Exchange::new(self.ctx.clone(), self.exchanges.clone()),
+            client: None,
+            limits: duplex::Limits {
+                request_body: self.ctx.max_request_body_bytes,
+                held_answer: self.ctx.max_response_json_bytes,
+            },
+            queued: VecDeque::new(),
             abandon: self.abandon.clone(),
             failed: false,
         };

@@ -218,12 +218,8 @@ impl Exchange {
             // Admitted at the headers (not a model call): the body is not ours to read.
             return envoy::request_body_reply(None);
         }
-        let limit = self.ctx.max_request_body_bytes;
-        if body.body.len() > limit || !body.end_of_stream {
-            return self.refuse_here(Rejection::new(
-                RejectionKind::BodyTooLarge,
-                format!("request body exceeds the {limit}-byte limit"),
-            ));
+        if body.body.len() > self.ctx.max_request_body_bytes || !body.end_of_stream {
+            return self.refuse_oversized_request();
         }
         let parsed = match parse_request(self.api, &body.body) {
             Ok(parsed) => parsed,
@@ -248,6 +244,26 @@ impl Exchange {
         let reply = envoy::request_body_reply(parsed.rewritten());
         self.facts = Some(parsed.facts);
         reply
+    }
+
+    /// Refuses a request body beyond the configured limit (also before all of it arrived).
+    pub fn refuse_oversized_request(&self) -> ProcessingResponse {
+        let limit = self.ctx.max_request_body_bytes;
+        self.refuse_here(Rejection::new(
+            RejectionKind::BodyTooLarge,
+            format!("request body exceeds the {limit}-byte limit"),
+        ))
+    }
+
+    /// Withholds an answer the output guardrail had to see whole but that outgrew what tollgate
+    /// holds: it could not be checked, so, as when the guardrail fails closed, it is not delivered.
+    pub fn withhold_oversized_answer(&self) -> ProcessingResponse {
+        let limit = self.ctx.max_response_json_bytes;
+        tracing::warn!(limit, "answer too large for the output guardrail; withheld");
+        self.refuse_here(Rejection::new(
+            RejectionKind::GuardrailUnavailable,
+            format!("the response exceeds the {limit}-byte limit of the content guardrail and was withheld"),
+        ))
     }
 
     /// Runs the input guardrail on the prompt's new texts. Masks them in the body, or returns the
