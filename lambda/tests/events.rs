@@ -20,7 +20,7 @@ use dynamodb_local::{DynamoDbLocal, dynamo_settings, dynamo_store, start_dynamod
 use tollgate::accesslog::Recorder;
 use tollgate::config::{Settings, StoreBackend};
 use tollgate::identity::{ADMIN_SCOPE, INVOKE_SCOPE};
-use tollgate::policy::{Team, Tier};
+use tollgate::policy::{Team, Tier, calendar};
 use tollgate::store::{CounterKey, Store};
 use tollgate_lambda::{Boot, admin_app, boot_with, record_logs, webhook_app};
 
@@ -168,7 +168,12 @@ async fn usage_recorder_charges_access_log_records_once_and_reports_the_unreadab
     };
     // The token expired long before the logs were processed: still the caller.
     let expired = token(INVOKE_SCOPE, get_current_timestamp() - 86_400);
-    let payload = event("cloudwatch-logs-usage.payload.json", &expired);
+    // Records from today: a past day's token counter has expired, and DynamoDB's TTL may already
+    // have removed it.
+    let today = calendar::day_key(get_current_timestamp());
+    let month = calendar::month_key(get_current_timestamp());
+    let payload =
+        event("cloudwatch-logs-usage.payload.json", &expired).replace("2026-05-01", &today);
 
     let report = record_logs(&recorder, logs_event(&payload)).await.unwrap();
     assert_eq!(report["recorded"], 2, "{report}");
@@ -185,10 +190,10 @@ async fn usage_recorder_charges_access_log_records_once_and_reports_the_unreadab
             .contains("not a JSON log record")
     );
 
-    // Both records are from 2026-05-01; cache-inclusive input counted once.
-    let tokens = counter(store.as_ref(), "tokens#2026-05-01").await;
+    // Cache-inclusive input counted once.
+    let tokens = counter(store.as_ref(), &format!("tokens#{today}")).await;
     assert_eq!(tokens, 1234 + 56 + 6454 + 187);
-    let spend = counter(store.as_ref(), "spend#2026-05").await;
+    let spend = counter(store.as_ref(), &format!("spend#{month}")).await;
     assert!(spend > 0);
     assert_eq!(report["tokens"], tokens);
     assert_eq!(report["cost_micros"], spend);
@@ -196,8 +201,14 @@ async fn usage_recorder_charges_access_log_records_once_and_reports_the_unreadab
     // CloudWatch (or Lambda's retry) delivers the same batch again: charged once.
     let again = record_logs(&recorder, logs_event(&payload)).await.unwrap();
     assert_eq!(again["recorded"], 2);
-    assert_eq!(counter(store.as_ref(), "tokens#2026-05-01").await, tokens);
-    assert_eq!(counter(store.as_ref(), "spend#2026-05").await, spend);
+    assert_eq!(
+        counter(store.as_ref(), &format!("tokens#{today}")).await,
+        tokens
+    );
+    assert_eq!(
+        counter(store.as_ref(), &format!("spend#{month}")).await,
+        spend
+    );
 
     let control = event("cloudwatch-logs-control.payload.json", &expired);
     let reply = record_logs(&recorder, logs_event(&control)).await.unwrap();
