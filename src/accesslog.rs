@@ -113,19 +113,14 @@ pub fn parse_line(line: &LogLine) -> Result<UsageRecord, Skip> {
         .or_else(|| text("request.id"))
         .or_else(|| text("trace.id"))
         .unwrap_or(&line.event_id);
-    let at_ms = text("time")
-        .and_then(|t| {
-            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
-        })
-        .map_or(line.timestamp_ms, |t| {
-            (t.unix_timestamp_nanos() / 1_000_000) as u64
-        });
     Ok(UsageRecord {
         request_id: format!("accesslog-{request_id}"),
         token: text(TOKEN_FIELD).map(str::to_owned),
         model: model.to_owned(),
         usage,
-        at_ms,
+        // The log event's timestamp rather than the record's `time`, whose fraction agentgateway
+        // prints without zero padding (`.083917` as `.83917`).
+        at_ms: line.timestamp_ms,
     })
 }
 
@@ -241,11 +236,11 @@ mod tests {
         );
         assert_eq!(record.request_id, "accesslog-Root=1-abc");
         assert_eq!(record.token.as_deref(), Some("Bearer abc"));
-        assert_eq!(record.at_ms, 1_795_255_200_123);
+        assert_eq!(record.at_ms, 1_700_000_000_000);
     }
 
     #[test]
-    fn without_a_request_id_or_time_the_event_supplies_them() {
+    fn without_a_request_id_the_event_id_identifies_the_debit() {
         let record = parse_line(&line(
             r#"{"gen_ai.request.model":"claude-sonnet-4","gen_ai.usage.input_tokens":5,"gen_ai.usage.output_tokens":1}"#,
         ))

@@ -168,12 +168,16 @@ async fn usage_recorder_charges_access_log_records_once_and_reports_the_unreadab
     };
     // The token expired long before the logs were processed: still the caller.
     let expired = token(INVOKE_SCOPE, get_current_timestamp() - 86_400);
-    // Records from today: a past day's token counter has expired, and DynamoDB's TTL may already
-    // have removed it.
-    let today = calendar::day_key(get_current_timestamp());
-    let month = calendar::month_key(get_current_timestamp());
-    let payload =
-        event("cloudwatch-logs-usage.payload.json", &expired).replace("2026-05-01", &today);
+    // Logged now: a past day's token counter has expired, and DynamoDB's TTL may already have
+    // removed it.
+    let now = get_current_timestamp();
+    let (today, month) = (calendar::day_key(now), calendar::month_key(now));
+    let mut payload: Value =
+        serde_json::from_str(&event("cloudwatch-logs-usage.payload.json", &expired)).unwrap();
+    for e in payload["logEvents"].as_array_mut().unwrap() {
+        e["timestamp"] = json!(now * 1000);
+    }
+    let payload = payload.to_string();
 
     let report = record_logs(&recorder, logs_event(&payload)).await.unwrap();
     assert_eq!(report["recorded"], 2, "{report}");
