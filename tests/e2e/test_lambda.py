@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import gzip
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -25,86 +24,14 @@ from pathlib import Path
 import pytest
 
 from dynamodb_local import DynamoDBLocal, DynamoDBLocalMissing, scratch_dir, tollgate_aws_env
-from harness import ISSUER, REPO, Proc, admin_token, free_port, mint_token, tollgate_cli_env, wait_until
+from harness import ISSUER, REPO, admin_token, mint_token, tollgate_cli_env
+from lambda_emulator import Emulator
 
 EVENTS = REPO / "tests" / "events"
-FUNCTIONS = ("budget-enforcement", "admin-api", "usage-recorder")
 SECRET = "lambda-webhook-secret"
 TABLE = "tollgate-lambda"
 TEAM = "lambda-team"
 CLIENT = "lambda-agent"
-
-
-def cargo_lambda_env() -> dict[str, str]:
-    """cargo finds the `cargo-lambda` subcommand in the venv."""
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    return env
-
-
-def target_dir() -> Path:
-    return Path(os.environ.get("CARGO_TARGET_DIR", Path.home() / ".cache" / "tollgate-target"))
-
-
-class Emulator:
-    """`cargo lambda watch --only-lambda-apis`, and one process per function polling it."""
-
-    def __init__(self, workdir: Path, function_env: dict[str, str]):
-        self.workdir = workdir
-        self.port = free_port()
-        self.function_env = function_env
-        self.watch: Proc | None = None
-        self.functions: dict[str, Proc] = {}
-
-    def start(self) -> "Emulator":
-        self.watch = Proc(
-            "cargo-lambda-watch",
-            ["cargo", "lambda", "watch", "--only-lambda-apis", "--ignore-changes",
-             "--invoke-address", "127.0.0.1", "--invoke-port", str(self.port)],
-            self.workdir, env=cargo_lambda_env(), cwd=REPO,
-        ).start()
-        wait_until(lambda: _port_open(self.port), 60, what="cargo lambda watch listening", proc=self.watch)
-        for name in FUNCTIONS:
-            binary = target_dir() / "debug" / name
-            assert binary.exists(), f"{binary} missing: run `cargo build --workspace`"
-            env = {
-                **self.function_env,
-                "AWS_LAMBDA_FUNCTION_NAME": name,
-                "AWS_LAMBDA_FUNCTION_VERSION": "1",
-                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "128",
-                "AWS_LAMBDA_RUNTIME_API": f"http://127.0.0.1:{self.port}/.rt/{name}",
-            }
-            self.functions[name] = Proc(name, [str(binary)], self.workdir, env=env,
-                                        scrub_env_prefix="TOLLGATE_").start()
-        return self
-
-    def invoke(self, function: str, event: dict | str) -> dict:
-        """`cargo lambda invoke`; the function's result (for HTTP functions, the ALB/API Gateway
-        response document)."""
-        data = self.workdir / f"{function}-event.json"
-        data.write_text(event if isinstance(event, str) else json.dumps(event))
-        r = subprocess.run(
-            ["cargo", "lambda", "invoke", function, "--invoke-address", "127.0.0.1",
-             "--invoke-port", str(self.port), "--data-file", str(data), "--output-format", "json"],
-            capture_output=True, text=True, timeout=60, env=cargo_lambda_env(), cwd=REPO,
-        )
-        assert r.returncode == 0, (
-            f"invoke {function}: rc={r.returncode}\n{r.stdout}\n{r.stderr}\n{self.functions[function].tail()}"
-        )
-        return json.loads(r.stdout)
-
-    def stop(self) -> None:
-        for proc in [*self.functions.values(), self.watch]:
-            if proc is not None:
-                proc.stop()
-
-
-def _port_open(port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def fixture(name: str, token: str) -> dict:
