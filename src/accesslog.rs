@@ -8,13 +8,14 @@
 //! is, except that it may have expired since. Records that cannot be charged are reported, with
 //! why, never dropped silently.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
 use crate::engine::Engine;
 use crate::identity::{Authenticator, INVOKE_SCOPE};
-use crate::policy::Usage;
+use crate::policy::{Team, Usage};
 use crate::store::{Debit, StoreError};
 
 /// `accessLog.add` keys tollgate reads, besides agentgateway's own.
@@ -136,8 +137,10 @@ impl Recorder {
     pub async fn record(&self, lines: &[LogLine]) -> Result<Report, StoreError> {
         let mut report = Report::default();
         let mut debits = Vec::new();
+        // A caller's records share one token: one RSA verification and team lookup per batch.
+        let mut callers = HashMap::new();
         for line in lines {
-            match self.debit(line).await {
+            match self.debit(line, &mut callers).await {
                 Ok((debit, tokens, cost)) => {
                     report.recorded += 1;
                     report.tokens += tokens;
@@ -166,23 +169,26 @@ impl Recorder {
         Ok(report)
     }
 
-    async fn debit(&self, line: &LogLine) -> Result<(Debit, u64, u64), Skip> {
+    async fn debit(
+        &self,
+        line: &LogLine,
+        callers: &mut HashMap<String, Result<Arc<Team>, String>>,
+    ) -> Result<(Debit, u64, u64), Skip> {
         let record = parse_line(line)?;
-        let token = record.token.as_deref().ok_or_else(|| {
+        let token = record.token.ok_or_else(|| {
             Skip::Unusable(format!(
                 "no caller token: add `{TOKEN_FIELD}` to agentgateway's accessLog fields"
             ))
         })?;
-        let principal = self
-            .auth
-            .authenticate_recorded(token, INVOKE_SCOPE)
-            .await
-            .map_err(|e| Skip::Unusable(format!("caller token refused: {e}")))?;
-        let team = self
-            .engine
-            .team_for(&principal)
-            .await
-            .map_err(|r| Skip::Unusable(format!("no team to charge: {}", r.reason)))?;
+        let team = match callers.get(&token) {
+            Some(known) => known.clone(),
+            None => {
+                let team = self.team_of(&token).await;
+                callers.insert(token, team.clone());
+                team
+            }
+        }
+        .map_err(Skip::Unusable)?;
         let (debit, cost) = self
             .engine
             .usage_debit(
@@ -198,6 +204,18 @@ impl Recorder {
         }
         tracing::debug!(team = %team.id, request_id = %record.request_id, usage = ?record.usage, cost, "access-log usage");
         Ok((debit, record.usage.total(), cost.unwrap_or(0)))
+    }
+
+    async fn team_of(&self, token: &str) -> Result<Arc<Team>, String> {
+        let principal = self
+            .auth
+            .authenticate_recorded(token, INVOKE_SCOPE)
+            .await
+            .map_err(|e| format!("caller token refused: {e}"))?;
+        self.engine
+            .team_for(&principal)
+            .await
+            .map_err(|r| format!("no team to charge: {}", r.reason))
     }
 }
 
