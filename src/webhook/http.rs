@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde::de::DeserializeOwned;
 
-use super::{Action, AnswerCheck, PromptCheck, RequestFacts, Webhook};
+use super::{Action, AnswerCheck, PromptCheck, RequestFacts, Webhook, api_of};
 use crate::config::WebhookSettings;
 use crate::llm::ApiKind;
 use crate::policy::{Rejection, RejectionKind};
@@ -33,10 +33,7 @@ pub fn router(state: Arc<WebhookState>) -> Router {
 
 async fn check_prompt(State(state): State<Arc<WebhookState>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    let api = header(&parts.headers, &state.settings.path_header)
-        .map(ApiKind::from_path)
-        .filter(|api| api.is_model_call())
-        .unwrap_or(ApiKind::OpenAiChat);
+    let api = api_of(header(&parts.headers, &state.settings.path_header));
     let check: PromptCheck = match state.read(&parts.headers, body, api).await {
         Ok(check) => check,
         Err(refusal) => return reply(&refusal),
@@ -68,9 +65,7 @@ impl WebhookState {
         api: ApiKind,
     ) -> Result<T, Action> {
         let refuse = |kind: RejectionKind, reason: String| {
-            tracing::warn!(reason, "webhook call refused");
-            self.webhook.engine.count_decision(kind);
-            Action::refuse(api, &Rejection::new(kind, reason))
+            self.webhook.refuse_here(api, Rejection::new(kind, reason))
         };
         if let Some(secret) = &self.settings.secret {
             let given = header(headers, &self.settings.secret_header).unwrap_or_default();

@@ -138,11 +138,7 @@ pub struct Webhook {
 impl Webhook {
     /// `POST /request`: admission, then the input guardrail.
     pub async fn check_prompt(&self, facts: RequestFacts<'_>, prompt: PromptMessages) -> Action {
-        let api = facts
-            .path
-            .map(ApiKind::from_path)
-            .filter(|api| api.is_model_call())
-            .unwrap_or(ApiKind::OpenAiChat);
+        let api = api_of(facts.path);
         let action = match self.admit(api, facts, &prompt).await {
             Err(action) => action,
             Ok(team) => match self.guard_prompt(api, prompt).await {
@@ -172,15 +168,11 @@ impl Webhook {
         facts: RequestFacts<'_>,
         prompt: &PromptMessages,
     ) -> Result<String, Action> {
-        let refuse_here = |rejection: Rejection| {
-            self.engine.count_decision(rejection.kind);
-            refused(api, &rejection)
-        };
         let principal = self
             .auth
             .authenticate_header(facts.authorization, INVOKE_SCOPE)
             .await
-            .map_err(|e| refuse_here(e.rejection()))?;
+            .map_err(|e| self.refuse_here(api, e.rejection()))?;
         let team = self
             .engine
             .team_for(&principal)
@@ -191,13 +183,11 @@ impl Webhook {
                 header = %self.model_header,
                 "webhook call without the model header: set it in the agentgateway webhook's `headers:` to the CEL `llmRequest.model`"
             );
-            refuse_here(Rejection::new(
-                RejectionKind::InvalidBody,
-                format!(
-                    "the gateway did not say which model is called (header {})",
-                    self.model_header
-                ),
-            ))
+            let reason = format!(
+                "the gateway did not say which model is called (header {})",
+                self.model_header
+            );
+            self.refuse_here(api, Rejection::new(RejectionKind::InvalidBody, reason))
         })?;
         let call = ModelCall {
             model,
@@ -240,19 +230,26 @@ impl Webhook {
             Outcome::Block { message, policies } => {
                 let mut rejection = Rejection::new(RejectionKind::GuardrailIntervened, message);
                 rejection.policies = policies;
-                self.engine.count_decision(rejection.kind);
-                Some(refused(api, &rejection))
+                Some(self.refuse_here(api, rejection))
             }
             Outcome::Unavailable { error } => {
                 tracing::warn!(%error, "guardrail unavailable; refusing (fail mode closed)");
-                let rejection = Rejection::new(
-                    RejectionKind::GuardrailUnavailable,
-                    "content guardrail unavailable",
-                );
-                self.engine.count_decision(rejection.kind);
-                Some(refused(api, &rejection))
+                Some(self.refuse_here(
+                    api,
+                    Rejection::new(
+                        RejectionKind::GuardrailUnavailable,
+                        "content guardrail unavailable",
+                    ),
+                ))
             }
         }
+    }
+
+    /// A refusal decided here rather than by the engine (which counts its own): counted, then
+    /// answered.
+    pub fn refuse_here(&self, api: ApiKind, rejection: Rejection) -> Action {
+        self.engine.count_decision(rejection.kind);
+        refused(api, &rejection)
     }
 
     async fn guard_answer(&self, answer: AnswerChoices) -> Action {
@@ -297,6 +294,13 @@ impl Webhook {
             }
         }
     }
+}
+
+/// The API whose error shape refusals take, from the client's request path (chat when unknown).
+pub fn api_of(path: Option<&str>) -> ApiKind {
+    path.map(ApiKind::from_path)
+        .filter(|api| api.is_model_call())
+        .unwrap_or(ApiKind::OpenAiChat)
 }
 
 fn refused(api: ApiKind, rejection: &Rejection) -> Action {

