@@ -10,8 +10,6 @@ request: what a cold start adds to a caller's wait). Warm: later invocations. Me
 
 from __future__ import annotations
 
-import base64
-import gzip
 import json
 import shutil
 import statistics
@@ -24,15 +22,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "e2e"))
 from dynamodb_local import DynamoDBLocal, scratch_dir, tollgate_aws_env  # noqa: E402
 from harness import ISSUER, REPO, admin_token, mint_token, tollgate_cli_env  # noqa: E402
-from lambda_emulator import FUNCTIONS, Emulator, target_dir  # noqa: E402
+from lambda_emulator import FUNCTIONS, Emulator, event_fixture, logs_event, target_dir  # noqa: E402
 
-EVENTS = REPO / "tests" / "events"
 SECRET = "bench-secret"
 
 
 def fixture(name: str, token: str) -> dict:
-    text = (EVENTS / name).read_text()
-    return json.loads(text.replace("__TOKEN__", token).replace("__SECRET__", SECRET).replace("__TEAM__", "bench"))
+    return event_fixture(name, token=token, secret=SECRET, team="bench")
 
 
 def events() -> dict[str, dict]:
@@ -41,11 +37,10 @@ def events() -> dict[str, dict]:
     now_ms = int(time.time() * 1000)
     for e in logs["logEvents"]:
         e["timestamp"] = now_ms
-    data = base64.b64encode(gzip.compress(json.dumps(logs).encode())).decode()
     return {
         "budget-enforcement": fixture("alb-webhook-request.json", caller),
         "admin-api": fixture("apigwv2-admin-get-teams.json", admin_token()),
-        "usage-recorder": {"awslogs": {"data": data}},
+        "usage-recorder": logs_event(logs),
     }
 
 

@@ -4,6 +4,8 @@ and dev/bench-lambda."""
 
 from __future__ import annotations
 
+import base64
+import gzip
 import json
 import os
 import subprocess
@@ -14,6 +16,19 @@ from pathlib import Path
 from harness import REPO, Proc, free_port, port_open, wait_until
 
 FUNCTIONS = ("budget-enforcement", "admin-api", "usage-recorder")
+EVENTS = REPO / "tests" / "events"
+
+
+def event_fixture(name: str, *, token: str, secret: str, team: str) -> dict:
+    """A real event shape from tests/events/ with its placeholders filled in."""
+    text = (EVENTS / name).read_text()
+    return json.loads(text.replace("__TOKEN__", token).replace("__SECRET__", secret).replace("__TEAM__", team))
+
+
+def logs_event(payload: dict) -> dict:
+    """The subscription event CloudWatch Logs sends for `payload` (gzip, then base64)."""
+    data = gzip.compress(json.dumps(payload, separators=(",", ":")).encode())
+    return {"awslogs": {"data": base64.b64encode(data).decode()}}
 
 
 def cargo_lambda_env() -> dict[str, str]:

@@ -13,7 +13,6 @@ from PyPI (tests/requirements.txt).
 from __future__ import annotations
 
 import base64
-import gzip
 import json
 import shutil
 import subprocess
@@ -25,9 +24,8 @@ import pytest
 
 from dynamodb_local import DynamoDBLocal, DynamoDBLocalMissing, scratch_dir, tollgate_aws_env
 from harness import ISSUER, REPO, admin_token, mint_token, tollgate_cli_env
-from lambda_emulator import Emulator
+from lambda_emulator import Emulator, event_fixture, logs_event
 
-EVENTS = REPO / "tests" / "events"
 SECRET = "lambda-webhook-secret"
 TABLE = "tollgate-lambda"
 TEAM = "lambda-team"
@@ -35,8 +33,7 @@ CLIENT = "lambda-agent"
 
 
 def fixture(name: str, token: str) -> dict:
-    text = (EVENTS / name).read_text()
-    return json.loads(text.replace("__TOKEN__", token).replace("__SECRET__", SECRET).replace("__TEAM__", TEAM))
+    return event_fixture(name, token=token, secret=SECRET, team=TEAM)
 
 
 def http_event(name: str, token: str, *, method: str | None = None, path: str | None = None,
@@ -65,12 +62,6 @@ def response_json(result: dict) -> tuple[int, dict]:
     if result.get("isBase64Encoded"):
         body = base64.b64decode(body).decode()
     return result["statusCode"], json.loads(body)
-
-
-def logs_event(payload: dict) -> dict:
-    """The subscription event CloudWatch Logs sends for `payload`."""
-    data = gzip.compress(json.dumps(payload, separators=(",", ":")).encode())
-    return {"awslogs": {"data": base64.b64encode(data).decode()}}
 
 
 @pytest.fixture(scope="module")
