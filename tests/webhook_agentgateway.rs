@@ -248,7 +248,9 @@ async fn rpm_refusals_are_429_rejects_in_the_callers_api_shape() {
             .starts_with("RPM limit exceeded"),
         "{body}"
     );
-    assert!(body["retry_after_seconds"].as_u64().unwrap() <= 60);
+    // The sliding window spans two one-minute buckets: a full bucket fades over the next minute.
+    let retry = body["retry_after_seconds"].as_u64().unwrap();
+    assert!((1..=120).contains(&retry), "retry after {retry}s");
     assert_eq!(
         body["error"]["type"], "requests",
         "OpenAI error shape: {body}"
