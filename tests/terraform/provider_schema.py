@@ -59,8 +59,10 @@ def lcfirst(s: str) -> str:
 
 def parse_module(js: str, dts: str) -> dict[str, dict]:
     """{"resource.<type>" or "data.<type>": schema} for what one index.js / index.d.ts defines.
-    A schema is {"attributes": {name: {"required": bool}}, "readable": [names], "blocks": {name:
-    {..., "nesting": list|set|...}}}."""
+    A schema is {"attributes": {name: {"required": bool, "type": string|number|any|...}},
+    "readable": [names], "blocks": {name: {..., "nesting": list|set|..., "required": bool}}}.
+    An attribute of type `any` is a block tree the bindings do not spell out (e.g. WAF rule
+    statements): its contents are not checked."""
     structs = {m.group(1): m.group(2) for m in STRUCT_FN.finditer(js)}
     required = {
         lcfirst(m.group(1)).removesuffix("Config"): {f.group(1): f.group(2) != "?" for f in FIELD.finditer(m.group(2))}
@@ -72,7 +74,7 @@ def parse_module(js: str, dts: str) -> dict[str, dict]:
         for m in ENTRY.finditer(body):
             name, value, is_block = m.group(1), m.group(2), m.group(3) == "true"
             if not is_block:
-                attributes[name] = {"required": required.get(fn, {}).get(name, False)}
+                attributes[name] = {"required": required.get(fn, {}).get(name, False), "type": m.group(5)}
                 continue
             child = CHILD_FN.search(value)
             if child and child.group(1) in structs and child.group(1) not in seen:

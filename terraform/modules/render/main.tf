@@ -55,14 +55,14 @@ locals {
   # Settings shared by the sidecar and the functions (TOLLGATE_<SECTION>__<KEY>).
   common_environment = merge(
     {
-      TOLLGATE_STORE__BACKEND           = "dynamodb"
-      TOLLGATE_STORE__DYNAMODB__TABLE   = var.table_name
-      TOLLGATE_STORE__DYNAMODB__REGION  = var.region
-      TOLLGATE_IDENTITY__ISSUER         = local.issuer
-      TOLLGATE_IDENTITY__JWKS_URL       = local.jwks_url
-      TOLLGATE_POLICY__FAIL_MODE        = var.fail_mode
-      TOLLGATE_LOG__FORMAT              = "json"
-      TOLLGATE_LOG__LEVEL               = "info"
+      TOLLGATE_STORE__BACKEND          = "dynamodb"
+      TOLLGATE_STORE__DYNAMODB__TABLE  = var.table_name
+      TOLLGATE_STORE__DYNAMODB__REGION = var.region
+      TOLLGATE_IDENTITY__ISSUER        = local.issuer
+      TOLLGATE_IDENTITY__JWKS_URL      = local.jwks_url
+      TOLLGATE_POLICY__FAIL_MODE       = var.fail_mode
+      TOLLGATE_LOG__FORMAT             = "json"
+      TOLLGATE_LOG__LEVEL              = "info"
     },
     var.team_claim == null ? {} : { TOLLGATE_IDENTITY__TEAM_CLAIM = var.team_claim },
   )
