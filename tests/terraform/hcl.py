@@ -9,6 +9,7 @@ expression refers to.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,6 +102,13 @@ def references(value: Any) -> Iterator[Ref]:
                 yield Ref(m.group(1), "", m.group(2), m.group(3))
 
 
+@functools.lru_cache(maxsize=256)
+def parse(text: str) -> dict:
+    """hcl2's parse of one file (cached by content: the mutation tests reparse copies that differ
+    in one file). Callers must not modify the result."""
+    return hcl2.loads(text)
+
+
 @dataclass
 class Module:
     """One directory of .tf files."""
@@ -120,8 +128,7 @@ class Module:
     def load(cls, path: Path) -> "Module":
         m = cls(path)
         for tf in sorted(path.glob("*.tf")):
-            with tf.open() as f:
-                doc = hcl2.load(f)
+            doc = parse(tf.read_text())
             m.raw[tf.name] = doc
             for block in doc.get("variable", []):
                 for name, body in block.items():

@@ -39,8 +39,11 @@ def apply_render(render_dir: Path, var_file: Path = EXAMPLE_VARS, overrides: dic
     with tempfile.TemporaryDirectory(prefix="tollgate-render-") as tmp:
         work = Path(tmp) / "render"
         shutil.copytree(render_dir, work, ignore=shutil.ignore_patterns(".terraform*", "*.tfstate*", "tests"))
+        values = json.loads(var_file.read_text())
+        values.update(overrides or {})
+        (Path(tmp) / "values.tfvars.json").write_text(json.dumps(values))
         cli = TerraformCommand(str(work))
-        result = cli.apply(var_files=[str(var_file)], vars=overrides or None)
+        result = cli.apply(var_files=[str(Path(tmp) / "values.tfvars.json")])
         if result.retcode != 0:
             raise RenderError(f"terraform apply of modules/render failed:\n{result.error}")
         out = cli.output()
@@ -60,7 +63,8 @@ class Stack:
     examples: dict[str, Module]
 
     @classmethod
-    def load(cls, terraform_dir: Path = TERRAFORM) -> "Stack":
+    def load(cls, terraform_dir: Path = TERRAFORM, rendered: dict | None = None) -> "Stack":
+        """`rendered`: outputs of an earlier apply of the same modules/render, to skip applying it."""
         render_dir = terraform_dir / "modules" / "render"
         examples = {
             d.name: Module.load(d) for d in sorted((terraform_dir / "examples").iterdir()) if d.is_dir()
@@ -69,7 +73,7 @@ class Stack:
             root_dir=terraform_dir,
             root=Module.load(terraform_dir),
             render_module=Module.load(render_dir),
-            rendered=apply_render(render_dir),
+            rendered=rendered if rendered is not None else apply_render(render_dir),
             examples=examples,
         )
 

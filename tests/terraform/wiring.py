@@ -96,9 +96,10 @@ def check_references(stack: Stack) -> list[str]:
 def child_module(stack: Stack, rel: str, body: dict) -> Module | None:
     source = body.get("source", "")
     if not source.startswith("."):
-        return None
+        return None  # a registry module: not checked here
     path = (stack.root_dir / rel / source).resolve()
-    return Module.load(path)
+    known = {m.path.resolve(): m for m in stack.modules().values()}
+    return known.get(path) or Module.load(path)
 
 
 @check
