@@ -121,6 +121,7 @@ class Module:
     resources: dict[tuple[str, str], dict] = field(default_factory=dict)  # (type, name) -> body
     data: dict[tuple[str, str], dict] = field(default_factory=dict)
     modules: dict[str, dict] = field(default_factory=dict)
+    providers: list[dict] = field(default_factory=list)
     raw_blocks: dict[tuple[str, str, str], dict] = field(default_factory=dict)  # kind,type,name -> raw body
     files: dict[tuple[str, str, str], str] = field(default_factory=dict)  # kind,type,name -> file
 
@@ -138,6 +139,7 @@ class Module:
                     m.outputs[_unquote(name)] = normalize(body)
             for block in doc.get("locals", []):
                 m.locals.update(normalize(block))
+            m.providers.extend(normalize(b) for b in doc.get("provider", []))
             for block in doc.get("module", []):
                 for name, body in block.items():
                     m.modules[_unquote(name)] = normalize(body)

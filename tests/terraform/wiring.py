@@ -62,7 +62,7 @@ def check_references(stack: Stack) -> list[str]:
     problems = []
     mods = stack.modules()
     for rel, mod in mods.items():
-        everything = [mod.locals, mod.outputs, mod.modules, mod.resources, mod.data, mod.variables]
+        everything = [mod.locals, mod.outputs, mod.modules, mod.resources, mod.data, mod.variables, mod.providers]
         for ref in (r for part in everything for r in references(part)):
             where = f"{rel}: {ref.kind} {ref.type + '.' if ref.type else ''}{ref.name}"
             if ref.kind == "var" and ref.name not in mod.variables:
@@ -107,7 +107,7 @@ def check_declarations(stack: Stack) -> list[str]:
     """Variables typed and described (and used), outputs described."""
     problems = []
     for rel, mod in stack.modules().items():
-        used = {r.name for part in (mod.locals, mod.outputs, mod.modules, mod.resources, mod.data, mod.variables)
+        used = {r.name for part in (mod.locals, mod.outputs, mod.modules, mod.resources, mod.data, mod.variables, mod.providers)
                 for r in references(part) if r.kind == "var"}
         for name, v in mod.variables.items():
             if not v.get("description"):
