@@ -16,6 +16,9 @@ resource "aws_kms_alias" "this" {
 }
 
 data "aws_iam_policy_document" "kms" {
+  #checkov:skip=CKV_AWS_109:a key policy's Resource "*" is this key only; administration stays with the account
+  #checkov:skip=CKV_AWS_111:a key policy's Resource "*" is this key only; administration stays with the account
+  #checkov:skip=CKV_AWS_356:a key policy's Resource "*" is this key only (the policy is attached to it)
   # The account administers the key; roles get their use of it from their own IAM policies.
   statement {
     sid       = "AccountAdministers"

@@ -13,8 +13,9 @@ resource "aws_cloudwatch_log_group" "container" {
 }
 
 resource "aws_cloudwatch_log_group" "metrics" {
+  #checkov:skip=CKV_AWS_338:EMF records only feed CloudWatch metrics (kept 15 months by CloudWatch); a year of the raw records is cost without use
   name              = "/${var.name}/metrics"
-  retention_in_days = var.log_retention_days
+  retention_in_days = 7
   kms_key_id        = aws_kms_key.this.arn
   tags              = local.tags
 }
