@@ -38,7 +38,7 @@ def _default(v: dict) -> str:
 
 
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    return text.replace("|", "\\|").replace("\n", " ").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def tables(module: Module) -> dict[str, str]:
@@ -54,10 +54,10 @@ def tables(module: Module) -> dict[str, str]:
 
 def render(readme: str, module: Module) -> str:
     for marker, table in tables(module).items():
-        pattern = re.compile(rf"(<!-- BEGIN_TF_{marker} -->\n).*?(\n<!-- END_TF_{marker} -->)", re.S)
+        pattern = re.compile(rf"(<!-- BEGIN_TF_{marker} -->\n).*?(<!-- END_TF_{marker} -->)", re.S)
         if not pattern.search(readme):
             raise SystemExit(f"terraform/README.md has no BEGIN_TF_{marker}/END_TF_{marker} markers")
-        readme = pattern.sub(lambda m: m.group(1) + table + m.group(2), readme)
+        readme = pattern.sub(lambda m: m.group(1) + table + "\n" + m.group(2), readme)
     return readme
 
 

@@ -41,3 +41,15 @@ def test_readme_walks_through_every_step():
     for needle in ("dev/lambda-build", "buildah", "ecr get-login-password", "terraform apply",
                    "grant_type=client_credentials", "/admin/teams", "/v1/chat/completions"):
         assert needle in text, f"terraform/README.md does not mention {needle}"
+
+
+def test_smoke_test_reads_only_outputs_the_examples_have():
+    import subprocess
+
+    script = TERRAFORM / "smoke-test.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    used = set(re.findall(r"\b(?:out|pick) \"?([a-z_]+)", script.read_text()))
+    assert {"token_endpoint", "client_ids", "client_secrets", "admin_api_url", "ecs_cluster_name"} <= used
+    for example in ("complete", "existing-vpc"):
+        outputs = set(Module.load(TERRAFORM / "examples" / example).outputs)
+        assert used <= outputs, f"examples/{example} lacks outputs {sorted(used - outputs)} that smoke-test.sh reads"

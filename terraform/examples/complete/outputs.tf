@@ -33,3 +33,13 @@ output "admin_scope" {
   description = "Scope for the admin API."
   value       = module.tollgate.admin_scope
 }
+
+output "ecs_cluster_name" {
+  description = "ECS cluster (for the smoke test and operations)."
+  value       = module.tollgate.ecs_cluster_name
+}
+
+output "ecs_service_name" {
+  description = "ECS service running Envoy + tollgate."
+  value       = module.tollgate.ecs_service_name
+}

@@ -23,3 +23,34 @@ output "webhook_secret" {
   value       = module.tollgate.webhook_secret
   sensitive   = true
 }
+
+output "ecs_cluster_name" {
+  description = "ECS cluster (for the smoke test and operations)."
+  value       = module.tollgate.ecs_cluster_name
+}
+
+output "ecs_service_name" {
+  description = "ECS service running Envoy + tollgate."
+  value       = module.tollgate.ecs_service_name
+}
+
+output "client_ids" {
+  description = "App client ids by name."
+  value       = module.tollgate.client_ids
+}
+
+output "client_secrets" {
+  description = "App client secrets by name."
+  value       = module.tollgate.client_secrets
+  sensitive   = true
+}
+
+output "invoke_scope" {
+  description = "Scope for LLM calls."
+  value       = module.tollgate.invoke_scope
+}
+
+output "admin_scope" {
+  description = "Scope for the admin API."
+  value       = module.tollgate.admin_scope
+}
