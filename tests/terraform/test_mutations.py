@@ -41,6 +41,9 @@ MUTATIONS = [
     ("agentgateway-retention", "lambda.tf", "retention_in_days = var.agentgateway_log_retention_days", "retention_in_days = var.log_retention_days", "logs_and_alarms"),
     ("pre-token-v2", "cognito.tf", 'lambda_version = "V3_0"', 'lambda_version = "V2_0"', "cognito"),
     ("health-check-path", "alb.tf", "path                = module.render.health_check_path", 'path                = "/healthz"', "alb_settings"),
+    ("waf-aggregate-key", "waf.tf", 'aggregate_key_type    = "IP"', 'aggregate_key_type    = "SOURCE_IP"', "api_shapes"),
+    ("waf-override-misspelt", "waf.tf", "action_to_use {\n                count {}", "action_to_use {\n                counts {}", "api_shapes"),
+    ("listener-action-type", "alb.tf", 'type  = "jwt-validation"\n    order = 1', 'type  = "jwt_validation"\n    order = 1', "api_shapes"),
     ("no-circuit-breaker", "ecs.tf", "enable   = true\n    rollback = true", "enable   = true\n    rollback = false", "ecs_service"),
 ]
 

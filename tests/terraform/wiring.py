@@ -329,6 +329,15 @@ def check_waf(stack: Stack) -> list[str]:
     return problems
 
 
+@check
+def check_api_shapes(stack: Stack) -> list[str]:
+    """Listener rules, listeners and the WAF web ACL as the AWS API receives them (botocore's
+    models: types, required members, enums), WAF statements included."""
+    from api_shapes import shape_problems
+
+    return shape_problems(stack)
+
+
 ################################################################################
 # DynamoDB and IAM
 ################################################################################
