@@ -120,35 +120,23 @@ resource "aws_appautoscaling_target" "this" {
   tags               = local.tags
 }
 
-resource "aws_appautoscaling_policy" "cpu" {
-  name               = "${var.name}-cpu"
-  policy_type        = "TargetTrackingScaling"
-  service_namespace  = aws_appautoscaling_target.this.service_namespace
-  resource_id        = aws_appautoscaling_target.this.resource_id
-  scalable_dimension = aws_appautoscaling_target.this.scalable_dimension
-
-  target_tracking_scaling_policy_configuration {
-    target_value = var.autoscaling_cpu_target
-    predefined_metric_specification {
-      predefined_metric_type = "ECSServiceAverageCPUUtilization"
-    }
-    scale_in_cooldown  = 300
-    scale_out_cooldown = 60
+resource "aws_appautoscaling_policy" "this" {
+  for_each = {
+    cpu      = { metric = "ECSServiceAverageCPUUtilization", target = var.autoscaling_cpu_target, label = null }
+    requests = { metric = "ALBRequestCountPerTarget", target = var.autoscaling_requests_per_target, label = "${aws_lb.public.arn_suffix}/${aws_lb_target_group.envoy.arn_suffix}" }
   }
-}
 
-resource "aws_appautoscaling_policy" "requests" {
-  name               = "${var.name}-requests"
+  name               = "${var.name}-${each.key}"
   policy_type        = "TargetTrackingScaling"
   service_namespace  = aws_appautoscaling_target.this.service_namespace
   resource_id        = aws_appautoscaling_target.this.resource_id
   scalable_dimension = aws_appautoscaling_target.this.scalable_dimension
 
   target_tracking_scaling_policy_configuration {
-    target_value = var.autoscaling_requests_per_target
+    target_value = each.value.target
     predefined_metric_specification {
-      predefined_metric_type = "ALBRequestCountPerTarget"
-      resource_label         = "${aws_lb.public.arn_suffix}/${aws_lb_target_group.envoy.arn_suffix}"
+      predefined_metric_type = each.value.metric
+      resource_label         = each.value.label
     }
     scale_in_cooldown  = 300
     scale_out_cooldown = 60

@@ -36,36 +36,45 @@ resource "aws_cloudwatch_log_group" "admin_api_access" {
   tags              = local.tags
 }
 
-resource "aws_cloudwatch_metric_alarm" "store_down" {
-  alarm_name          = "${var.name}-store-down"
-  alarm_description   = "tollgate cannot reach DynamoDB (tollgate_store_up = 0): requests follow fail_mode. Runbook: README, DynamoDB outage."
-  namespace           = var.name
-  metric_name         = "tollgate_store_up"
-  dimensions          = { Service = var.name }
-  statistic           = "Minimum"
-  period              = 60
-  evaluation_periods  = 2
-  threshold           = 1
-  comparison_operator = "LessThanThreshold"
-  # No data means no task reports at all: as bad as a store that is down.
-  treat_missing_data = "breaching"
-  alarm_actions      = var.alarm_actions
-  ok_actions         = var.alarm_actions
-  tags               = local.tags
+locals {
+  # Alarms on tollgate's own metrics (namespace var.name, dimension Service = var.name).
+  tollgate_alarms = {
+    store-down = {
+      description = "tollgate cannot reach DynamoDB (tollgate_store_up = 0): requests follow fail_mode. Runbook: docs/operations.md, DynamoDB outage."
+      metric      = "tollgate_store_up"
+      statistic   = "Minimum"
+      periods     = 2
+      threshold   = 1
+      comparison  = "LessThanThreshold"
+      # No data means no task reports at all: as bad as a store that is down.
+      missing = "breaching"
+    }
+    spool-pending = {
+      description = "Debits wait in a task's spool (tollgate_spool_pending > 0): DynamoDB refuses or times out on writes."
+      metric      = "tollgate_spool_pending"
+      statistic   = "Maximum"
+      periods     = 3
+      threshold   = 0
+      comparison  = "GreaterThanThreshold"
+      missing     = "notBreaching"
+    }
+  }
 }
 
-resource "aws_cloudwatch_metric_alarm" "spool_pending" {
-  alarm_name          = "${var.name}-spool-pending"
-  alarm_description   = "Debits wait in a task's spool (tollgate_spool_pending > 0): DynamoDB refuses or times out on writes."
+resource "aws_cloudwatch_metric_alarm" "tollgate" {
+  for_each = local.tollgate_alarms
+
+  alarm_name          = "${var.name}-${each.key}"
+  alarm_description   = each.value.description
   namespace           = var.name
-  metric_name         = "tollgate_spool_pending"
+  metric_name         = each.value.metric
   dimensions          = { Service = var.name }
-  statistic           = "Maximum"
+  statistic           = each.value.statistic
   period              = 60
-  evaluation_periods  = 3
-  threshold           = 0
-  comparison_operator = "GreaterThanThreshold"
-  treat_missing_data  = "notBreaching"
+  evaluation_periods  = each.value.periods
+  threshold           = each.value.threshold
+  comparison_operator = each.value.comparison
+  treat_missing_data  = each.value.missing
   alarm_actions       = var.alarm_actions
   ok_actions          = var.alarm_actions
   tags                = local.tags

@@ -36,20 +36,17 @@ def matches(pattern: str, message: str) -> bool:
     return value
 
 
-def _or(tokens, event):
-    value, tokens = _and(tokens, event)
-    while tokens and tokens[0] == "||":
-        right, tokens = _and(tokens[1:], event)
-        value = value or right
-    return value, tokens
+def _chain(op, operand, combine):
+    """A left-to-right chain of `operand (op operand)*`."""
 
+    def parse(tokens, event):
+        value, tokens = operand(tokens, event)
+        while tokens and tokens[0] == op:
+            right, tokens = operand(tokens[1:], event)
+            value = combine(value, right)
+        return value, tokens
 
-def _and(tokens, event):
-    value, tokens = _term(tokens, event)
-    while tokens and tokens[0] == "&&":
-        right, tokens = _term(tokens[1:], event)
-        value = value and right
-    return value, tokens
+    return parse
 
 
 def _term(tokens, event):
@@ -73,3 +70,7 @@ def _term(tokens, event):
     else:
         equal = isinstance(node, (int, float)) and not isinstance(node, bool) and node == float(literal)
     return (equal if op == "=" else (node is not None and not equal)), tokens[1:]
+
+
+_and = _chain("&&", _term, lambda a, b: a and b)
+_or = _chain("||", _and, lambda a, b: a or b)

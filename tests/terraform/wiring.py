@@ -22,26 +22,15 @@ def check(fn: Callable[[Stack], list[str]]) -> Callable[[Stack], list[str]]:
     return fn
 
 
-def expr(value: Any) -> str | None:
-    """The expression inside a whole-value ${...}, or None for a literal."""
-    if isinstance(value, str) and value.startswith("${") and value.endswith("}"):
-        return value[2:-1].strip()
-    return None
+def resolve(stack: Stack, value: Any) -> Any:
+    """A root-module value as far as it can be known offline (literals, var defaults, locals,
+    module.render outputs); anything else stays an expression string."""
+    from api_shapes import Unresolved, env_of, interpolate
 
-
-def resolve(stack: Stack, module: Module, value: Any) -> Any:
-    """A value as far as it can be known offline: literals, var defaults, locals, module.render
-    outputs; anything else stays an expression string."""
-    e = expr(value)
-    if e is None:
+    try:
+        return interpolate(value, env_of(stack))
+    except Unresolved:
         return value
-    if m := re.fullmatch(r"var\.([\w-]+)", e):
-        return resolve(stack, module, module.default(m.group(1)))
-    if m := re.fullmatch(r"local\.([\w-]+)", e):
-        return resolve(stack, module, module.locals.get(m.group(1)))
-    if m := re.fullmatch(r"module\.render\.([\w-]+)", e):
-        return stack.rendered.get(m.group(1), value)
-    return value
 
 
 def one(items: list, what: str, problems: list[str]) -> Any:
@@ -201,7 +190,7 @@ def check_alb_https_only(stack: Stack) -> list[str]:
         if l.get("protocol") == "HTTPS":
             if not l.get("certificate_arn"):
                 problems.append(f"listener {name}: HTTPS without a certificate")
-            policy = resolve(stack, stack.root, l.get("ssl_policy"))
+            policy = resolve(stack, l.get("ssl_policy"))
             if not str(policy).startswith("ELBSecurityPolicy-TLS13-"):
                 problems.append(f"listener {name}: ssl_policy {policy} is not a TLS 1.3 policy")
         else:
@@ -242,9 +231,9 @@ def check_jwt_validation(stack: Stack) -> list[str]:
         if int(jwt.get("order", 0)) >= int(forward.get("order", 1)):
             problems.append(f"rule {name}: jwt-validation does not come before forward")
         conf = (blocks(jwt, "jwt_validation") or [{}])[0]
-        if resolve(stack, stack.root, conf.get("issuer")) != stack.rendered["issuer"]:
+        if resolve(stack, conf.get("issuer")) != stack.rendered["issuer"]:
             problems.append(f"rule {name}: issuer is not the user pool's ({conf.get('issuer')})")
-        if resolve(stack, stack.root, conf.get("jwks_endpoint")) != stack.rendered["jwks_url"]:
+        if resolve(stack, conf.get("jwks_endpoint")) != stack.rendered["jwks_url"]:
             problems.append(f"rule {name}: jwks_endpoint is not the user pool's ({conf.get('jwks_endpoint')})")
         claims = blocks(conf, "additional_claim")
         scope = [c for c in claims if c.get("name") == "scope"]
@@ -254,8 +243,7 @@ def check_jwt_validation(stack: Stack) -> list[str]:
         if scope[0].get("format") != "space-separated-values":
             problems.append(f"rule {name}: scope claim format {scope[0].get('format')!r}: Cognito's scope is a "
                             "space-separated string, only space-separated-values matches it")
-        values = [resolve(stack, stack.root, v) for v in scope[0].get("values", [])]
-        values = [stack.rendered["invoke_scope"] if v == "${local.scopes.invoke}" else v for v in values]
+        values = resolve(stack, scope[0].get("values", []))
         if invoke not in values:
             problems.append(f"rule {name}: scope claim values {values} lack {invoke}")
     return problems
@@ -265,7 +253,7 @@ def check_jwt_validation(stack: Stack) -> list[str]:
 def check_alb_settings(stack: Stack) -> list[str]:
     problems = []
     lb = stack.root.resource("aws_lb", "public")
-    idle = resolve(stack, stack.root, lb.get("idle_timeout"))
+    idle = resolve(stack, lb.get("idle_timeout"))
     if not isinstance(idle, (int, float)) or idle < 300:
         problems.append(f"public ALB idle_timeout {idle}: LLM streams need at least 300 s (Envoy's stream idle timeout)")
     for name, l in stack.root.of_type("aws_lb").items():
@@ -273,7 +261,7 @@ def check_alb_settings(stack: Stack) -> list[str]:
             problems.append(f"aws_lb.{name}: drop_invalid_header_fields must be true")
     tg = stack.root.resource("aws_lb_target_group", "envoy")
     hc = (blocks(tg, "health_check") or [{}])[0]
-    if resolve(stack, stack.root, hc.get("path")) != stack.rendered["health_check_path"]:
+    if resolve(stack, hc.get("path")) != stack.rendered["health_check_path"]:
         problems.append(f"target group health check path {hc.get('path')} is not Envoy's route to tollgate's /readyz")
     return problems
 
@@ -309,7 +297,7 @@ def check_waf(stack: Stack) -> list[str]:
     if rate:
         priorities.append(rate.get("priority"))
         stmt = blocks(blocks(rate, "statement")[0], "rate_based_statement")[0]
-        limit = resolve(stack, stack.root, stmt.get("limit"))
+        limit = resolve(stack, stmt.get("limit"))
         if limit != 2000:
             problems.append(f"rate limit {limit} per 5 minutes; the documented limit is 2000")
         if stmt.get("evaluation_window_sec") not in (None, 300) or stmt.get("aggregate_key_type") != "IP":
@@ -458,11 +446,11 @@ def check_ports(stack: Stack) -> list[str]:
         ("aws_vpc_security_group_egress_rule", "alb_to_tasks", "from_port"),
         ("aws_vpc_security_group_egress_rule", "alb_to_tasks", "to_port"),
     ]:
-        got = resolve(stack, stack.root, stack.root.resource(kind, name).get(key))
+        got = resolve(stack, stack.root.resource(kind, name).get(key))
         if got != port:
             problems.append(f"{kind}.{name}.{key} = {got}, Envoy listens on {port}")
     lb = one(blocks(stack.root.resource("aws_ecs_service", "this"), "load_balancer"), "service load_balancer", problems)
-    if lb and (resolve(stack, stack.root, lb.get("container_port")) != port or lb.get("container_name") != "envoy"):
+    if lb and (resolve(stack, lb.get("container_port")) != port or lb.get("container_name") != "envoy"):
         problems.append(f"the service registers {lb.get('container_name')}:{lb.get('container_port')}, not envoy:{port}")
     grpc = re.search(r"cluster_name: tollgate\n.*?port_value: (\d+)", envoy, re.S)
     env = stack.rendered["tollgate_environment"]
@@ -546,9 +534,12 @@ def check_ecs_service(stack: Stack) -> list[str]:
     net = (blocks(svc, "network_configuration") or [{}])[0]
     if net.get("assign_public_ip") is not False:
         problems.append("tasks must not get public IPs")
-    metrics = {blocks(c, "predefined_metric_specification")[0].get("predefined_metric_type")
-               for p in stack.root.of_type("aws_appautoscaling_policy").values()
-               for c in blocks(p, "target_tracking_scaling_policy_configuration")}
+    policies = stack.root.of_type("aws_appautoscaling_policy")
+    # One policy per entry of its for_each map ({name = {metric = ..., ...}}), or written out.
+    metrics = {entry.get("metric") for p in policies.values() if isinstance(p.get("for_each"), dict)
+               for entry in p["for_each"].values()}
+    metrics |= {blocks(c, "predefined_metric_specification")[0].get("predefined_metric_type")
+                for p in policies.values() for c in blocks(p, "target_tracking_scaling_policy_configuration")}
     for m in ("ECSServiceAverageCPUUtilization", "ALBRequestCountPerTarget"):
         if m not in metrics:
             problems.append(f"no autoscaling on {m}")
@@ -618,11 +609,11 @@ def check_logs_and_alarms(stack: Stack) -> list[str]:
         if "retention_in_days" not in g or "kms_key_id" not in g:
             problems.append(f"log group {name} needs retention and the KMS key")
     agw = stack.root.resource("aws_cloudwatch_log_group", "agentgateway")
-    days = resolve(stack, stack.root, agw.get("retention_in_days"))
+    days = resolve(stack, agw.get("retention_in_days"))
     if not isinstance(days, int) or days > 7:
         problems.append(f"agentgateway's log group keeps bearer tokens for {days} days (7 at most)")
     alarms = stack.root.of_type("aws_cloudwatch_metric_alarm")
-    text = json.dumps(alarms)
+    text = json.dumps(alarms) + json.dumps(stack.root.locals.get("tollgate_alarms", {}))
     for metric in ("tollgate_store_up", "tollgate_spool_pending", "HTTPCode_Target_5XX_Count", "HTTPCode_ELB_5XX_Count"):
         if metric not in text:
             problems.append(f"no alarm on {metric}")
@@ -657,7 +648,7 @@ def check_cognito(stack: Stack) -> list[str]:
         if "pre_token_generation" in lc:
             problems.append("pre_token_generation (V1) does not run for client-credentials tokens")
     rs = stack.root.resource("aws_cognito_resource_server", "this")
-    identifier = resolve(stack, stack.root, rs.get("identifier"))
+    identifier = resolve(stack, rs.get("identifier"))
     scopes = {f"{identifier}/{s.get('scope_name')}" for s in blocks(rs, "scope")}
     for s in (stack.rendered["invoke_scope"], stack.rendered["admin_scope"]):
         if s not in scopes:
