@@ -18,11 +18,17 @@ locals {
 
   guardrail_arns = [for g in aws_bedrock_guardrail.this : g.guardrail_arn]
 
-  # The repository of container_image when it is in ECR (account.dkr.ecr.region.amazonaws.com/repo).
-  ecr_image = regex("^(?:(?P<account>[0-9]{12})\\.dkr\\.ecr\\.(?P<region>[a-z0-9-]+)\\.amazonaws\\.com/(?P<repository>[^:@]+))?", var.container_image)
-  ecr_repository_arn = local.ecr_image.account == null ? null : (
-    "arn:${local.partition}:ecr:${local.ecr_image.region}:${local.ecr_image.account}:repository/${local.ecr_image.repository}"
-  )
+  # The private ECR repositories the images come from (account.dkr.ecr.region.amazonaws.com/repo):
+  # tollgate's, and Envoy's or the collector's when they are mirrored there (Docker Hub limits
+  # anonymous pulls). Public registries need no permission.
+  image_registries = [
+    for image in [var.container_image, var.envoy_image, var.adot_image] :
+    regex("^(?:(?P<account>[0-9]{12})\\.dkr\\.ecr\\.(?P<region>[a-z0-9-]+)\\.amazonaws\\.com/(?P<repository>[^:@]+))?", image)
+  ]
+  ecr_repository_arns = sort(distinct([
+    for m in local.image_registries :
+    "arn:${local.partition}:ecr:${m.region}:${m.account}:repository/${m.repository}" if m.account != null
+  ]))
 }
 
 data "aws_iam_policy_document" "ecs_tasks_assume" {
@@ -67,16 +73,16 @@ resource "aws_iam_role" "execution" {
 
 data "aws_iam_policy_document" "execution" {
   dynamic "statement" {
-    for_each = local.ecr_repository_arn == null ? [] : [local.ecr_repository_arn]
+    for_each = length(local.ecr_repository_arns) == 0 ? [] : [1]
     content {
-      sid       = "PullTollgateImage"
+      sid       = "PullImages"
       actions   = ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"]
-      resources = [statement.value]
+      resources = local.ecr_repository_arns
     }
   }
 
   dynamic "statement" {
-    for_each = local.ecr_repository_arn == null ? [] : [1]
+    for_each = length(local.ecr_repository_arns) == 0 ? [] : [1]
     content {
       sid       = "EcrLogin"
       actions   = ["ecr:GetAuthorizationToken"]

@@ -181,5 +181,5 @@ resource "aws_lambda_permission" "admin_api" {
   action        = "lambda:InvokeFunction"
   function_name = aws_lambda_function.this["admin-api"].function_name
   principal     = "apigateway.amazonaws.com"
-  source_arn    = "${aws_apigatewayv2_api.admin.execution_arn}/*/*/admin/{proxy+}"
+  source_arn    = "${aws_apigatewayv2_api.admin.execution_arn}/*/*"
 }

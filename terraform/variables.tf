@@ -465,13 +465,14 @@ variable "lambda_memory_mb" {
 }
 
 variable "lambda_reserved_concurrency" {
-  description = "Reserved concurrency of each function: caps what one function can take from the account's pool and what it can spend."
+  description = "Reserved concurrency of each function: caps what one function can take from the account's pool and what it can spend. The account must keep 100 unreserved; null reserves none."
   type        = number
   default     = 50
+  nullable    = true
 
   validation {
-    condition     = var.lambda_reserved_concurrency >= 1
-    error_message = "lambda_reserved_concurrency must be at least 1."
+    condition     = var.lambda_reserved_concurrency == null || try(var.lambda_reserved_concurrency >= 1, false)
+    error_message = "lambda_reserved_concurrency must be at least 1, or null."
   }
 }
 

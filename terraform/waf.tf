@@ -5,7 +5,7 @@
 locals {
   # name => priority, and rules inside the group that only count instead of blocking.
   waf_managed_rule_groups = {
-    AWSManagedRulesCommonRuleSet          = { priority = 10, count_only = ["SizeRestrictions_BODY"] }
+    AWSManagedRulesCommonRuleSet          = { priority = 10, count_only = ["SizeRestrictions_BODY", "CrossSiteScripting_BODY", "GenericLFI_BODY", "GenericRFI_BODY"] }
     AWSManagedRulesKnownBadInputsRuleSet  = { priority = 20, count_only = [] }
     AWSManagedRulesAmazonIpReputationList = { priority = 30, count_only = [] }
     AWSManagedRulesAnonymousIpList        = { priority = 40, count_only = ["HostingProviderIPList"] }
@@ -37,8 +37,10 @@ resource "aws_wafv2_web_acl" "this" {
           vendor_name = "AWS"
           name        = rule.key
 
-          # LLM prompts are large bodies (SizeRestrictions_BODY blocks above 8 KB); cloud hosts
-          # are where agents run (HostingProviderIPList): counted, never blocked.
+          # Counted, never blocked: LLM prompts are large bodies (SizeRestrictions_BODY blocks
+          # above 8 KB) that quote code, HTML and file paths (the *_BODY rules), which nothing
+          # behind this ALB renders or opens; cloud hosts are where agents run
+          # (HostingProviderIPList).
           dynamic "rule_action_override" {
             for_each = rule.value.count_only
             content {
