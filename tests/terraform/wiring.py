@@ -130,7 +130,8 @@ def check_provider_schema(stack: Stack) -> list[str]:
                 schema = types.get(f"{kind}.{rtype}")
                 where = f"{label}: {rel}/{mod.files[(kind, rtype, name)]}: {kind} {rtype}.{name}"
                 if schema is None:
-                    problems.append(f"{where}: no such {kind} type")
+                    problems.append(f"{where}: not in tests/terraform/provider-schema.json: a new type needs "
+                                    "tests/terraform/provider_schema.py run again (else no such type exists)")
                     continue
                 problems.extend(schema_problems(raw, schema, where))
             for part in (mod.locals, mod.outputs, mod.modules, mod.resources, mod.data):
