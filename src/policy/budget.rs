@@ -20,7 +20,7 @@ pub enum OnBreach {
 /// Decimals needed to write `micros` exactly in dollars: at least 2 (cents), at most 6.
 fn decimals_of(micros: u64) -> u32 {
     (2..6)
-        .find(|&d| micros % 10u64.pow(6 - d) == 0)
+        .find(|&d| micros.is_multiple_of(10u64.pow(6 - d)))
         .unwrap_or(6)
 }
 
