@@ -547,3 +547,73 @@ async fn reservations_keep_concurrent_requests_within_the_budget() {
     );
     assert!(engine.admit(&t, call("test-model"), None).await.is_ok());
 }
+
+// ---- several limits at once: the longest-lasting refusal is named
+
+#[tokio::test]
+async fn a_team_over_its_daily_tokens_and_its_budget_hears_about_the_budget() {
+    let (engine, clock) = engine_set(Arc::new(MemoryStore::new()), dollar_per_thousand());
+    let t = Team {
+        daily_tokens: Some(1000),
+        ..budgeted("both", 1.0)
+    };
+    spend(&engine, &t, "test-model", 1100).await; // 1100 tokens today, $1.10 this month
+    let r = engine
+        .admit(&t, call("test-model"), None)
+        .await
+        .unwrap_err();
+    assert_eq!(r.kind, RejectionKind::MonthlyBudgetExceeded);
+    assert_eq!(r.reason, "Monthly budget exceeded ($1.10/$1.00)");
+    let to_month = 9 * 86_400 + 11 * 3600 + 59 * 60 + 50;
+    assert_eq!(r.retry_after_secs, Some(to_month));
+    assert!(!r.kind.retryable());
+    // The daily tokens were spent too: a call without a model hears about them.
+    let r = engine.admit(&t, None, None).await.unwrap_err();
+    assert_eq!(r.kind, RejectionKind::DailyTokensExceeded);
+    // Retrying when the day rolls over would not have helped: the budget still refuses.
+    clock.0.fetch_add(12 * 3600 * 1000, Ordering::Relaxed);
+    let r = engine
+        .admit(&t, call("test-model"), None)
+        .await
+        .unwrap_err();
+    assert_eq!(r.kind, RejectionKind::MonthlyBudgetExceeded);
+    assert!(engine.admit(&t, None, None).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_model_cap_outlasts_the_day_and_a_full_minute_outlasts_its_last_seconds() {
+    let (engine, clock) = engine_set(Arc::new(MemoryStore::new()), dollar_per_thousand());
+    let mut t = Team {
+        daily_tokens: Some(1000),
+        ..budgeted("cap-day", 100.0)
+    };
+    t.model_caps.insert("test-model".into(), 0.5);
+    spend(&engine, &t, "test-model", 1100).await;
+    let r = engine
+        .admit(&t, call("test-model"), None)
+        .await
+        .unwrap_err();
+    assert_eq!(r.kind, RejectionKind::ModelBudgetExceeded);
+
+    // 2026-11-21T23:59:45Z: one request fills a 1-RPM window and spends the day's tokens.
+    let t = team("late", 1, 1000);
+    clock.0.store(1_795_305_585_000, Ordering::Relaxed);
+    let ticket = engine.admit(&t, None, Some("late-1")).await.unwrap();
+    engine
+        .settle(
+            ticket,
+            Usage {
+                input: 1500,
+                ..Default::default()
+            },
+            "test",
+        )
+        .await;
+    engine.flush().await;
+    // Ten seconds before midnight the day ends before the RPM window frees a slot.
+    clock.0.store(1_795_305_590_000, Ordering::Relaxed);
+    let r = engine.admit(&t, None, None).await.unwrap_err();
+    assert_eq!(r.kind, RejectionKind::RpmExceeded);
+    assert_eq!(r.retry_after_secs, Some(70));
+    assert!(r.kind.retryable());
+}
