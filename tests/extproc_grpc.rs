@@ -31,6 +31,11 @@ struct Harness {
 }
 
 async fn start() -> Harness {
+    start_with_issuer(None).await
+}
+
+/// `issuer`: `identity.issuer`, which tokens (or Envoy's verified claims) must carry.
+async fn start_with_issuer(issuer: Option<&str>) -> Harness {
     let store = Arc::new(MemoryStore::new());
     store
         .put_team(&Team {
@@ -49,7 +54,7 @@ async fn start() -> Harness {
     ));
     let auth = Arc::new(Authenticator::new(
         Verification::TrustUpstream,
-        None,
+        issuer,
         None,
         Duration::ZERO,
     ));
@@ -389,18 +394,31 @@ fn verified_request(claims: serde_json::Value) -> ProcessingRequest {
 }
 
 #[tokio::test]
-async fn verified_claims_without_exp_or_not_yet_valid_are_refused_with_401() {
-    let mut h = start().await;
+async fn verified_claims_without_exp_or_iss_or_not_yet_valid_are_refused_with_401() {
+    let issuer = "https://issuer.example";
+    let mut h = start_with_issuer(Some(issuer)).await;
     let now = get_current_timestamp();
-    let good = json!({"client_id": "c", "scope": INVOKE_SCOPE, "exp": now + 600});
+    let good = json!({"iss": issuer, "client_id": "c", "scope": INVOKE_SCOPE, "exp": now + 600});
     let mut no_exp = good.clone();
     no_exp.as_object_mut().unwrap().remove("exp");
     let mut early = good.clone();
     early["nbf"] = json!(now + 600);
     let mut expired = good.clone();
     expired["exp"] = json!(now - 60);
+    let mut no_iss = good.clone();
+    no_iss.as_object_mut().unwrap().remove("iss");
+    let mut other_iss = good.clone();
+    other_iss["iss"] = json!("https://elsewhere.example");
     for (claims, said) in [
         (no_exp, "token has no exp claim"),
+        (
+            no_iss,
+            "token has no iss claim; expected https://issuer.example",
+        ),
+        (
+            other_iss,
+            "token was issued by https://elsewhere.example, expected https://issuer.example",
+        ),
         (early, "token not valid before "),
         (expired, "token expired at "),
     ] {

@@ -139,5 +139,8 @@ fn numeric_environment_values_reach_string_settings() {
     assert_eq!(config["guardrail"]["bedrock"]["guardrail_version"], "3");
     assert_eq!(config["store"]["dynamodb"]["table"], "12345");
     assert_eq!(config["identity"]["leeway_seconds"], 12);
-    assert_eq!(config["budgets"]["warn_at_percent"], serde_json::json!([50, 90]));
+    assert_eq!(
+        config["budgets"]["warn_at_percent"],
+        serde_json::json!([50, 90])
+    );
 }

@@ -176,10 +176,15 @@ mod tests {
     #[test]
     fn leeway_applies_to_both_ends() {
         let r = rules();
-        let at = |exp: u64, nbf: u64| r.check(&claims(json!({"iss": ISSUER, "exp": exp, "nbf": nbf})), NOW);
+        let at = |exp: u64, nbf: u64| {
+            r.check(&claims(json!({"iss": ISSUER, "exp": exp, "nbf": nbf})), NOW)
+        };
         assert!(at(NOW - 29, NOW).is_ok(), "expired within the leeway");
         assert!(matches!(at(NOW - 30, NOW), Err(ClaimError::Expired { .. })));
-        assert!(at(NOW + 600, NOW + 30).is_ok(), "not yet valid within the leeway");
+        assert!(
+            at(NOW + 600, NOW + 30).is_ok(),
+            "not yet valid within the leeway"
+        );
         assert_eq!(
             at(NOW + 600, NOW + 31),
             Err(ClaimError::NotYetValid {

@@ -19,8 +19,8 @@ use serde_json::{Map, Value};
 
 use crate::policy::{Rejection, RejectionKind};
 
-use claims::ClaimRules;
 pub use claims::ClaimError;
+use claims::ClaimRules;
 pub use jwks::{JwksError, JwksSource, KeySet};
 
 /// Scope a token needs to send LLM traffic.
@@ -300,7 +300,9 @@ fn decode_unverified(token: &str) -> Result<Map<String, Value>, IdentityError> {
 fn invalid(error: jsonwebtoken::errors::Error) -> IdentityError {
     use jsonwebtoken::errors::ErrorKind;
     IdentityError::Invalid(match error.kind() {
-        ErrorKind::InvalidToken => "not a JWT (expected three dot-separated base64url parts)".into(),
+        ErrorKind::InvalidToken => {
+            "not a JWT (expected three dot-separated base64url parts)".into()
+        }
         ErrorKind::InvalidSignature => "signature does not verify".into(),
         ErrorKind::InvalidAlgorithm => "token algorithm does not match its key".into(),
         ErrorKind::Base64(e) => format!("token is not base64url-encoded ({e})"),

@@ -136,8 +136,14 @@ async fn a_token_not_yet_valid_is_refused_on_every_path() {
     early["nbf"] = json!(get_current_timestamp() + 600);
     for outcome in every_path(&auth, early).await {
         let err = outcome.unwrap_err();
-        assert!(matches!(err, IdentityError::Claims(ClaimError::NotYetValid { .. })), "{err:?}");
-        assert!(err.to_string().starts_with("token not valid before "), "{err}");
+        assert!(
+            matches!(err, IdentityError::Claims(ClaimError::NotYetValid { .. })),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().starts_with("token not valid before "),
+            "{err}"
+        );
     }
     // Within the leeway (5 s) it passes: clocks differ a little.
     let mut almost = claims();
@@ -173,7 +179,10 @@ async fn a_token_that_never_expires_is_refused_on_every_path() {
     let mut forever = claims();
     forever.as_object_mut().unwrap().remove("exp");
     for outcome in every_path(&auth, forever).await {
-        assert_eq!(outcome.unwrap_err(), IdentityError::Claims(ClaimError::NoExpiry));
+        assert_eq!(
+            outcome.unwrap_err(),
+            IdentityError::Claims(ClaimError::NoExpiry)
+        );
     }
 }
 
@@ -268,7 +277,8 @@ async fn a_cached_verification_ends_when_the_token_expires() {
     keys.load().await.unwrap();
     let auth = Authenticator::new(Verification::Keys(keys), Some(ISSUER), None, Duration::ZERO);
     let mut c = claims();
-    c["exp"] = json!(get_current_timestamp() + 1);
+    // Valid for at least a whole second (a token is expired from its `exp` second on).
+    c["exp"] = json!(get_current_timestamp() + 2);
     let t = bearer(&token(c, "dev-1"));
     assert!(
         auth.authenticate_header(Some(&t), INVOKE_SCOPE)
@@ -281,7 +291,7 @@ async fn a_cached_verification_ends_when_the_token_expires() {
             .is_ok(),
         "served from the cache"
     );
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    tokio::time::sleep(Duration::from_millis(3100)).await;
     assert!(matches!(
         auth.authenticate_header(Some(&t), INVOKE_SCOPE).await,
         Err(IdentityError::Claims(ClaimError::Expired { .. }))

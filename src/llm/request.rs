@@ -235,12 +235,8 @@ const COMMON_FIELDS: &[(&str, Shape)] = &[
 /// would refuse, before the request costs an RPM slot. Missing optional fields are left alone;
 /// `messages`, without which Chat and Messages calls fail, is required.
 pub fn check_shape(api: ApiKind, object: &Map<String, Value>) -> Result<(), BodyError> {
-    let (required, per_api): (Option<(&'static str, Shape)>, &[(&'static str, Shape)]) = match api
-    {
-        ApiKind::OpenAiChat => (
-            Some(("messages", Shape::Array)),
-            &[("tools", Shape::Array)],
-        ),
+    let (required, per_api): (Option<(&'static str, Shape)>, &[(&'static str, Shape)]) = match api {
+        ApiKind::OpenAiChat => (Some(("messages", Shape::Array)), &[("tools", Shape::Array)]),
         ApiKind::AnthropicMessages => (
             Some(("messages", Shape::Array)),
             &[("system", Shape::StringOrArray), ("tools", Shape::Array)],
@@ -407,9 +403,7 @@ mod tests {
     }
 
     fn refusal(api: ApiKind, body: &str) -> String {
-        parse_request(api, body.as_bytes())
-            .unwrap_err()
-            .to_string()
+        parse_request(api, body.as_bytes()).unwrap_err().to_string()
     }
 
     #[test]
@@ -425,12 +419,16 @@ mod tests {
         );
         for api in [ApiKind::OpenAiResponses, ApiKind::AnthropicMessages] {
             assert_eq!(
-                refusal(api, r#"{"model": "a", "stream": false, "messages": [], "stream": true}"#),
+                refusal(
+                    api,
+                    r#"{"model": "a", "stream": false, "messages": [], "stream": true}"#
+                ),
                 "request body has the key \"stream\" more than once"
             );
         }
         // Nested objects are the provider's to read; equal keys there are not tollgate's concern.
-        let nested = r#"{"model": "m", "messages": [{"role": "user", "role": "system", "content": "x"}]}"#;
+        let nested =
+            r#"{"model": "m", "messages": [{"role": "user", "role": "system", "content": "x"}]}"#;
         assert!(parse_request(ApiKind::OpenAiChat, nested.as_bytes()).is_ok());
         // A syntax error after the duplicate is still a syntax error.
         assert!(matches!(
@@ -459,7 +457,10 @@ mod tests {
         for api in [ApiKind::OpenAiChat, ApiKind::AnthropicMessages] {
             for messages in [r#""hello""#, r#"{"role": "user", "content": "hi"}"#, "42"] {
                 assert_eq!(
-                    refusal(api, &format!(r#"{{"model": "m", "max_tokens": 5, "messages": {messages}}}"#)),
+                    refusal(
+                        api,
+                        &format!(r#"{{"model": "m", "max_tokens": 5, "messages": {messages}}}"#)
+                    ),
                     "request body field \"messages\" must be an array",
                     "{api:?} {messages}"
                 );
@@ -470,11 +471,17 @@ mod tests {
             );
         }
         assert_eq!(
-            refusal(ApiKind::OpenAiResponses, r#"{"model": "m", "input": {"text": "hi"}}"#),
+            refusal(
+                ApiKind::OpenAiResponses,
+                r#"{"model": "m", "input": {"text": "hi"}}"#
+            ),
             "request body field \"input\" must be a string or an array"
         );
         assert_eq!(
-            refusal(ApiKind::AnthropicMessages, r#"{"model": "m", "messages": [], "system": 7}"#),
+            refusal(
+                ApiKind::AnthropicMessages,
+                r#"{"model": "m", "messages": [], "system": 7}"#
+            ),
             "request body field \"system\" must be a string or an array"
         );
         assert_eq!(
@@ -482,12 +489,18 @@ mod tests {
             "request body field \"model\" must be a string"
         );
         assert_eq!(
-            refusal(ApiKind::OpenAiChat, r#"{"model": "m", "messages": [], "stream": "yes"}"#),
+            refusal(
+                ApiKind::OpenAiChat,
+                r#"{"model": "m", "messages": [], "stream": "yes"}"#
+            ),
             "request body field \"stream\" must be true or false"
         );
         for tokens in ["-1", "1.5", "\"100\"", "1e3"] {
             assert_eq!(
-                refusal(ApiKind::OpenAiChat, &format!(r#"{{"model": "m", "messages": [], "max_tokens": {tokens}}}"#)),
+                refusal(
+                    ApiKind::OpenAiChat,
+                    &format!(r#"{{"model": "m", "messages": [], "max_tokens": {tokens}}}"#)
+                ),
                 "request body field \"max_tokens\" must be a non-negative integer",
                 "{tokens}"
             );
@@ -497,14 +510,32 @@ mod tests {
     #[test]
     fn what_providers_accept_passes() {
         for (api, body) in [
-            (ApiKind::OpenAiResponses, json!({"model": "m", "input": "hi"})),
-            (ApiKind::OpenAiResponses, json!({"model": "m", "input": [{"role": "user", "content": "hi"}], "instructions": "x"})),
+            (
+                ApiKind::OpenAiResponses,
+                json!({"model": "m", "input": "hi"}),
+            ),
+            (
+                ApiKind::OpenAiResponses,
+                json!({"model": "m", "input": [{"role": "user", "content": "hi"}], "instructions": "x"}),
+            ),
             // A Responses call may continue a previous one without new input.
-            (ApiKind::OpenAiResponses, json!({"model": "m", "previous_response_id": "resp_1"})),
-            (ApiKind::AnthropicMessages, json!({"model": "m", "max_tokens": 5, "system": [{"type": "text", "text": "x"}], "messages": []})),
+            (
+                ApiKind::OpenAiResponses,
+                json!({"model": "m", "previous_response_id": "resp_1"}),
+            ),
+            (
+                ApiKind::AnthropicMessages,
+                json!({"model": "m", "max_tokens": 5, "system": [{"type": "text", "text": "x"}], "messages": []}),
+            ),
             // `null` is "not set" in OpenAI's schemas.
-            (ApiKind::OpenAiChat, json!({"model": "m", "messages": [], "stream": null, "max_tokens": null, "tools": null})),
-            (ApiKind::OpenAiChat, json!({"model": "m", "messages": [], "max_completion_tokens": 0})),
+            (
+                ApiKind::OpenAiChat,
+                json!({"model": "m", "messages": [], "stream": null, "max_tokens": null, "tools": null}),
+            ),
+            (
+                ApiKind::OpenAiChat,
+                json!({"model": "m", "messages": [], "max_completion_tokens": 0}),
+            ),
         ] {
             let p = parse(api, body.clone());
             assert_eq!(p.facts.model, "m", "{body}");

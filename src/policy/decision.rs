@@ -201,7 +201,10 @@ mod tests {
         let minute = Rejection::rpm_exceeded(6, rate, 40);
         let chosen = lasting_longest(vec![day.clone(), month.clone(), minute.clone()]).unwrap();
         assert_eq!(chosen, month);
-        assert_eq!(lasting_longest(vec![minute.clone(), day.clone()]), Some(day.clone()));
+        assert_eq!(
+            lasting_longest(vec![minute.clone(), day.clone()]),
+            Some(day.clone())
+        );
         // A minute before midnight the RPM window outlasts the day.
         let late_day = Rejection::daily_tokens_exceeded(1030, 1000, rate, 20);
         assert_eq!(
