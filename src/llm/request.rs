@@ -222,8 +222,11 @@ impl Shape {
     }
 }
 
+/// A field and what it may hold.
+type FieldRule = (&'static str, Shape);
+
 /// Fields every model call may carry, whatever its API: a wrong type is refused by every provider.
-const COMMON_FIELDS: &[(&str, Shape)] = &[
+const COMMON_FIELDS: &[FieldRule] = &[
     ("model", Shape::String),
     ("stream", Shape::Bool),
     ("max_tokens", Shape::Count),
@@ -231,39 +234,41 @@ const COMMON_FIELDS: &[(&str, Shape)] = &[
     ("max_output_tokens", Shape::Count),
 ];
 
-/// Refuses a body whose fields tollgate reads (or the provider needs) have a type the provider
-/// would refuse, before the request costs an RPM slot. Missing optional fields are left alone;
-/// `messages`, without which Chat and Messages calls fail, is required.
-pub fn check_shape(api: ApiKind, object: &Map<String, Value>) -> Result<(), BodyError> {
-    let (required, per_api): (Option<(&'static str, Shape)>, &[(&'static str, Shape)]) = match api {
-        ApiKind::OpenAiChat => (Some(("messages", Shape::Array)), &[("tools", Shape::Array)]),
+/// The fields an API's calls must carry, and those checked when present.
+fn api_fields(api: ApiKind) -> (&'static [FieldRule], &'static [FieldRule]) {
+    match api {
+        ApiKind::OpenAiChat => (&[("messages", Shape::Array)], &[("tools", Shape::Array)]),
         ApiKind::AnthropicMessages => (
-            Some(("messages", Shape::Array)),
+            &[("messages", Shape::Array)],
             &[("system", Shape::StringOrArray), ("tools", Shape::Array)],
         ),
         ApiKind::OpenAiResponses => (
-            None,
+            &[],
             &[
                 ("input", Shape::StringOrArray),
                 ("instructions", Shape::String),
                 ("tools", Shape::Array),
             ],
         ),
-        _ => (None, &[]),
-    };
-    if let Some((field, shape)) = required
-        && object.get(field).is_none_or(Value::is_null)
+        _ => (&[], &[]),
+    }
+}
+
+/// Refuses a body whose fields tollgate reads (or the provider needs) have a type the provider
+/// would refuse, before the request costs an RPM slot. Missing optional fields are left alone;
+/// `messages`, without which Chat and Messages calls fail, is required.
+pub fn check_shape(api: ApiKind, object: &Map<String, Value>) -> Result<(), BodyError> {
+    let (required, optional) = api_fields(api);
+    if let Some(&(field, shape)) = required
+        .iter()
+        .find(|(field, _)| object.get(*field).is_none_or(Value::is_null))
     {
         return Err(BodyError::MissingField {
             field,
             expected: shape.expected(),
         });
     }
-    for &(field, shape) in COMMON_FIELDS
-        .iter()
-        .chain(per_api)
-        .chain(required.as_slice())
-    {
+    for &(field, shape) in COMMON_FIELDS.iter().chain(required).chain(optional) {
         if let Some(value) = object.get(field)
             && !shape.admits(value)
         {
