@@ -628,60 +628,66 @@ mod tests {
         });
     }
 
-    #[test]
+    /// Settings loaded with these environment variables (and no file).
     #[allow(clippy::result_large_err)] // figment's Jail signature
-    fn string_settings_accept_environment_values_that_look_like_numbers() {
+    fn loaded_with(vars: &[(&str, &str)]) -> anyhow::Result<Settings> {
+        let mut loaded = None;
         figment::Jail::expect_with(|jail| {
-            jail.set_env("TOLLGATE_GUARDRAIL__BEDROCK__GUARDRAIL_ID", "1234567890");
-            jail.set_env("TOLLGATE_GUARDRAIL__BEDROCK__GUARDRAIL_VERSION", "3");
-            jail.set_env("TOLLGATE_STORE__DYNAMODB__TABLE", "12345");
-            jail.set_env("TOLLGATE_IDENTITY__ISSUER", "3.10");
-            jail.set_env("TOLLGATE_WEBHOOK__SECRET", "true");
-            jail.set_env("TOLLGATE_LOG__LEVEL", "0");
-            let s = Settings::load(None).unwrap();
-            let bedrock = s.guardrail.bedrock.as_ref().unwrap();
-            assert_eq!(bedrock.guardrail_id, "1234567890");
-            assert_eq!(bedrock.guardrail_version, "3");
-            assert_eq!(s.store.dynamodb.table, "12345");
-            assert_eq!(s.identity.issuer.as_deref(), Some("3.10"), "as written");
-            assert_eq!(s.webhook.secret.as_deref(), Some("true"));
-            assert_eq!(s.log.level, "0");
+            for (name, value) in vars {
+                jail.set_env(name, value);
+            }
+            loaded = Some(Settings::load(None));
             Ok(())
         });
+        loaded.expect("the jail ran")
     }
 
     #[test]
-    #[allow(clippy::result_large_err)] // figment's Jail signature
+    fn string_settings_accept_environment_values_that_look_like_numbers() {
+        let s = loaded_with(&[
+            ("TOLLGATE_GUARDRAIL__BEDROCK__GUARDRAIL_ID", "1234567890"),
+            ("TOLLGATE_GUARDRAIL__BEDROCK__GUARDRAIL_VERSION", "3"),
+            ("TOLLGATE_STORE__DYNAMODB__TABLE", "12345"),
+            ("TOLLGATE_IDENTITY__ISSUER", "3.10"),
+            ("TOLLGATE_WEBHOOK__SECRET", "true"),
+            ("TOLLGATE_LOG__LEVEL", "0"),
+        ])
+        .unwrap();
+        let bedrock = s.guardrail.bedrock.as_ref().unwrap();
+        assert_eq!(bedrock.guardrail_id, "1234567890");
+        assert_eq!(bedrock.guardrail_version, "3");
+        assert_eq!(s.store.dynamodb.table, "12345");
+        assert_eq!(s.identity.issuer.as_deref(), Some("3.10"), "as written");
+        assert_eq!(s.webhook.secret.as_deref(), Some("true"));
+        assert_eq!(s.log.level, "0");
+    }
+
+    #[test]
     fn number_boolean_and_list_settings_still_read_from_the_environment() {
-        figment::Jail::expect_with(|jail| {
-            jail.set_env("TOLLGATE_IDENTITY__LEEWAY_SECONDS", "7");
-            jail.set_env("TOLLGATE_IDENTITY__TRUST_UPSTREAM", "true");
-            jail.set_env("TOLLGATE_BUDGETS__WARN_AT_PERCENT", "[50, 80]");
-            jail.set_env("TOLLGATE_BUDGETS__RESERVE", "1");
-            jail.set_env("TOLLGATE_SERVER__MAX_REQUEST_BODY_BYTES", " 4096 ");
-            jail.set_env("TOLLGATE_PRICING__DEFAULT_PRICE", "{input=2.5, output=10}");
-            jail.set_env("TOLLGATE_PRICING__MODELS__MY-MODEL__INPUT", "1");
-            jail.set_env("TOLLGATE_PRICING__MODELS__MY-MODEL__OUTPUT", "2.25");
-            let s = Settings::load(None).unwrap();
-            assert_eq!(s.identity.leeway_seconds, 7);
-            assert!(s.identity.trust_upstream);
-            assert_eq!(s.budgets.warn_at_percent, vec![50, 80]);
-            assert!(s.budgets.reserve);
-            assert_eq!(s.server.max_request_body_bytes, 4096);
-            let default = s.pricing.default_price.unwrap();
-            assert_eq!((default.input, default.output), (2.5, 10.0));
-            let mine = &s.pricing.models["my-model"];
-            assert_eq!((mine.input, mine.output), (1.0, 2.25));
-            Ok(())
-        });
-        figment::Jail::expect_with(|jail| {
-            jail.set_env("TOLLGATE_IDENTITY__LEEWAY_SECONDS", "soon");
-            let e = Settings::load(None).unwrap_err();
-            // The variable is named as it was set.
-            let said = format!("{e:#}");
-            assert!(said.contains("\"soon\", expected u64"), "{said}");
-            assert!(said.contains("IDENTITY.LEEWAY_SECONDS"), "{said}");
-            Ok(())
-        });
+        let s = loaded_with(&[
+            ("TOLLGATE_IDENTITY__LEEWAY_SECONDS", "7"),
+            ("TOLLGATE_IDENTITY__TRUST_UPSTREAM", "true"),
+            ("TOLLGATE_BUDGETS__WARN_AT_PERCENT", "[50, 80]"),
+            ("TOLLGATE_BUDGETS__RESERVE", "1"),
+            ("TOLLGATE_SERVER__MAX_REQUEST_BODY_BYTES", " 4096 "),
+            ("TOLLGATE_PRICING__DEFAULT_PRICE", "{input=2.5, output=10}"),
+            ("TOLLGATE_PRICING__MODELS__MY-MODEL__INPUT", "1"),
+            ("TOLLGATE_PRICING__MODELS__MY-MODEL__OUTPUT", "2.25"),
+        ])
+        .unwrap();
+        assert_eq!(s.identity.leeway_seconds, 7);
+        assert!(s.identity.trust_upstream);
+        assert_eq!(s.budgets.warn_at_percent, vec![50, 80]);
+        assert!(s.budgets.reserve);
+        assert_eq!(s.server.max_request_body_bytes, 4096);
+        let default = s.pricing.default_price.unwrap();
+        assert_eq!((default.input, default.output), (2.5, 10.0));
+        let mine = &s.pricing.models["my-model"];
+        assert_eq!((mine.input, mine.output), (1.0, 2.25));
+        let e = loaded_with(&[("TOLLGATE_IDENTITY__LEEWAY_SECONDS", "soon")]).unwrap_err();
+        // The variable is named as it was set.
+        let said = format!("{e:#}");
+        assert!(said.contains("\"soon\", expected u64"), "{said}");
+        assert!(said.contains("IDENTITY.LEEWAY_SECONDS"), "{said}");
     }
 }

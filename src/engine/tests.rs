@@ -52,6 +52,17 @@ fn principal(team: Option<&str>, client: Option<&str>) -> Principal {
     }
 }
 
+/// One request (not a model call) that used `tokens`, charged and applied.
+async fn use_tokens(engine: &Engine, t: &Team, tokens: u64) {
+    let ticket = engine.admit(t, None, None).await.unwrap();
+    let usage = Usage {
+        input: tokens,
+        ..Default::default()
+    };
+    engine.settle(ticket, usage, "test").await;
+    engine.flush().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn admits_exactly_the_rpm_limit_under_concurrency() {
     let (engine, _) = engine();
@@ -139,18 +150,7 @@ async fn daily_tokens_are_debited_after_the_response_and_roll_over_at_midnight()
 async fn a_token_rejection_does_not_consume_rpm() {
     let (engine, _) = engine();
     let t = team("a", 2, 10);
-    let ticket = engine.admit(&t, None, None).await.unwrap();
-    engine
-        .settle(
-            ticket,
-            Usage {
-                input: 10,
-                ..Default::default()
-            },
-            "test",
-        )
-        .await;
-    engine.flush().await;
+    use_tokens(&engine, &t, 10).await;
     for _ in 0..5 {
         assert_eq!(
             engine.admit(&t, None, None).await.unwrap_err().kind,
@@ -598,18 +598,7 @@ async fn a_model_cap_outlasts_the_day_and_a_full_minute_outlasts_its_last_second
     // 2026-11-21T23:59:45Z: one request fills a 1-RPM window and spends the day's tokens.
     let t = team("late", 1, 1000);
     clock.0.store(1_795_305_585_000, Ordering::Relaxed);
-    let ticket = engine.admit(&t, None, Some("late-1")).await.unwrap();
-    engine
-        .settle(
-            ticket,
-            Usage {
-                input: 1500,
-                ..Default::default()
-            },
-            "test",
-        )
-        .await;
-    engine.flush().await;
+    use_tokens(&engine, &t, 1500).await;
     // Ten seconds before midnight the day ends before the RPM window frees a slot.
     clock.0.store(1_795_305_590_000, Ordering::Relaxed);
     let r = engine.admit(&t, None, None).await.unwrap_err();
