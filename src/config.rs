@@ -1,6 +1,13 @@
 //! One typed configuration: a TOML file, overridden by `TOLLGATE_`-prefixed environment
 //! variables (`__` separates levels: `TOLLGATE_SERVER__HTTP_LISTEN=0.0.0.0:9090`). Every field
 //! has a default, so `tollgate serve` runs with no file at all.
+//!
+//! An environment variable is text, and deployments set text that looks like a number
+//! (`TOLLGATE_GUARDRAIL__BEDROCK__GUARDRAIL_VERSION=3`, a DynamoDB table named `12345`). figment
+//! reads such a value as a number, which a string setting then refuses; so variables are kept as
+//! the text they are ([`EnvText`]) and each setting reads it as its own type (numbers and
+//! booleans are parsed from text: figment's lossy extraction). Arrays and tables written in a
+//! variable (`[50, 80]`) keep their structure.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -8,8 +15,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{EngineSettings, FailMode, FailModes, UnknownModel};
@@ -361,8 +369,8 @@ impl Settings {
             })
             .split("__");
         let settings: Settings = figment
-            .merge(env)
-            .extract()
+            .merge(EnvText(env))
+            .extract_lossy()
             .map_err(|e| describe_config_error(e, file))?;
         settings.validate().with_context(|| match file {
             Some(file) => format!("invalid configuration in {}", file.display()),
@@ -544,6 +552,94 @@ fn toml_lines_of(text: &str, path: &[String]) -> Vec<u32> {
     }
 }
 
+/// Environment variables as text: a value figment would read as a number or a boolean stays the
+/// string it was written as, so that a string setting accepts `3`; number and boolean settings
+/// parse it back (`extract_lossy`).
+struct EnvText(Env);
+
+impl Provider for EnvText {
+    fn metadata(&self) -> Metadata {
+        self.0.metadata()
+    }
+
+    fn data(&self) -> figment::Result<Map<Profile, Dict>> {
+        let mut dict = Dict::new();
+        for (key, raw) in self.0.iter() {
+            let parsed: Value = raw
+                .parse()
+                .expect("parsing an environment value is infallible");
+            let value = match parsed {
+                // As written: `3.10` is a version, not 3.1.
+                Value::Num(tag, _) | Value::Bool(tag, _) | Value::Char(tag, _) => {
+                    Value::String(tag, raw.trim().to_owned())
+                }
+                structured => scalars_as_text(structured),
+            };
+            insert_at(&mut dict, key.as_str(), value);
+        }
+        Ok(Profile::Default.collect(dict))
+    }
+}
+
+/// Numbers and booleans inside an array or table written in a variable, as text.
+fn scalars_as_text(value: Value) -> Value {
+    match value {
+        Value::Num(tag, _) | Value::Bool(tag, _) | Value::Char(tag, _) => {
+            let text = serde_json::to_value(&value)
+                .ok()
+                .map(|v| match v {
+                    serde_json::Value::String(s) => s,
+                    other => other.to_string(),
+                })
+                .unwrap_or_default();
+            Value::String(tag, text)
+        }
+        Value::Array(tag, items) => {
+            Value::Array(tag, items.into_iter().map(scalars_as_text).collect())
+        }
+        Value::Dict(tag, dict) => Value::Dict(
+            tag,
+            dict.into_iter()
+                .map(|(k, v)| (k, scalars_as_text(v)))
+                .collect(),
+        ),
+        text_or_empty => text_or_empty,
+    }
+}
+
+/// Puts `value` at the dotted `path` (`guardrail.bedrock.guardrail_version`) in `dict`, merging
+/// with the tables other variables made.
+fn insert_at(dict: &mut Dict, path: &str, value: Value) {
+    match path.split_once('.') {
+        None => merge_into(dict, path, value),
+        Some((head, rest)) => {
+            let child = dict
+                .entry(head.to_owned())
+                .or_insert_with(|| Value::from(Dict::new()));
+            if !matches!(child, Value::Dict(..)) {
+                *child = Value::from(Dict::new());
+            }
+            if let Value::Dict(_, child) = child {
+                insert_at(child, rest, value);
+            }
+        }
+    }
+}
+
+/// Sets `key` (one segment: a model name may hold dots) to `value`, merging tables.
+fn merge_into(dict: &mut Dict, key: &str, value: Value) {
+    match (dict.get_mut(key), value) {
+        (Some(Value::Dict(_, existing)), Value::Dict(_, new)) => {
+            for (k, v) in new {
+                merge_into(existing, &k, v);
+            }
+        }
+        (_, value) => {
+            dict.insert(key.to_owned(), value);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -683,5 +779,68 @@ mod tests {
             toml_lines_of(text, &path(&["log", "level"])),
             Vec::<u32>::new()
         );
+    }
+
+    /// Settings loaded with these environment variables (and no file).
+    #[allow(clippy::result_large_err)] // figment's Jail signature
+    fn loaded_with(vars: &[(&str, &str)]) -> anyhow::Result<Settings> {
+        let mut loaded = None;
+        figment::Jail::expect_with(|jail| {
+            for (name, value) in vars {
+                jail.set_env(name, value);
+            }
+            loaded = Some(Settings::load(None));
+            Ok(())
+        });
+        loaded.expect("the jail ran")
+    }
+
+    #[test]
+    fn string_settings_accept_environment_values_that_look_like_numbers() {
+        let s = loaded_with(&[
+            ("TOLLGATE_GUARDRAIL__BEDROCK__GUARDRAIL_ID", "1234567890"),
+            ("TOLLGATE_GUARDRAIL__BEDROCK__GUARDRAIL_VERSION", "3"),
+            ("TOLLGATE_STORE__DYNAMODB__TABLE", "12345"),
+            ("TOLLGATE_IDENTITY__ISSUER", "3.10"),
+            ("TOLLGATE_WEBHOOK__SECRET", "true"),
+            ("TOLLGATE_LOG__LEVEL", "0"),
+        ])
+        .unwrap();
+        let bedrock = s.guardrail.bedrock.as_ref().unwrap();
+        assert_eq!(bedrock.guardrail_id, "1234567890");
+        assert_eq!(bedrock.guardrail_version, "3");
+        assert_eq!(s.store.dynamodb.table, "12345");
+        assert_eq!(s.identity.issuer.as_deref(), Some("3.10"), "as written");
+        assert_eq!(s.webhook.secret.as_deref(), Some("true"));
+        assert_eq!(s.log.level, "0");
+    }
+
+    #[test]
+    fn number_boolean_and_list_settings_still_read_from_the_environment() {
+        let s = loaded_with(&[
+            ("TOLLGATE_IDENTITY__LEEWAY_SECONDS", "7"),
+            ("TOLLGATE_IDENTITY__TRUST_UPSTREAM", "true"),
+            ("TOLLGATE_BUDGETS__WARN_AT_PERCENT", "[50, 80]"),
+            ("TOLLGATE_BUDGETS__RESERVE", "1"),
+            ("TOLLGATE_SERVER__MAX_REQUEST_BODY_BYTES", " 4096 "),
+            ("TOLLGATE_PRICING__DEFAULT_PRICE", "{input=2.5, output=10}"),
+            ("TOLLGATE_PRICING__MODELS__MY-MODEL__INPUT", "1"),
+            ("TOLLGATE_PRICING__MODELS__MY-MODEL__OUTPUT", "2.25"),
+        ])
+        .unwrap();
+        assert_eq!(s.identity.leeway_seconds, 7);
+        assert!(s.identity.trust_upstream);
+        assert_eq!(s.budgets.warn_at_percent, vec![50, 80]);
+        assert!(s.budgets.reserve);
+        assert_eq!(s.server.max_request_body_bytes, 4096);
+        let default = s.pricing.default_price.unwrap();
+        assert_eq!((default.input, default.output), (2.5, 10.0));
+        let mine = &s.pricing.models["my-model"];
+        assert_eq!((mine.input, mine.output), (1.0, 2.25));
+        let e = loaded_with(&[("TOLLGATE_IDENTITY__LEEWAY_SECONDS", "soon")]).unwrap_err();
+        // The variable is named as it was set.
+        let said = format!("{e:#}");
+        assert!(said.contains("\"soon\", expected u64"), "{said}");
+        assert!(said.contains("IDENTITY.LEEWAY_SECONDS"), "{said}");
     }
 }

@@ -1,11 +1,12 @@
 //! The ext_proc server driven over real gRPC by a client that sends what Envoy sends, including
 //! the awkward cases: response headers with no request headers (jwt_authn's 401), a stream that
-//! ends without `end_of_stream`, a malformed message, and a body rewrite.
+//! ends without `end_of_stream`, a malformed message, a body rewrite, and jwt_authn claims that a
+//! misconfigured Envoy let through.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
+use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue, Metadata};
 use envoy_types::pb::envoy::service::ext_proc::v3::{
     HttpBody, HttpHeaders, ProcessingRequest, ProcessingResponse,
     external_processor_client::ExternalProcessorClient, processing_request::Request as Message,
@@ -30,6 +31,11 @@ struct Harness {
 }
 
 async fn start() -> Harness {
+    start_with_issuer(None).await
+}
+
+/// `issuer`: `identity.issuer`, which tokens (or Envoy's verified claims) must carry.
+async fn start_with_issuer(issuer: Option<&str>) -> Harness {
     let store = Arc::new(MemoryStore::new());
     store
         .put_team(&Team {
@@ -48,7 +54,7 @@ async fn start() -> Harness {
     ));
     let auth = Arc::new(Authenticator::new(
         Verification::TrustUpstream,
-        None,
+        issuer,
         None,
         Duration::ZERO,
     ));
@@ -342,4 +348,95 @@ async fn a_completed_stream_is_charged_its_reported_usage_exactly() {
     drop(ex);
     let charged = charged_since(&h, before).await;
     assert_eq!(charged, 12);
+}
+
+/// Request headers as Envoy sends them after `jwt_authn` verified the token: the claims in the
+/// filter's dynamic metadata (numbers as doubles), and no need to read the Authorization header.
+fn verified_request(claims: serde_json::Value) -> ProcessingRequest {
+    use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+    fn to_pb(v: &serde_json::Value) -> Value {
+        let kind = match v {
+            serde_json::Value::String(s) => Kind::StringValue(s.clone()),
+            serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap()),
+            serde_json::Value::Bool(b) => Kind::BoolValue(*b),
+            other => panic!("not a claim this test sends: {other}"),
+        };
+        Value { kind: Some(kind) }
+    }
+    let payload = Struct {
+        fields: claims
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), to_pb(v)))
+            .collect(),
+    };
+    let namespace = Struct {
+        fields: [(
+            "jwt_payload".to_owned(),
+            Value {
+                kind: Some(Kind::StructValue(payload)),
+            },
+        )]
+        .into(),
+    };
+    ProcessingRequest {
+        request: Some(Message::RequestHeaders(headers(
+            &[(":path", "/v1/chat/completions"), (":method", "POST")],
+            false,
+        ))),
+        metadata_context: Some(Metadata {
+            filter_metadata: [("envoy.filters.http.jwt_authn".to_owned(), namespace)].into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn verified_claims_without_exp_or_iss_or_not_yet_valid_are_refused_with_401() {
+    let issuer = "https://issuer.example";
+    let mut h = start_with_issuer(Some(issuer)).await;
+    let now = get_current_timestamp();
+    let good = json!({"iss": issuer, "client_id": "c", "scope": INVOKE_SCOPE, "exp": now + 600});
+    let mut no_exp = good.clone();
+    no_exp.as_object_mut().unwrap().remove("exp");
+    let mut early = good.clone();
+    early["nbf"] = json!(now + 600);
+    let mut expired = good.clone();
+    expired["exp"] = json!(now - 60);
+    let mut no_iss = good.clone();
+    no_iss.as_object_mut().unwrap().remove("iss");
+    let mut other_iss = good.clone();
+    other_iss["iss"] = json!("https://elsewhere.example");
+    for (claims, said) in [
+        (no_exp, "token has no exp claim"),
+        (
+            no_iss,
+            "token has no iss claim; expected https://issuer.example",
+        ),
+        (
+            other_iss,
+            "token was issued by https://elsewhere.example, expected https://issuer.example",
+        ),
+        (early, "token not valid before "),
+        (expired, "token expired at "),
+    ] {
+        let mut ex = Exchange::open(&mut h).await;
+        ex.tx.send(verified_request(claims)).await.unwrap();
+        let reply = ex.rx.message().await.unwrap().unwrap().response.unwrap();
+        let Reply::ImmediateResponse(refusal) = reply else {
+            panic!("admitted: {reply:?}")
+        };
+        assert_eq!(refusal.status.unwrap().code, 401);
+        let body: serde_json::Value = serde_json::from_slice(&refusal.body).unwrap();
+        let reason = body["reason"].as_str().unwrap();
+        assert!(reason.starts_with(said), "{reason}");
+        assert_eq!(body["error"]["code"], "unauthenticated", "{body}");
+    }
+    // The same claims with an expiry pass.
+    let mut ex = Exchange::open(&mut h).await;
+    ex.tx.send(verified_request(good)).await.unwrap();
+    let reply = ex.rx.message().await.unwrap().unwrap().response.unwrap();
+    assert!(matches!(reply, Reply::RequestHeaders(_)), "{reply:?}");
 }

@@ -22,7 +22,7 @@ use crate::identity::Principal;
 use crate::policy::budget::{self, OnBreach};
 use crate::policy::{
     Price, PriceTable, RateHeaders, Rejection, RejectionKind, Team, TierTable, Usage, calendar,
-    rate, tokens,
+    decision, rate, tokens,
 };
 use crate::store::{CounterKey, Debit, Increment, MemoryStore, Spool, Store, StoreError};
 
@@ -411,36 +411,34 @@ impl Engine {
         rate_headers.tokens_remaining = tokens::remaining(used_today, limits.daily_tokens);
         rate_headers.rpm_remaining = rate::remaining(limits.rpm, previous, current, pos);
 
+        let to_next_month = calendar::secs_until_next_month(now);
+        let budget = limits.monthly_budget_micros;
+        let spent = values.get(3).copied().unwrap_or_default();
+        // With reservations, the request's own estimate must fit in the budget too.
+        let incoming = match &money {
+            Some(m) if self.settings.reserve => m.estimate,
+            _ => 0,
+        };
+        // Every limit that refuses is heard; the caller is told about the one that lasts longest.
+        let mut refusals = Vec::new();
         if !tokens::within_daily_limit(used_today, limits.daily_tokens) {
-            return Err(self
-                .refuse(Rejection::daily_tokens_exceeded(
-                    used_today,
-                    limits.daily_tokens.unwrap_or_default(),
-                    rate_headers,
-                    calendar::secs_until_next_day(now),
-                ))
-                .into());
+            refusals.push(Rejection::daily_tokens_exceeded(
+                used_today,
+                limits.daily_tokens.unwrap_or_default(),
+                rate_headers,
+                calendar::secs_until_next_day(now),
+            ));
         }
         if let Some(m) = &money {
-            let (spent, spent_on_model, reserved) = (values[3], values[4], values[5]);
-            let retry = calendar::secs_until_next_month(now);
-            let budget = limits.monthly_budget_micros;
-            let incoming = if self.settings.reserve { m.estimate } else { 0 };
+            let (spent_on_model, reserved) = (values[4], values[5]);
             if !budget::within_budget(spent, reserved, incoming, budget) {
                 match team.on_breach {
-                    OnBreach::Block => {
-                        return Err(self
-                            .refuse(Rejection::budget_exceeded(
-                                RejectionKind::MonthlyBudgetExceeded,
-                                budget::budget_exceeded_reason(
-                                    spent.saturating_add(reserved),
-                                    budget,
-                                ),
-                                rate_headers,
-                                retry,
-                            ))
-                            .into());
-                    }
+                    OnBreach::Block => refusals.push(Rejection::budget_exceeded(
+                        RejectionKind::MonthlyBudgetExceeded,
+                        budget::budget_exceeded_reason(spent.saturating_add(reserved), budget),
+                        rate_headers,
+                        to_next_month,
+                    )),
                     OnBreach::Warn => {
                         metrics::counter!("tollgate_budget_overruns_total", "team" => team.id.clone()).increment(1);
                         ticket.budget_warning = Some(budget::budget_exceeded_reason(spent, budget));
@@ -452,21 +450,34 @@ impl Engine {
             {
                 let reason = budget::model_budget_exceeded_reason(&m.model, spent_on_model, cap);
                 match team.on_breach {
-                    OnBreach::Block => {
-                        return Err(self
-                            .refuse(Rejection::budget_exceeded(
-                                RejectionKind::ModelBudgetExceeded,
-                                reason,
-                                rate_headers,
-                                retry,
-                            ))
-                            .into());
-                    }
+                    OnBreach::Block => refusals.push(Rejection::budget_exceeded(
+                        RejectionKind::ModelBudgetExceeded,
+                        reason,
+                        rate_headers,
+                        to_next_month,
+                    )),
                     OnBreach::Warn => {
                         ticket.budget_warning = ticket.budget_warning.or(Some(reason))
                     }
                 }
             }
+        }
+        if !refusals.is_empty() {
+            // The RPM window may outlast a day that ends in seconds; it is judged from the
+            // counters read, as nothing is counted for a refused request.
+            if current >= rate::current_ceiling(limits.rpm, previous, pos) {
+                let mut rate_headers = rate_headers;
+                rate_headers.rpm_remaining = 0;
+                refusals.push(Rejection::rpm_exceeded(
+                    rate::window_count(previous, current, pos),
+                    rate_headers,
+                    rate::retry_after_secs(limits.rpm, previous, current, pos),
+                ));
+            }
+            let refusal = decision::lasting_longest(refusals).expect("at least one refusal");
+            return Err(self.refuse(refusal).into());
+        }
+        if let Some(m) = &money {
             if ticket.budget_warning.is_none()
                 && let Some(threshold) =
                     budget::crossed_threshold(spent, budget, &self.settings.warn_at_percent)
@@ -493,7 +504,7 @@ impl Engine {
                                     budget,
                                 ),
                                 rate_headers,
-                                retry,
+                                to_next_month,
                             ))
                             .into());
                     }

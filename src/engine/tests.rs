@@ -52,6 +52,17 @@ fn principal(team: Option<&str>, client: Option<&str>) -> Principal {
     }
 }
 
+/// One request (not a model call) that used `tokens`, charged and applied.
+async fn use_tokens(engine: &Engine, t: &Team, tokens: u64) {
+    let ticket = engine.admit(t, None, None).await.unwrap();
+    let usage = Usage {
+        input: tokens,
+        ..Default::default()
+    };
+    engine.settle(ticket, usage, "test").await;
+    engine.flush().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn admits_exactly_the_rpm_limit_under_concurrency() {
     let (engine, _) = engine();
@@ -142,18 +153,7 @@ async fn daily_tokens_are_debited_after_the_response_and_roll_over_at_midnight()
 async fn a_token_rejection_does_not_consume_rpm() {
     let (engine, _) = engine();
     let t = team("a", 2, 10);
-    let ticket = engine.admit(&t, None, None).await.unwrap();
-    engine
-        .settle(
-            ticket,
-            Usage {
-                input: 10,
-                ..Default::default()
-            },
-            "test",
-        )
-        .await;
-    engine.flush().await;
+    use_tokens(&engine, &t, 10).await;
     for _ in 0..5 {
         assert_eq!(
             engine.admit(&t, None, None).await.unwrap_err().kind,
@@ -549,4 +549,63 @@ async fn reservations_keep_concurrent_requests_within_the_budget() {
         vec![0]
     );
     assert!(engine.admit(&t, call("test-model"), None).await.is_ok());
+}
+
+// ---- several limits at once: the longest-lasting refusal is named
+
+#[tokio::test]
+async fn a_team_over_its_daily_tokens_and_its_budget_hears_about_the_budget() {
+    let (engine, clock) = engine_set(Arc::new(MemoryStore::new()), dollar_per_thousand());
+    let t = Team {
+        daily_tokens: Some(1000),
+        ..budgeted("both", 1.0)
+    };
+    spend(&engine, &t, "test-model", 1100).await; // 1100 tokens today, $1.10 this month
+    let r = engine
+        .admit(&t, call("test-model"), None)
+        .await
+        .unwrap_err();
+    assert_eq!(r.kind, RejectionKind::MonthlyBudgetExceeded);
+    assert_eq!(r.reason, "Monthly budget exceeded ($1.10/$1.00)");
+    let to_month = 9 * 86_400 + 11 * 3600 + 59 * 60 + 50;
+    assert_eq!(r.retry_after_secs, Some(to_month));
+    assert!(!r.kind.retryable());
+    // The daily tokens were spent too: a call without a model hears about them.
+    let r = engine.admit(&t, None, None).await.unwrap_err();
+    assert_eq!(r.kind, RejectionKind::DailyTokensExceeded);
+    // Retrying when the day rolls over would not have helped: the budget still refuses.
+    clock.0.fetch_add(12 * 3600 * 1000, Ordering::Relaxed);
+    let r = engine
+        .admit(&t, call("test-model"), None)
+        .await
+        .unwrap_err();
+    assert_eq!(r.kind, RejectionKind::MonthlyBudgetExceeded);
+    assert!(engine.admit(&t, None, None).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_model_cap_outlasts_the_day_and_a_full_minute_outlasts_its_last_seconds() {
+    let (engine, clock) = engine_set(Arc::new(MemoryStore::new()), dollar_per_thousand());
+    let mut t = Team {
+        daily_tokens: Some(1000),
+        ..budgeted("cap-day", 100.0)
+    };
+    t.model_caps.insert("test-model".into(), 0.5);
+    spend(&engine, &t, "test-model", 1100).await;
+    let r = engine
+        .admit(&t, call("test-model"), None)
+        .await
+        .unwrap_err();
+    assert_eq!(r.kind, RejectionKind::ModelBudgetExceeded);
+
+    // 2026-11-21T23:59:45Z: one request fills a 1-RPM window and spends the day's tokens.
+    let t = team("late", 1, 1000);
+    clock.0.store(1_795_305_585_000, Ordering::Relaxed);
+    use_tokens(&engine, &t, 1500).await;
+    // Ten seconds before midnight the day ends before the RPM window frees a slot.
+    clock.0.store(1_795_305_590_000, Ordering::Relaxed);
+    let r = engine.admit(&t, None, None).await.unwrap_err();
+    assert_eq!(r.kind, RejectionKind::RpmExceeded);
+    assert_eq!(r.retry_after_secs, Some(70));
+    assert!(r.kind.retryable());
 }

@@ -153,6 +153,25 @@ impl Rejection {
     }
 }
 
+/// The refusal to give when several limits refuse one request: the one that lasts longest. A
+/// caller told "daily tokens, retry in an hour" retries in an hour and is refused again, for a
+/// month, by the budget it was not told about; told about the budget, it waits once, or asks
+/// for more. Its `retry_after_seconds` (and whether to retry) then follow the limit named.
+/// On a tie (the last day of a month, when the day and the month end together) the broader
+/// limit is named: the team's budget, then a model's cap, then daily tokens, then RPM.
+pub fn lasting_longest(refusals: Vec<Rejection>) -> Option<Rejection> {
+    refusals.into_iter().max_by_key(|r| {
+        let lasts = r.retry_after_secs.unwrap_or(u64::MAX);
+        let breadth = match r.kind {
+            RejectionKind::MonthlyBudgetExceeded => 3,
+            RejectionKind::ModelBudgetExceeded => 2,
+            RejectionKind::DailyTokensExceeded => 1,
+            _ => 0,
+        };
+        (lasts, breadth)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,5 +203,57 @@ mod tests {
             "Daily token limit exceeded (1030/1000 tokens today)"
         );
         assert!(!d.kind.retryable());
+    }
+
+    #[test]
+    fn the_longest_lasting_refusal_is_named() {
+        let rate = RateHeaders::default();
+        let day = Rejection::daily_tokens_exceeded(1030, 1000, rate, 3_600);
+        let month = Rejection::budget_exceeded(
+            RejectionKind::MonthlyBudgetExceeded,
+            "Monthly budget exceeded ($1.02/$1.00)".into(),
+            rate,
+            9 * 86_400,
+        );
+        let minute = Rejection::rpm_exceeded(6, rate, 40);
+        let chosen = lasting_longest(vec![day.clone(), month.clone(), minute.clone()]).unwrap();
+        assert_eq!(chosen, month);
+        assert_eq!(
+            lasting_longest(vec![minute.clone(), day.clone()]),
+            Some(day.clone())
+        );
+        // A minute before midnight the RPM window outlasts the day.
+        let late_day = Rejection::daily_tokens_exceeded(1030, 1000, rate, 20);
+        assert_eq!(
+            lasting_longest(vec![late_day, minute.clone()]),
+            Some(minute)
+        );
+        assert_eq!(lasting_longest(Vec::new()), None);
+    }
+
+    #[test]
+    fn on_a_tie_the_broader_limit_is_named() {
+        let rate = RateHeaders::default();
+        let last_day = 5_000;
+        let day = Rejection::daily_tokens_exceeded(1030, 1000, rate, last_day);
+        let cap = Rejection::budget_exceeded(
+            RejectionKind::ModelBudgetExceeded,
+            "cap".into(),
+            rate,
+            last_day,
+        );
+        let month = Rejection::budget_exceeded(
+            RejectionKind::MonthlyBudgetExceeded,
+            "month".into(),
+            rate,
+            last_day,
+        );
+        for order in [
+            vec![day.clone(), cap.clone(), month.clone()],
+            vec![month.clone(), cap.clone(), day.clone()],
+        ] {
+            assert_eq!(lasting_longest(order), Some(month.clone()));
+        }
+        assert_eq!(lasting_longest(vec![day, cap.clone()]), Some(cap));
     }
 }
