@@ -134,7 +134,7 @@ def test_client_ids_of_one_team_share_its_quota(stack, marker):
     assert stack.chat(stack.token("shared-1"), marker=marker, usage=ZERO).status_code == 200
     assert stack.chat(stack.token("shared-2"), marker=marker, usage=ZERO).status_code == 200
     r = stack.chat(stack.token("shared-1"), marker=marker, usage=ZERO)
-    check_rejection(r, flavour=OPENAI, code="rpm_limit_exceeded", reason_re=r"RPM limit exceeded \(3/2 .*\)",
+    check_rejection(r, flavour=OPENAI, code="rpm_limit_exceeded", reason_re=r"RPM limit exceeded: 2 requests in the last 60 s, limit 2",
                     max_retry_after=RPM_MAX_RETRY)
 
 
