@@ -16,6 +16,7 @@ use crate::engine::{EngineSettings, FailMode, FailModes, UnknownModel};
 use crate::guardrail::bedrock::BedrockSettings;
 use crate::guardrail::local::{LocalGuardrail, LocalGuardrailConfig};
 use crate::guardrail::service::Mode as GuardrailMode;
+use crate::llm::Endpoints;
 use crate::llm::texts::Scope;
 use crate::policy::pricing::{PriceSource, PriceTable, PriceUsd};
 use crate::policy::{LimitOverrides, Team, Tier, TierTable};
@@ -29,6 +30,7 @@ pub struct Settings {
     pub policy: PolicySettings,
     pub pricing: PricingSettings,
     pub budgets: BudgetSettings,
+    pub endpoints: EndpointSettings,
     pub guardrail: GuardrailSettings,
     pub webhook: WebhookSettings,
     pub log: LogSettings,
@@ -224,6 +226,16 @@ impl Default for BudgetSettings {
     }
 }
 
+/// The operator's part of the endpoint catalogue (`llm::endpoints`); the rest is built in.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EndpointSettings {
+    /// Endpoints that cost nothing, admitted on identity and RPM alone: `"METHOD /path"`, where a
+    /// `{placeholder}` segment stands for any one segment (`"GET /v1/fine_tuning/jobs/{id}"`).
+    /// Endpoints tollgate meters or refuses on purpose cannot be listed.
+    pub free: Vec<String>,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum GuardrailBackend {
@@ -335,6 +347,7 @@ const SECTIONS: &[&str] = &[
     "policy",
     "pricing",
     "budgets",
+    "endpoints",
     "guardrail",
     "webhook",
     "log",
@@ -423,7 +436,8 @@ impl Settings {
             (UnknownModelPolicy::Default, Some(price)) => UnknownModel::Charge(
                 price
                     .to_price()
-                    .map_err(|(field, e)| anyhow::anyhow!("pricing.default_price.{field}: {e}"))?,
+                    .map_err(|(field, e)| anyhow::anyhow!("pricing.default_price.{field}: {e}"))?
+                    .tokens,
             ),
             (UnknownModelPolicy::Default, None) => {
                 bail!("pricing.default_price is required when pricing.unknown_model = \"default\"")
@@ -443,6 +457,8 @@ impl Settings {
                 .iter()
                 .filter_map(|t| t.clone().validated().ok())
                 .collect(),
+            endpoints: Endpoints::with_free(&self.endpoints.free)
+                .map_err(|e| anyhow::anyhow!("endpoints.free: {e}"))?,
         })
     }
 }
@@ -518,6 +534,30 @@ mod tests {
         );
         s.teams = vec![team("a", "x"), team("a", "y")];
         assert!(s.validate().is_err());
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail signature
+    fn free_endpoints_come_from_the_file_or_the_environment_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        std::fs::write(&path, "[endpoints]\nfree = [\"POST /v1/files\"]\n").unwrap();
+        figment::Jail::expect_with(|jail| {
+            let s = Settings::load(Some(&path)).unwrap();
+            let endpoints = s.engine_settings().unwrap().endpoints;
+            assert_eq!(
+                endpoints.classify("POST", "/v1/files").treatment,
+                crate::llm::Treatment::Free
+            );
+            jail.set_env("TOLLGATE_ENDPOINTS__FREE", "[\"POST /v1/embeddings\"]");
+            let err = Settings::load(Some(&path)).unwrap_err();
+            assert!(
+                format!("{err:#}")
+                    .contains("endpoints.free: \"POST /v1/embeddings\" is a metered model call"),
+                "{err:#}"
+            );
+            Ok(())
+        });
     }
 
     #[test]

@@ -282,6 +282,7 @@ fn dollar_per_thousand() -> EngineSettings {
         output: 1000.0,
         cache_read: Some(100.0),
         cache_write: Some(2000.0),
+        ..Default::default()
     };
     settings.prices.set(
         "test-model",
@@ -308,6 +309,7 @@ fn call(model: &str) -> Option<ModelCall<'_>> {
         model,
         prompt_chars: 400,
         max_output_tokens: Some(100),
+        units: None,
     })
 }
 
@@ -465,9 +467,11 @@ async fn unknown_models_can_be_charged_a_default_price() {
             output: 2000.0,
             cache_read: None,
             cache_write: None,
+            ..Default::default()
         }
         .to_price()
-        .unwrap(),
+        .unwrap()
+        .tokens,
     );
     let (engine, _) = engine_set(Arc::new(MemoryStore::new()), settings);
     let t = budgeted("dp", 10.0);
@@ -494,6 +498,7 @@ async fn cache_tokens_are_priced_at_cache_prices() {
         output: 20,
         cache_read: 1000,
         cache_write: 100,
+        units: 0,
         estimated: false,
     };
     engine.settle(ticket, usage, "test").await;
@@ -546,4 +551,140 @@ async fn reservations_keep_concurrent_requests_within_the_budget() {
         vec![0]
     );
     assert!(engine.admit(&t, call("test-model"), None).await.is_ok());
+}
+
+// ---- calls billed per unit: images, characters
+
+fn images(count: u64, quality: &str, size: &str) -> Units {
+    Units::Images {
+        count,
+        quality: Some(quality.into()),
+        size: Some(size.into()),
+    }
+}
+
+fn unit_call<'a>(model: &'a str, units: &'a Units) -> Option<ModelCall<'a>> {
+    Some(ModelCall {
+        model,
+        prompt_chars: 40,
+        max_output_tokens: Some(0),
+        units: Some(units),
+    })
+}
+
+#[tokio::test]
+async fn images_are_charged_per_image_at_the_quality_and_size_asked_for() {
+    let (engine, _) = engine_set(Arc::new(MemoryStore::new()), EngineSettings::default());
+    let t = budgeted("img", 10.0);
+    let hd = images(2, "hd", "1024x1792");
+    let ticket = engine
+        .admit(&t, unit_call("dall-e-3", &hd), None)
+        .await
+        .unwrap();
+    // The response returned both images: 2 x $0.12.
+    let usage = Usage {
+        units: 2,
+        ..Default::default()
+    };
+    engine.settle(ticket, usage, "test").await;
+    engine.flush().await;
+    let month = CounterKey::spend_in_month("img", "2026-11", 0);
+    let model = CounterKey::spend_on_model("img", "2026-11", "dall-e-3", 0);
+    assert_eq!(
+        engine
+            .store()
+            .read_counters(&[&month, &model])
+            .await
+            .unwrap(),
+        vec![240_000, 240_000]
+    );
+    // Characters of speech, likewise: 1000 at $15 per million.
+    let speech = Units::Characters(1000);
+    let ticket = engine
+        .admit(&t, unit_call("tts-1", &speech), None)
+        .await
+        .unwrap();
+    let usage = Usage {
+        units: 1000,
+        ..Default::default()
+    };
+    engine.settle(ticket, usage, "test").await;
+    engine.flush().await;
+    assert_eq!(
+        engine.store().read_counters(&[&month]).await.unwrap(),
+        vec![255_000]
+    );
+}
+
+#[tokio::test]
+async fn a_call_whose_units_have_no_price_is_refused() {
+    let mut settings = EngineSettings::default();
+    settings.unknown_model = UnknownModel::Charge(Price {
+        input: 1,
+        output: 1,
+        cache_read: 1,
+        cache_write: 1,
+        long_context: None,
+    });
+    let (engine, _) = engine_set(Arc::new(MemoryStore::new()), settings);
+    let t = budgeted("np", 10.0);
+    let odd = images(1, "hd", "256x256");
+    let r = engine
+        .admit(&t, unit_call("dall-e-3", &odd), None)
+        .await
+        .unwrap_err();
+    assert_eq!(r.kind, RejectionKind::UnknownModel);
+    assert!(
+        r.reason.contains("quality hd and size 256x256"),
+        "{}",
+        r.reason
+    );
+    assert!(
+        r.reason.contains("PUT /admin/prices/dall-e-3"),
+        "{}",
+        r.reason
+    );
+    let speech = Units::Characters(10);
+    let r = engine
+        .admit(&t, unit_call("gpt-4o-mini-tts", &speech), None)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        r.kind,
+        RejectionKind::UnknownModel,
+        "a default token price does not price characters"
+    );
+    let r = engine
+        .admit(&t, unit_call("gpt-4o", &speech), None)
+        .await
+        .unwrap_err();
+    assert!(r.reason.contains("no price per character"), "{}", r.reason);
+}
+
+#[tokio::test]
+async fn reservations_count_every_image_asked_for() {
+    let settings = EngineSettings {
+        reserve: true,
+        ..Default::default()
+    };
+    let (engine, _) = engine_set(Arc::new(MemoryStore::new()), settings);
+    // $0.10 left; standard 1024x1024 DALL-E 3 images cost $0.04 each.
+    let t = budgeted("ri", 0.10);
+    let three = images(3, "standard", "1024x1024");
+    let r = engine
+        .admit(&t, unit_call("dall-e-3", &three), None)
+        .await
+        .unwrap_err();
+    assert_eq!(r.kind, RejectionKind::MonthlyBudgetExceeded);
+    let two = images(2, "standard", "1024x1024");
+    let ticket = engine
+        .admit(&t, unit_call("dall-e-3", &two), None)
+        .await
+        .unwrap();
+    let reserved = CounterKey::reserved_in_month("ri", "2026-11", 0);
+    assert_eq!(
+        engine.store().read_counters(&[&reserved]).await.unwrap(),
+        vec![80_000]
+    );
+    engine.release(ticket).await;
 }
