@@ -346,26 +346,26 @@ async fn embeddings_are_metered_like_any_model_call() {
     let embed = || {
         Call::prompt(user("embed me"))
             .header("x-tollgate-path", "/v1/embeddings")
-            .header("x-tollgate-model", "text-embedding-3-small")
+            .header("x-tollgate-model", "text-embedding-3-large")
     };
     assert_pass(embed().send(&h).await.0);
-    // Spend the $1 budget: 60M input tokens of text-embedding-3-small at $0.02/M cost $1.20.
+    // Spend the $1 budget (within the daily tokens): 9M input tokens at $0.13/M cost $1.17.
     let team = h.engine.store().team("search").await.unwrap().unwrap();
     let usage = Usage {
-        input: 60_000_000,
+        input: 9_000_000,
         ..Default::default()
     };
     let (debit, cost) = h
         .engine
         .usage_debit(
             &team,
-            "text-embedding-3-small",
+            "text-embedding-3-large",
             &usage,
             h.engine.now_ms(),
             "emb-1",
         )
         .await;
-    assert_eq!(cost, Some(1_200_000));
+    assert_eq!(cost, Some(1_170_000));
     h.engine.store().apply_debits(&[debit]).await.unwrap();
     h.engine.invalidate_caches();
     let (status, body) = rejected(embed().send(&h).await.0);
