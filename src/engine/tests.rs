@@ -618,14 +618,16 @@ async fn images_are_charged_per_image_at_the_quality_and_size_asked_for() {
 
 #[tokio::test]
 async fn a_call_whose_units_have_no_price_is_refused() {
-    let mut settings = EngineSettings::default();
-    settings.unknown_model = UnknownModel::Charge(Price {
-        input: 1,
-        output: 1,
-        cache_read: 1,
-        cache_write: 1,
-        long_context: None,
-    });
+    let settings = EngineSettings {
+        unknown_model: UnknownModel::Charge(Price {
+            input: 1,
+            output: 1,
+            cache_read: 1,
+            cache_write: 1,
+            long_context: None,
+        }),
+        ..Default::default()
+    };
     let (engine, _) = engine_set(Arc::new(MemoryStore::new()), settings);
     let t = budgeted("np", 10.0);
     let odd = images(1, "hd", "256x256");

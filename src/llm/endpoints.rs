@@ -212,9 +212,7 @@ impl Endpoints {
             .unwrap_or(Treatment::Refused(Refusal::Unknown));
         let shape = match treatment {
             Treatment::Metered(api) => api.error_shape(),
-            _ if segments.is_some_and(|s| s.iter().any(|s| *s == "messages")) => {
-                ErrorShape::Anthropic
-            }
+            _ if segments.is_some_and(|s| s.contains(&"messages")) => ErrorShape::Anthropic,
             _ => ErrorShape::OpenAi,
         };
         Endpoint {
