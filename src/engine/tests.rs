@@ -297,6 +297,18 @@ fn dollar_per_thousand() -> EngineSettings {
     settings
 }
 
+/// A team's spend this (test) month, in total and on `model`, in micro-dollars.
+async fn spent(engine: &Engine, team: &str, model: &str) -> [u64; 2] {
+    let month = CounterKey::spend_in_month(team, "2026-11", 0);
+    let on_model = CounterKey::spend_on_model(team, "2026-11", model, 0);
+    let values = engine
+        .store()
+        .read_counters(&[&month, &on_model])
+        .await
+        .unwrap();
+    [values[0], values[1]]
+}
+
 fn budgeted(id: &str, usd: f64) -> Team {
     Team {
         monthly_budget_usd: Some(usd),
@@ -476,15 +488,9 @@ async fn unknown_models_can_be_charged_a_default_price() {
     let (engine, _) = engine_set(Arc::new(MemoryStore::new()), settings);
     let t = budgeted("dp", 10.0);
     spend(&engine, &t, "mystery-model", 100).await;
-    let month = CounterKey::spend_in_month("dp", "2026-11", 0);
-    let model = CounterKey::spend_on_model("dp", "2026-11", "mystery-model", 0);
     assert_eq!(
-        engine
-            .store()
-            .read_counters(&[&month, &model])
-            .await
-            .unwrap(),
-        vec![200_000, 200_000]
+        spent(&engine, "dp", "mystery-model").await,
+        [200_000, 200_000]
     );
 }
 
@@ -563,6 +569,28 @@ fn images(count: u64, quality: &str, size: &str) -> Units {
     }
 }
 
+/// Admits a call for `units` of `model` and charges it `billed` units.
+async fn charge_units(engine: &Engine, t: &Team, model: &str, units: &Units, billed: u64) {
+    let ticket = engine
+        .admit(t, unit_call(model, units), None)
+        .await
+        .unwrap();
+    let usage = Usage {
+        units: billed,
+        ..Default::default()
+    };
+    engine.settle(ticket, usage, "test").await;
+    engine.flush().await;
+}
+
+/// The refusal of a call for `units` of `model`.
+async fn refused_units(engine: &Engine, t: &Team, model: &str, units: &Units) -> Rejection {
+    engine
+        .admit(t, unit_call(model, units), None)
+        .await
+        .unwrap_err()
+}
+
 fn unit_call<'a>(model: &'a str, units: &'a Units) -> Option<ModelCall<'a>> {
     Some(ModelCall {
         model,
@@ -576,44 +604,12 @@ fn unit_call<'a>(model: &'a str, units: &'a Units) -> Option<ModelCall<'a>> {
 async fn images_are_charged_per_image_at_the_quality_and_size_asked_for() {
     let (engine, _) = engine_set(Arc::new(MemoryStore::new()), EngineSettings::default());
     let t = budgeted("img", 10.0);
-    let hd = images(2, "hd", "1024x1792");
-    let ticket = engine
-        .admit(&t, unit_call("dall-e-3", &hd), None)
-        .await
-        .unwrap();
     // The response returned both images: 2 x $0.12.
-    let usage = Usage {
-        units: 2,
-        ..Default::default()
-    };
-    engine.settle(ticket, usage, "test").await;
-    engine.flush().await;
-    let month = CounterKey::spend_in_month("img", "2026-11", 0);
-    let model = CounterKey::spend_on_model("img", "2026-11", "dall-e-3", 0);
-    assert_eq!(
-        engine
-            .store()
-            .read_counters(&[&month, &model])
-            .await
-            .unwrap(),
-        vec![240_000, 240_000]
-    );
+    charge_units(&engine, &t, "dall-e-3", &images(2, "hd", "1024x1792"), 2).await;
+    assert_eq!(spent(&engine, "img", "dall-e-3").await, [240_000, 240_000]);
     // Characters of speech, likewise: 1000 at $15 per million.
-    let speech = Units::Characters(1000);
-    let ticket = engine
-        .admit(&t, unit_call("tts-1", &speech), None)
-        .await
-        .unwrap();
-    let usage = Usage {
-        units: 1000,
-        ..Default::default()
-    };
-    engine.settle(ticket, usage, "test").await;
-    engine.flush().await;
-    assert_eq!(
-        engine.store().read_counters(&[&month]).await.unwrap(),
-        vec![255_000]
-    );
+    charge_units(&engine, &t, "tts-1", &Units::Characters(1000), 1000).await;
+    assert_eq!(spent(&engine, "img", "tts-1").await, [255_000, 15_000]);
 }
 
 #[tokio::test]
@@ -630,11 +626,7 @@ async fn a_call_whose_units_have_no_price_is_refused() {
     };
     let (engine, _) = engine_set(Arc::new(MemoryStore::new()), settings);
     let t = budgeted("np", 10.0);
-    let odd = images(1, "hd", "256x256");
-    let r = engine
-        .admit(&t, unit_call("dall-e-3", &odd), None)
-        .await
-        .unwrap_err();
+    let r = refused_units(&engine, &t, "dall-e-3", &images(1, "hd", "256x256")).await;
     assert_eq!(r.kind, RejectionKind::UnknownModel);
     assert!(
         r.reason.contains("quality hd and size 256x256"),
@@ -647,19 +639,13 @@ async fn a_call_whose_units_have_no_price_is_refused() {
         r.reason
     );
     let speech = Units::Characters(10);
-    let r = engine
-        .admit(&t, unit_call("gpt-4o-mini-tts", &speech), None)
-        .await
-        .unwrap_err();
+    let r = refused_units(&engine, &t, "gpt-4o-mini-tts", &speech).await;
     assert_eq!(
         r.kind,
         RejectionKind::UnknownModel,
         "a default token price does not price characters"
     );
-    let r = engine
-        .admit(&t, unit_call("gpt-4o", &speech), None)
-        .await
-        .unwrap_err();
+    let r = refused_units(&engine, &t, "gpt-4o", &speech).await;
     assert!(r.reason.contains("no price per character"), "{}", r.reason);
 }
 
@@ -672,11 +658,7 @@ async fn reservations_count_every_image_asked_for() {
     let (engine, _) = engine_set(Arc::new(MemoryStore::new()), settings);
     // $0.10 left; standard 1024x1024 DALL-E 3 images cost $0.04 each.
     let t = budgeted("ri", 0.10);
-    let three = images(3, "standard", "1024x1024");
-    let r = engine
-        .admit(&t, unit_call("dall-e-3", &three), None)
-        .await
-        .unwrap_err();
+    let r = refused_units(&engine, &t, "dall-e-3", &images(3, "standard", "1024x1024")).await;
     assert_eq!(r.kind, RejectionKind::MonthlyBudgetExceeded);
     let two = images(2, "standard", "1024x1024");
     let ticket = engine

@@ -206,19 +206,16 @@ impl StreamGuard {
 fn delta_text(api: ApiKind, data: &Value) -> String {
     let s = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or_default().to_owned();
     match api {
-        ApiKind::OpenAiChat => data
+        // Chat streams their text in `delta.content`, legacy completions in `text`.
+        ApiKind::OpenAiChat | ApiKind::OpenAiCompletions => data
             .get("choices")
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
-            .map(|c| s(c.pointer("/delta/content")))
-            .collect(),
-        ApiKind::OpenAiCompletions => data
-            .get("choices")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .map(|c| s(c.get("text")))
+            .map(|c| match api {
+                ApiKind::OpenAiChat => s(c.pointer("/delta/content")),
+                _ => s(c.get("text")),
+            })
             .collect(),
         ApiKind::OpenAiResponses
             if data.get("type").and_then(Value::as_str) == Some("response.output_text.delta") =>

@@ -145,13 +145,7 @@ pub fn response_texts(api: ApiKind, body: &Value) -> Vec<TextSlot> {
     let mut slots = Vec::new();
     match api {
         ApiKind::OpenAiChat => {
-            for (i, choice) in body
-                .get("choices")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .enumerate()
-            {
+            for (i, choice) in choices(body) {
                 content(
                     choice.pointer("/message/content"),
                     &format!("/choices/{i}/message/content"),
@@ -186,13 +180,7 @@ pub fn response_texts(api: ApiKind, body: &Value) -> Vec<TextSlot> {
         }
         ApiKind::AnthropicMessages => content(body.get("content"), "/content", &mut slots),
         ApiKind::OpenAiCompletions => {
-            for (i, choice) in body
-                .get("choices")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .enumerate()
-            {
+            for (i, choice) in choices(body) {
                 text(
                     choice.get("text"),
                     &format!("/choices/{i}/text"),
@@ -210,18 +198,23 @@ pub fn response_texts(api: ApiKind, body: &Value) -> Vec<TextSlot> {
 }
 
 /// Replaces a response's content with `message`, marked the way each API marks filtered content:
-/// OpenAI Chat `finish_reason: "content_filter"`, Responses `status: "incomplete"` with
+/// OpenAI Chat and Completions `finish_reason: "content_filter"`, Responses `status: "incomplete"` with
 /// `incomplete_details.reason: "content_filter"`, Anthropic `stop_reason: "refusal"`.
 pub fn content_filtered(api: ApiKind, body: &mut Value, message: &str) {
     match api {
-        ApiKind::OpenAiChat => {
+        ApiKind::OpenAiChat | ApiKind::OpenAiCompletions => {
             for choice in body
                 .get_mut("choices")
                 .and_then(Value::as_array_mut)
                 .into_iter()
                 .flatten()
             {
-                choice["message"] = serde_json::json!({"role": "assistant", "content": message});
+                if api == ApiKind::OpenAiChat {
+                    choice["message"] =
+                        serde_json::json!({"role": "assistant", "content": message});
+                } else {
+                    choice["text"] = Value::from(message);
+                }
                 choice["finish_reason"] = Value::from("content_filter");
             }
         }
@@ -236,17 +229,6 @@ pub fn content_filtered(api: ApiKind, body: &mut Value, message: &str) {
         ApiKind::AnthropicMessages => {
             body["content"] = serde_json::json!([{"type": "text", "text": message}]);
             body["stop_reason"] = Value::from("refusal");
-        }
-        ApiKind::OpenAiCompletions => {
-            for choice in body
-                .get_mut("choices")
-                .and_then(Value::as_array_mut)
-                .into_iter()
-                .flatten()
-            {
-                choice["text"] = Value::from(message);
-                choice["finish_reason"] = Value::from("content_filter");
-            }
         }
         ApiKind::OpenAiEmbeddings
         | ApiKind::OpenAiImages
@@ -265,6 +247,15 @@ pub fn replace_texts(body: &mut Value, slots: Vec<TextSlot>, texts: Vec<String>)
             *at = Value::String(text);
         }
     }
+}
+
+/// An OpenAI answer's `choices`, with their indexes.
+fn choices(body: &Value) -> impl Iterator<Item = (usize, &Value)> {
+    body.get("choices")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
 }
 
 fn role(message: &Value) -> Option<&str> {
