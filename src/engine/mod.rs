@@ -574,6 +574,7 @@ impl Engine {
                     )
                 }
                 UnknownModel::Charge(_) | UnknownModel::Reject => {
+                    // A default price is for tokens: it cannot price images or characters.
                     return Err(self.unpriced(
                         team,
                         call.model,
