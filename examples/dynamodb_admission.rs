@@ -66,6 +66,7 @@ async fn main() {
                         model: "gpt-4o-mini",
                         prompt_chars: 400,
                         max_output_tokens: Some(200),
+                        units: None,
                     };
                     let t = Instant::now();
                     let ticket = engine

@@ -24,6 +24,7 @@ use crate::engine::{EngineSettings, FailMode, FailModes, UnknownModel};
 use crate::guardrail::bedrock::BedrockSettings;
 use crate::guardrail::local::{LocalGuardrail, LocalGuardrailConfig};
 use crate::guardrail::service::Mode as GuardrailMode;
+use crate::llm::Endpoints;
 use crate::llm::texts::Scope;
 use crate::policy::pricing::{PriceSource, PriceTable, PriceUsd};
 use crate::policy::{LimitOverrides, Team, Tier, TierTable};
@@ -37,6 +38,7 @@ pub struct Settings {
     pub policy: PolicySettings,
     pub pricing: PricingSettings,
     pub budgets: BudgetSettings,
+    pub endpoints: EndpointSettings,
     pub guardrail: GuardrailSettings,
     pub webhook: WebhookSettings,
     pub log: LogSettings,
@@ -232,6 +234,16 @@ impl Default for BudgetSettings {
     }
 }
 
+/// The operator's part of the endpoint catalogue (`llm::endpoints`); the rest is built in.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EndpointSettings {
+    /// Endpoints that cost nothing, admitted on identity and RPM alone: `"METHOD /path"`, where a
+    /// `{placeholder}` segment stands for any one segment (`"GET /v1/fine_tuning/jobs/{id}"`).
+    /// Endpoints tollgate meters or refuses on purpose cannot be listed.
+    pub free: Vec<String>,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum GuardrailBackend {
@@ -343,6 +355,7 @@ const SECTIONS: &[&str] = &[
     "policy",
     "pricing",
     "budgets",
+    "endpoints",
     "guardrail",
     "webhook",
     "log",
@@ -434,7 +447,8 @@ impl Settings {
             (UnknownModelPolicy::Default, Some(price)) => UnknownModel::Charge(
                 price
                     .to_price()
-                    .map_err(|(field, e)| anyhow::anyhow!("pricing.default_price.{field}: {e}"))?,
+                    .map_err(|(field, e)| anyhow::anyhow!("pricing.default_price.{field}: {e}"))?
+                    .tokens,
             ),
             (UnknownModelPolicy::Default, None) => {
                 bail!("pricing.default_price is required when pricing.unknown_model = \"default\"")
@@ -454,6 +468,8 @@ impl Settings {
                 .iter()
                 .filter_map(|t| t.clone().validated().ok())
                 .collect(),
+            endpoints: Endpoints::with_free(&self.endpoints.free)
+                .map_err(|e| anyhow::anyhow!("endpoints.free: {e}"))?,
         })
     }
 }
@@ -714,6 +730,30 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail signature
+    fn free_endpoints_come_from_the_file_or_the_environment_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        std::fs::write(&path, "[endpoints]\nfree = [\"POST /v1/files\"]\n").unwrap();
+        figment::Jail::expect_with(|jail| {
+            let s = Settings::load(Some(&path)).unwrap();
+            let endpoints = s.engine_settings().unwrap().endpoints;
+            assert_eq!(
+                endpoints.classify("POST", "/v1/files").treatment,
+                crate::llm::Treatment::Free
+            );
+            jail.set_env("TOLLGATE_ENDPOINTS__FREE", "[\"POST /v1/embeddings\"]");
+            let err = Settings::load(Some(&path)).unwrap_err();
+            assert!(
+                format!("{err:#}")
+                    .contains("endpoints.free: \"POST /v1/embeddings\" is a metered model call"),
+                "{err:#}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
     #[allow(clippy::result_large_err)]
     fn unknown_keys_are_errors_not_silently_ignored() {
         let dir = tempfile::tempdir().unwrap();
@@ -841,6 +881,6 @@ mod tests {
         // The variable is named as it was set.
         let said = format!("{e:#}");
         assert!(said.contains("\"soon\", expected u64"), "{said}");
-        assert!(said.contains("IDENTITY.LEEWAY_SECONDS"), "{said}");
+        assert!(said.contains("TOLLGATE_IDENTITY__LEEWAY_SECONDS"), "{said}");
     }
 }

@@ -156,6 +156,7 @@ pub fn webhook_state(
             guardrail_scope: settings.guardrail.scope,
             guardrail_parts: settings.guardrail.parts.clone(),
             model_header: settings.webhook.model_header.clone(),
+            path_header: settings.webhook.path_header.clone(),
         },
         settings: settings.webhook.clone(),
         max_body_bytes: settings.server.max_request_body_bytes,

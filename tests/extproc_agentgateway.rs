@@ -34,6 +34,7 @@ use tollgate::extproc::{Context, ExtProcService};
 use tollgate::guardrail::local::{LocalGuardrail, LocalGuardrailConfig};
 use tollgate::guardrail::service::{GuardrailService, Mode};
 use tollgate::identity::{Authenticator, INVOKE_SCOPE, Verification};
+use tollgate::llm::Endpoints;
 use tollgate::llm::texts::Part;
 use tollgate::policy::{Team, Tier};
 use tollgate::store::{CounterKey, MemoryStore, Store};
@@ -76,10 +77,15 @@ async fn start(options: Options) -> Harness {
         })
         .await
         .unwrap();
+    // Uploads are not free by default; an operator who lets them through lists them.
+    let settings = EngineSettings {
+        endpoints: Endpoints::with_free(&["POST /v1/files".into()]).unwrap(),
+        ..Default::default()
+    };
     let engine = Arc::new(Engine::new(
         store.clone(),
         None,
-        EngineSettings::default(),
+        settings,
         Arc::new(SystemClock),
     ));
     let auth = Arc::new(Authenticator::new(
@@ -903,7 +909,33 @@ async fn trailers_end_the_request_and_the_response_bodies() {
 }
 
 #[tokio::test]
-async fn other_paths_are_admitted_at_the_headers_and_their_bodies_pass_unread() {
+async fn an_unknown_endpoint_is_refused_in_place_of_the_headers_reply() {
+    let mut h = start(Options::default()).await;
+    let mut ex = AgwStream::open(&mut h).await;
+    let body = br#"{"training_file":"file-1","model":"gpt-4o-mini"}"#;
+    let refusal = ex
+        .request("/v1/fine_tuning/jobs", &cut(body, &[10]), End::LastChunk)
+        .await
+        .refused();
+    assert_eq!(status(&refusal), 404);
+    let json = refusal_json(&refusal);
+    assert_eq!(json["error"]["code"], json!("endpoint_not_supported"));
+    assert!(
+        json["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("POST /v1/fine_tuning/jobs is not an endpoint tollgate meters"),
+        "{json}"
+    );
+    assert_eq!(
+        refusal_header(&refusal, "x-should-retry").as_deref(),
+        Some("false")
+    );
+    ex.finish().await;
+}
+
+#[tokio::test]
+async fn free_paths_are_admitted_at_the_headers_and_their_bodies_pass_unread() {
     let mut h = start(Options::default()).await;
     let mut ex = AgwStream::open(&mut h).await;
     ex.send(request_headers("/v1/files", true)).await;

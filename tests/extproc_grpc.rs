@@ -218,13 +218,17 @@ async fn response_headers_without_request_headers_pass_through_and_skip_the_body
 }
 
 #[tokio::test]
-async fn other_paths_are_admitted_at_the_headers_and_their_bodies_skipped() {
+async fn free_paths_are_admitted_at_the_headers_and_their_bodies_skipped() {
     let mut h = start().await;
     let mut ex = Exchange::open(&mut h).await;
     let auth = format!("Bearer {}", token());
     ex.tx
         .send(msg(Message::RequestHeaders(headers(
-            &[(":path", "/v1/files"), ("authorization", &auth)],
+            &[
+                (":method", "GET"),
+                (":path", "/v1/models"),
+                ("authorization", &auth),
+            ],
             false,
         ))))
         .await

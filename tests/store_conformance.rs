@@ -132,6 +132,7 @@ async fn teams_and_prices_round_trip(store: Arc<dyn Store>) {
         output: 2.0,
         cache_read: None,
         cache_write: Some(3.0),
+        ..Default::default()
     };
     store.put_price("my-model", &price).await.unwrap();
     assert_eq!(
@@ -158,6 +159,7 @@ fn engine(store: Arc<dyn Store>) -> (Arc<Engine>, Arc<ManualClock>) {
         output: 1000.0,
         cache_read: None,
         cache_write: None,
+        ..Default::default()
     };
     settings
         .prices
@@ -182,6 +184,7 @@ fn call() -> Option<ModelCall<'static>> {
         model: "test-model",
         prompt_chars: 40,
         max_output_tokens: Some(10),
+        units: None,
     })
 }
 

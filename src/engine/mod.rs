@@ -19,10 +19,11 @@ pub use prices::PriceBook;
 pub use teams::TeamDirectory;
 
 use crate::identity::Principal;
+use crate::llm::Endpoints;
 use crate::policy::budget::{self, OnBreach};
 use crate::policy::{
-    Price, PriceTable, RateHeaders, Rejection, RejectionKind, Team, TierTable, Usage, calendar,
-    decision, rate, tokens,
+    Price, PriceTable, RateHeaders, Rejection, RejectionKind, Team, TierTable, Units, Usage,
+    calendar, decision, rate, tokens,
 };
 use crate::store::{CounterKey, Debit, Increment, MemoryStore, Spool, Store, StoreError};
 
@@ -121,6 +122,8 @@ pub struct EngineSettings {
     pub admission_deadline: Duration,
     /// Teams from the configuration file, known even when the store is down.
     pub configured_teams: Vec<Team>,
+    /// Which endpoints are metered, free or refused: asked by every adapter.
+    pub endpoints: Endpoints,
 }
 
 impl Default for EngineSettings {
@@ -135,6 +138,7 @@ impl Default for EngineSettings {
             reserve: false,
             admission_deadline: Duration::from_millis(500),
             configured_teams: Vec::new(),
+            endpoints: Endpoints::builtin(),
         }
     }
 }
@@ -145,6 +149,8 @@ pub struct ModelCall<'a> {
     pub model: &'a str,
     pub prompt_chars: u64,
     pub max_output_tokens: Option<u64>,
+    /// What the call is billed in besides tokens (images, characters), if anything.
+    pub units: Option<&'a Units>,
 }
 
 /// After a store failure, admissions skip the store this long before probing it again.
@@ -171,6 +177,8 @@ pub struct Ticket {
 #[derive(Clone, Debug)]
 struct Charge {
     price: Price,
+    /// Micro-dollars per million of the call's units (images, characters), resolved at admission.
+    unit_price: u64,
     month_key: CounterKey,
     model_key: CounterKey,
     /// Reservation to release once the actual cost is known.
@@ -181,6 +189,7 @@ struct Charge {
 struct Money {
     model: String,
     price: Price,
+    unit_price: u64,
     estimate: u64,
     month_key: CounterKey,
     model_key: CounterKey,
@@ -252,6 +261,11 @@ impl Engine {
 
     pub fn tiers(&self) -> &TierTable {
         &self.settings.tiers
+    }
+
+    /// The endpoint catalogue: which requests are metered, free or refused.
+    pub fn endpoints(&self) -> &Endpoints {
+        &self.settings.endpoints
     }
 
     pub fn now_ms(&self) -> u64 {
@@ -400,6 +414,7 @@ impl Engine {
             tokens_key: tokens_key.clone(),
             charge: money.as_ref().map(|m| Charge {
                 price: m.price,
+                unit_price: m.unit_price,
                 month_key: m.month_key.clone(),
                 model_key: m.model_key.clone(),
                 reserved: None,
@@ -545,26 +560,37 @@ impl Engine {
         now: u64,
     ) -> Result<Money, Rejection> {
         let table = self.prices.table().await;
-        let (model, price) = match table.price(call.model) {
-            Some(found) => found,
+        let (model, price, unit_price) = match table.model_price(call.model) {
+            Some((model, price)) => {
+                let unit_price = match call.units {
+                    None => 0,
+                    Some(units) => price.unit_price(units).map_err(|missing| {
+                        self.unpriced(
+                            team,
+                            call.model,
+                            &format!("model {:?} {missing}", call.model),
+                        )
+                    })?,
+                };
+                (model, price.tokens, unit_price)
+            }
             None => match self.settings.unknown_model {
-                UnknownModel::Charge(price) => {
+                UnknownModel::Charge(price) if call.units.is_none() => {
                     metrics::counter!("tollgate_unknown_model_total", "policy" => "charged")
                         .increment(1);
-                    (crate::policy::pricing::normalise_model(call.model), price)
+                    (
+                        crate::policy::pricing::normalise_model(call.model),
+                        price,
+                        0,
+                    )
                 }
-                UnknownModel::Reject => {
-                    metrics::counter!("tollgate_unknown_model_total", "policy" => "rejected")
-                        .increment(1);
-                    tracing::warn!(team = %team.id, model = call.model, "model has no price");
-                    return Err(self.refuse(Rejection::new(
-                        RejectionKind::UnknownModel,
-                        format!(
-                            "model {:?} has no price; a tollgate admin can add one (PUT /admin/prices/{})",
-                            call.model,
-                            crate::policy::pricing::normalise_model(call.model)
-                        ),
-                    )));
+                UnknownModel::Charge(_) | UnknownModel::Reject => {
+                    // A default price is for tokens: it cannot price images or characters.
+                    return Err(self.unpriced(
+                        team,
+                        call.model,
+                        &format!("model {:?} has no price", call.model),
+                    ));
                 }
             },
         };
@@ -578,13 +604,17 @@ impl Engine {
             )));
         }
         let month = calendar::month_key(now);
-        let estimate = price.cost_micros(&Usage {
-            input: call.prompt_chars.div_ceil(4),
-            output: call
-                .max_output_tokens
-                .unwrap_or(DEFAULT_RESERVED_OUTPUT_TOKENS),
-            ..Default::default()
-        });
+        let estimate = price.cost_with_units_micros(
+            &Usage {
+                input: call.prompt_chars.div_ceil(4),
+                output: call
+                    .max_output_tokens
+                    .unwrap_or(DEFAULT_RESERVED_OUTPUT_TOKENS),
+                units: call.units.map_or(0, Units::count),
+                ..Default::default()
+            },
+            unit_price,
+        );
         let (month_key, model_key) = spend_keys(&team.id, &model, now);
         Ok(Money {
             month_key,
@@ -596,8 +626,23 @@ impl Engine {
             ),
             model,
             price,
+            unit_price,
             estimate,
         })
+    }
+
+    /// Refuses a call nothing can price (no price for the model, or for the images or characters
+    /// it asks for): nothing is spent that cannot be charged.
+    fn unpriced(&self, team: &Team, model: &str, what: &str) -> Rejection {
+        metrics::counter!("tollgate_unknown_model_total", "policy" => "rejected").increment(1);
+        tracing::warn!(team = %team.id, model, what, "call has no price");
+        self.refuse(Rejection::new(
+            RejectionKind::UnknownModel,
+            format!(
+                "{what}; a tollgate admin can add one (PUT /admin/prices/{})",
+                crate::policy::pricing::normalise_model(model)
+            ),
+        ))
     }
 
     /// Logs and counts a threshold crossing once per team, month and threshold across the fleet:
@@ -686,7 +731,9 @@ impl Engine {
         }
         let mut cost = 0;
         if let Some(charge) = ticket.charge {
-            cost = usage.map_or(0, |u| charge.price.cost_micros(&u));
+            cost = usage.map_or(0, |u| {
+                charge.price.cost_with_units_micros(&u, charge.unit_price)
+            });
             if cost > 0 {
                 amounts.push((charge.month_key, cost as i64));
                 amounts.push((charge.model_key, cost as i64));

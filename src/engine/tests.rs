@@ -285,6 +285,7 @@ fn dollar_per_thousand() -> EngineSettings {
         output: 1000.0,
         cache_read: Some(100.0),
         cache_write: Some(2000.0),
+        ..Default::default()
     };
     settings.prices.set(
         "test-model",
@@ -299,6 +300,18 @@ fn dollar_per_thousand() -> EngineSettings {
     settings
 }
 
+/// A team's spend this (test) month, in total and on `model`, in micro-dollars.
+async fn spent(engine: &Engine, team: &str, model: &str) -> [u64; 2] {
+    let month = CounterKey::spend_in_month(team, "2026-11", 0);
+    let on_model = CounterKey::spend_on_model(team, "2026-11", model, 0);
+    let values = engine
+        .store()
+        .read_counters(&[&month, &on_model])
+        .await
+        .unwrap();
+    [values[0], values[1]]
+}
+
 fn budgeted(id: &str, usd: f64) -> Team {
     Team {
         monthly_budget_usd: Some(usd),
@@ -311,6 +324,7 @@ fn call(model: &str) -> Option<ModelCall<'_>> {
         model,
         prompt_chars: 400,
         max_output_tokens: Some(100),
+        units: None,
     })
 }
 
@@ -468,22 +482,18 @@ async fn unknown_models_can_be_charged_a_default_price() {
             output: 2000.0,
             cache_read: None,
             cache_write: None,
+            ..Default::default()
         }
         .to_price()
-        .unwrap(),
+        .unwrap()
+        .tokens,
     );
     let (engine, _) = engine_set(Arc::new(MemoryStore::new()), settings);
     let t = budgeted("dp", 10.0);
     spend(&engine, &t, "mystery-model", 100).await;
-    let month = CounterKey::spend_in_month("dp", "2026-11", 0);
-    let model = CounterKey::spend_on_model("dp", "2026-11", "mystery-model", 0);
     assert_eq!(
-        engine
-            .store()
-            .read_counters(&[&month, &model])
-            .await
-            .unwrap(),
-        vec![200_000, 200_000]
+        spent(&engine, "dp", "mystery-model").await,
+        [200_000, 200_000]
     );
 }
 
@@ -497,6 +507,7 @@ async fn cache_tokens_are_priced_at_cache_prices() {
         output: 20,
         cache_read: 1000,
         cache_write: 100,
+        units: 0,
         estimated: false,
     };
     engine.settle(ticket, usage, "test").await;
@@ -608,4 +619,118 @@ async fn a_model_cap_outlasts_the_day_and_a_full_minute_outlasts_its_last_second
     assert_eq!(r.kind, RejectionKind::RpmExceeded);
     assert_eq!(r.retry_after_secs, Some(70));
     assert!(r.kind.retryable());
+}
+
+// ---- calls billed per unit: images, characters
+
+fn images(count: u64, quality: &str, size: &str) -> Units {
+    Units::Images {
+        count,
+        quality: Some(quality.into()),
+        size: Some(size.into()),
+    }
+}
+
+/// Admits a call for `units` of `model` and charges it `billed` units.
+async fn charge_units(engine: &Engine, t: &Team, model: &str, units: &Units, billed: u64) {
+    let ticket = engine
+        .admit(t, unit_call(model, units), None)
+        .await
+        .unwrap();
+    let usage = Usage {
+        units: billed,
+        ..Default::default()
+    };
+    engine.settle(ticket, usage, "test").await;
+    engine.flush().await;
+}
+
+/// The refusal of a call for `units` of `model`.
+async fn refused_units(engine: &Engine, t: &Team, model: &str, units: &Units) -> Rejection {
+    engine
+        .admit(t, unit_call(model, units), None)
+        .await
+        .unwrap_err()
+}
+
+fn unit_call<'a>(model: &'a str, units: &'a Units) -> Option<ModelCall<'a>> {
+    Some(ModelCall {
+        model,
+        prompt_chars: 40,
+        max_output_tokens: Some(0),
+        units: Some(units),
+    })
+}
+
+#[tokio::test]
+async fn images_are_charged_per_image_at_the_quality_and_size_asked_for() {
+    let (engine, _) = engine_set(Arc::new(MemoryStore::new()), EngineSettings::default());
+    let t = budgeted("img", 10.0);
+    // The response returned both images: 2 x $0.12.
+    charge_units(&engine, &t, "dall-e-3", &images(2, "hd", "1024x1792"), 2).await;
+    assert_eq!(spent(&engine, "img", "dall-e-3").await, [240_000, 240_000]);
+    // Characters of speech, likewise: 1000 at $15 per million.
+    charge_units(&engine, &t, "tts-1", &Units::Characters(1000), 1000).await;
+    assert_eq!(spent(&engine, "img", "tts-1").await, [255_000, 15_000]);
+}
+
+#[tokio::test]
+async fn a_call_whose_units_have_no_price_is_refused() {
+    let settings = EngineSettings {
+        unknown_model: UnknownModel::Charge(Price {
+            input: 1,
+            output: 1,
+            cache_read: 1,
+            cache_write: 1,
+            long_context: None,
+        }),
+        ..Default::default()
+    };
+    let (engine, _) = engine_set(Arc::new(MemoryStore::new()), settings);
+    let t = budgeted("np", 10.0);
+    let r = refused_units(&engine, &t, "dall-e-3", &images(1, "hd", "256x256")).await;
+    assert_eq!(r.kind, RejectionKind::UnknownModel);
+    assert!(
+        r.reason.contains("quality hd and size 256x256"),
+        "{}",
+        r.reason
+    );
+    assert!(
+        r.reason.contains("PUT /admin/prices/dall-e-3"),
+        "{}",
+        r.reason
+    );
+    let speech = Units::Characters(10);
+    let r = refused_units(&engine, &t, "gpt-4o-mini-tts", &speech).await;
+    assert_eq!(
+        r.kind,
+        RejectionKind::UnknownModel,
+        "a default token price does not price characters"
+    );
+    let r = refused_units(&engine, &t, "gpt-4o", &speech).await;
+    assert!(r.reason.contains("no price per character"), "{}", r.reason);
+}
+
+#[tokio::test]
+async fn reservations_count_every_image_asked_for() {
+    let settings = EngineSettings {
+        reserve: true,
+        ..Default::default()
+    };
+    let (engine, _) = engine_set(Arc::new(MemoryStore::new()), settings);
+    // $0.10 left; standard 1024x1024 DALL-E 3 images cost $0.04 each.
+    let t = budgeted("ri", 0.10);
+    let r = refused_units(&engine, &t, "dall-e-3", &images(3, "standard", "1024x1024")).await;
+    assert_eq!(r.kind, RejectionKind::MonthlyBudgetExceeded);
+    let two = images(2, "standard", "1024x1024");
+    let ticket = engine
+        .admit(&t, unit_call("dall-e-3", &two), None)
+        .await
+        .unwrap();
+    let reserved = CounterKey::reserved_in_month("ri", "2026-11", 0);
+    assert_eq!(
+        engine.store().read_counters(&[&reserved]).await.unwrap(),
+        vec![80_000]
+    );
+    engine.release(ticket).await;
 }

@@ -1,5 +1,6 @@
-//! Request bodies: the facts policy needs (model, streaming, size of the prompt) and the one
-//! rewrite tollgate makes, asking OpenAI Chat streams to report usage.
+//! Request bodies: the facts policy needs (model, streaming, size of the prompt, and for calls
+//! billed per image or character the units they ask for) and the one rewrite tollgate makes,
+//! asking OpenAI Chat and Completions streams to report usage.
 //!
 //! What is charged must be what is sent. tollgate forwards the client's bytes unless it changed
 //! the body, so a body that means one thing to tollgate and another to the provider is refused
@@ -14,6 +15,7 @@ use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
 use super::ApiKind;
+use crate::policy::Units;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RequestFacts {
@@ -22,6 +24,8 @@ pub struct RequestFacts {
     pub max_output_tokens: Option<u64>,
     /// Characters of prompt text: the basis of the input estimate when a response is cut short.
     pub prompt_chars: u64,
+    /// What the call is billed in besides tokens (images, characters), as the request asks.
+    pub units: Option<Units>,
 }
 
 #[derive(Debug)]
@@ -61,6 +65,11 @@ pub enum BodyError {
         field: &'static str,
         expected: &'static str,
     },
+    #[error("request body field \"{field}\" {problem}")]
+    BadField {
+        field: &'static str,
+        problem: &'static str,
+    },
 }
 
 /// Fields holding prompt text, per API.
@@ -94,14 +103,19 @@ pub fn parse_request(api: ApiKind, body: &[u8]) -> Result<ParsedRequest, BodyErr
         .filter_map(|k| object.get(*k))
         .map(text_chars)
         .sum();
-    let changed = api == ApiKind::OpenAiChat && stream && request_usage_in_stream(&mut object);
+    let mut facts = RequestFacts {
+        model,
+        stream,
+        max_output_tokens,
+        prompt_chars,
+        units: None,
+    };
+    endpoint_facts(api, &object, &mut facts)?;
+    let changed = matches!(api, ApiKind::OpenAiChat | ApiKind::OpenAiCompletions)
+        && facts.stream
+        && request_usage_in_stream(&mut object);
     Ok(ParsedRequest {
-        facts: RequestFacts {
-            model,
-            stream,
-            max_output_tokens,
-            prompt_chars,
-        },
+        facts,
         body: Value::Object(object),
         changed,
     })
@@ -250,6 +264,8 @@ fn api_fields(api: ApiKind) -> (&'static [FieldRule], &'static [FieldRule]) {
                 ("tools", Shape::Array),
             ],
         ),
+        ApiKind::OpenAiCompletions => (&[("prompt", Shape::StringOrArray)], &[]),
+        ApiKind::OpenAiEmbeddings => (&[("input", Shape::StringOrArray)], &[]),
         _ => (&[], &[]),
     }
 }
@@ -281,8 +297,70 @@ pub fn check_shape(api: ApiKind, object: &Map<String, Value>) -> Result<(), Body
     Ok(())
 }
 
-/// OpenAI Chat streams carry usage only when `stream_options.include_usage` is true. Sets it and
-/// reports whether the body changed.
+/// What each endpoint adds to the common facts. Calls that generate no tokens reserve none.
+fn endpoint_facts(
+    api: ApiKind,
+    object: &Map<String, Value>,
+    facts: &mut RequestFacts,
+) -> Result<(), BodyError> {
+    match api {
+        ApiKind::OpenAiEmbeddings => {
+            facts.max_output_tokens = Some(0);
+            facts.stream = false;
+        }
+        ApiKind::OpenAiImages => {
+            let count = match object.get("n") {
+                None | Some(Value::Null) => 1,
+                Some(n) => n.as_u64().filter(|n| *n >= 1).ok_or(BodyError::BadField {
+                    field: "n",
+                    problem: "must be a positive integer",
+                })?,
+            };
+            facts.max_output_tokens = Some(0);
+            facts.units = Some(Units::Images {
+                count,
+                quality: optional_str(object, "quality")?,
+                size: optional_str(object, "size")?,
+            });
+        }
+        ApiKind::OpenAiSpeech => {
+            let chars = object
+                .get("input")
+                .and_then(Value::as_str)
+                .ok_or(BodyError::BadField {
+                    field: "input",
+                    problem: "must be the text to speak",
+                })?
+                .chars()
+                .count() as u64;
+            facts.max_output_tokens = Some(0);
+            facts.units = Some(Units::Characters(chars));
+        }
+        ApiKind::OpenAiChat
+        | ApiKind::OpenAiResponses
+        | ApiKind::AnthropicMessages
+        | ApiKind::OpenAiCompletions
+        | ApiKind::Other => {}
+    }
+    Ok(())
+}
+
+fn optional_str(
+    object: &Map<String, Value>,
+    field: &'static str,
+) -> Result<Option<String>, BodyError> {
+    match object.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(BodyError::BadField {
+            field,
+            problem: "must be a string",
+        }),
+    }
+}
+
+/// OpenAI Chat and Completions streams carry usage only when `stream_options.include_usage` is
+/// true. Sets it and reports whether the body changed.
 fn request_usage_in_stream(object: &mut Map<String, Value>) -> bool {
     let options = object
         .entry("stream_options")
@@ -380,6 +458,95 @@ mod tests {
         assert_eq!(
             body["stream_options"],
             json!({"include_usage": true, "x": 1})
+        );
+    }
+
+    #[test]
+    fn legacy_completion_streams_are_asked_for_usage_too() {
+        let p = parse(
+            ApiKind::OpenAiCompletions,
+            json!({"model": "gpt-3.5-turbo-instruct", "stream": true, "prompt": ["ab", "cd"], "max_tokens": 7}),
+        );
+        let body: Value = serde_json::from_slice(&p.rewritten().unwrap()).unwrap();
+        assert_eq!(body["stream_options"]["include_usage"], json!(true));
+        assert_eq!(
+            (p.facts.prompt_chars, p.facts.max_output_tokens),
+            (4, Some(7))
+        );
+    }
+
+    #[test]
+    fn embeddings_reserve_no_output() {
+        let p = parse(
+            ApiKind::OpenAiEmbeddings,
+            json!({"model": "text-embedding-3-small", "input": ["hello", "world!"]}),
+        );
+        assert_eq!(p.facts.prompt_chars, 11);
+        assert_eq!(p.facts.max_output_tokens, Some(0));
+        assert_eq!(p.facts.units, None);
+        assert!(p.rewritten().is_none());
+    }
+
+    #[test]
+    fn image_requests_name_their_images() {
+        let p = parse(
+            ApiKind::OpenAiImages,
+            json!({"model": "dall-e-3", "prompt": "a cat", "n": 2, "size": "1024x1792", "quality": "hd"}),
+        );
+        assert_eq!(
+            p.facts.units,
+            Some(Units::Images {
+                count: 2,
+                quality: Some("hd".into()),
+                size: Some("1024x1792".into())
+            })
+        );
+        assert_eq!(p.facts.max_output_tokens, Some(0));
+        let plain = parse(
+            ApiKind::OpenAiImages,
+            json!({"model": "dall-e-2", "prompt": "x"}),
+        );
+        assert_eq!(
+            plain.facts.units,
+            Some(Units::Images {
+                count: 1,
+                quality: None,
+                size: None
+            })
+        );
+        for bad in [
+            json!({"n": 0}),
+            json!({"n": "3"}),
+            json!({"n": 1.5}),
+            json!({"size": 1024}),
+        ] {
+            let mut body = json!({"model": "dall-e-2", "prompt": "x"});
+            body.as_object_mut()
+                .unwrap()
+                .extend(bad.as_object().unwrap().clone());
+            assert!(
+                matches!(
+                    parse_request(ApiKind::OpenAiImages, &serde_json::to_vec(&body).unwrap()),
+                    Err(BodyError::BadField { .. })
+                ),
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn speech_is_counted_in_characters() {
+        let p = parse(
+            ApiKind::OpenAiSpeech,
+            json!({"model": "tts-1", "input": "Grüß dich", "voice": "alloy"}),
+        );
+        assert_eq!(p.facts.units, Some(Units::Characters(9)));
+        assert!(
+            parse_request(
+                ApiKind::OpenAiSpeech,
+                br#"{"model":"tts-1","voice":"alloy"}"#
+            )
+            .is_err()
         );
     }
 

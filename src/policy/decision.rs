@@ -20,6 +20,8 @@ pub enum RejectionKind {
     UnknownTeam,
     InvalidBody,
     BodyTooLarge,
+    /// The endpoint is not one tollgate meters or lets pass free (the endpoint catalogue).
+    EndpointNotSupported,
     /// A dependency (the store) failed and the configured fail mode is closed.
     Unavailable,
 }
@@ -35,6 +37,7 @@ impl RejectionKind {
             Self::Forbidden | Self::UnknownTeam | Self::ModelNotAllowed => 403,
             Self::InvalidBody | Self::UnknownModel | Self::GuardrailIntervened => 400,
             Self::BodyTooLarge => 413,
+            Self::EndpointNotSupported => 404,
             Self::Unavailable | Self::GuardrailUnavailable => 503,
         }
     }
@@ -55,6 +58,7 @@ impl RejectionKind {
             Self::UnknownTeam => "unknown_team",
             Self::InvalidBody => "invalid_request_body",
             Self::BodyTooLarge => "request_too_large",
+            Self::EndpointNotSupported => "endpoint_not_supported",
             Self::Unavailable => "policy_unavailable",
         }
     }

@@ -166,14 +166,14 @@ impl Store for MemoryStore {
             .read()
             .unwrap()
             .iter()
-            .map(|(k, v)| (k.clone(), *v))
+            .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         prices.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(prices)
     }
 
     async fn put_price(&self, model: &str, price: &PriceUsd) -> StoreResult<()> {
-        self.load_price(model.to_owned(), *price);
+        self.load_price(model.to_owned(), price.clone());
         Ok(())
     }
 
