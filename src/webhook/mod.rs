@@ -194,17 +194,16 @@ impl Webhook {
             prompt_chars: prompt.messages.iter().map(|m| m.content.len() as u64).sum(),
             max_output_tokens: None,
         };
-        let ticket = self
+        // Usage arrives later from access logs, which charge the call whatever happens here.
+        let warning = self
             .engine
-            .admit(&team, Some(call), facts.request_id)
+            .admit_reported_later(&team, call, facts.request_id)
             .await
             .map_err(|r| refused(api, &r))?;
-        if let Some(warning) = &ticket.budget_warning {
+        if let Some(warning) = warning {
             // No response headers can be set through the webhook: the warning is logged only.
             tracing::warn!(team = %team.id, warning, "budget warning");
         }
-        // Usage arrives later from access logs; a reservation would never be settled here.
-        self.engine.release(ticket).await;
         Ok(team.id.clone())
     }
 
