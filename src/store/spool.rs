@@ -190,8 +190,9 @@ impl Committed for SpoolJournal {
     fn commit(&self) -> StoreResult<u64> {
         let (changes, generation) = {
             let mut journal = self.calls.lock().unwrap();
+            let generation = journal.generation;
             journal.generation += 1;
-            (journal.calls.take_changes(), journal.generation - 1)
+            (journal.calls.take_changes(), generation)
         };
         if changes.is_empty() {
             return Ok(generation);
