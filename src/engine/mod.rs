@@ -279,6 +279,8 @@ pub struct Engine {
     /// Thresholds already reported (team#month#threshold), so the store is asked only once.
     reported: Mutex<HashSet<String>>,
     request_seq: AtomicU64,
+    /// Random: tells this process's debit ids from other instances' and earlier runs'.
+    instance: u64,
 }
 
 impl Engine {
@@ -312,6 +314,10 @@ impl Engine {
             settings,
             reported: Mutex::new(HashSet::new()),
             request_seq: AtomicU64::new(0),
+            instance: std::hash::BuildHasher::hash_one(
+                &std::collections::hash_map::RandomState::new(),
+                (std::process::id(), SystemClock.now_ms()),
+            ),
         }
     }
 
@@ -402,7 +408,7 @@ impl Engine {
     ) -> Result<Ticket, Rejection> {
         let started = std::time::Instant::now();
         let now_ms = self.clock.now_ms();
-        let request_id = request_id.map_or_else(|| self.next_request_id(), str::to_owned);
+        let request_id = self.debit_id(request_id);
         let store_called = self.breaker.allows();
         let attempt = if store_called {
             let primary = self.admit_at(self.store.as_ref(), team, call, now_ms, &request_id);
@@ -796,30 +802,18 @@ impl Engine {
         // The prompt only: the provider bills it for any call it received, while output is
         // billed only as far as it was generated, which only the lost process saw.
         let estimate = call.prompt_estimate();
-        let entry = |ticket: &Ticket| {
-            let (debit, cost_micros) = ticket.debit(Some(&estimate));
-            JournalEntry {
-                team: ticket.team.to_string(),
-                model: call.model.to_owned(),
-                admitted_at_ms: now_ms,
-                tokens: estimate.total(),
-                cost_micros,
-                debit,
-            }
+        let (debit, cost_micros) = ticket.debit(Some(&estimate));
+        let entry = JournalEntry {
+            team: ticket.team.to_string(),
+            model: call.model.to_owned(),
+            admitted_at_ms: now_ms,
+            tokens: estimate.total(),
+            cost_micros,
+            debit,
         };
-        let mut opened = journal.open(entry(ticket));
-        if opened == Opened::DuplicateId {
-            // Another call in flight has this request id (a client's own x-request-id, a retry):
-            // this one gets an id of its own, so each is journaled and charged on its own.
-            ticket.request_id = format!(
-                "{}~{}",
-                ticket.request_id,
-                self.request_seq.fetch_add(1, Ordering::Relaxed)
-            );
-            opened = journal.open(entry(ticket));
-        }
-        match opened {
+        match journal.open(entry) {
             Opened::Journaled => ticket.journaled = true,
+            // Debit ids are unique per admission (`debit_id`): only a full journal refuses one.
             Opened::Full | Opened::DuplicateId => {
                 metrics::counter!("tollgate_journal_full_total").increment(1);
                 tracing::warn!(team = %ticket.team, request_id = %ticket.request_id, "journal full: this call is not journaled, and a crash before it settles would not charge it");
@@ -932,12 +926,15 @@ impl Engine {
         self.ledger.flush().await;
     }
 
-    fn next_request_id(&self) -> String {
-        format!(
-            "tollgate-{}-{}",
-            self.clock.now_ms(),
-            self.request_seq.fetch_add(1, Ordering::Relaxed)
-        )
+    /// The id of an admitted call's debit: the request id, made this admission's own. A client
+    /// can choose its `x-request-id`, and a store that takes a debit id it has seen for a replay
+    /// (DynamoDB) would charge a call that reuses one nothing.
+    fn debit_id(&self, request_id: Option<&str>) -> String {
+        let seq = self.request_seq.fetch_add(1, Ordering::Relaxed);
+        match request_id {
+            Some(id) => format!("{id}~{:x}-{seq}", self.instance),
+            None => format!("tollgate-{:x}-{seq}", self.instance),
+        }
     }
 }
 

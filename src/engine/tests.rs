@@ -645,7 +645,7 @@ async fn only_model_calls_settled_here_are_journaled() {
 }
 
 #[tokio::test]
-async fn a_request_id_open_twice_is_journaled_once_and_both_calls_are_charged() {
+async fn calls_that_share_a_request_id_are_each_journaled_and_charged() {
     let dir = tempfile::tempdir().unwrap();
     let engine = journaled_engine(&dir);
     let t = budgeted("dup", 100.0);
@@ -661,9 +661,13 @@ async fn a_request_id_open_twice_is_journaled_once_and_both_calls_are_charged() 
         input: 7,
         ..Default::default()
     };
+    assert_ne!(
+        first.request_id, second.request_id,
+        "one debit id for two calls"
+    );
     engine.settle(second, usage, "test").await;
     engine.flush().await;
-    // The first call keeps the entry: only it is charged at shutdown.
+    // The second one settled; the first is still open at shutdown.
     let abandoned = engine.charge_unsettled(Unsettled::Abandoned).await;
     assert_eq!(abandoned.calls, 1);
     engine.settle(first, usage, "test").await;

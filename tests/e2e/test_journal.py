@@ -6,7 +6,8 @@ is SIGKILLed with all of them in flight, and restarted on the same data (the emb
 file; for DynamoDB, the same table and the same spool file, where the journal lives). The team must
 then have been charged the prompts of exactly those 25 calls, on top of what it had spent before;
 a second restart charges nothing more. A SIGTERM whose grace period ends with streams in flight
-leaves nothing in the journal for the next start either.
+leaves nothing in the journal for the next start either. Calls that reuse a request id are each
+charged (a debit's id, which DynamoDB deduplicates on, is each admission's own).
 
 The DynamoDB tests need `npm ci` at the repository root (DynamoDB Local) and Java 17.
 """
@@ -249,5 +250,24 @@ def test_sigkill_with_streams_in_flight_charges_their_prompts_once_dynamodb(stac
         # The recovered charges went to DynamoDB as debits with the calls' request ids.
         assert debit_markers(ddb) == 1 + STREAMS + 1
         assert s.metric("tollgate_spool_pending") == 0
+    finally:
+        s.stop()
+
+
+def test_calls_that_reuse_a_request_id_are_each_charged_dynamodb(stack_factory, tollgate_bin, e2e_root, ddb, marker):
+    """A client chooses its x-request-id (Envoy keeps it). DynamoDB takes a debit id it has seen
+    for a replay, so a debit id that is just the request id would let every call after the first
+    that reuses one go uncharged."""
+    init_table(tollgate_bin, e2e_root / f"journal-init-{uuid.uuid4().hex[:6]}", ddb)
+    team = "jr-reused-id"
+    s = stack_factory("journal-reused-id", [_team(team)], pricing=PRICING, store=store_section(ddb),
+                      tollgate_env=tollgate_aws_env())
+    try:
+        token = s.token(team)
+        for _ in range(3):
+            r = s.chat(token, model=MODEL, marker=marker, usage=BEFORE, headers={"x-request-id": "the-same-id"})
+            assert r.status_code == 200, r.text
+        assert {q["headers"]["x-request-id"] for q in s.upstream_requests(marker)} == {"the-same-id"}
+        wait_charged(s, team, 3 * BEFORE_TOKENS)
     finally:
         s.stop()
