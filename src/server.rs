@@ -1,6 +1,8 @@
-//! `tollgate serve`: wires settings into the store, engine and adapters, runs the gRPC and HTTP
-//! servers, and shuts down cleanly: on SIGTERM readiness goes to 503, servers stop accepting,
-//! in-flight exchanges finish (up to the grace period), and pending debits are flushed.
+//! `tollgate serve`: wires settings into the store, engine and adapters, charges what a crashed
+//! predecessor left in the journal, runs the gRPC and HTTP servers, and shuts down cleanly: on
+//! SIGTERM readiness goes to 503, servers stop accepting, in-flight exchanges finish (up to the
+//! grace period; calls still open then are charged at their estimates), and pending debits are
+//! flushed.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,7 +18,7 @@ use crate::admin::Admin;
 use crate::admin::http::{AdminState, router as admin_router};
 use crate::config::{GuardrailBackend, Settings, StoreBackend};
 use crate::engine::FailMode;
-use crate::engine::{Engine, SystemClock};
+use crate::engine::{Engine, SystemClock, Unsettled};
 use crate::extproc::{Context, ExtProcService};
 use crate::guardrail::Guardrail;
 use crate::guardrail::bedrock::BedrockGuardrail;
@@ -190,6 +192,8 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         settings.engine_settings()?,
         Arc::new(SystemClock),
     ));
+    // Before serving, so that admission decisions already see what those calls cost.
+    engine.charge_unsettled(Unsettled::Recovered).await;
     let admin = Arc::new(AdminState {
         admin: Admin::new(engine.clone()),
         guardrail: guardrail_backend(&settings).await.ok(),
@@ -292,6 +296,8 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(5), exchanges.wait()).await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), http).await;
+    // Whatever is still open will not settle before exit: charged now, not left for the next start.
+    engine.charge_unsettled(Unsettled::Abandoned).await;
     engine.flush().await;
     store.flush().await.context("flushing the store")?;
     upkeep.abort();

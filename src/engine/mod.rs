@@ -25,7 +25,10 @@ use crate::policy::{
     Price, PriceTable, RateHeaders, Rejection, RejectionKind, Team, TierTable, Units, Usage,
     calendar, decision, rate, tokens,
 };
-use crate::store::{CounterKey, Debit, Increment, MemoryStore, Spool, Store, StoreError};
+use crate::store::{
+    CounterKey, Debit, Increment, Journal, JournalEntry, MemoryStore, Opened, Spool, Store,
+    StoreError,
+};
 
 /// What to do when the store cannot answer an admission query.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -153,6 +156,20 @@ pub struct ModelCall<'a> {
     pub units: Option<&'a Units>,
 }
 
+impl ModelCall<'_> {
+    /// The prompt's tokens, estimated from its characters, and the units asked for (images,
+    /// characters of speech): what the provider bills for the call once it has received it,
+    /// whatever happens to the answer.
+    pub fn prompt_estimate(&self) -> Usage {
+        Usage {
+            input: self.prompt_chars.div_ceil(4),
+            units: self.units.map_or(0, Units::count),
+            estimated: true,
+            ..Default::default()
+        }
+    }
+}
+
 /// After a store failure, admissions skip the store this long before probing it again.
 const STORE_PAUSE_AFTER_FAILURE: Duration = Duration::from_secs(1);
 /// Output tokens assumed for a reservation when the request sets no maximum.
@@ -172,6 +189,55 @@ pub struct Ticket {
     tokens_key: CounterKey,
     charge: Option<Charge>,
     request_id: String,
+    /// In the journal until settled (so that a crash does not lose its charge).
+    journaled: bool,
+}
+
+impl Ticket {
+    /// The debit charging `usage` (`None`: the request never ran) to this ticket's counters and
+    /// giving its reservation back, with the cost it charges.
+    fn debit(&self, usage: Option<&Usage>) -> (Debit, u64) {
+        let mut amounts = Vec::new();
+        let total = usage.map_or(0, Usage::total);
+        if total > 0 {
+            amounts.push((self.tokens_key.clone(), total as i64));
+        }
+        let mut cost = 0;
+        if let Some(charge) = &self.charge {
+            cost = usage.map_or(0, |u| {
+                charge.price.cost_with_units_micros(u, charge.unit_price)
+            });
+            if cost > 0 {
+                amounts.push((charge.month_key.clone(), cost as i64));
+                amounts.push((charge.model_key.clone(), cost as i64));
+            }
+            if let Some((key, reserved)) = &charge.reserved {
+                amounts.push((key.clone(), -(*reserved as i64)));
+            }
+        }
+        let debit = Debit {
+            id: self.request_id.clone(),
+            amounts,
+        };
+        (debit, cost)
+    }
+}
+
+/// When calls left unsettled are charged at their estimates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unsettled {
+    /// At startup: what an earlier process left in the journal when it died.
+    Recovered,
+    /// At the end of the shutdown grace period: what is still in flight.
+    Abandoned,
+}
+
+/// Calls charged at their estimates by [`Engine::charge_unsettled`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnsettledCharge {
+    pub calls: u64,
+    pub tokens: u64,
+    pub cost_micros: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -219,11 +285,15 @@ pub struct Engine {
     teams: TeamDirectory,
     prices: PriceBook,
     ledger: Ledger,
+    /// Admitted model calls until they are settled (none for the memory store).
+    journal: Option<Arc<dyn Journal>>,
     clock: Arc<dyn Clock>,
     settings: EngineSettings,
     /// Thresholds already reported (team#month#threshold), so the store is asked only once.
     reported: Mutex<HashSet<String>>,
     request_seq: AtomicU64,
+    /// Random: tells this process's debit ids from other instances' and earlier runs'.
+    instance: u64,
 }
 
 impl Engine {
@@ -235,7 +305,12 @@ impl Engine {
         clock: Arc<dyn Clock>,
     ) -> Self {
         let breaker = Arc::new(Breaker::new(STORE_PAUSE_AFTER_FAILURE));
+        let journal = match &spool {
+            Some(spool) => Some(spool.journal()),
+            None => store.journal(),
+        };
         Self {
+            journal,
             teams: TeamDirectory::new(
                 store.clone(),
                 settings.cache_ttl,
@@ -252,6 +327,10 @@ impl Engine {
             settings,
             reported: Mutex::new(HashSet::new()),
             request_seq: AtomicU64::new(0),
+            instance: std::hash::BuildHasher::hash_one(
+                &std::collections::hash_map::RandomState::new(),
+                (std::process::id(), SystemClock.now_ms()),
+            ),
         }
     }
 
@@ -310,16 +389,44 @@ impl Engine {
     }
 
     /// Decides whether `team` may send one more request now (calling `call`'s model, if it is a
-    /// model call); counts it if so.
+    /// model call); counts it if so. An admitted model call is journaled until it is settled.
     pub async fn admit(
         &self,
         team: &Team,
         call: Option<ModelCall<'_>>,
         request_id: Option<&str>,
     ) -> Result<Ticket, Rejection> {
+        self.admit_journaled(team, call, request_id, true).await
+    }
+
+    /// Admits a model call whose usage another path reports later (an access-log record with the
+    /// same request id, as for the agentgateway webhook): nothing is journaled, since that record
+    /// charges the call even if this process dies, and a reservation is given back at once.
+    /// Returns the budget warning, if any.
+    pub async fn admit_reported_later(
+        &self,
+        team: &Team,
+        call: ModelCall<'_>,
+        request_id: Option<&str>,
+    ) -> Result<Option<String>, Rejection> {
+        let ticket = self
+            .admit_journaled(team, Some(call), request_id, false)
+            .await?;
+        let warning = ticket.budget_warning.clone();
+        self.settle_as(ticket, None, "").await;
+        Ok(warning)
+    }
+
+    async fn admit_journaled(
+        &self,
+        team: &Team,
+        call: Option<ModelCall<'_>>,
+        request_id: Option<&str>,
+        journal: bool,
+    ) -> Result<Ticket, Rejection> {
         let started = std::time::Instant::now();
         let now_ms = self.clock.now_ms();
-        let request_id = request_id.map_or_else(|| self.next_request_id(), str::to_owned);
+        let request_id = self.debit_id(request_id);
         let store_called = self.breaker.allows();
         let attempt = if store_called {
             let primary = self.admit_at(self.store.as_ref(), team, call, now_ms, &request_id);
@@ -371,6 +478,12 @@ impl Engine {
                 }
             }
         };
+        let outcome = outcome.map(|mut ticket| {
+            if let (true, Some(call)) = (journal, call) {
+                self.journal(&mut ticket, call, now_ms);
+            }
+            ticket
+        });
         metrics::histogram!("tollgate_admission_seconds").record(started.elapsed().as_secs_f64());
         outcome
     }
@@ -420,6 +533,7 @@ impl Engine {
                 reserved: None,
             }),
             request_id: request_id.to_owned(),
+            journaled: false,
         };
         let values = store.read_counters(&keys).await.map_err(Failure::Store)?;
         let (previous, current, used_today) = (values[0], values[1], values[2]);
@@ -606,12 +720,10 @@ impl Engine {
         let month = calendar::month_key(now);
         let estimate = price.cost_with_units_micros(
             &Usage {
-                input: call.prompt_chars.div_ceil(4),
                 output: call
                     .max_output_tokens
                     .unwrap_or(DEFAULT_RESERVED_OUTPUT_TOKENS),
-                units: call.units.map_or(0, Units::count),
-                ..Default::default()
+                ..call.prompt_estimate()
             },
             unit_price,
         );
@@ -716,43 +828,115 @@ impl Engine {
         self.settle_as(ticket, Some(usage), api).await;
     }
 
-    /// Gives back an admitted request's reservation, if any, charging nothing: for adapters whose
-    /// usage is reported later by another path (the webhook's, from access logs).
-    pub async fn release(&self, ticket: Ticket) {
-        self.settle_as(ticket, None, "").await;
-    }
-
     /// `usage: None`: the request never ran; only a reservation, if any, is released.
     async fn settle_as(&self, ticket: Ticket, usage: Option<Usage>, api: &'static str) {
-        let mut amounts = Vec::new();
-        let total = usage.map_or(0, |u| u.total());
-        if total > 0 {
-            amounts.push((ticket.tokens_key, total as i64));
+        if ticket.journaled
+            && let Some(journal) = &self.journal
+            && !journal.claim(&ticket.request_id)
+        {
+            // Charged at its estimate already: the shutdown grace period ended before it did.
+            tracing::debug!(team = %ticket.team, request_id = %ticket.request_id, "settled after being charged at shutdown");
+            return;
         }
-        let mut cost = 0;
-        if let Some(charge) = ticket.charge {
-            cost = usage.map_or(0, |u| {
-                charge.price.cost_with_units_micros(&u, charge.unit_price)
-            });
-            if cost > 0 {
-                amounts.push((charge.month_key, cost as i64));
-                amounts.push((charge.model_key, cost as i64));
-                metrics::counter!("tollgate_spend_micros_total", "team" => ticket.team.to_string())
-                    .increment(cost);
-            }
-            if let Some((key, reserved)) = charge.reserved {
-                amounts.push((key, -(reserved as i64)));
-            }
+        let (debit, cost) = ticket.debit(usage.as_ref());
+        if cost > 0 {
+            metrics::counter!("tollgate_spend_micros_total", "team" => ticket.team.to_string())
+                .increment(cost);
         }
         tracing::debug!(team = %ticket.team, request_id = %ticket.request_id, ?usage, cost, api, "settling");
-        if !amounts.is_empty() {
-            self.ledger
-                .record(Debit {
-                    id: ticket.request_id,
-                    amounts,
-                })
-                .await;
+        // A journaled call's debit settles its entry, even when it charges nothing.
+        if !debit.amounts.is_empty() || ticket.journaled {
+            self.ledger.record(debit).await;
         }
+    }
+
+    /// Journals an admitted model call with its estimated prompt (see [`Unsettled`]).
+    fn journal(&self, ticket: &mut Ticket, call: ModelCall<'_>, now_ms: u64) {
+        let Some(journal) = &self.journal else {
+            return;
+        };
+        if ticket.charge.is_none() {
+            return;
+        }
+        // The prompt only: the provider bills it for any call it received, while output is
+        // billed only as far as it was generated, which only the lost process saw.
+        let estimate = call.prompt_estimate();
+        let (debit, cost_micros) = ticket.debit(Some(&estimate));
+        let entry = JournalEntry {
+            team: ticket.team.to_string(),
+            model: call.model.to_owned(),
+            admitted_at_ms: now_ms,
+            tokens: estimate.total(),
+            cost_micros,
+            debit,
+        };
+        match journal.open(entry) {
+            Opened::Journaled => ticket.journaled = true,
+            // Debit ids are unique per admission (`debit_id`): only a full journal refuses one.
+            Opened::Full | Opened::DuplicateId => {
+                metrics::counter!("tollgate_journal_full_total").increment(1);
+                tracing::warn!(team = %ticket.team, request_id = %ticket.request_id, "journal full: this call is not journaled, and a crash before it settles would not charge it");
+            }
+        }
+    }
+
+    /// Charges, at their estimates, the journaled calls nobody will settle: at startup what the
+    /// last process left ([`Unsettled::Recovered`]), at the end of the shutdown grace period what
+    /// is still in flight ([`Unsettled::Abandoned`]). Each is a debit with the call's request id,
+    /// so a debit of it that did land before a crash is not applied twice. Returns once they are
+    /// durable (applied, or spooled).
+    pub async fn charge_unsettled(&self, when: Unsettled) -> UnsettledCharge {
+        let Some(journal) = &self.journal else {
+            return UnsettledCharge::default();
+        };
+        let entries = journal.claim_all();
+        let mut total = UnsettledCharge::default();
+        let mut by_team: std::collections::BTreeMap<String, UnsettledCharge> = Default::default();
+        for entry in &entries {
+            for sum in [&mut total, by_team.entry(entry.team.clone()).or_default()] {
+                sum.calls += 1;
+                sum.tokens += entry.tokens;
+                sum.cost_micros += entry.cost_micros;
+            }
+            tracing::debug!(team = %entry.team, request_id = entry.id(), model = %entry.model, admitted_at_ms = entry.admitted_at_ms, tokens = entry.tokens, cost_micros = entry.cost_micros, ?when, "charging an unsettled call at its estimate");
+        }
+        for entry in entries {
+            self.ledger.record(entry.debit).await;
+        }
+        self.ledger.flush().await;
+        if total.calls == 0 {
+            return total;
+        }
+        let (counter, what) = match when {
+            Unsettled::Recovered => (
+                "tollgate_journal_recovered_total",
+                "charged the calls an earlier process left unsettled at their estimated prompts",
+            ),
+            Unsettled::Abandoned => (
+                "tollgate_journal_abandoned_total",
+                "charged the calls still in flight at the end of the shutdown grace period at their estimated prompts",
+            ),
+        };
+        for (team, sum) in &by_team {
+            metrics::counter!(counter, "team" => team.clone()).increment(sum.calls);
+            metrics::counter!("tollgate_spend_micros_total", "team" => team.clone())
+                .increment(sum.cost_micros);
+            tracing::warn!(
+                team = %team,
+                calls = sum.calls,
+                tokens = sum.tokens,
+                cost_usd = budget::json_usd(sum.cost_micros),
+                "{what}"
+            );
+        }
+        tracing::warn!(
+            calls = total.calls,
+            tokens = total.tokens,
+            cost_usd = budget::json_usd(total.cost_micros),
+            teams = by_team.len(),
+            "{what}"
+        );
+        total
     }
 
     /// The debit for usage reported after the fact (an access-log record) rather than through an
@@ -801,12 +985,15 @@ impl Engine {
         self.ledger.flush().await;
     }
 
-    fn next_request_id(&self) -> String {
-        format!(
-            "tollgate-{}-{}",
-            self.clock.now_ms(),
-            self.request_seq.fetch_add(1, Ordering::Relaxed)
-        )
+    /// The id of an admitted call's debit: the request id, made this admission's own. A client
+    /// can choose its `x-request-id`, and a store that takes a debit id it has seen for a replay
+    /// (DynamoDB) would charge a call that reuses one nothing.
+    fn debit_id(&self, request_id: Option<&str>) -> String {
+        let seq = self.request_seq.fetch_add(1, Ordering::Relaxed);
+        match request_id {
+            Some(id) => format!("{id}~{:x}-{seq}", self.instance),
+            None => format!("tollgate-{:x}-{seq}", self.instance),
+        }
     }
 }
 

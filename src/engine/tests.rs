@@ -732,5 +732,140 @@ async fn reservations_count_every_image_asked_for() {
         engine.store().read_counters(&[&reserved]).await.unwrap(),
         vec![80_000]
     );
-    engine.release(ticket).await;
+    engine.settle(ticket, Usage::default(), "test").await;
+}
+
+// ---- the journal of admitted calls
+
+fn journaled_engine(dir: &tempfile::TempDir) -> Arc<Engine> {
+    let store = crate::store::EmbeddedStore::open(&dir.path().join("s.redb")).unwrap();
+    let mut settings = dollar_per_thousand();
+    settings.reserve = true;
+    engine_set(Arc::new(store), settings).0
+}
+
+async fn counters(engine: &Engine, team: &str) -> (u64, u64, u64) {
+    let now = NOON / 1000;
+    let (month, _) = spend_keys(team, "test-model", now);
+    let reserved = CounterKey::reserved_in_month(team, &calendar::month_key(now), 0);
+    let values = engine
+        .store()
+        .read_counters(&[&tokens_key(team, now), &month, &reserved])
+        .await
+        .unwrap();
+    (values[0], values[1], values[2])
+}
+
+#[tokio::test]
+async fn calls_open_when_the_grace_period_ends_are_charged_their_prompts_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = journaled_engine(&dir);
+    let t = budgeted("grace", 100.0);
+    let first = engine
+        .admit(&t, call("test-model"), Some("g1"))
+        .await
+        .unwrap();
+    let second = engine
+        .admit(&t, call("test-model"), Some("g2"))
+        .await
+        .unwrap();
+    // Reserved: (100 prompt + 100 output tokens) at $1/1k each.
+    assert_eq!(counters(&engine, "grace").await, (0, 0, 400_000));
+
+    let abandoned = engine.charge_unsettled(Unsettled::Abandoned).await;
+    assert_eq!(
+        abandoned,
+        UnsettledCharge {
+            calls: 2,
+            tokens: 200,
+            cost_micros: 200_000
+        }
+    );
+    assert_eq!(counters(&engine, "grace").await, (200, 200_000, 0));
+    // Their exchanges end after all: already charged, they charge nothing more.
+    let usage = Usage {
+        input: 5000,
+        ..Default::default()
+    };
+    engine.settle(first, usage, "test").await;
+    engine.settle(second, Usage::default(), "test").await;
+    engine.flush().await;
+    assert_eq!(counters(&engine, "grace").await, (200, 200_000, 0));
+    assert_eq!(engine.charge_unsettled(Unsettled::Recovered).await.calls, 0);
+}
+
+#[tokio::test]
+async fn settled_calls_leave_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = journaled_engine(&dir);
+    let t = budgeted("settled", 100.0);
+    let charged = engine.admit(&t, call("test-model"), None).await.unwrap();
+    let free = engine.admit(&t, call("test-model"), None).await.unwrap();
+    let usage = Usage {
+        input: 10,
+        ..Default::default()
+    };
+    engine.settle(charged, usage, "test").await;
+    engine.settle(free, Usage::default(), "test").await;
+    engine.flush().await;
+    assert_eq!(counters(&engine, "settled").await, (10, 10_000, 0));
+    assert_eq!(
+        engine.charge_unsettled(Unsettled::Abandoned).await,
+        UnsettledCharge::default()
+    );
+}
+
+#[tokio::test]
+async fn only_model_calls_settled_here_are_journaled() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = journaled_engine(&dir);
+    let t = budgeted("webhook", 100.0);
+    // A model list costs nothing; a webhook call is charged from its access-log record.
+    let _free = engine.admit(&t, None, Some("list")).await.unwrap();
+    engine
+        .admit_reported_later(&t, call("test-model").unwrap(), Some("hook"))
+        .await
+        .unwrap();
+    engine.flush().await;
+    assert_eq!(counters(&engine, "webhook").await, (0, 0, 0));
+    assert_eq!(engine.charge_unsettled(Unsettled::Abandoned).await.calls, 0);
+}
+
+#[tokio::test]
+async fn calls_that_share_a_request_id_are_each_journaled_and_charged() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = journaled_engine(&dir);
+    let t = budgeted("dup", 100.0);
+    let first = engine
+        .admit(&t, call("test-model"), Some("same"))
+        .await
+        .unwrap();
+    let second = engine
+        .admit(&t, call("test-model"), Some("same"))
+        .await
+        .unwrap();
+    let usage = Usage {
+        input: 7,
+        ..Default::default()
+    };
+    assert_ne!(
+        first.request_id, second.request_id,
+        "one debit id for two calls"
+    );
+    engine.settle(second, usage, "test").await;
+    engine.flush().await;
+    // The second one settled; the first is still open at shutdown.
+    let abandoned = engine.charge_unsettled(Unsettled::Abandoned).await;
+    assert_eq!(abandoned.calls, 1);
+    engine.settle(first, usage, "test").await;
+    engine.flush().await;
+    assert_eq!(counters(&engine, "dup").await, (107, 107_000, 0));
+}
+
+#[tokio::test]
+async fn the_memory_store_journals_nothing() {
+    let (engine, _) = engine_set(Arc::new(MemoryStore::new()), dollar_per_thousand());
+    let t = budgeted("mem", 100.0);
+    let _ticket = engine.admit(&t, call("test-model"), None).await.unwrap();
+    assert_eq!(engine.charge_unsettled(Unsettled::Abandoned).await.calls, 0);
 }

@@ -8,6 +8,7 @@
 
 mod dynamodb;
 mod embedded;
+mod journal;
 mod memory;
 mod spool;
 
@@ -16,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 pub use dynamodb::{DynamoDbSettings, DynamoStore};
 pub use embedded::EmbeddedStore;
+pub use journal::{Journal, JournalEntry, MAX_OPEN_CALLS, Opened};
 pub use memory::MemoryStore;
 pub use spool::Spool;
 
@@ -145,6 +147,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Makes everything written so far durable (called at shutdown).
     async fn flush(&self) -> StoreResult<()>;
+
+    /// The journal of admitted calls this store keeps in its own database, if it keeps one (the
+    /// embedded store). A debit applied to such a store also settles the journaled call with the
+    /// debit's id, in the same durable step; a debit without amounts does only that.
+    fn journal(&self) -> Option<std::sync::Arc<dyn Journal>> {
+        None
+    }
 
     fn backend_name(&self) -> &'static str;
 }

@@ -199,12 +199,11 @@ impl Webhook {
             }
             Treatment::Metered(api) => api,
             Treatment::Free => {
-                let ticket = self
-                    .engine
+                // A free call counts against RPM only: its ticket has nothing to charge or release.
+                self.engine
                     .admit(&team, None, facts.request_id)
                     .await
                     .map_err(|r| refused(shape, &r))?;
-                self.engine.release(ticket).await;
                 return Ok(team.id.clone());
             }
         };
@@ -226,17 +225,16 @@ impl Webhook {
             max_output_tokens: (api == ApiKind::OpenAiEmbeddings).then_some(0),
             units: None,
         };
-        let ticket = self
+        // Usage arrives later from access logs, which charge the call whatever happens here.
+        let warning = self
             .engine
-            .admit(&team, Some(call), facts.request_id)
+            .admit_reported_later(&team, call, facts.request_id)
             .await
             .map_err(|r| refused(shape, &r))?;
-        if let Some(warning) = &ticket.budget_warning {
+        if let Some(warning) = warning {
             // No response headers can be set through the webhook: the warning is logged only.
             tracing::warn!(team = %team.id, warning, "budget warning");
         }
-        // Usage arrives later from access logs; a reservation would never be settled here.
-        self.engine.release(ticket).await;
         Ok(team.id.clone())
     }
 
