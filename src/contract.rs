@@ -69,7 +69,7 @@ mod tests {
             tokens_limit: Some(5),
             tokens_remaining: Some(1),
         };
-        let reply = rejection_reply(ApiKind::OpenAiChat, &Rejection::rpm_exceeded(101, rate, 42));
+        let reply = rejection_reply(ApiKind::OpenAiChat, &Rejection::rpm_exceeded(100, rate, 42));
         assert_eq!(reply.status, 429);
         assert_eq!(header(&reply, "retry-after"), Some("42"));
         assert_eq!(header(&reply, "x-ratelimit-limit"), Some("100"));

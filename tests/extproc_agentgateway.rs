@@ -693,7 +693,7 @@ async fn an_over_rpm_request_gets_a_429_in_place_of_the_headers_reply() {
         json["reason"]
             .as_str()
             .unwrap()
-            .starts_with("RPM limit exceeded (2/1 requests per minute)"),
+            .starts_with("RPM limit exceeded: 1 request in the last 60 s, limit 1"),
         "{json}"
     );
     let retry_after = json["retry_after_seconds"]

@@ -79,7 +79,10 @@ async fn rejected_requests_consume_nothing() {
     for _ in 0..10 {
         let r = engine.admit(&t, None, None).await.unwrap_err();
         assert_eq!(r.kind, RejectionKind::RpmExceeded);
-        assert_eq!(r.reason, "RPM limit exceeded (4/3 requests per minute)");
+        assert_eq!(
+            r.reason,
+            "RPM limit exceeded: 3 requests in the last 60 s, limit 3"
+        );
         assert_eq!(r.rate.unwrap().rpm_remaining, 0);
         assert!(r.retry_after_secs.unwrap() >= 1);
     }

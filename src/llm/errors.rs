@@ -81,7 +81,7 @@ mod tests {
 
     fn rpm() -> Rejection {
         Rejection::rpm_exceeded(
-            101,
+            100,
             RateHeaders {
                 rpm_limit: 100,
                 ..Default::default()
@@ -97,7 +97,7 @@ mod tests {
         assert_eq!(v["allowed"], json!(false));
         assert_eq!(
             v["reason"],
-            json!("RPM limit exceeded (101/100 requests per minute)")
+            json!("RPM limit exceeded: 100 requests in the last 60 s, limit 100")
         );
         assert_eq!(v["retry_after_seconds"], json!(42));
         assert_eq!(v["error"]["message"], v["reason"]);

@@ -102,11 +102,17 @@ impl Rejection {
         }
     }
 
-    pub fn rpm_exceeded(count: u64, rate: RateHeaders, retry_after_secs: u64) -> Self {
+    /// `in_window`: the requests the sliding window holds, not counting the refused one.
+    pub fn rpm_exceeded(in_window: u64, rate: RateHeaders, retry_after_secs: u64) -> Self {
+        let requests = if in_window == 1 {
+            "request"
+        } else {
+            "requests"
+        };
         Self {
             kind: RejectionKind::RpmExceeded,
             reason: format!(
-                "RPM limit exceeded ({count}/{} requests per minute)",
+                "RPM limit exceeded: {in_window} {requests} in the last 60 s, limit {}",
                 rate.rpm_limit
             ),
             retry_after_secs: Some(retry_after_secs),
@@ -157,8 +163,19 @@ mod tests {
             rpm_limit: 100,
             ..Default::default()
         };
-        let r = Rejection::rpm_exceeded(101, rate, 42);
-        assert_eq!(r.reason, "RPM limit exceeded (101/100 requests per minute)");
+        let r = Rejection::rpm_exceeded(100, rate, 42);
+        assert_eq!(
+            r.reason,
+            "RPM limit exceeded: 100 requests in the last 60 s, limit 100"
+        );
+        let one = RateHeaders {
+            rpm_limit: 1,
+            ..Default::default()
+        };
+        assert_eq!(
+            Rejection::rpm_exceeded(1, one, 42).reason,
+            "RPM limit exceeded: 1 request in the last 60 s, limit 1"
+        );
         assert_eq!(r.kind.status(), 429);
         assert!(r.kind.retryable());
         let d = Rejection::daily_tokens_exceeded(1030, 1000, rate, 5);

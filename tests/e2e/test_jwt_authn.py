@@ -68,11 +68,11 @@ def test_rpm_limit_applies(stack, marker):
         assert r.headers["x-ratelimit-limit"] == "2"
     check_rejection(
         stack.chat(tok, marker=marker), flavour=OPENAI, code="rpm_limit_exceeded",
-        reason_re=r"RPM limit exceeded \(3/2 requests per minute\)", max_retry_after=RPM_MAX_RETRY,
+        reason_re=r"RPM limit exceeded: 2 requests in the last 60 s, limit 2", max_retry_after=RPM_MAX_RETRY,
     )
     check_rejection(
         stack.messages(tok, marker=marker), flavour=ANTHROPIC, code="rpm_limit_exceeded",
-        reason_re=r"RPM limit exceeded \(3/2 requests per minute\)", max_retry_after=RPM_MAX_RETRY,
+        reason_re=r"RPM limit exceeded: 2 requests in the last 60 s, limit 2", max_retry_after=RPM_MAX_RETRY,
     )
     with pytest.raises(openai.RateLimitError):
         stack.openai(tok, marker).chat.completions.create(model="gpt-4o-mini", messages=MSG)
