@@ -12,13 +12,14 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{EngineSettings, FailMode, FailModes, UnknownModel};
+use crate::engine::{EngineSettings, FailMode, FailModes, LeaseSettings, UnknownModel};
 use crate::guardrail::bedrock::BedrockSettings;
 use crate::guardrail::local::{LocalGuardrail, LocalGuardrailConfig};
 use crate::guardrail::service::Mode as GuardrailMode;
 use crate::llm::texts::Scope;
 use crate::policy::pricing::{PriceSource, PriceTable, PriceUsd};
 use crate::policy::{LimitOverrides, Team, Tier, TierTable};
+use crate::store::Admission;
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -409,6 +410,18 @@ impl Settings {
         self.engine_settings().map(|_| ())
     }
 
+    /// Quota leases for admission: with the DynamoDB store, unless `store.dynamodb.admission` is
+    /// `per_request`. This is the sidecar's default; the Lambda functions admit per request unless
+    /// it says `leases`.
+    pub fn lease_settings(&self) -> Option<LeaseSettings> {
+        let ddb = &self.store.dynamodb;
+        (self.store.backend == StoreBackend::Dynamodb
+            && ddb.admission.unwrap_or(Admission::Leases) == Admission::Leases)
+            .then(|| LeaseSettings {
+                read_ttl: Duration::from_millis(ddb.read_cache_ms),
+            })
+    }
+
     /// The policy engine's settings: tiers, fail mode, prices and budgets.
     pub fn engine_settings(&self) -> anyhow::Result<EngineSettings> {
         let mut prices = PriceTable::builtin();
@@ -443,6 +456,7 @@ impl Settings {
                 .iter()
                 .filter_map(|t| t.clone().validated().ok())
                 .collect(),
+            leases: self.lease_settings(),
         })
     }
 }

@@ -16,7 +16,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{Notify, watch};
 
 use super::memory::{Counter, MemoryStore};
-use super::{CounterKey, Debit, Increment, Store, StoreError, StoreResult};
+use super::{Claim, CounterKey, Debit, Increment, Store, StoreError, StoreResult};
 use crate::policy::Team;
 use crate::policy::pricing::PriceUsd;
 
@@ -243,6 +243,23 @@ impl Store for EmbeddedStore {
             self.mark_dirty([key.id()]);
         }
         Ok(outcome)
+    }
+
+    async fn claim_within(
+        &self,
+        key: &CounterKey,
+        at_least: u64,
+        up_to: u64,
+        limit: u64,
+    ) -> StoreResult<Claim> {
+        let claim = self
+            .inner
+            .live
+            .claim_within_now(key, at_least, up_to, limit);
+        if claim.granted > 0 {
+            self.mark_dirty([key.id()]);
+        }
+        Ok(claim)
     }
 
     async fn apply_debits(&self, debits: &[Debit]) -> StoreResult<()> {
