@@ -545,4 +545,29 @@ mod tests {
             Ok(())
         });
     }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn dynamodb_admission_uses_leases_unless_told_otherwise() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("TOLLGATE_STORE__BACKEND", "dynamodb");
+            jail.set_env("TOLLGATE_STORE__DYNAMODB__READ_CACHE_MS", "250");
+            let s = Settings::load(None).unwrap();
+            let leases = s.engine_settings().unwrap().leases.unwrap();
+            assert_eq!(leases.read_ttl, Duration::from_millis(250));
+            jail.set_env("TOLLGATE_STORE__DYNAMODB__ADMISSION", "per_request");
+            let s = Settings::load(None).unwrap();
+            assert!(s.engine_settings().unwrap().leases.is_none());
+            jail.set_env("TOLLGATE_STORE__DYNAMODB__ADMISSION", "leases");
+            jail.set_env("TOLLGATE_STORE__BACKEND", "embedded");
+            let s = Settings::load(None).unwrap();
+            assert!(
+                s.lease_settings().is_none(),
+                "leases are for a shared store"
+            );
+            jail.set_env("TOLLGATE_STORE__DYNAMODB__ADMISSION", "sometimes");
+            assert!(Settings::load(None).is_err());
+            Ok(())
+        });
+    }
 }
