@@ -1,5 +1,5 @@
 //! The HTTP face of decisions, shared by every adapter: the rate headers on allowed responses and
-//! the status, headers and body of a refusal (DESIGN.md "Rejection contract").
+//! the status, headers and body of a refusal (docs/design.md "Rejection contract").
 
 use crate::llm::{ApiKind, errors::rejection_body};
 use crate::policy::{RateHeaders, Rejection};

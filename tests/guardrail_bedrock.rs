@@ -77,6 +77,7 @@ async fn start(timeout_ms: u64) -> (BedrockGuardrail, Shared) {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     // SAFETY: every test sets the same static dummy credentials.
+    #[allow(unsafe_code, reason = "set_var is unsafe in edition 2024; see SAFETY")]
     unsafe {
         std::env::set_var("AWS_ACCESS_KEY_ID", "local");
         std::env::set_var("AWS_SECRET_ACCESS_KEY", "local");

@@ -1,6 +1,6 @@
-//! Refusals rendered as the DESIGN.md contract body plus an error object in the calling API's own
-//! shape, so that the official SDKs raise their matching error (RateLimitError for 429, ...) with
-//! tollgate's reason as the message.
+//! Refusals rendered as the docs/design.md contract body plus an error object in the calling API's
+//! own shape, so that the official SDKs raise their matching error (RateLimitError for 429, ...)
+//! with tollgate's reason as the message.
 
 use serde_json::{Value, json};
 

@@ -1,5 +1,5 @@
 //! What tollgate tells a caller it refuses. Every adapter (ext_proc, webhook, Lambda) renders the
-//! same [`Rejection`], so the contract in DESIGN.md lives in one place.
+//! same [`Rejection`], so the contract in docs/design.md lives in one place.
 
 /// Why a request was refused. Decides the HTTP status, the machine-readable code and whether
 /// retrying can help.

@@ -35,7 +35,7 @@ impl Tier {
         }
     }
 
-    /// The defaults from DESIGN.md.
+    /// The tier defaults (docs/limits-and-budgets.md).
     pub fn default_limits(self) -> Limits {
         let (rpm, daily_tokens, budget_usd) = match self {
             Tier::Sandbox => (20, Some(100_000), 25),

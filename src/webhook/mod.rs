@@ -1,6 +1,6 @@
-//! The agentgateway promptGuard webhook contract (DESIGN.md): `POST /request` decides whether a
-//! prompt may go (identity, RPM, daily tokens, budget and model caps, then the input guardrail),
-//! `POST /response` runs the output guardrail on the answer.
+//! The agentgateway promptGuard webhook contract (docs/design.md): `POST /request` decides
+//! whether a prompt may go (identity, RPM, daily tokens, budget and model caps, then the input
+//! guardrail), `POST /response` runs the output guardrail on the answer.
 //!
 //! agentgateway reads the reply as an untagged enum tried in the order mask, reject, pass. So a
 //! reject always carries `status_code` and a string `body` (without them it would read as a

@@ -76,6 +76,7 @@ pub async fn start_dynamodb_local() -> DynamoDbLocal {
 
 pub async fn dynamo_store(local: &DynamoDbLocal, table: &str) -> DynamoStore {
     // SAFETY: tests set the same static dummy credentials; no other thread reads them differently.
+    #[allow(unsafe_code, reason = "set_var is unsafe in edition 2024; see SAFETY")]
     unsafe {
         std::env::set_var("AWS_ACCESS_KEY_ID", "local");
         std::env::set_var("AWS_SECRET_ACCESS_KEY", "local");
