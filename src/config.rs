@@ -20,7 +20,7 @@ use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{EngineSettings, FailMode, FailModes, UnknownModel};
+use crate::engine::{EngineSettings, FailMode, FailModes, LeaseSettings, UnknownModel};
 use crate::guardrail::bedrock::BedrockSettings;
 use crate::guardrail::local::{LocalGuardrail, LocalGuardrailConfig};
 use crate::guardrail::service::Mode as GuardrailMode;
@@ -28,6 +28,7 @@ use crate::llm::Endpoints;
 use crate::llm::texts::Scope;
 use crate::policy::pricing::{PriceSource, PriceTable, PriceUsd};
 use crate::policy::{LimitOverrides, Team, Tier, TierTable};
+use crate::store::Admission;
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -433,6 +434,18 @@ impl Settings {
         self.engine_settings().map(|_| ())
     }
 
+    /// Quota leases for admission: with the DynamoDB store, unless `store.dynamodb.admission` is
+    /// `per_request`. This is the sidecar's default; the Lambda functions admit per request unless
+    /// it says `leases`.
+    pub fn lease_settings(&self) -> Option<LeaseSettings> {
+        let ddb = &self.store.dynamodb;
+        (self.store.backend == StoreBackend::Dynamodb
+            && ddb.admission.unwrap_or(Admission::Leases) == Admission::Leases)
+            .then(|| LeaseSettings {
+                read_ttl: Duration::from_millis(ddb.read_cache_ms),
+            })
+    }
+
     /// The policy engine's settings: tiers, fail mode, prices and budgets.
     pub fn engine_settings(&self) -> anyhow::Result<EngineSettings> {
         let mut prices = PriceTable::builtin();
@@ -470,6 +483,7 @@ impl Settings {
                 .collect(),
             endpoints: Endpoints::with_free(&self.endpoints.free)
                 .map_err(|e| anyhow::anyhow!("endpoints.free: {e}"))?,
+            leases: self.lease_settings(),
         })
     }
 }
@@ -882,5 +896,29 @@ mod tests {
         let said = format!("{e:#}");
         assert!(said.contains("\"soon\", expected u64"), "{said}");
         assert!(said.contains("TOLLGATE_IDENTITY__LEEWAY_SECONDS"), "{said}");
+    }
+
+    #[test]
+    fn dynamodb_admission_uses_leases_unless_told_otherwise() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("TOLLGATE_STORE__BACKEND", "dynamodb");
+            jail.set_env("TOLLGATE_STORE__DYNAMODB__READ_CACHE_MS", "250");
+            let s = Settings::load(None).unwrap();
+            let leases = s.engine_settings().unwrap().leases.unwrap();
+            assert_eq!(leases.read_ttl, Duration::from_millis(250));
+            jail.set_env("TOLLGATE_STORE__DYNAMODB__ADMISSION", "per_request");
+            let s = Settings::load(None).unwrap();
+            assert!(s.engine_settings().unwrap().leases.is_none());
+            jail.set_env("TOLLGATE_STORE__DYNAMODB__ADMISSION", "leases");
+            jail.set_env("TOLLGATE_STORE__BACKEND", "embedded");
+            let s = Settings::load(None).unwrap();
+            assert!(
+                s.lease_settings().is_none(),
+                "leases are for a shared store"
+            );
+            jail.set_env("TOLLGATE_STORE__DYNAMODB__ADMISSION", "sometimes");
+            assert!(Settings::load(None).is_err());
+            Ok(())
+        });
     }
 }

@@ -26,7 +26,7 @@ use crate::guardrail::local::LocalGuardrail;
 use crate::guardrail::service::{GuardrailService, Mode as GuardrailMode};
 use crate::http::{OpsState, router};
 use crate::identity::{Authenticator, JwksSource, KeySet, Verification};
-use crate::store::{DynamoStore, EmbeddedStore, MemoryStore, Spool, Store};
+use crate::store::{DynamoDbSettings, DynamoStore, EmbeddedStore, MemoryStore, Spool, Store};
 use crate::webhook::Webhook;
 use crate::webhook::http::{WebhookState, router as webhook_router};
 
@@ -48,11 +48,21 @@ pub async fn open_store(
             let spool = Spool::open(&ddb.spool_path)
                 .with_context(|| format!("opening the spool {}", ddb.spool_path.display()))?;
             (
-                Arc::new(DynamoStore::connect(ddb).await),
+                Arc::new(dynamo_store(ddb, settings.lease_settings().is_some()).await),
                 Some(Arc::new(spool)),
             )
         }
     })
+}
+
+/// The DynamoDB store as admission uses it. With leases, the lease layer caches what admission
+/// reads (for `read_cache_ms`), so the store keeps no cache of its own: two would add up.
+pub async fn dynamo_store(settings: &DynamoDbSettings, leases: bool) -> DynamoStore {
+    let mut settings = settings.clone();
+    if leases {
+        settings.read_cache_ms = 0;
+    }
+    DynamoStore::connect(&settings).await
 }
 
 pub async fn authenticator(settings: &Settings) -> anyhow::Result<Authenticator> {
@@ -299,6 +309,9 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     // Whatever is still open will not settle before exit: charged now, not left for the next start.
     engine.charge_unsettled(Unsettled::Abandoned).await;
     engine.flush().await;
+    // What this instance's leases hold unused goes back to the fleet (the store being down, it
+    // stays counted until its minute or month is over: less admitted, never more).
+    let _ = tokio::time::timeout(Duration::from_secs(3), engine.hand_back_leases()).await;
     store.flush().await.context("flushing the store")?;
     upkeep.abort();
     tracing::info!("stopped");

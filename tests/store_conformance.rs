@@ -14,9 +14,11 @@ use std::time::Duration;
 use std::path::Path;
 
 use dynamodb_local::{DynamoDbLocal, dynamo_settings, dynamo_store, start_dynamodb_local};
+use futures_util::StreamExt;
 
 use tollgate::engine::{
-    Engine, EngineSettings, ManualClock, ModelCall, SystemClock, Unsettled, UnsettledCharge,
+    Clock, Engine, EngineSettings, LeaseSettings, ManualClock, ModelCall, SystemClock, Unsettled,
+    UnsettledCharge,
 };
 use tollgate::policy::pricing::{PriceSource, PriceUsd};
 use tollgate::policy::{RejectionKind, Team, Tier, Usage};
@@ -24,8 +26,9 @@ use tollgate::store::{
     CounterKey, Debit, DynamoStore, EmbeddedStore, Increment, MemoryStore, Spool, Store,
 };
 
-// 2026-11-21T12:00:10Z
-const NOON_MS: u64 = 1_795_262_410_000;
+// 2036-11-21T12:00:10Z. In the future: DynamoDB Local deletes items whose TTL (`expires_at`)
+// has passed, within about a second, and counters of a past day or minute would vanish mid-test.
+const NOON_MS: u64 = 2_110_881_610_000;
 
 fn key(team: &str, counter: &str) -> CounterKey {
     CounterKey {
@@ -80,6 +83,44 @@ async fn conditional_adds_are_exact_and_refusals_consume_nothing(store: Arc<dyn 
     }
     assert_eq!(applied, 25);
     assert_eq!(store.read_counters(&[&contended]).await.unwrap(), vec![25]);
+}
+
+async fn claims_take_what_fits_and_never_more(store: Arc<dyn Store>) {
+    let k = key("claims", "rpm#1");
+    let claim = |at_least, up_to, limit| {
+        let (store, k) = (store.clone(), k.clone());
+        async move {
+            let c = store
+                .claim_within(&k, at_least, up_to, limit)
+                .await
+                .unwrap();
+            (c.granted, c.value)
+        }
+    };
+    assert_eq!(claim(1, 4, 10).await, (4, 4));
+    assert_eq!(claim(1, 10, 10).await, (6, 10), "what is left, not more");
+    assert_eq!(claim(1, 5, 10).await, (0, 10));
+    assert_eq!(
+        claim(3, 5, 12).await,
+        (0, 10),
+        "less than the minimum: nothing"
+    );
+    assert_eq!(claim(1, 5, 12).await, (2, 12));
+
+    // Concurrent claims share the room exactly.
+    let k = key("claims", "rpm#2");
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let (store, k) = (store.clone(), k.clone());
+            tokio::spawn(async move { store.claim_within(&k, 1, 7, 100).await.unwrap().granted })
+        })
+        .collect();
+    let mut granted = 0;
+    for t in tasks {
+        granted += t.await.unwrap();
+    }
+    assert_eq!(granted, 100);
+    assert_eq!(store.read_counters(&[&k]).await.unwrap(), vec![100]);
 }
 
 async fn debits_add_signed_amounts(store: Arc<dyn Store>) {
@@ -155,10 +196,29 @@ async fn teams_and_prices_round_trip(store: Arc<dyn Store>) {
 // ---- the policy on top of the store
 
 fn engine(store: Arc<dyn Store>) -> (Arc<Engine>, Arc<ManualClock>) {
+    engine_with(store, None)
+}
+
+fn engine_with(
+    store: Arc<dyn Store>,
+    leases: Option<LeaseSettings>,
+) -> (Arc<Engine>, Arc<ManualClock>) {
+    engine_at(store, leases, NOON_MS)
+}
+
+fn engine_at(
+    store: Arc<dyn Store>,
+    leases: Option<LeaseSettings>,
+    now_ms: u64,
+) -> (Arc<Engine>, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock::default());
-    clock.0.store(NOON_MS, Ordering::Relaxed);
+    clock.0.store(now_ms, Ordering::Relaxed);
+    let settings = EngineSettings {
+        leases,
+        ..settings()
+    };
     (
-        Arc::new(Engine::new(store, None, settings(), clock.clone())),
+        Arc::new(Engine::new(store, None, settings, clock.clone())),
         clock,
     )
 }
@@ -200,10 +260,15 @@ fn call() -> Option<ModelCall<'static>> {
     })
 }
 
-async fn policy_holds(store: Arc<dyn Store>) {
-    let (engine, clock) = engine(store);
+const LEASES: Option<LeaseSettings> = Some(LeaseSettings {
+    read_ttl: Duration::from_secs(1),
+});
+
+async fn policy_holds(store: Arc<dyn Store>, leases: Option<LeaseSettings>) {
+    let suffix = if leases.is_some() { "-leased" } else { "" };
+    let (engine, clock) = engine_with(store, leases);
     // RPM: exactly the limit under concurrency; refusals leave no trace a minute later.
-    let t = Arc::new(team("p", 20, 1_000_000, 1000.0));
+    let t = Arc::new(team(&format!("p{suffix}"), 20, 1_000_000, 1000.0));
     let tasks: Vec<_> = (0..50)
         .map(|_| {
             let (engine, t) = (engine.clone(), t.clone());
@@ -218,9 +283,10 @@ async fn policy_holds(store: Arc<dyn Store>) {
     clock.0.fetch_add(120_000, Ordering::Relaxed);
 
     // Daily tokens and the monthly budget are debited with actual usage, then enforced.
-    let t = team("q", 1000, 100, 0.1);
+    let t = team(&format!("q{suffix}"), 1000, 100, 0.1);
     for id in ["q1", "q2"] {
-        let ticket = engine.admit(&t, call(), Some(id)).await.unwrap();
+        let id = format!("{id}{suffix}");
+        let ticket = engine.admit(&t, call(), Some(&id)).await.unwrap();
         engine
             .settle(
                 ticket,
@@ -234,7 +300,11 @@ async fn policy_holds(store: Arc<dyn Store>) {
             .await;
     }
     engine.flush().await;
+    // Both limits refuse a model call: the budget, which lasts longer, is named.
     let r = engine.admit(&t, call(), None).await.unwrap_err();
+    assert_eq!(r.kind, RejectionKind::MonthlyBudgetExceeded);
+    // A request that is not a model call hears about the day's tokens.
+    let r = engine.admit(&t, None, None).await.unwrap_err();
     assert_eq!(r.kind, RejectionKind::DailyTokensExceeded);
     assert_eq!(
         r.reason,
@@ -254,7 +324,9 @@ async fn suite(store: Arc<dyn Store>) {
     conditional_adds_are_exact_and_refusals_consume_nothing(store.clone()).await;
     debits_add_signed_amounts(store.clone()).await;
     teams_and_prices_round_trip(store.clone()).await;
-    policy_holds(store).await;
+    claims_take_what_fits_and_never_more(store.clone()).await;
+    policy_holds(store.clone(), None).await;
+    policy_holds(store, LEASES).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -314,6 +386,71 @@ async fn dynamodb_two_instances_share_limits_and_replays_apply_once() {
     a.apply_debits(std::slice::from_ref(&debit)).await.unwrap();
     b.apply_debits(std::slice::from_ref(&debit)).await.unwrap();
     assert_eq!(a.read_counters(&[&tokens]).await.unwrap(), vec![7]);
+}
+
+/// `total` admissions for `t`, `in_flight` at a time, alternating between `engines`:
+/// (admitted, refused for RPM, refused otherwise).
+async fn fleet_burst(
+    engines: &[Arc<Engine>],
+    t: &Arc<Team>,
+    total: usize,
+    in_flight: usize,
+) -> (usize, usize, Vec<String>) {
+    let outcomes: Vec<_> = futures_util::stream::iter(0..total)
+        .map(|i| {
+            let (engine, t) = (engines[i % engines.len()].clone(), t.clone());
+            async move { engine.admit(&t, None, None).await }
+        })
+        .buffer_unordered(in_flight)
+        .collect()
+        .await;
+    let mut counts = (0, 0, Vec::new());
+    for outcome in outcomes {
+        match outcome {
+            Ok(_) => counts.0 += 1,
+            Err(r) if r.kind == RejectionKind::RpmExceeded => counts.1 += 1,
+            Err(r) => counts.2.push(r.reason),
+        }
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dynamodb_fleet_with_leases_is_exact_under_bursts() {
+    let local = start_dynamodb_local().await;
+    let table: Arc<DynamoStore> = Arc::new(dynamo_store(&local, "leases").await);
+    // Now, not a date in the past: DynamoDB Local deletes items whose TTL has passed.
+    let now_ms = SystemClock.now_ms();
+    let engines: Vec<Arc<Engine>> = (0..2)
+        .map(|_| engine_at(table.clone(), LEASES, now_ms).0)
+        .collect();
+    let rpm_bucket = |team: &str| key(team, &format!("rpm#{}", now_ms / 60_000));
+
+    for (team_id, rpm, total) in [("burst-100", 100, 300), ("burst-1000", 1000, 3000)] {
+        let t = Arc::new(team(team_id, rpm, 1_000_000_000, 1_000_000.0));
+        let calls = table.calls();
+        let (admitted, refused, failed) = fleet_burst(&engines, &t, total, 64).await;
+        let calls = table.calls() - calls;
+        println!("{team_id}: {total} requests, {calls} DynamoDB calls");
+        assert_eq!(
+            (admitted, refused, failed.len()),
+            (rpm as usize, total - rpm as usize, 0),
+            "{team_id}: {failed:?}"
+        );
+        // Far fewer calls than requests: claims and reads shared by whole bursts.
+        assert!(
+            calls < total as u64 / 4,
+            "{team_id}: {calls} DynamoDB calls"
+        );
+        for e in &engines {
+            e.hand_back_leases().await;
+        }
+        assert_eq!(
+            table.read_counters(&[&rpm_bucket(team_id)]).await.unwrap(),
+            vec![rpm],
+            "{team_id}: every unused unit handed back"
+        );
+    }
 }
 
 #[tokio::test]

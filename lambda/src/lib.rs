@@ -17,7 +17,7 @@ use tollgate::admin::http::AdminState;
 use tollgate::config::{LogFormat, Settings, StoreBackend};
 use tollgate::engine::{Engine, SystemClock};
 use tollgate::identity::Authenticator;
-use tollgate::store::{DynamoStore, StoreError};
+use tollgate::store::StoreError;
 
 pub struct Boot {
     pub settings: Settings,
@@ -43,11 +43,20 @@ pub async fn boot_with(settings: Settings) -> anyhow::Result<Boot> {
     }
     // No spool: these functions never queue debits. The usage recorder writes its own and fails
     // its event when it cannot, so that Lambda retries it.
-    let store = Arc::new(DynamoStore::connect(&settings.store.dynamodb).await);
+    // Per request unless configured otherwise: a frozen or reaped function instance could not
+    // hand back what its leases hold.
+    let mut engine_settings = settings.engine_settings()?;
+    if settings.store.dynamodb.admission.is_none() {
+        engine_settings.leases = None;
+    }
+    let store = Arc::new(
+        tollgate::server::dynamo_store(&settings.store.dynamodb, engine_settings.leases.is_some())
+            .await,
+    );
     let engine = Arc::new(Engine::new(
         store,
         None,
-        settings.engine_settings()?,
+        engine_settings,
         Arc::new(SystemClock),
     ));
     let auth = Arc::new(

@@ -2,6 +2,10 @@
 //! short while: an outage then costs each request nothing but the fail-mode decision, instead of
 //! a timeout per call that would push Envoy past its ext_proc message timeout. Once the pause is
 //! over the next request tries the store again (half-open) and closes the breaker if it answers.
+//!
+//! An admission that runs out of time only opens it when the store answered nothing meanwhile:
+//! if other calls were answered, that admission waited behind a burst, and opening the breaker
+//! would refuse every other request with it (one slow moment becoming an outage).
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -9,6 +13,8 @@ use std::time::{Duration, Instant};
 pub struct Breaker {
     /// Until when the store is not called; `None` when closed.
     open_until: Mutex<Option<Instant>>,
+    /// When the store last answered.
+    answered_at: Mutex<Option<Instant>>,
     pause: Duration,
 }
 
@@ -16,6 +22,7 @@ impl Breaker {
     pub fn new(pause: Duration) -> Self {
         Self {
             open_until: Mutex::new(None),
+            answered_at: Mutex::new(None),
             pause,
         }
     }
@@ -41,7 +48,16 @@ impl Breaker {
         metrics::gauge!("tollgate_store_up").set(0.0);
     }
 
+    /// Whether the store answered a call since `since`.
+    pub fn answered_since(&self, since: Instant) -> bool {
+        self.answered_at
+            .lock()
+            .unwrap()
+            .is_some_and(|at| at >= since)
+    }
+
     pub fn succeeded(&self) {
+        *self.answered_at.lock().unwrap() = Some(Instant::now());
         if self.open_until.lock().unwrap().take().is_some() {
             tracing::info!("store answering again");
         }
@@ -65,5 +81,15 @@ mod tests {
         assert!(!b.allows());
         b.succeeded();
         assert!(b.allows());
+    }
+
+    #[test]
+    fn knows_whether_the_store_answered_since_a_moment() {
+        let b = Breaker::new(Duration::from_millis(50));
+        let before = Instant::now();
+        assert!(!b.answered_since(before));
+        b.succeeded();
+        assert!(b.answered_since(before));
+        assert!(!b.answered_since(Instant::now() + Duration::from_millis(1)));
     }
 }

@@ -2,8 +2,10 @@
 //! for a decision, and records usage and spend after the response. Wire adapters call only this.
 
 mod breaker;
+pub mod lease;
 mod ledger;
 mod prices;
+mod single_flight;
 mod teams;
 
 use std::collections::HashSet;
@@ -14,6 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 pub use breaker::Breaker;
+pub use lease::{LeaseSettings, Leases};
 pub use ledger::Ledger;
 pub use prices::PriceBook;
 pub use teams::TeamDirectory;
@@ -127,6 +130,9 @@ pub struct EngineSettings {
     pub configured_teams: Vec<Team>,
     /// Which endpoints are metered, free or refused: asked by every adapter.
     pub endpoints: Endpoints,
+    /// Admit from quota leases on the store's counters (see [`lease`]); `None`: one conditional
+    /// update per request.
+    pub leases: Option<LeaseSettings>,
 }
 
 impl Default for EngineSettings {
@@ -142,6 +148,7 @@ impl Default for EngineSettings {
             admission_deadline: Duration::from_millis(500),
             configured_teams: Vec::new(),
             endpoints: Endpoints::builtin(),
+            leases: None,
         }
     }
 }
@@ -275,7 +282,9 @@ impl From<Rejection> for Failure {
 }
 
 pub struct Engine {
+    /// The store, behind the lease layer when there is one.
     store: Arc<dyn Store>,
+    leases: Option<Arc<Leases>>,
     /// Per-instance counters that decide admission while the store is down and the fail mode is
     /// open, so an outage is not unlimited spend.
     fallback: MemoryStore,
@@ -305,12 +314,26 @@ impl Engine {
         clock: Arc<dyn Clock>,
     ) -> Self {
         let breaker = Arc::new(Breaker::new(STORE_PAUSE_AFTER_FAILURE));
+        // The journal lives with the store itself (or the spool), never behind the lease layer.
         let journal = match &spool {
             Some(spool) => Some(spool.journal()),
             None => store.journal(),
         };
+        let (store, leases) = match settings.leases {
+            Some(lease_settings) => {
+                let leases = Arc::new(Leases::new(
+                    store,
+                    lease_settings,
+                    breaker.clone(),
+                    clock.clone(),
+                ));
+                (leases.clone() as Arc<dyn Store>, Some(leases))
+            }
+            None => (store, None),
+        };
         Self {
             journal,
+            leases,
             teams: TeamDirectory::new(
                 store.clone(),
                 settings.cache_ttl,
@@ -427,36 +450,53 @@ impl Engine {
         let started = std::time::Instant::now();
         let now_ms = self.clock.now_ms();
         let request_id = self.debit_id(request_id);
-        let store_called = self.breaker.allows();
-        let attempt = if store_called {
+        // Leases gate their own store calls on the breaker and report the outcomes to it: a
+        // request a slice covers is admitted whatever the store's state.
+        let leased = self.leases.is_some();
+        let store_called = leased || self.breaker.allows();
+        let (attempt, timed_out) = if store_called {
             let primary = self.admit_at(self.store.as_ref(), team, call, now_ms, &request_id);
             match tokio::time::timeout(self.settings.admission_deadline, primary).await {
-                Ok(outcome) => outcome,
-                Err(_) => Err(Failure::Store(StoreError::Unavailable(format!(
-                    "admission took longer than {:?}",
-                    self.settings.admission_deadline
-                )))),
+                Ok(outcome) => (outcome, false),
+                Err(_) => (
+                    Err(Failure::Store(StoreError::Unavailable(format!(
+                        "no answer within the admission deadline ({:?})",
+                        self.settings.admission_deadline
+                    )))),
+                    true,
+                ),
             }
         } else {
-            Err(Failure::Store(StoreError::Unavailable(
-                "not called: failing recently".into(),
-            )))
+            (Err(Failure::Store(StoreError::Paused)), false)
         };
         let outcome = match attempt {
             Ok(ticket) => {
-                self.breaker.succeeded();
+                if !leased {
+                    self.breaker.succeeded();
+                }
                 Ok(ticket)
             }
             Err(Failure::Refused(rejection)) => {
-                self.breaker.succeeded();
+                if !leased {
+                    self.breaker.succeeded();
+                }
                 Err(rejection)
             }
             Err(Failure::Store(error)) => {
-                let unavailable = if store_called {
-                    self.breaker.failed();
-                    self.store_failure("admit", &error)
-                } else {
+                let unavailable = if matches!(error, StoreError::Paused) {
                     Rejection::new(RejectionKind::Unavailable, "rate-limit store unavailable")
+                } else {
+                    // Out of time with other calls answered meanwhile, this request waited behind
+                    // a burst: it alone is refused; opening the breaker would refuse the rest.
+                    let store_down = if timed_out {
+                        !self.breaker.answered_since(started)
+                    } else {
+                        !leased
+                    };
+                    if store_down {
+                        self.breaker.failed();
+                    }
+                    self.store_failure("admit", &error)
                 };
                 if self.settings.fail_modes.admits(call.is_some()) {
                     metrics::counter!("tollgate_fail_open_total").increment(1);
@@ -983,6 +1023,20 @@ impl Engine {
     /// Waits until every queued debit is applied and the store has made it durable.
     pub async fn flush(&self) {
         self.ledger.flush().await;
+    }
+
+    /// The lease layer, when admission uses leases.
+    pub fn leases(&self) -> Option<&Leases> {
+        self.leases.as_deref()
+    }
+
+    /// Hands back what this instance's leases hold unused (at shutdown): the rest of the fleet
+    /// can admit it.
+    pub async fn hand_back_leases(&self) {
+        if let Some(leases) = &self.leases {
+            let units = leases.hand_back_all().await;
+            tracing::info!(units, "unused lease units handed back");
+        }
     }
 
     /// The id of an admitted call's debit: the request id, made this admission's own. A client

@@ -1,18 +1,22 @@
 //! Prices in force: built-in and configured prices with the admin API's prices (from the store)
 //! on top. After the cache TTL the admin prices are re-read in the background, so the request
 //! path never waits on the store for them; an admin change on this instance (which invalidates
-//! the table) is read before the next request is priced.
+//! the table) is read before the next request is priced, once for all the requests waiting on it.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use super::single_flight::SingleFlight;
 use crate::policy::pricing::{PriceSource, PriceTable};
 use crate::store::Store;
 
 pub struct PriceBook {
     shared: Arc<Shared>,
     ttl: Duration,
+    /// Reloads by invalidation: one after an admin change never joins one started before it.
+    loading: SingleFlight<u64, Option<Arc<PriceTable>>>,
+    invalidations: AtomicU64,
 }
 
 struct Shared {
@@ -33,13 +37,22 @@ impl PriceBook {
                 refreshing: AtomicBool::new(false),
             }),
             ttl,
+            loading: SingleFlight::default(),
+            invalidations: AtomicU64::new(0),
         }
     }
 
     pub async fn table(&self) -> Arc<PriceTable> {
         let (loaded_at, table) = self.shared.current.read().unwrap().clone();
         match loaded_at {
-            None => self.shared.reload().await.unwrap_or(table),
+            None => {
+                let shared = self.shared.clone();
+                let generation = self.invalidations.load(Ordering::Acquire);
+                self.loading
+                    .run(generation, || async move { shared.reload().await })
+                    .await
+                    .unwrap_or(table)
+            }
             Some(at) if at.elapsed() >= self.ttl => {
                 if !self.shared.refreshing.swap(true, Ordering::AcqRel) {
                     let shared = self.shared.clone();
@@ -55,6 +68,7 @@ impl PriceBook {
     }
 
     pub fn invalidate(&self) {
+        self.invalidations.fetch_add(1, Ordering::AcqRel);
         self.shared.current.write().unwrap().0 = None;
     }
 }

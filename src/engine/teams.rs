@@ -1,14 +1,18 @@
 //! Team lookups with a short-lived cache, so the request path rarely touches the store for
 //! them. An expired entry is served while it is re-read in the background, so a team changed in
 //! the store is seen by every instance within about the cache TTL and a slow store does not slow
-//! requests down. When the store fails, cached entries are served, and teams declared in the
-//! configuration are known even if they were never looked up before the outage.
+//! requests down. A team not in the cache is looked up once however many of its requests arrive
+//! together (single flight): the first burst from a new team is one store call, not one each.
+//! When the store fails, cached entries are served, and teams declared in the configuration are
+//! known even if they were never looked up before the outage.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use super::Breaker;
+use super::single_flight::SingleFlight;
 use crate::policy::Team;
 use crate::store::{Store, StoreError, StoreResult};
 
@@ -22,6 +26,10 @@ pub struct TeamDirectory {
     breaker: Arc<Breaker>,
     ttl: Duration,
     cache: Arc<RwLock<HashMap<String, Entry>>>,
+    /// Lookups in flight, by invalidation and key: one after an admin change never joins one
+    /// started before it.
+    loading: SingleFlight<(u64, String), StoreResult<Option<Arc<Team>>>>,
+    invalidations: AtomicU64,
     /// Teams from the configuration file: the answer of last resort during an outage.
     configured: Vec<Arc<Team>>,
 }
@@ -67,12 +75,15 @@ impl TeamDirectory {
             breaker,
             ttl,
             cache: Arc::new(RwLock::new(HashMap::new())),
+            loading: SingleFlight::default(),
+            invalidations: AtomicU64::new(0),
             configured: configured.into_iter().map(Arc::new).collect(),
         }
     }
 
     /// Forgets every cached lookup.
     pub fn invalidate(&self) {
+        self.invalidations.fetch_add(1, Ordering::AcqRel);
         self.cache.write().unwrap().clear();
     }
 
@@ -110,7 +121,13 @@ impl TeamDirectory {
             return Ok(team);
         }
         let loaded = if self.breaker.allows() {
-            lookup.load(self.store.as_ref()).await
+            let (store, lookup) = (self.store.clone(), lookup.clone());
+            let generation = self.invalidations.load(Ordering::Acquire);
+            self.loading
+                .run((generation, key.clone()), || async move {
+                    Ok(lookup.load(store.as_ref()).await?.map(Arc::new))
+                })
+                .await
         } else {
             Err(StoreError::Unavailable(
                 "not called: failing recently".into(),
@@ -118,7 +135,6 @@ impl TeamDirectory {
         };
         match loaded {
             Ok(team) => {
-                let team = team.map(Arc::new);
                 self.remember(&key, team.clone());
                 Ok(team)
             }

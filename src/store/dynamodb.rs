@@ -9,13 +9,17 @@
 //! | admin price | `prices` | `<model>` | `doc` (S, JSON) |
 //! | applied debit | `debit#<request id>` | `debit` | `expires_at` (N, TTL) |
 //!
-//! Admission costs one call: the conditional `UpdateItem` on the current minute's RPM bucket
-//! (`ADD` under a `ConditionExpression`, so a refusal writes nothing, with the current value
-//! returned either way). The other counters admission looks at come from a read cache:
-//! the previous minute's bucket is final once that minute is over and is cached until it expires;
-//! token and spend counters are cached for `read_cache_ms` and updated with this instance's own
-//! debits at once, so only other instances' debits can be that stale. When the table cannot be
-//! read, cached values are served while they are under `STALE_LIMIT` old.
+//! Admission per request (`admission = "per_request"`, the Lambda functions' default) costs one
+//! call: the conditional `UpdateItem` on the current minute's RPM bucket (`ADD` under a
+//! `ConditionExpression`, so a refusal writes nothing, with the current value returned either
+//! way). With quota leases (`admission = "leases"`, the sidecar's default) the same conditional
+//! update claims a slice of the room left at once ([`Store::claim_within`]) and the engine's lease
+//! layer admits from it (see `engine::lease`). The other counters admission looks at come from a
+//! read cache: the previous minute's bucket is final a few seconds after that minute is over
+//! ([`BUCKET_SETTLES_MS`]: late claims and returned slices land first) and is cached until it
+//! expires; token and spend counters are cached for `read_cache_ms` and updated with this
+//! instance's own debits at once, so only other instances' debits can be that stale. When the
+//! table cannot be read, cached values are served while they are under `STALE_LIMIT` old.
 //!
 //! Debits are one `TransactWriteItems` each: the `ADD`s plus a marker item that must not exist yet,
 //! so a debit replayed from the spool is applied exactly once.
@@ -36,7 +40,9 @@ use aws_sdk_dynamodb::types::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{CounterKey, Debit, Increment, Store, StoreError, StoreResult};
+use super::{
+    BUCKET_SETTLES_MS, Claim, CounterKey, Debit, Increment, Store, StoreError, StoreResult,
+};
 use crate::policy::Team;
 use crate::policy::pricing::PriceUsd;
 use crate::policy::rate::BUCKET_MS;
@@ -54,6 +60,23 @@ const DEBIT_TIMEOUT: Duration = Duration::from_secs(2);
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
 /// BatchGetItem takes at most 100 keys.
 const BATCH_GET_MAX: usize = 100;
+/// Deadline of a lease's claim. Claims run apart from any request (waiting admissions give up at
+/// their own deadline), so this only bounds how long until a failure is known; a claim that timed
+/// out may still have been applied, and its slice is then lost to the fleet until the bucket
+/// ends, so it is longer than `timeout_ms`.
+const CLAIM_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How admission uses DynamoDB.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Admission {
+    /// Claim slices of each counter's room and admit from them locally; one conditional update per
+    /// request near a limit. For long-running instances (the sidecar).
+    Leases,
+    /// One conditional update per request. For short-lived instances (Lambda), which cannot hand
+    /// back what they hold when they are frozen or reaped.
+    PerRequest,
+}
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -69,6 +92,9 @@ pub struct DynamoDbSettings {
     pub read_cache_ms: u64,
     /// Durable local queue of debits DynamoDB could not take yet (replayed when it is back).
     pub spool_path: std::path::PathBuf,
+    /// `leases` or `per_request`; unset: leases in the sidecar, per request in Lambda.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admission: Option<Admission>,
 }
 
 impl Default for DynamoDbSettings {
@@ -80,6 +106,7 @@ impl Default for DynamoDbSettings {
             timeout_ms: 300,
             read_cache_ms: 1000,
             spool_path: "tollgate-spool.redb".into(),
+            admission: None,
         }
     }
 }
@@ -153,12 +180,10 @@ fn timeout_override(deadline: Duration) -> aws_sdk_dynamodb::config::Builder {
     )
 }
 
-/// A finished minute's request bucket never changes again.
+/// A finished minute's request bucket no longer changes once late claims and returns have landed.
 fn is_final(key: &CounterKey, now_ms: u64) -> bool {
-    key.counter
-        .strip_prefix("rpm#")
-        .and_then(|m| m.parse::<u64>().ok())
-        .is_some_and(|minute| minute < now_ms / BUCKET_MS)
+    key.rpm_minute()
+        .is_some_and(|minute| (minute + 1) * BUCKET_MS + BUCKET_SETTLES_MS <= now_ms)
 }
 
 impl DynamoStore {
@@ -323,6 +348,63 @@ impl DynamoStore {
             }
         }
         Ok(found)
+    }
+
+    /// `ADD amount` if the counter then stays at most `limit`; `deadline` replaces `timeout_ms`.
+    async fn conditional_add(
+        &self,
+        key: &CounterKey,
+        amount: u64,
+        limit: u64,
+        deadline: Option<Duration>,
+    ) -> StoreResult<Increment> {
+        if amount > limit {
+            let current = self.read_counters(&[key]).await?[0];
+            return Ok(Increment::Refused(current));
+        }
+        self.count("UpdateItem");
+        let request = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(counter_item_key(key)))
+            .update_expression("ADD v :amount SET expires_at = if_not_exists(expires_at, :expires)")
+            .condition_expression("attribute_not_exists(v) OR v <= :max")
+            .expression_attribute_values(":amount", n(amount))
+            .expression_attribute_values(":expires", n(key.expires_at))
+            .expression_attribute_values(":max", n(limit - amount))
+            .return_values(ReturnValue::UpdatedNew)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        let outcome = match deadline {
+            Some(deadline) => {
+                request
+                    .customize()
+                    .config_override(timeout_override(deadline))
+                    .send()
+                    .await
+            }
+            None => request.send().await,
+        };
+        match outcome {
+            Ok(out) => {
+                let value = out.attributes().map_or(amount, |a| number(a, "v"));
+                self.remember(key, value);
+                Ok(Increment::Applied(value))
+            }
+            Err(SdkError::ServiceError(e))
+                if matches!(e.err(), UpdateItemError::ConditionalCheckFailedException(_)) =>
+            {
+                let value = match e.err() {
+                    UpdateItemError::ConditionalCheckFailedException(c) => {
+                        c.item().map_or(limit, |i| number(i, "v"))
+                    }
+                    _ => limit,
+                };
+                self.remember(key, value);
+                Ok(Increment::Refused(value))
+            }
+            Err(e) => Err(unavailable("UpdateItem", e)),
+        }
     }
 
     /// Applies debits in one transaction: a marker per debit (which must not exist yet) and one
@@ -575,45 +657,20 @@ impl Store for DynamoStore {
         amount: u64,
         limit: u64,
     ) -> StoreResult<Increment> {
-        if amount > limit {
-            let current = self.read_counters(&[key]).await?[0];
-            return Ok(Increment::Refused(current));
-        }
-        self.count("UpdateItem");
-        let outcome = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(counter_item_key(key)))
-            .update_expression("ADD v :amount SET expires_at = if_not_exists(expires_at, :expires)")
-            .condition_expression("attribute_not_exists(v) OR v <= :max")
-            .expression_attribute_values(":amount", n(amount))
-            .expression_attribute_values(":expires", n(key.expires_at))
-            .expression_attribute_values(":max", n(limit - amount))
-            .return_values(ReturnValue::UpdatedNew)
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-            .send()
-            .await;
-        match outcome {
-            Ok(out) => {
-                let value = out.attributes().map_or(amount, |a| number(a, "v"));
-                self.remember(key, value);
-                Ok(Increment::Applied(value))
-            }
-            Err(SdkError::ServiceError(e))
-                if matches!(e.err(), UpdateItemError::ConditionalCheckFailedException(_)) =>
-            {
-                let value = match e.err() {
-                    UpdateItemError::ConditionalCheckFailedException(c) => {
-                        c.item().map_or(limit, |i| number(i, "v"))
-                    }
-                    _ => limit,
-                };
-                self.remember(key, value);
-                Ok(Increment::Refused(value))
-            }
-            Err(e) => Err(unavailable("UpdateItem", e)),
-        }
+        self.conditional_add(key, amount, limit, None).await
+    }
+
+    async fn claim_within(
+        &self,
+        key: &CounterKey,
+        at_least: u64,
+        up_to: u64,
+        limit: u64,
+    ) -> StoreResult<Claim> {
+        super::claim_by_adding(at_least, up_to, limit, |amount| {
+            self.conditional_add(key, amount, limit, Some(CLAIM_TIMEOUT))
+        })
+        .await
     }
 
     async fn apply_debits(&self, debits: &[Debit]) -> StoreResult<()> {

@@ -23,7 +23,7 @@ use super::journal::{
     Committed, GroupCommit, Journal, KeepsJournal, OpenCalls, run_group_commits, write_changes,
 };
 use super::memory::{Counter, MemoryStore};
-use super::{CounterKey, Debit, Increment, Store, StoreError, StoreResult};
+use super::{Claim, CounterKey, Debit, Increment, Store, StoreError, StoreResult};
 use crate::policy::Team;
 use crate::policy::pricing::PriceUsd;
 
@@ -262,6 +262,23 @@ impl Store for EmbeddedStore {
         Ok(outcome)
     }
 
+    async fn claim_within(
+        &self,
+        key: &CounterKey,
+        at_least: u64,
+        up_to: u64,
+        limit: u64,
+    ) -> StoreResult<Claim> {
+        let claim = self
+            .inner
+            .live
+            .claim_within_now(key, at_least, up_to, limit);
+        if claim.granted > 0 {
+            self.inner.mark_dirty([key.id()]);
+        }
+        Ok(claim)
+    }
+
     /// Each debit also settles the journaled call with its id, in the same commit.
     async fn apply_debits(&self, debits: &[Debit]) -> StoreResult<()> {
         let generation = {
@@ -384,8 +401,7 @@ mod tests {
             store.flush().await.unwrap();
         }
         // The flusher holds only a weak reference: once the store is dropped the file is free.
-        tokio::time::sleep(FLUSH_INTERVAL * 2).await;
-        let store = EmbeddedStore::open(&path).unwrap();
+        let store = crate::store::reopen_when_released(|| EmbeddedStore::open(&path)).await;
         let values = store
             .read_counters(&[&key("tokens#d"), &key("rpm#1"), &key("absent")])
             .await
@@ -413,8 +429,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        tokio::time::sleep(FLUSH_INTERVAL * 2).await;
-        let store = EmbeddedStore::open(&path).unwrap();
+        let store = crate::store::reopen_when_released(|| EmbeddedStore::open(&path)).await;
         assert_eq!(store.read_counters(&[&old]).await.unwrap(), vec![0]);
     }
 }

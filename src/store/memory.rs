@@ -6,7 +6,7 @@ use std::sync::{Mutex, RwLock};
 
 use async_trait::async_trait;
 
-use super::{CounterKey, Debit, Increment, Store, StoreResult};
+use super::{Claim, CounterKey, Debit, Increment, Store, StoreResult};
 use crate::policy::Team;
 use crate::policy::pricing::PriceUsd;
 
@@ -86,6 +86,27 @@ impl MemoryStore {
         }
     }
 
+    pub(super) fn claim_within_now(
+        &self,
+        key: &CounterKey,
+        at_least: u64,
+        up_to: u64,
+        limit: u64,
+    ) -> Claim {
+        let mut counters = self.counters.lock().unwrap();
+        let counter = counters.entry(key.id()).or_insert(Counter {
+            value: 0,
+            expires_at: key.expires_at,
+        });
+        let fits = limit.saturating_sub(counter.value).min(up_to);
+        let granted = if fits >= at_least.max(1) { fits } else { 0 };
+        counter.value += granted;
+        Claim {
+            granted,
+            value: counter.value,
+        }
+    }
+
     pub(super) fn apply_debit_now(&self, debit: &Debit) {
         let mut counters = self.counters.lock().unwrap();
         for (key, amount) in &debit.amounts {
@@ -116,6 +137,16 @@ impl Store for MemoryStore {
         limit: u64,
     ) -> StoreResult<Increment> {
         Ok(self.add_within_now(key, amount, limit))
+    }
+
+    async fn claim_within(
+        &self,
+        key: &CounterKey,
+        at_least: u64,
+        up_to: u64,
+        limit: u64,
+    ) -> StoreResult<Claim> {
+        Ok(self.claim_within_now(key, at_least, up_to, limit))
     }
 
     async fn apply_debits(&self, debits: &[Debit]) -> StoreResult<()> {

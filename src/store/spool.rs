@@ -253,8 +253,7 @@ mod tests {
             spool.remove(vec![first[0].0]).await.unwrap();
         }
         // The journal's committer lets go of the file at its next turn.
-        tokio::time::sleep(JOURNAL_COMMIT_INTERVAL * 2).await;
-        let spool = Spool::open(&path).unwrap();
+        let spool = crate::store::reopen_when_released(|| Spool::open(&path)).await;
         assert_eq!(spool.pending(), 2);
         let rest: Vec<String> = spool
             .oldest(10)
@@ -302,8 +301,7 @@ mod tests {
             spool.settle(["a", "b"]);
             journal.flush().await.unwrap();
         }
-        tokio::time::sleep(JOURNAL_COMMIT_INTERVAL * 2).await;
-        let spool = Spool::open(&path).unwrap();
+        let spool = crate::store::reopen_when_released(|| Spool::open(&path)).await;
         let mut left: Vec<String> = spool
             .journal()
             .claim_all()

@@ -64,7 +64,12 @@ CLOSED_TEAMS = [
     _team("ddb-rpm", rpm=25),
     _team("ddb-debits"),
     _team("ddb-ttl"),
-    _team("ddb-outage"),
+    # A limit this small is claimed per request (no lease slices near a limit), so no slice covers
+    # a request during the outage: every one must meet the fail mode.
+    _team("ddb-outage", rpm=10),
+    _team("ddb-burst", rpm=100),
+    _team("ddb-burst-1000", rpm=1000),
+    _team("ddb-midburst", rpm=600),
 ]
 OPEN_TEAMS = [
     _team("ddbo-warm", rpm=100_000),
@@ -509,6 +514,144 @@ def test_admin_api_on_the_shared_table(closed_fleet, ddb, marker):
     assert r.status_code == 429, f"rpm 2 fleet-wide: {r.status_code} {r.text}"
     b.wait_spend(team.id, 0.02)  # 10 tokens at $2000 per million
     assert ddb.value(TABLE_CLOSED, f"team#{team.id}", f"spend#{utc_month()}") == 20_000
+
+
+def burst(stacks, token: str, n: int, in_flight: int, marker: str, usage: str = ZERO) -> list[tuple[str, int, str]]:
+    """`n` chat calls, `in_flight` at a time (the first ones released together), alternating
+    between the instances: (instance, status, body)."""
+    barrier = threading.Barrier(in_flight)
+
+    def one(i):
+        s = stacks[i % len(stacks)]
+        if i < in_flight:
+            barrier.wait(30)
+        r = s.chat(token, model=MODEL, marker=marker, usage=usage)
+        return s.name, r.status_code, r.text
+
+    with ThreadPoolExecutor(in_flight) as ex:
+        return list(ex.map(one, range(n)))
+
+
+def exact_burst(closed_fleet, ddb, team: str, rpm: int, n: int, marker: str) -> None:
+    """A burst of `n` requests, 64 in flight, for a team with `rpm` through both instances: exactly
+    `rpm` admitted, the rest refused with 429, no 5xx; once the instances hand back what their leases
+    did not use, the table's RPM bucket holds exactly `rpm`."""
+    a, b = closed_fleet
+    tok = a.token(team)
+    avoid_minute_boundary(40)
+    prime_team_cache((a, b), tok, marker)
+    minute = int(time.time() // 60)
+    started = time.time()
+    results = burst((a, b), tok, n, 64, marker)
+    took = time.time() - started
+    assert int(time.time() // 60) == minute, "the burst crossed a minute boundary"
+    statuses = Counter(st for _, st, _ in results)
+    by_instance = Counter((name, st) for name, st, _ in results)
+    errors = [(name, st, text[:200]) for name, st, text in results if st >= 500][:3]
+    assert statuses == Counter({200: rpm, 429: n - rpm}), (
+        f"{statuses}; by instance {dict(by_instance)}; e.g. {errors}; "
+        f"table rpm#{minute} = {ddb.value(TABLE_CLOSED, f'team#{team}', f'rpm#{minute}')}"
+    )
+    assert len(a.upstream_requests(marker)) + len(b.upstream_requests(marker)) == rpm
+    # What the instances' leases held unused is handed back when idle (a few seconds).
+    wait_until(lambda: ddb.value(TABLE_CLOSED, f"team#{team}", f"rpm#{minute}") == rpm, 15, interval=0.5,
+               what=f"the rpm#{minute} bucket of {team} back at {rpm}")
+    print(f"\n{n} requests for rpm={rpm}, 64 in flight, 2 instances: {dict(statuses)} in {took:.1f}s")
+
+
+def test_a_burst_at_64_in_flight_admits_exactly_the_rpm(closed_fleet, ddb, marker):
+    """2 instances, 300 requests at 64 in flight, RPM 100: exactly 100 admitted, 200 x 429, zero
+    5xx. Must hold on a busy machine (a build competing for the cores): leases keep the burst off
+    DynamoDB except for a few shared claims, and a request that waits past its deadline is refused
+    alone instead of opening the breaker for every other one."""
+    exact_burst(closed_fleet, ddb, "ddb-burst", 100, 300, marker)
+
+
+def test_a_burst_of_3000_for_rpm_1000_is_exact(closed_fleet, ddb, marker):
+    exact_burst(closed_fleet, ddb, "ddb-burst-1000", 1000, 3000, marker)
+
+
+def test_dynamodb_stopped_mid_burst(closed_fleet, ddb, marker):
+    """Steady traffic through both instances of the fail-closed fleet while DynamoDB Local stops and
+    comes back, then a burst past the limit. During the outage a request is admitted only from what
+    a lease already holds (counted in the table before the outage), every other one is refused with
+    503 (fail closed), and none times out at Envoy; after recovery the fleet admits up to the RPM
+    limit and no further, and every admitted request's usage is in the table exactly once."""
+    a, b = closed_fleet
+    stacks = (a, b)
+    team, rpm = "ddb-midburst", 600
+    tok = a.token(team)
+    counter = itertools.count()
+    lock = threading.Lock()
+    done: list[tuple[str, int, int, float, str]] = []  # (instance, status, tokens, finished at, body)
+    stop = threading.Event()
+
+    def loader():
+        while not stop.is_set():
+            i = next(counter)
+            s = stacks[i % 2]
+            p, q = i % 7 + 1, i % 5 + 2
+            try:
+                r = call(s, tok, i, p, q, marker)
+                status, text = r.status_code, r.text[:200]
+            except Exception as e:  # noqa: BLE001
+                status, text = -1, repr(e)
+            with lock:
+                done.append((s.name, status, p + q, time.time(), text))
+            time.sleep(0.1)  # well under the limit: it is reached by the burst at the end
+
+    avoid_minute_boundary(45)
+    prime_team_cache(stacks, tok, marker)
+    minute = int(time.time() // 60)
+    threads = [threading.Thread(target=loader, daemon=True) for _ in range(8)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.5)
+        stopping_at = time.time()
+        ddb.stop()
+        down_at = time.time()
+        time.sleep(2.0)
+        up_at = time.time()
+        ddb.start()
+        time.sleep(2.5)  # past the breaker's pause: admitting through the store again
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+        if not ddb.alive():
+            ddb.start()
+    # Admitted past the limit? A burst past what is left must be refused beyond it.
+    after = burst(stacks, tok, rpm, 64, marker, usage=usage_header(1, 1))
+    assert int(time.time() // 60) == minute, "the scenario crossed a minute boundary"
+
+    statuses = Counter(d[1] for d in done)
+    outage = [d for d in done if stopping_at <= d[3] <= up_at + 1.0]
+    outside = [d for d in done if d not in outage]
+    stats = (f"steady traffic {dict(statuses)}; during the outage {dict(Counter(d[1] for d in outage))}; "
+             f"burst after {dict(Counter(st for _, st, _ in after))}; DynamoDB Local stopped "
+             f"{down_at - stopping_at:.1f}s after SIGTERM")
+    # The fail mode, per request: admitted (from a lease) or 503 policy_unavailable; never a 504 from
+    # Envoy (an admission slower than its 1 s message timeout) or any other error.
+    bad = [d for d in done if d[1] not in (200, 503)]
+    assert not bad, f"{stats}; e.g. {[(d[0], d[1], d[4][:120]) for d in bad[:4]]}"
+    assert all(d[1] == 200 for d in outside if d[3] < stopping_at), stats
+    for d in done:
+        if d[1] == 503:
+            assert "store" in d[4].lower(), d
+    assert any(d[1] == 200 for d in outage), f"nothing admitted from leases during the outage: {stats}"
+    # Nothing past the limit: the steady traffic and the burst after it together.
+    admitted = sum(d[1] == 200 for d in done) + sum(st == 200 for _, st, _ in after)
+    assert admitted <= rpm, f"{admitted} admitted for rpm={rpm}: {stats}"
+    assert all(st in (200, 429) for _, st, _ in after), stats
+    assert [st for _, st, _ in after].count(429) > 0, f"the burst after did not reach the limit: {stats}"
+    # No debit lost, none twice: every admitted request's usage, spooled during the outage.
+    tokens = sum(d[2] for d in done if d[1] == 200) + 2 * sum(st == 200 for _, st, _ in after)
+    try:
+        took = wait_totals(ddb, TABLE_CLOSED, team, tokens, timeout=RECOVERY_S)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{stats}") from None
+    print(f"\nstopped mid-burst: {stats}; {admitted} admitted of rpm={rpm}; totals exact after {took:.1f}s")
 
 
 # --------------------------------------------------------------------------- outages
