@@ -899,6 +899,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail signature
     fn dynamodb_admission_uses_leases_unless_told_otherwise() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("TOLLGATE_STORE__BACKEND", "dynamodb");
