@@ -3,32 +3,26 @@
 //! ends without `end_of_stream`, a malformed message, a body rewrite, and jwt_authn claims that a
 //! misconfigured Envoy let through.
 
-use std::sync::Arc;
-use std::time::Duration;
+#[path = "support/extproc.rs"]
+mod extproc_support;
 
 use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue, Metadata};
 use envoy_types::pb::envoy::service::ext_proc::v3::{
     HttpBody, HttpHeaders, ProcessingRequest, ProcessingResponse,
-    external_processor_client::ExternalProcessorClient, processing_request::Request as Message,
-    processing_response::Response as Reply,
+    processing_request::Request as Message, processing_response::Response as Reply,
 };
-use jsonwebtoken::{Algorithm, EncodingKey, Header, encode, get_current_timestamp};
+use jsonwebtoken::get_current_timestamp;
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tollgate::engine::{Engine, EngineSettings, SystemClock};
-use tollgate::extproc::{Context, ExtProcService};
-use tollgate::identity::{Authenticator, INVOKE_SCOPE, Verification};
-use tollgate::policy::{Team, Tier};
-use tollgate::store::{CounterKey, MemoryStore, Store};
+use tollgate::engine::EngineSettings;
+use tollgate::extproc::Context;
+use tollgate::identity::INVOKE_SCOPE;
 use tonic::Streaming;
-use tonic::transport::Channel;
 
-struct Harness {
-    client: ExternalProcessorClient<Channel>,
-    store: Arc<MemoryStore>,
-    engine: Arc<Engine>,
-}
+use extproc_support::{
+    Harness, charged_since, engine_with_team, serve, token, tokens_today, trusting_upstream,
+};
 
 async fn start() -> Harness {
     start_with_issuer(None).await
@@ -36,66 +30,21 @@ async fn start() -> Harness {
 
 /// `issuer`: `identity.issuer`, which tokens (or Envoy's verified claims) must carry.
 async fn start_with_issuer(issuer: Option<&str>) -> Harness {
-    let store = Arc::new(MemoryStore::new());
-    store
-        .put_team(&Team {
-            client_ids: vec!["c".into()],
-            rpm: Some(100),
-            daily_tokens: Some(1_000_000),
-            ..Team::new("t", Tier::Standard)
-        })
-        .await
-        .unwrap();
-    let engine = Arc::new(Engine::new(
-        store.clone(),
-        None,
-        EngineSettings::default(),
-        Arc::new(SystemClock),
-    ));
-    let auth = Arc::new(Authenticator::new(
-        Verification::TrustUpstream,
-        issuer,
-        None,
-        Duration::ZERO,
-    ));
-    let service = ExtProcService::new(Arc::new(Context {
-        engine: engine.clone(),
-        auth,
-        max_request_body_bytes: 1 << 20,
-        max_response_json_bytes: 1 << 20,
-        guardrail: None,
-        guardrail_scope: Default::default(),
-        guardrail_parts: Vec::new(),
-        guardrail_streaming: Default::default(),
-    }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(service.into_server(4 << 20))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    let client = ExternalProcessorClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
-    Harness {
-        client,
+    let (store, engine) = engine_with_team(100, EngineSettings::default()).await;
+    serve(
         store,
-        engine,
-    }
-}
-
-fn token() -> String {
-    let claims =
-        json!({"client_id": "c", "scope": INVOKE_SCOPE, "exp": get_current_timestamp() + 600});
-    // Signature is irrelevant in trust-upstream mode; any RSA key signs.
-    let key = include_bytes!("../dev/keys/dev-private.pem");
-    encode(
-        &Header::new(Algorithm::RS256),
-        &claims,
-        &EncodingKey::from_rsa_pem(key).unwrap(),
+        Context {
+            engine,
+            auth: trusting_upstream(issuer),
+            max_request_body_bytes: 1 << 20,
+            max_response_json_bytes: 1 << 20,
+            guardrail: None,
+            guardrail_scope: Default::default(),
+            guardrail_parts: Vec::new(),
+            guardrail_streaming: Default::default(),
+        },
     )
-    .unwrap()
+    .await
 }
 
 fn headers(pairs: &[(&str, &str)], end_of_stream: bool) -> HttpHeaders {
@@ -171,27 +120,6 @@ fn chat_request_headers(id: &str) -> Message {
         ],
         false,
     ))
-}
-
-async fn tokens_today(h: &Harness) -> u64 {
-    h.engine.flush().await;
-    let day = tollgate::policy::calendar::day_key(get_current_timestamp());
-    h.store
-        .read_counters(&[&CounterKey::tokens_on_day("t", &day, 0)])
-        .await
-        .unwrap()[0]
-}
-
-/// Tokens charged since `before`, once the exchange's settlement has landed.
-async fn charged_since(h: &Harness, before: u64) -> u64 {
-    for _ in 0..50 {
-        let charged = tokens_today(h).await - before;
-        if charged > 0 {
-            return charged;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    0
 }
 
 #[tokio::test]
