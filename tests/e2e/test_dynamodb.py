@@ -28,6 +28,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import pytest
 
 from checks import ANTHROPIC, OPENAI, RPM_MAX_RETRY, check_error_body, check_rejection, utc_month
@@ -69,7 +70,7 @@ CLOSED_TEAMS = [
     _team("ddb-outage", rpm=10),
     _team("ddb-burst", rpm=100),
     _team("ddb-burst-1000", rpm=1000),
-    _team("ddb-midburst", rpm=600),
+    _team("ddb-midburst", rpm=1000),
 ]
 OPEN_TEAMS = [
     _team("ddbo-warm", rpm=100_000),
@@ -518,18 +519,23 @@ def test_admin_api_on_the_shared_table(closed_fleet, ddb, marker):
 
 def burst(stacks, token: str, n: int, in_flight: int, marker: str, usage: str = ZERO) -> list[tuple[str, int, str]]:
     """`n` chat calls, `in_flight` at a time (the first ones released together), alternating
-    between the instances: (instance, status, body)."""
+    between the instances: (instance, status, body). A client of its own, with a connection per
+    call in flight."""
     barrier = threading.Barrier(in_flight)
+    limits = httpx.Limits(max_connections=2 * in_flight, max_keepalive_connections=2 * in_flight)
+    headers = {"authorization": f"Bearer {token}", "x-test-id": marker, "x-fake-usage": usage}
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Say hello"}]}
+    with httpx.Client(limits=limits, timeout=15.0) as client:
 
-    def one(i):
-        s = stacks[i % len(stacks)]
-        if i < in_flight:
-            barrier.wait(30)
-        r = s.chat(token, model=MODEL, marker=marker, usage=usage)
-        return s.name, r.status_code, r.text
+        def one(i):
+            s = stacks[i % len(stacks)]
+            if i < in_flight:
+                barrier.wait(30)
+            r = client.post(f"{s.base_url}/v1/chat/completions", json=body, headers=headers)
+            return s.name, r.status_code, r.text
 
-    with ThreadPoolExecutor(in_flight) as ex:
-        return list(ex.map(one, range(n)))
+        with ThreadPoolExecutor(in_flight) as ex:
+            return list(ex.map(one, range(n)))
 
 
 def exact_burst(closed_fleet, ddb, team: str, rpm: int, n: int, marker: str) -> None:
@@ -579,7 +585,7 @@ def test_dynamodb_stopped_mid_burst(closed_fleet, ddb, marker):
     limit and no further, and every admitted request's usage is in the table exactly once."""
     a, b = closed_fleet
     stacks = (a, b)
-    team, rpm = "ddb-midburst", 600
+    team, rpm = "ddb-midburst", 1000
     tok = a.token(team)
     counter = itertools.count()
     lock = threading.Lock()
@@ -612,21 +618,20 @@ def test_dynamodb_stopped_mid_burst(closed_fleet, ddb, marker):
         ddb.stop()
         down_at = time.time()
         time.sleep(2.0)
-        up_at = time.time()
-        ddb.start()
-        time.sleep(2.5)  # past the breaker's pause: admitting through the store again
     finally:
         stop.set()
         for t in threads:
             t.join(30)
-        if not ddb.alive():
-            ddb.start()
+        up_at = time.time()
+        ddb.start()
+    time.sleep(2.5)  # past the breaker's pause: admitting through the store again
     # Admitted past the limit? A burst past what is left must be refused beyond it.
     after = burst(stacks, tok, rpm, 64, marker, usage=usage_header(1, 1))
+    print(f"  {time.time() - up_at:.1f}s after DynamoDB Local was started again")
     assert int(time.time() // 60) == minute, "the scenario crossed a minute boundary"
 
     statuses = Counter(d[1] for d in done)
-    outage = [d for d in done if stopping_at <= d[3] <= up_at + 1.0]
+    outage = [d for d in done if stopping_at <= d[3]]
     outside = [d for d in done if d not in outage]
     stats = (f"steady traffic {dict(statuses)}; during the outage {dict(Counter(d[1] for d in outage))}; "
              f"burst after {dict(Counter(st for _, st, _ in after))}; DynamoDB Local stopped "
@@ -643,7 +648,9 @@ def test_dynamodb_stopped_mid_burst(closed_fleet, ddb, marker):
     # Nothing past the limit: the steady traffic and the burst after it together.
     admitted = sum(d[1] == 200 for d in done) + sum(st == 200 for _, st, _ in after)
     assert admitted <= rpm, f"{admitted} admitted for rpm={rpm}: {stats}"
-    assert all(st in (200, 429) for _, st, _ in after), stats
+    # DynamoDB Local just restarted and replaying the spool can still be slower than the admission
+    # deadline now and then: a request that waited that long is refused alone (503), never admitted.
+    assert all(st in (200, 429, 503) for _, st, _ in after), stats
     assert [st for _, st, _ in after].count(429) > 0, f"the burst after did not reach the limit: {stats}"
     # No debit lost, none twice: every admitted request's usage, spooled during the outage.
     tokens = sum(d[2] for d in done if d[1] == 200) + 2 * sum(st == 200 for _, st, _ in after)

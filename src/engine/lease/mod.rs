@@ -71,6 +71,8 @@ pub struct LeaseStats {
     pub background: u64,
     /// Admissions served from a slice, without a store call.
     pub from_slices: u64,
+    /// Admissions refused on the store's standing refusal, without a store call.
+    pub refused_here: u64,
 }
 
 /// The lease layer in front of a store. It is a [`Store`] itself: admission's counter
@@ -91,6 +93,10 @@ struct Shared {
     waited_for: AtomicU64,
     background: AtomicU64,
     from_slices: AtomicU64,
+    refused_here: AtomicU64,
+    /// How long a refusal from the store answers later admissions like it: as long as reads may
+    /// be stale (`read_ttl`), so another instance's returned slice is seen when a read would.
+    refusal_hold: Duration,
 }
 
 /// What this instance holds of one counter.
@@ -114,6 +120,17 @@ struct Lease {
     last_used: Instant,
     /// Units being handed back: the debit id and amount, retried as they are until applied.
     returning: Option<(String, u64)>,
+    /// The store's last refusal. Past its limit a team is refused here, without a store call, for
+    /// as long as that answer stands (see `Shared::refusal_hold`).
+    refused: Option<Refusal>,
+}
+
+/// The store refused an admission of at least `amount` under `limit` at `value`.
+struct Refusal {
+    at: Instant,
+    limit: u64,
+    amount: u64,
+    value: u64,
 }
 
 struct Waiter {
@@ -153,6 +170,8 @@ impl Leases {
             waited_for: AtomicU64::new(0),
             background: AtomicU64::new(0),
             from_slices: AtomicU64::new(0),
+            refused_here: AtomicU64::new(0),
+            refusal_hold: settings.read_ttl,
         });
         tokio::spawn(upkeep(Arc::downgrade(&shared)));
         Self { shared }
@@ -164,6 +183,7 @@ impl Leases {
             waited_for: s.waited_for.load(Ordering::Relaxed),
             background: s.background.load(Ordering::Relaxed),
             from_slices: s.from_slices.load(Ordering::Relaxed),
+            refused_here: s.refused_here.load(Ordering::Relaxed),
         }
     }
 
@@ -200,7 +220,23 @@ impl Lease {
             demand: Demand::new(now),
             last_used: now,
             returning: None,
+            refused: None,
         }
+    }
+
+    /// The store's refusal that still answers an admission of `amount` under `limit`: the limit
+    /// has not grown (the RPM ceiling grows as the previous minute fades), the amount is no
+    /// smaller, and the counter has not been seen lower since.
+    fn standing_refusal(
+        &self,
+        amount: u64,
+        limit: u64,
+        hold: Duration,
+        now: Instant,
+    ) -> Option<u64> {
+        let r = self.refused.as_ref()?;
+        (now - r.at < hold && limit <= r.limit && amount >= r.amount && self.value >= r.value)
+            .then_some(self.value)
     }
 
     /// Whether an admission of `amount` under `limit` can be served from the slice: the units are
@@ -302,6 +338,10 @@ impl Shared {
                     tokio::spawn(claim(self.clone(), key.id()));
                 }
                 return Ok(Increment::Applied(value));
+            }
+            if let Some(value) = lease.standing_refusal(amount, limit, self.refusal_hold, now) {
+                self.refused_here.fetch_add(1, Ordering::Relaxed);
+                return Ok(Increment::Refused(value));
             }
             if !self.breaker.allows() {
                 return Err(StoreError::Paused);
@@ -433,9 +473,13 @@ async fn claim(shared: Arc<Shared>, id: String) {
                 shared.breaker.succeeded();
                 metrics::counter!("tollgate_lease_units_total", "event" => "claimed")
                     .increment(granted);
+                let now = Instant::now();
                 lease.unused += granted;
                 lease.value = value;
-                lease.value_at = Instant::now();
+                lease.value_at = now;
+                if granted > 0 {
+                    lease.refused = None;
+                }
                 lease.serve_waiters();
                 if granted < plan.up_to {
                     // The store had less room than asked: the waiters still uncovered are refused,
@@ -444,6 +488,13 @@ async fn claim(shared: Arc<Shared>, id: String) {
                     let mut still = VecDeque::new();
                     for w in lease.waiters.drain(..) {
                         if w.limit <= plan.limit {
+                            let refused = lease.refused.get_or_insert(Refusal {
+                                at: now,
+                                limit: plan.limit,
+                                amount: w.amount,
+                                value,
+                            });
+                            refused.amount = refused.amount.min(w.amount);
                             let _ = w.reply.send(Ok(Increment::Refused(value)));
                         } else {
                             still.push_back(w);

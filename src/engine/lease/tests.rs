@@ -582,3 +582,37 @@ async fn reservations_are_leased_and_never_pass_the_budget() {
     let more = admit_all(20).await;
     assert_eq!(more.len(), 7);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn past_the_limit_refusals_do_not_each_call_the_store() {
+    let table = Table::default();
+    let (engines, _) = fleet(&table, 2, settings(Duration::from_millis(300)));
+    let (a, b) = (&engines[0], &engines[1]);
+    let t = team("hammered", 20);
+    b.admit(&t, None, None).await.unwrap();
+    let held_by_b = b.leases().unwrap().held();
+    assert!(held_by_b > 0, "b holds a slice");
+    let mut admitted = 0;
+    while a.admit(&t, None, None).await.is_ok() {
+        admitted += 1;
+    }
+    assert_eq!(admitted as u64, 19 - held_by_b);
+    let claims = table.calls.claims.load(Ordering::SeqCst);
+    for _ in 0..50 {
+        let r = a.admit(&t, None, None).await.unwrap_err();
+        assert_eq!(r.kind, RejectionKind::RpmExceeded);
+        assert_eq!(r.reason, "RPM limit exceeded (21/20 requests per minute)");
+    }
+    assert_eq!(
+        table.calls.claims.load(Ordering::SeqCst),
+        claims,
+        "refused without a call"
+    );
+    // What b did not use goes back; once a's refusal is older than a read may be, a asks again.
+    b.hand_back_leases().await;
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    for _ in 0..held_by_b {
+        a.admit(&t, None, None).await.unwrap();
+    }
+    assert!(a.admit(&t, None, None).await.is_err());
+}
