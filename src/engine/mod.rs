@@ -488,11 +488,9 @@ impl Engine {
                 } else {
                     // Out of time with other calls answered meanwhile, this request waited behind
                     // a burst: it alone is refused; opening the breaker would refuse the rest.
-                    let store_down = if timed_out {
-                        !self.breaker.answered_since(started)
-                    } else {
-                        !leased
-                    };
+                    // Leases report their calls' own failures (and time-outs) to the breaker.
+                    let store_down =
+                        !leased && (!timed_out || !self.breaker.answered_since(started));
                     if store_down {
                         self.breaker.failed();
                     }
