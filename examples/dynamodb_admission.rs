@@ -131,7 +131,7 @@ async fn main() {
         .get(1)
         .cloned()
         .unwrap_or_else(|| "http://127.0.0.1:8000".into());
-    let requests: usize = args.get(2).map_or(4000, |v| v.parse().unwrap());
+    let requests: usize = args.get(2).map_or(20_000, |v| v.parse().unwrap());
     let near_limit: u64 = args.get(3).map_or(1000, |v| v.parse().unwrap());
     let settings = DynamoDbSettings {
         table: format!("bench-{}", std::process::id()),
