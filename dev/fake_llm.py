@@ -40,8 +40,39 @@ Endpoints
     ``message_stop``.  Usage: ``{input_tokens, output_tokens, cache_creation_input_tokens,
     cache_read_input_tokens}``.
 
-``GET /v1/models``
-    A small OpenAI model list.
+``POST /v1/completions``
+    OpenAI legacy completions.  JSON (``object: "text_completion"``, ``choices[0].text``) or, with
+    ``"stream": true``, SSE chunks whose ``choices[0].text`` carry the text, then ``data: [DONE]``;
+    as for chat, a final ``"choices": []`` chunk with ``usage`` only with
+    ``stream_options.include_usage: true``.  Usage: ``{prompt_tokens, completion_tokens, total_tokens}``.
+
+``POST /v1/embeddings``
+    OpenAI embeddings: one ``{"object": "embedding", "index", "embedding": [8 floats]}`` per input
+    (a string or a list).  Usage: ``{prompt_tokens, total_tokens}`` (prompt = the ``prompt`` control).
+
+``POST /v1/images/generations``
+    OpenAI images: ``data`` holds ``n`` images (``b64_json`` of a few bytes, or ``url`` with
+    ``revised_prompt`` for DALL-E).  ``gpt-image-1`` answers also carry ``size``, ``quality`` and
+    ``usage: {input_tokens, input_tokens_details: {text_tokens, image_tokens}, output_tokens,
+    total_tokens}`` (input = prompt, output = completion); DALL-E answers report no usage, as
+    OpenAI's do.
+
+``POST /v1/audio/speech``
+    Text to speech: ``audio/mpeg`` bytes (no usage: speech is billed per input character).
+
+``POST /v1/files``
+    An upload (any body): a ``file`` object.
+
+``POST /v1/messages/count_tokens``, ``POST /v1/responses/input_tokens``
+    Token counts: ``{"input_tokens": prompt}`` (Responses adds ``object: "response.input_tokens"``).
+
+``GET /v1/models``, ``GET /v1/models/{id}``
+    A small OpenAI model list, and one model.
+
+``GET`` on any other ``/v1/...`` path (files, batches, stored responses)
+    A small JSON object naming the path: reads that cost nothing.
+
+Any other request under ``/v1/`` is recorded (see introspection) and answered 404.
 
 Test controls (request headers; they pass through Envoy)
 ========================================================
@@ -63,6 +94,8 @@ Test controls (request headers; they pass through Envoy)
     Streams only: pause N milliseconds after each SSE event (default 5), for long-lived streams.
 ``x-fake-text: some text``
     The assistant text to return (default: a short fixed sentence).  It is streamed word by word.
+``x-fake-images: N``
+    Images: return N images whatever ``n`` asked for.
 ``x-fake-anthropic-delta-usage: full``
     Anthropic streams: make ``message_delta.usage`` carry the cumulative input and cache fields as
     well as ``output_tokens`` (newer Anthropic API versions do this).  Default: output_tokens only.
@@ -71,7 +104,8 @@ Introspection
 =============
 
 ``GET /_fake/requests``
-    JSON list of the LLM requests received (``/v1/...``), oldest first:
+    JSON list of the requests received (any path but ``/_fake/...``, any method, answered or not),
+    oldest first:
     ``{"method", "path", "headers" (lower-cased names; repeated headers joined with ", "),
     "body" (parsed JSON, else the raw string, else null)}``.
 ``DELETE /_fake/requests``
@@ -225,12 +259,14 @@ class Handler(BaseHTTPRequestHandler):
             with _requests_lock:
                 snapshot = list(_requests)
             self._send_json(200, snapshot)
-        elif path == "/_fake/health":
+            return
+        if path == "/_fake/health":
             self._send_json(200, {"ok": True})
-        elif path == "/v1/models":
-            self._record(b"")
-            now = int(time.time())
-            models = ["gpt-4o-mini", "gpt-4o", "claude-haiku-4-5", "claude-opus-4-6"]
+            return
+        self._record(self._read_body())
+        now = int(time.time())
+        models = ["gpt-4o-mini", "gpt-4o", "claude-haiku-4-5", "claude-opus-4-6"]
+        if path == "/v1/models":
             self._send_json(
                 200,
                 {
@@ -240,6 +276,11 @@ class Handler(BaseHTTPRequestHandler):
                     ],
                 },
             )
+        elif path.startswith("/v1/models/"):
+            model = path.rsplit("/", 1)[1]
+            self._send_json(200, {"id": model, "object": "model", "created": now, "owned_by": "fake-llm"})
+        elif path.startswith("/v1/"):
+            self._send_json(200, {"object": "fake.read", "path": path})
         else:
             self._not_found()
 
@@ -250,7 +291,14 @@ class Handler(BaseHTTPRequestHandler):
                 _requests.clear()
             self._send_json(200, {"cleared": True})
         else:
+            self._record(self._read_body())
             self._not_found()
+
+    def do_PUT(self) -> None:  # noqa: N802
+        self._record(self._read_body())
+        self._not_found()
+
+    do_PATCH = do_PUT
 
     def do_POST(self) -> None:  # noqa: N802
         path = self.path.split("?", 1)[0]
@@ -259,12 +307,22 @@ class Handler(BaseHTTPRequestHandler):
             "/v1/chat/completions": ("openai", self._chat),
             "/v1/responses": ("openai", self._responses),
             "/v1/messages": ("anthropic", self._messages),
+            "/v1/completions": ("openai", self._completions),
+            "/v1/embeddings": ("openai", self._embeddings),
+            "/v1/images/generations": ("openai", self._images),
+            "/v1/audio/speech": ("openai", self._speech),
+            "/v1/messages/count_tokens": ("anthropic", self._count_tokens),
+            "/v1/responses/input_tokens": ("openai", self._input_tokens),
         }
+        body = self._record(raw)
+        if path == "/v1/files":
+            self._send_json(200, {"id": f"file-{uuid.uuid4().hex[:24]}", "object": "file", "bytes": len(raw),
+                                  "created_at": int(time.time()), "filename": "upload", "purpose": "batch"})
+            return
         if path not in handlers:
             self._not_found()
             return
         flavour, handler = handlers[path]
-        body = self._record(raw)
 
         try:
             delay = int(self.headers.get("x-fake-delay-ms") or 0)
@@ -403,6 +461,98 @@ class Handler(BaseHTTPRequestHandler):
             self._event(chunk([], usage=usage))
         self._event(_sse("[DONE]"))
         self._end_sse()
+
+    # ---------------------------------------------------------------- OpenAI legacy completions
+
+    def _completions(self, req: dict, u: dict, text: str) -> None:
+        model = req.get("model") or "gpt-3.5-turbo-instruct"
+        cid = f"cmpl-{uuid.uuid4().hex[:24]}"
+        created = int(time.time())
+        usage = {
+            "prompt_tokens": u["prompt"],
+            "completion_tokens": u["completion"],
+            "total_tokens": u["prompt"] + u["completion"],
+        }
+
+        def completion(choices: list, **extra) -> dict:
+            obj = {"id": cid, "object": "text_completion", "created": created, "model": model,
+                   "system_fingerprint": None, "choices": choices}
+            obj.update(extra)
+            return obj
+
+        if not req.get("stream"):
+            self._send_json(200, completion(
+                [{"text": text, "index": 0, "logprobs": None, "finish_reason": "stop"}], usage=usage))
+            return
+        include_usage = bool((req.get("stream_options") or {}).get("include_usage"))
+        self._start_sse()
+        for piece in _words(text):
+            extra = {"usage": None} if include_usage else {}
+            self._event(_sse(completion(
+                [{"text": piece, "index": 0, "logprobs": None, "finish_reason": None}], **extra)))
+        extra = {"usage": None} if include_usage else {}
+        self._event(_sse(completion([{"text": "", "index": 0, "logprobs": None, "finish_reason": "stop"}], **extra)))
+        if include_usage:
+            self._event(_sse(completion([], usage=usage)))
+        self._event(_sse("[DONE]"))
+        self._end_sse()
+
+    # ---------------------------------------------------------------- OpenAI embeddings, images, speech
+
+    def _embeddings(self, req: dict, u: dict, text: str) -> None:
+        inputs = req.get("input")
+        count = len(inputs) if isinstance(inputs, list) else 1
+        self._send_json(200, {
+            "object": "list",
+            "data": [
+                {"object": "embedding", "index": i, "embedding": [round(0.01 * (i + k), 4) for k in range(8)]}
+                for i in range(count)
+            ],
+            "model": req.get("model") or "text-embedding-3-small",
+            "usage": {"prompt_tokens": u["prompt"], "total_tokens": u["prompt"]},
+        })
+
+    def _images(self, req: dict, u: dict, text: str) -> None:
+        model = req.get("model") or "dall-e-2"
+        count = int(self.headers.get("x-fake-images") or req.get("n") or 1)
+        pixel = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAQAAAC1HAwCAAAAC0lEQVR42mNkYAAAAAYAAjCB0C8AAAAASUVORK5CYII="
+        created = int(time.time())
+        if model.startswith("gpt-image"):
+            self._send_json(200, {
+                "created": created,
+                "background": "opaque",
+                "data": [{"b64_json": pixel} for _ in range(count)],
+                "output_format": "png",
+                "quality": req.get("quality") or "medium",
+                "size": req.get("size") or "1024x1024",
+                "usage": {
+                    "input_tokens": u["prompt"],
+                    "input_tokens_details": {"text_tokens": u["prompt"], "image_tokens": 0},
+                    "output_tokens": u["completion"],
+                    "total_tokens": u["prompt"] + u["completion"],
+                },
+            })
+            return
+        image = ({"b64_json": pixel} if req.get("response_format") == "b64_json"
+                 else {"url": f"https://fake-llm.invalid/images/{uuid.uuid4().hex}.png"})
+        data = [dict(image, revised_prompt=req.get("prompt")) if model == "dall-e-3" else dict(image)
+                for _ in range(count)]
+        self._send_json(200, {"created": created, "data": data})
+
+    def _speech(self, req: dict, u: dict, text: str) -> None:
+        audio = b"ID3\x04\x00\x00\x00\x00\x00\x00" + b"\xff\xfb\x90\x00" * 64
+        self.send_response(200)
+        self.send_header("Content-Type", "audio/mpeg")
+        self.send_header("Content-Length", str(len(audio)))
+        self.end_headers()
+        self.wfile.write(audio)
+        self.wfile.flush()
+
+    def _count_tokens(self, req: dict, u: dict, text: str) -> None:
+        self._send_json(200, {"input_tokens": u["prompt"]})
+
+    def _input_tokens(self, req: dict, u: dict, text: str) -> None:
+        self._send_json(200, {"object": "response.input_tokens", "input_tokens": u["prompt"]})
 
     # ---------------------------------------------------------------- OpenAI responses
 

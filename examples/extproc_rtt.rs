@@ -83,6 +83,7 @@ async fn main() {
         let request_id = format!("rtt-{i}");
         let messages = [
             Message::RequestHeaders(headers(&[
+                (":method", "POST"),
                 (":path", "/v1/chat/completions"),
                 ("authorization", &token),
                 ("x-request-id", &request_id),

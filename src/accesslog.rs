@@ -105,6 +105,7 @@ pub fn parse_line(line: &LogLine) -> Result<UsageRecord, Skip> {
         output: count("gen_ai.usage.output_tokens")?,
         cache_read,
         cache_write,
+        units: 0,
         estimated: false,
     };
     if usage.total() == 0 {
@@ -249,6 +250,7 @@ mod tests {
                 output: 7,
                 cache_read: 100,
                 cache_write: 0,
+                units: 0,
                 estimated: false
             }
         );

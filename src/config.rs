@@ -1,6 +1,13 @@
 //! One typed configuration: a TOML file, overridden by `TOLLGATE_`-prefixed environment
 //! variables (`__` separates levels: `TOLLGATE_SERVER__HTTP_LISTEN=0.0.0.0:9090`). Every field
 //! has a default, so `tollgate serve` runs with no file at all.
+//!
+//! An environment variable is text, and deployments set text that looks like a number
+//! (`TOLLGATE_GUARDRAIL__BEDROCK__GUARDRAIL_VERSION=3`, a DynamoDB table named `12345`). figment
+//! reads such a value as a number, which a string setting then refuses; so variables are kept as
+//! the text they are ([`EnvText`]) and each setting reads it as its own type (numbers and
+//! booleans are parsed from text: figment's lossy extraction). Arrays and tables written in a
+//! variable (`[50, 80]`) keep their structure.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -8,14 +15,16 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{EngineSettings, FailMode, FailModes, LeaseSettings, UnknownModel};
 use crate::guardrail::bedrock::BedrockSettings;
 use crate::guardrail::local::{LocalGuardrail, LocalGuardrailConfig};
 use crate::guardrail::service::Mode as GuardrailMode;
+use crate::llm::Endpoints;
 use crate::llm::texts::Scope;
 use crate::policy::pricing::{PriceSource, PriceTable, PriceUsd};
 use crate::policy::{LimitOverrides, Team, Tier, TierTable};
@@ -30,6 +39,7 @@ pub struct Settings {
     pub policy: PolicySettings,
     pub pricing: PricingSettings,
     pub budgets: BudgetSettings,
+    pub endpoints: EndpointSettings,
     pub guardrail: GuardrailSettings,
     pub webhook: WebhookSettings,
     pub log: LogSettings,
@@ -225,6 +235,16 @@ impl Default for BudgetSettings {
     }
 }
 
+/// The operator's part of the endpoint catalogue (`llm::endpoints`); the rest is built in.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EndpointSettings {
+    /// Endpoints that cost nothing, admitted on identity and RPM alone: `"METHOD /path"`, where a
+    /// `{placeholder}` segment stands for any one segment (`"GET /v1/fine_tuning/jobs/{id}"`).
+    /// Endpoints tollgate meters or refuses on purpose cannot be listed.
+    pub free: Vec<String>,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum GuardrailBackend {
@@ -336,6 +356,7 @@ const SECTIONS: &[&str] = &[
     "policy",
     "pricing",
     "budgets",
+    "endpoints",
     "guardrail",
     "webhook",
     "log",
@@ -362,10 +383,13 @@ impl Settings {
             })
             .split("__");
         let settings: Settings = figment
-            .merge(env)
-            .extract()
-            .context("invalid configuration")?;
-        settings.validate()?;
+            .merge(EnvText(env))
+            .extract_lossy()
+            .map_err(|e| describe_config_error(e, file))?;
+        settings.validate().with_context(|| match file {
+            Some(file) => format!("invalid configuration in {}", file.display()),
+            None => "invalid configuration".to_owned(),
+        })?;
         Ok(settings)
     }
 
@@ -436,7 +460,8 @@ impl Settings {
             (UnknownModelPolicy::Default, Some(price)) => UnknownModel::Charge(
                 price
                     .to_price()
-                    .map_err(|(field, e)| anyhow::anyhow!("pricing.default_price.{field}: {e}"))?,
+                    .map_err(|(field, e)| anyhow::anyhow!("pricing.default_price.{field}: {e}"))?
+                    .tokens,
             ),
             (UnknownModelPolicy::Default, None) => {
                 bail!("pricing.default_price is required when pricing.unknown_model = \"default\"")
@@ -456,8 +481,192 @@ impl Settings {
                 .iter()
                 .filter_map(|t| t.clone().validated().ok())
                 .collect(),
+            endpoints: Endpoints::with_free(&self.endpoints.free)
+                .map_err(|e| anyhow::anyhow!("endpoints.free: {e}"))?,
             leases: self.lease_settings(),
         })
+    }
+}
+
+/// A figment error as a person needs it: where the bad value is (file and line, or the
+/// environment variable) and what is wrong, without figment's profile prefix (`default.`).
+fn describe_config_error(error: figment::Error, file: Option<&Path>) -> anyhow::Error {
+    let problems: Vec<String> = error
+        .into_iter()
+        .map(|e| {
+            let path = &e.path;
+            let what = if e.path.is_empty() {
+                e.kind.to_string()
+            } else {
+                format!("{}: {}", e.path.join("."), e.kind)
+            };
+            let source = e.metadata.as_ref().and_then(|m| m.source.as_ref());
+            let from_env = e
+                .metadata
+                .as_ref()
+                .is_some_and(|m| m.name.contains("environment"));
+            match (source, file) {
+                (Some(figment::Source::File(_)), Some(file)) => {
+                    let text = std::fs::read_to_string(file).unwrap_or_default();
+                    match toml_lines_of(&text, path).as_slice() {
+                        [] => format!("{}: {what}", file.display()),
+                        [line] => format!("{}:{line}: {what}", file.display()),
+                        lines => {
+                            let lines: Vec<String> = lines.iter().map(u32::to_string).collect();
+                            format!("{} (lines {}): {what}", file.display(), lines.join(", "))
+                        }
+                    }
+                }
+                _ if from_env => format!("TOLLGATE_{}: {what}", path.join("__").to_uppercase()),
+                _ => what,
+            }
+        })
+        .collect();
+    anyhow::anyhow!("invalid configuration: {}", problems.join("; "))
+}
+
+/// Line numbers (1-based) of the TOML lines that set `path` (`["server", "http_listen"]`),
+/// or of the `[table]` headers that start it when no line sets it. A small scanner, not a TOML
+/// parser: enough to point at the line of a bad value; an array of tables (`[[teams]]`) may
+/// give several lines.
+fn toml_lines_of(text: &str, path: &[String]) -> Vec<u32> {
+    fn segments(key: &str) -> Vec<String> {
+        key.split('.')
+            .map(|s| s.trim().trim_matches(|c| c == '"' || c == '\'').to_owned())
+            .collect()
+    }
+    // Array positions (`teams.1.rpm`) have no name in the file.
+    let path: Vec<String> = path
+        .iter()
+        .filter(|s| s.parse::<usize>().is_err())
+        .cloned()
+        .collect();
+    let mut table: Vec<String> = Vec::new();
+    let (mut settings, mut headers) = (Vec::new(), Vec::new());
+    for (number, line) in (1u32..).zip(text.lines()) {
+        let line = line.trim();
+        if let Some(header) = line.strip_prefix('[') {
+            let header = header.trim_start_matches('[');
+            if let Some(end) = header.find(']') {
+                table = segments(&header[..end]);
+                if table == path {
+                    headers.push(number);
+                }
+            }
+            continue;
+        }
+        let Some((key, _)) = line.split_once('=') else {
+            continue;
+        };
+        let bare_key = key
+            .trim()
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.\"' ".contains(c));
+        if line.starts_with('#') || key.trim().is_empty() || !bare_key {
+            continue;
+        }
+        let mut full = table.clone();
+        full.extend(segments(key));
+        // A key whose value holds the bad one (an inline table) counts as its line too.
+        if path.starts_with(&full) {
+            settings.push((full.len(), number));
+        }
+    }
+    match settings.iter().map(|&(len, _)| len).max() {
+        Some(longest) => settings
+            .into_iter()
+            .filter(|&(len, _)| len == longest)
+            .map(|(_, number)| number)
+            .collect(),
+        None => headers,
+    }
+}
+
+/// Environment variables as text: a value figment would read as a number or a boolean stays the
+/// string it was written as, so that a string setting accepts `3`; number and boolean settings
+/// parse it back (`extract_lossy`).
+struct EnvText(Env);
+
+impl Provider for EnvText {
+    fn metadata(&self) -> Metadata {
+        self.0.metadata()
+    }
+
+    fn data(&self) -> figment::Result<Map<Profile, Dict>> {
+        let mut dict = Dict::new();
+        for (key, raw) in self.0.iter() {
+            let parsed: Value = raw
+                .parse()
+                .expect("parsing an environment value is infallible");
+            let value = match parsed {
+                // As written: `3.10` is a version, not 3.1.
+                Value::Num(tag, _) | Value::Bool(tag, _) | Value::Char(tag, _) => {
+                    Value::String(tag, raw.trim().to_owned())
+                }
+                structured => scalars_as_text(structured),
+            };
+            insert_at(&mut dict, key.as_str(), value);
+        }
+        Ok(Profile::Default.collect(dict))
+    }
+}
+
+/// Numbers and booleans inside an array or table written in a variable, as text.
+fn scalars_as_text(value: Value) -> Value {
+    match value {
+        Value::Num(tag, _) | Value::Bool(tag, _) | Value::Char(tag, _) => {
+            let text = serde_json::to_value(&value)
+                .ok()
+                .map(|v| match v {
+                    serde_json::Value::String(s) => s,
+                    other => other.to_string(),
+                })
+                .unwrap_or_default();
+            Value::String(tag, text)
+        }
+        Value::Array(tag, items) => {
+            Value::Array(tag, items.into_iter().map(scalars_as_text).collect())
+        }
+        Value::Dict(tag, dict) => Value::Dict(
+            tag,
+            dict.into_iter()
+                .map(|(k, v)| (k, scalars_as_text(v)))
+                .collect(),
+        ),
+        text_or_empty => text_or_empty,
+    }
+}
+
+/// Puts `value` at the dotted `path` (`guardrail.bedrock.guardrail_version`) in `dict`, merging
+/// with the tables other variables made.
+fn insert_at(dict: &mut Dict, path: &str, value: Value) {
+    match path.split_once('.') {
+        None => merge_into(dict, path, value),
+        Some((head, rest)) => {
+            let child = dict
+                .entry(head.to_owned())
+                .or_insert_with(|| Value::from(Dict::new()));
+            if !matches!(child, Value::Dict(..)) {
+                *child = Value::from(Dict::new());
+            }
+            if let Value::Dict(_, child) = child {
+                insert_at(child, rest, value);
+            }
+        }
+    }
+}
+
+/// Sets `key` (one segment: a model name may hold dots) to `value`, merging tables.
+fn merge_into(dict: &mut Dict, key: &str, value: Value) {
+    match (dict.get_mut(key), value) {
+        (Some(Value::Dict(_, existing)), Value::Dict(_, new)) => {
+            for (k, v) in new {
+                merge_into(existing, &k, v);
+            }
+        }
+        (_, value) => {
+            dict.insert(key.to_owned(), value);
+        }
     }
 }
 
@@ -535,19 +744,162 @@ mod tests {
     }
 
     #[test]
-    #[allow(clippy::result_large_err)]
-    fn unknown_keys_are_errors_not_silently_ignored() {
+    #[allow(clippy::result_large_err)] // figment's Jail signature
+    fn free_endpoints_come_from_the_file_or_the_environment_and_are_checked() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.toml");
-        std::fs::write(&path, "[server]\ngrpc_listn = \"127.0.0.1:1\"\n").unwrap();
-        figment::Jail::expect_with(|_| {
-            assert!(Settings::load(Some(&path)).is_err());
+        std::fs::write(&path, "[endpoints]\nfree = [\"POST /v1/files\"]\n").unwrap();
+        figment::Jail::expect_with(|jail| {
+            let s = Settings::load(Some(&path)).unwrap();
+            let endpoints = s.engine_settings().unwrap().endpoints;
+            assert_eq!(
+                endpoints.classify("POST", "/v1/files").treatment,
+                crate::llm::Treatment::Free
+            );
+            jail.set_env("TOLLGATE_ENDPOINTS__FREE", "[\"POST /v1/embeddings\"]");
+            let err = Settings::load(Some(&path)).unwrap_err();
+            assert!(
+                format!("{err:#}")
+                    .contains("endpoints.free: \"POST /v1/embeddings\" is a metered model call"),
+                "{err:#}"
+            );
             Ok(())
         });
     }
 
     #[test]
     #[allow(clippy::result_large_err)]
+    fn unknown_keys_are_errors_not_silently_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        std::fs::write(&path, "[server]\ngrpc_listn = \"127.0.0.1:1\"\n").unwrap();
+        figment::Jail::expect_with(|_| {
+            let e = format!("{:#}", Settings::load(Some(&path)).unwrap_err());
+            // The file and line of the unknown key, without figment's `default.` profile prefix.
+            assert!(
+                e.contains(&format!(
+                    "{}:2: server.grpc_listn: unknown field",
+                    path.display()
+                )),
+                "{e}"
+            );
+            assert!(e.contains("`grpc_listn`"), "{e}");
+            assert!(!e.contains("default."), "{e}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn errors_name_the_file_and_line_or_the_variable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        let toml = "# comment\n[server]\ngrpc_listen = \"127.0.0.1:1\"\n\n[policy]\n\
+                    admission_timeout_ms = \"soon\"\n";
+        std::fs::write(&path, toml).unwrap();
+        figment::Jail::expect_with(|jail| {
+            let e = format!("{:#}", Settings::load(Some(&path)).unwrap_err());
+            assert!(
+                e.contains(&format!(
+                    "{}:6: policy.admission_timeout_ms: invalid type",
+                    path.display()
+                )),
+                "{e}"
+            );
+            std::fs::write(&path, "[server]\n").unwrap();
+            jail.set_env("TOLLGATE_POLICY__ADMISSION_TIMEOUT_MS", "soon");
+            let e = format!("{:#}", Settings::load(Some(&path)).unwrap_err());
+            assert!(
+                e.contains("TOLLGATE_POLICY__ADMISSION_TIMEOUT_MS: policy.admission_timeout_ms"),
+                "{e}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn toml_lines_point_at_the_setting() {
+        let text = "[server]\nhttp_listen = 1\n[[teams]]\nid = \"a\"\nrpm = 5\n\
+                    model_caps = { \"gpt-4o\" = 0.001 }\n[[teams]]\nid = \"b\"\nrpm = 6\n";
+        let path = |p: &[&str]| p.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(toml_lines_of(text, &path(&["server", "http_listen"])), [2]);
+        assert_eq!(toml_lines_of(text, &path(&["server"])), [1]);
+        assert_eq!(toml_lines_of(text, &path(&["teams", "1", "rpm"])), [5, 9]);
+        assert_eq!(
+            toml_lines_of(text, &path(&["teams", "model_caps", "gpt-4o"])),
+            [6]
+        );
+        assert_eq!(
+            toml_lines_of(text, &path(&["log", "level"])),
+            Vec::<u32>::new()
+        );
+    }
+
+    /// Settings loaded with these environment variables (and no file).
+    #[allow(clippy::result_large_err)] // figment's Jail signature
+    fn loaded_with(vars: &[(&str, &str)]) -> anyhow::Result<Settings> {
+        let mut loaded = None;
+        figment::Jail::expect_with(|jail| {
+            for (name, value) in vars {
+                jail.set_env(name, value);
+            }
+            loaded = Some(Settings::load(None));
+            Ok(())
+        });
+        loaded.expect("the jail ran")
+    }
+
+    #[test]
+    fn string_settings_accept_environment_values_that_look_like_numbers() {
+        let s = loaded_with(&[
+            ("TOLLGATE_GUARDRAIL__BEDROCK__GUARDRAIL_ID", "1234567890"),
+            ("TOLLGATE_GUARDRAIL__BEDROCK__GUARDRAIL_VERSION", "3"),
+            ("TOLLGATE_STORE__DYNAMODB__TABLE", "12345"),
+            ("TOLLGATE_IDENTITY__ISSUER", "3.10"),
+            ("TOLLGATE_WEBHOOK__SECRET", "true"),
+            ("TOLLGATE_LOG__LEVEL", "0"),
+        ])
+        .unwrap();
+        let bedrock = s.guardrail.bedrock.as_ref().unwrap();
+        assert_eq!(bedrock.guardrail_id, "1234567890");
+        assert_eq!(bedrock.guardrail_version, "3");
+        assert_eq!(s.store.dynamodb.table, "12345");
+        assert_eq!(s.identity.issuer.as_deref(), Some("3.10"), "as written");
+        assert_eq!(s.webhook.secret.as_deref(), Some("true"));
+        assert_eq!(s.log.level, "0");
+    }
+
+    #[test]
+    fn number_boolean_and_list_settings_still_read_from_the_environment() {
+        let s = loaded_with(&[
+            ("TOLLGATE_IDENTITY__LEEWAY_SECONDS", "7"),
+            ("TOLLGATE_IDENTITY__TRUST_UPSTREAM", "true"),
+            ("TOLLGATE_BUDGETS__WARN_AT_PERCENT", "[50, 80]"),
+            ("TOLLGATE_BUDGETS__RESERVE", "1"),
+            ("TOLLGATE_SERVER__MAX_REQUEST_BODY_BYTES", " 4096 "),
+            ("TOLLGATE_PRICING__DEFAULT_PRICE", "{input=2.5, output=10}"),
+            ("TOLLGATE_PRICING__MODELS__MY-MODEL__INPUT", "1"),
+            ("TOLLGATE_PRICING__MODELS__MY-MODEL__OUTPUT", "2.25"),
+        ])
+        .unwrap();
+        assert_eq!(s.identity.leeway_seconds, 7);
+        assert!(s.identity.trust_upstream);
+        assert_eq!(s.budgets.warn_at_percent, vec![50, 80]);
+        assert!(s.budgets.reserve);
+        assert_eq!(s.server.max_request_body_bytes, 4096);
+        let default = s.pricing.default_price.unwrap();
+        assert_eq!((default.input, default.output), (2.5, 10.0));
+        let mine = &s.pricing.models["my-model"];
+        assert_eq!((mine.input, mine.output), (1.0, 2.25));
+        let e = loaded_with(&[("TOLLGATE_IDENTITY__LEEWAY_SECONDS", "soon")]).unwrap_err();
+        // The variable is named as it was set.
+        let said = format!("{e:#}");
+        assert!(said.contains("\"soon\", expected u64"), "{said}");
+        assert!(said.contains("TOLLGATE_IDENTITY__LEEWAY_SECONDS"), "{said}");
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail signature
     fn dynamodb_admission_uses_leases_unless_told_otherwise() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("TOLLGATE_STORE__BACKEND", "dynamodb");

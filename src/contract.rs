@@ -1,7 +1,7 @@
 //! The HTTP face of decisions, shared by every adapter: the rate headers on allowed responses and
 //! the status, headers and body of a refusal (docs/design.md "Rejection contract").
 
-use crate::llm::{ApiKind, errors::rejection_body};
+use crate::llm::{ErrorShape, errors::rejection_body};
 use crate::policy::{RateHeaders, Rejection};
 
 pub type Headers = Vec<(&'static str, String)>;
@@ -28,7 +28,8 @@ pub struct Reply {
     pub body: Vec<u8>,
 }
 
-pub fn rejection_reply(api: ApiKind, rejection: &Rejection) -> Reply {
+/// `shape`: the calling API's error shape (an `ApiKind` converts into its own).
+pub fn rejection_reply(shape: impl Into<ErrorShape>, rejection: &Rejection) -> Reply {
     let mut headers = vec![("content-type", "application/json".to_owned())];
     if let Some(secs) = rejection.retry_after_secs {
         headers.push(("retry-after", secs.to_string()));
@@ -43,13 +44,14 @@ pub fn rejection_reply(api: ApiKind, rejection: &Rejection) -> Reply {
     Reply {
         status: rejection.kind.status(),
         headers,
-        body: rejection_body(api, rejection),
+        body: rejection_body(shape, rejection),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::llm::ApiKind;
     use crate::policy::RejectionKind;
 
     fn header<'a>(reply: &'a Reply, name: &str) -> Option<&'a str> {
@@ -69,7 +71,7 @@ mod tests {
             tokens_limit: Some(5),
             tokens_remaining: Some(1),
         };
-        let reply = rejection_reply(ApiKind::OpenAiChat, &Rejection::rpm_exceeded(101, rate, 42));
+        let reply = rejection_reply(ApiKind::OpenAiChat, &Rejection::rpm_exceeded(100, rate, 42));
         assert_eq!(reply.status, 429);
         assert_eq!(header(&reply, "retry-after"), Some("42"));
         assert_eq!(header(&reply, "x-ratelimit-limit"), Some("100"));

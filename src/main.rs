@@ -30,10 +30,8 @@ async fn main() -> ExitCode {
                     config,
                 },
         } => cli::guardrail_test(text, &source, config).await,
-        Command::Config { config } => Settings::load(config.as_deref()).and_then(|s| {
-            println!("{}", serde_json::to_string_pretty(&s)?);
-            Ok(())
-        }),
+        Command::Config { config } => Settings::load(config.as_deref())
+            .and_then(|s| cli::print(serde_json::to_string_pretty(&s)?)),
         Command::DevToken {
             key,
             kid,
@@ -53,7 +51,7 @@ async fn main() -> ExitCode {
             &issuer,
             ttl_seconds,
         )
-        .map(|token| println!("{token}")),
+        .and_then(cli::print),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

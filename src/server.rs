@@ -1,6 +1,8 @@
-//! `tollgate serve`: wires settings into the store, engine and adapters, runs the gRPC and HTTP
-//! servers, and shuts down cleanly: on SIGTERM readiness goes to 503, servers stop accepting,
-//! in-flight exchanges finish (up to the grace period), and pending debits are flushed.
+//! `tollgate serve`: wires settings into the store, engine and adapters, charges what a crashed
+//! predecessor left in the journal, runs the gRPC and HTTP servers, and shuts down cleanly: on
+//! SIGTERM readiness goes to 503, servers stop accepting, in-flight exchanges finish (up to the
+//! grace period; calls still open then are charged at their estimates), and pending debits are
+//! flushed.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,7 +18,7 @@ use crate::admin::Admin;
 use crate::admin::http::{AdminState, router as admin_router};
 use crate::config::{GuardrailBackend, Settings, StoreBackend};
 use crate::engine::FailMode;
-use crate::engine::{Engine, SystemClock};
+use crate::engine::{Engine, SystemClock, Unsettled};
 use crate::extproc::{Context, ExtProcService};
 use crate::guardrail::Guardrail;
 use crate::guardrail::bedrock::BedrockGuardrail;
@@ -166,6 +168,7 @@ pub fn webhook_state(
             guardrail_scope: settings.guardrail.scope,
             guardrail_parts: settings.guardrail.parts.clone(),
             model_header: settings.webhook.model_header.clone(),
+            path_header: settings.webhook.path_header.clone(),
         },
         settings: settings.webhook.clone(),
         max_body_bytes: settings.server.max_request_body_bytes,
@@ -199,6 +202,8 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         settings.engine_settings()?,
         Arc::new(SystemClock),
     ));
+    // Before serving, so that admission decisions already see what those calls cost.
+    engine.charge_unsettled(Unsettled::Recovered).await;
     let admin = Arc::new(AdminState {
         admin: Admin::new(engine.clone()),
         guardrail: guardrail_backend(&settings).await.ok(),
@@ -301,6 +306,8 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(5), exchanges.wait()).await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), http).await;
+    // Whatever is still open will not settle before exit: charged now, not left for the next start.
+    engine.charge_unsettled(Unsettled::Abandoned).await;
     engine.flush().await;
     // What this instance's leases hold unused goes back to the fleet (the store being down, it
     // stays counted until its minute or month is over: less admitted, never more).

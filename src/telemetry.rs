@@ -1,5 +1,7 @@
 //! Logs (tracing, text or JSON) and Prometheus metrics.
 
+use std::io::IsTerminal as _;
+
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
@@ -10,11 +12,18 @@ pub fn init_logging(settings: &LogSettings) {
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour_on_stderr())
         .with_writer(std::io::stderr);
     let _ = match settings.format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
     };
+}
+
+/// Colour only for a person at a terminal: a log redirected to a file or collected by a container
+/// runtime must not carry escape codes. `NO_COLOR` (any value) turns it off, as everywhere.
+fn colour_on_stderr() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
 }
 
 /// Installs the global metrics recorder; `/metrics` renders from the handle.

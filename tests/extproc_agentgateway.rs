@@ -13,6 +13,9 @@
 //! - the request stream is half-closed when agentgateway drops its senders (after the last body
 //!   message, or when a body stops at an upstream error); only a lost connection resets it.
 
+#[path = "support/extproc.rs"]
+mod extproc_support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,24 +24,23 @@ use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_
 use envoy_types::pb::envoy::service::ext_proc::v3::{
     BodyResponse, HeadersResponse, HttpBody, HttpHeaders, HttpTrailers, ImmediateResponse,
     ProcessingRequest, ProcessingResponse, ProtocolConfiguration, body_mutation::Mutation,
-    external_processor_client::ExternalProcessorClient, processing_request::Request as Message,
-    processing_response::Response as Reply,
+    processing_request::Request as Message, processing_response::Response as Reply,
 };
-use jsonwebtoken::{Algorithm, EncodingKey, Header, encode, get_current_timestamp};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tollgate::engine::{Engine, EngineSettings, SystemClock};
+use tollgate::engine::EngineSettings;
+use tollgate::extproc::Context;
 use tollgate::extproc::stream_guard::{Strategy, StreamingSettings};
-use tollgate::extproc::{Context, ExtProcService};
 use tollgate::guardrail::local::{LocalGuardrail, LocalGuardrailConfig};
 use tollgate::guardrail::service::{GuardrailService, Mode};
-use tollgate::identity::{Authenticator, INVOKE_SCOPE, Verification};
+use tollgate::llm::Endpoints;
 use tollgate::llm::texts::Part;
-use tollgate::policy::{Team, Tier};
-use tollgate::store::{CounterKey, MemoryStore, Store};
 use tonic::Streaming;
-use tonic::transport::Channel;
+
+use extproc_support::{
+    Harness, charged_since, engine_with_team, serve, token, tokens_today, trusting_upstream,
+};
 
 const DENIED_WORD: &str = "moonshine";
 
@@ -59,35 +61,13 @@ impl Default for Options {
     }
 }
 
-struct Harness {
-    client: ExternalProcessorClient<Channel>,
-    store: Arc<MemoryStore>,
-    engine: Arc<Engine>,
-}
-
 async fn start(options: Options) -> Harness {
-    let store = Arc::new(MemoryStore::new());
-    store
-        .put_team(&Team {
-            client_ids: vec!["c".into()],
-            rpm: Some(options.rpm),
-            daily_tokens: Some(1_000_000),
-            ..Team::new("t", Tier::Standard)
-        })
-        .await
-        .unwrap();
-    let engine = Arc::new(Engine::new(
-        store.clone(),
-        None,
-        EngineSettings::default(),
-        Arc::new(SystemClock),
-    ));
-    let auth = Arc::new(Authenticator::new(
-        Verification::TrustUpstream,
-        None,
-        None,
-        Duration::ZERO,
-    ));
+    // Uploads are not free by default; an operator who lets them through lists them.
+    let settings = EngineSettings {
+        endpoints: Endpoints::with_free(&["POST /v1/files".into()]).unwrap(),
+        ..Default::default()
+    };
+    let (store, engine) = engine_with_team(options.rpm, settings).await;
     let guardrail = options.guardrail.then(|| {
         let local = LocalGuardrail::new(LocalGuardrailConfig {
             words: vec![DENIED_WORD.into()],
@@ -96,69 +76,24 @@ async fn start(options: Options) -> Harness {
         .unwrap();
         Arc::new(GuardrailService::new(Arc::new(local), Mode::Enforce, true))
     });
-    let service = ExtProcService::new(Arc::new(Context {
-        engine: engine.clone(),
-        auth,
-        max_request_body_bytes: options.max_request_body_bytes,
-        max_response_json_bytes: 1 << 20,
-        guardrail,
-        guardrail_scope: Default::default(),
-        guardrail_parts: Part::ALL.to_vec(),
-        guardrail_streaming: StreamingSettings {
-            strategy: Strategy::Buffered,
-            window_chars: 40,
-            overlap_chars: 10,
-        },
-    }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(service.into_server(4 << 20))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    let client = ExternalProcessorClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
-    Harness {
-        client,
+    serve(
         store,
-        engine,
-    }
-}
-
-fn token() -> String {
-    let claims =
-        json!({"client_id": "c", "scope": INVOKE_SCOPE, "exp": get_current_timestamp() + 600});
-    // Signature is irrelevant in trust-upstream mode; any RSA key signs.
-    let key = include_bytes!("../dev/keys/dev-private.pem");
-    encode(
-        &Header::new(Algorithm::RS256),
-        &claims,
-        &EncodingKey::from_rsa_pem(key).unwrap(),
+        Context {
+            engine,
+            auth: trusting_upstream(None),
+            max_request_body_bytes: options.max_request_body_bytes,
+            max_response_json_bytes: 1 << 20,
+            guardrail,
+            guardrail_scope: Default::default(),
+            guardrail_parts: Part::ALL.to_vec(),
+            guardrail_streaming: StreamingSettings {
+                strategy: Strategy::Buffered,
+                window_chars: 40,
+                overlap_chars: 10,
+            },
+        },
     )
-    .unwrap()
-}
-
-async fn tokens_today(h: &Harness) -> u64 {
-    h.engine.flush().await;
-    let day = tollgate::policy::calendar::day_key(get_current_timestamp());
-    h.store
-        .read_counters(&[&CounterKey::tokens_on_day("t", &day, 0)])
-        .await
-        .unwrap()[0]
-}
-
-/// Tokens charged since `before`, once the exchange's settlement has landed.
-async fn charged_since(h: &Harness, before: u64) -> u64 {
-    for _ in 0..50 {
-        let charged = tokens_today(h).await - before;
-        if charged > 0 {
-            return charged;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    0
+    .await
 }
 
 /// Headers as agentgateway's `req_to_header_map` / `resp_to_header_map` build them: the regular
@@ -693,7 +628,7 @@ async fn an_over_rpm_request_gets_a_429_in_place_of_the_headers_reply() {
         json["reason"]
             .as_str()
             .unwrap()
-            .starts_with("RPM limit exceeded (2/1 requests per minute)"),
+            .starts_with("RPM limit exceeded: 1 request in the last 60 s, limit 1"),
         "{json}"
     );
     let retry_after = json["retry_after_seconds"]
@@ -903,7 +838,33 @@ async fn trailers_end_the_request_and_the_response_bodies() {
 }
 
 #[tokio::test]
-async fn other_paths_are_admitted_at_the_headers_and_their_bodies_pass_unread() {
+async fn an_unknown_endpoint_is_refused_in_place_of_the_headers_reply() {
+    let mut h = start(Options::default()).await;
+    let mut ex = AgwStream::open(&mut h).await;
+    let body = br#"{"training_file":"file-1","model":"gpt-4o-mini"}"#;
+    let refusal = ex
+        .request("/v1/fine_tuning/jobs", &cut(body, &[10]), End::LastChunk)
+        .await
+        .refused();
+    assert_eq!(status(&refusal), 404);
+    let json = refusal_json(&refusal);
+    assert_eq!(json["error"]["code"], json!("endpoint_not_supported"));
+    assert!(
+        json["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("POST /v1/fine_tuning/jobs is not an endpoint tollgate meters"),
+        "{json}"
+    );
+    assert_eq!(
+        refusal_header(&refusal, "x-should-retry").as_deref(),
+        Some("false")
+    );
+    ex.finish().await;
+}
+
+#[tokio::test]
+async fn free_paths_are_admitted_at_the_headers_and_their_bodies_pass_unread() {
     let mut h = start(Options::default()).await;
     let mut ex = AgwStream::open(&mut h).await;
     ex.send(request_headers("/v1/files", true)).await;

@@ -1,95 +1,50 @@
 //! The ext_proc server driven over real gRPC by a client that sends what Envoy sends, including
 //! the awkward cases: response headers with no request headers (jwt_authn's 401), a stream that
-//! ends without `end_of_stream`, a malformed message, and a body rewrite.
+//! ends without `end_of_stream`, a malformed message, a body rewrite, and jwt_authn claims that a
+//! misconfigured Envoy let through.
 
-use std::sync::Arc;
-use std::time::Duration;
+#[path = "support/extproc.rs"]
+mod extproc_support;
 
-use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
+use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue, Metadata};
 use envoy_types::pb::envoy::service::ext_proc::v3::{
     HttpBody, HttpHeaders, ProcessingRequest, ProcessingResponse,
-    external_processor_client::ExternalProcessorClient, processing_request::Request as Message,
-    processing_response::Response as Reply,
+    processing_request::Request as Message, processing_response::Response as Reply,
 };
-use jsonwebtoken::{Algorithm, EncodingKey, Header, encode, get_current_timestamp};
+use jsonwebtoken::get_current_timestamp;
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tollgate::engine::{Engine, EngineSettings, SystemClock};
-use tollgate::extproc::{Context, ExtProcService};
-use tollgate::identity::{Authenticator, INVOKE_SCOPE, Verification};
-use tollgate::policy::{Team, Tier};
-use tollgate::store::{CounterKey, MemoryStore, Store};
+use tollgate::engine::EngineSettings;
+use tollgate::extproc::Context;
+use tollgate::identity::INVOKE_SCOPE;
 use tonic::Streaming;
-use tonic::transport::Channel;
 
-struct Harness {
-    client: ExternalProcessorClient<Channel>,
-    store: Arc<MemoryStore>,
-    engine: Arc<Engine>,
-}
+use extproc_support::{
+    Harness, charged_since, engine_with_team, serve, token, tokens_today, trusting_upstream,
+};
 
 async fn start() -> Harness {
-    let store = Arc::new(MemoryStore::new());
-    store
-        .put_team(&Team {
-            client_ids: vec!["c".into()],
-            rpm: Some(100),
-            daily_tokens: Some(1_000_000),
-            ..Team::new("t", Tier::Standard)
-        })
-        .await
-        .unwrap();
-    let engine = Arc::new(Engine::new(
-        store.clone(),
-        None,
-        EngineSettings::default(),
-        Arc::new(SystemClock),
-    ));
-    let auth = Arc::new(Authenticator::new(
-        Verification::TrustUpstream,
-        None,
-        None,
-        Duration::ZERO,
-    ));
-    let service = ExtProcService::new(Arc::new(Context {
-        engine: engine.clone(),
-        auth,
-        max_request_body_bytes: 1 << 20,
-        max_response_json_bytes: 1 << 20,
-        guardrail: None,
-        guardrail_scope: Default::default(),
-        guardrail_parts: Vec::new(),
-        guardrail_streaming: Default::default(),
-    }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(service.into_server(4 << 20))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    let client = ExternalProcessorClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
-    Harness {
-        client,
-        store,
-        engine,
-    }
+    start_with_issuer(None).await
 }
 
-fn token() -> String {
-    let claims =
-        json!({"client_id": "c", "scope": INVOKE_SCOPE, "exp": get_current_timestamp() + 600});
-    // Signature is irrelevant in trust-upstream mode; any RSA key signs.
-    let key = include_bytes!("../dev/keys/dev-private.pem");
-    encode(
-        &Header::new(Algorithm::RS256),
-        &claims,
-        &EncodingKey::from_rsa_pem(key).unwrap(),
+/// `issuer`: `identity.issuer`, which tokens (or Envoy's verified claims) must carry.
+async fn start_with_issuer(issuer: Option<&str>) -> Harness {
+    let (store, engine) = engine_with_team(100, EngineSettings::default()).await;
+    serve(
+        store,
+        Context {
+            engine,
+            auth: trusting_upstream(issuer),
+            max_request_body_bytes: 1 << 20,
+            max_response_json_bytes: 1 << 20,
+            guardrail: None,
+            guardrail_scope: Default::default(),
+            guardrail_parts: Vec::new(),
+            guardrail_streaming: Default::default(),
+        },
     )
-    .unwrap()
+    .await
 }
 
 fn headers(pairs: &[(&str, &str)], end_of_stream: bool) -> HttpHeaders {
@@ -167,27 +122,6 @@ fn chat_request_headers(id: &str) -> Message {
     ))
 }
 
-async fn tokens_today(h: &Harness) -> u64 {
-    h.engine.flush().await;
-    let day = tollgate::policy::calendar::day_key(get_current_timestamp());
-    h.store
-        .read_counters(&[&CounterKey::tokens_on_day("t", &day, 0)])
-        .await
-        .unwrap()[0]
-}
-
-/// Tokens charged since `before`, once the exchange's settlement has landed.
-async fn charged_since(h: &Harness, before: u64) -> u64 {
-    for _ in 0..50 {
-        let charged = tokens_today(h).await - before;
-        if charged > 0 {
-            return charged;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    0
-}
-
 #[tokio::test]
 async fn response_headers_without_request_headers_pass_through_and_skip_the_body() {
     let mut h = start().await;
@@ -212,13 +146,17 @@ async fn response_headers_without_request_headers_pass_through_and_skip_the_body
 }
 
 #[tokio::test]
-async fn other_paths_are_admitted_at_the_headers_and_their_bodies_skipped() {
+async fn free_paths_are_admitted_at_the_headers_and_their_bodies_skipped() {
     let mut h = start().await;
     let mut ex = Exchange::open(&mut h).await;
     let auth = format!("Bearer {}", token());
     ex.tx
         .send(msg(Message::RequestHeaders(headers(
-            &[(":path", "/v1/files"), ("authorization", &auth)],
+            &[
+                (":method", "GET"),
+                (":path", "/v1/models"),
+                ("authorization", &auth),
+            ],
             false,
         ))))
         .await
@@ -342,4 +280,95 @@ async fn a_completed_stream_is_charged_its_reported_usage_exactly() {
     drop(ex);
     let charged = charged_since(&h, before).await;
     assert_eq!(charged, 12);
+}
+
+/// Request headers as Envoy sends them after `jwt_authn` verified the token: the claims in the
+/// filter's dynamic metadata (numbers as doubles), and no need to read the Authorization header.
+fn verified_request(claims: serde_json::Value) -> ProcessingRequest {
+    use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+    fn to_pb(v: &serde_json::Value) -> Value {
+        let kind = match v {
+            serde_json::Value::String(s) => Kind::StringValue(s.clone()),
+            serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap()),
+            serde_json::Value::Bool(b) => Kind::BoolValue(*b),
+            other => panic!("not a claim this test sends: {other}"),
+        };
+        Value { kind: Some(kind) }
+    }
+    let payload = Struct {
+        fields: claims
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), to_pb(v)))
+            .collect(),
+    };
+    let namespace = Struct {
+        fields: [(
+            "jwt_payload".to_owned(),
+            Value {
+                kind: Some(Kind::StructValue(payload)),
+            },
+        )]
+        .into(),
+    };
+    ProcessingRequest {
+        request: Some(Message::RequestHeaders(headers(
+            &[(":path", "/v1/chat/completions"), (":method", "POST")],
+            false,
+        ))),
+        metadata_context: Some(Metadata {
+            filter_metadata: [("envoy.filters.http.jwt_authn".to_owned(), namespace)].into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn verified_claims_without_exp_or_iss_or_not_yet_valid_are_refused_with_401() {
+    let issuer = "https://issuer.example";
+    let mut h = start_with_issuer(Some(issuer)).await;
+    let now = get_current_timestamp();
+    let good = json!({"iss": issuer, "client_id": "c", "scope": INVOKE_SCOPE, "exp": now + 600});
+    let mut no_exp = good.clone();
+    no_exp.as_object_mut().unwrap().remove("exp");
+    let mut early = good.clone();
+    early["nbf"] = json!(now + 600);
+    let mut expired = good.clone();
+    expired["exp"] = json!(now - 60);
+    let mut no_iss = good.clone();
+    no_iss.as_object_mut().unwrap().remove("iss");
+    let mut other_iss = good.clone();
+    other_iss["iss"] = json!("https://elsewhere.example");
+    for (claims, said) in [
+        (no_exp, "token has no exp claim"),
+        (
+            no_iss,
+            "token has no iss claim; expected https://issuer.example",
+        ),
+        (
+            other_iss,
+            "token was issued by https://elsewhere.example, expected https://issuer.example",
+        ),
+        (early, "token not valid before "),
+        (expired, "token expired at "),
+    ] {
+        let mut ex = Exchange::open(&mut h).await;
+        ex.tx.send(verified_request(claims)).await.unwrap();
+        let reply = ex.rx.message().await.unwrap().unwrap().response.unwrap();
+        let Reply::ImmediateResponse(refusal) = reply else {
+            panic!("admitted: {reply:?}")
+        };
+        assert_eq!(refusal.status.unwrap().code, 401);
+        let body: serde_json::Value = serde_json::from_slice(&refusal.body).unwrap();
+        let reason = body["reason"].as_str().unwrap();
+        assert!(reason.starts_with(said), "{reason}");
+        assert_eq!(body["error"]["code"], "unauthenticated", "{body}");
+    }
+    // The same claims with an expiry pass.
+    let mut ex = Exchange::open(&mut h).await;
+    ex.tx.send(verified_request(good)).await.unwrap();
+    let reply = ex.rx.message().await.unwrap().unwrap().response.unwrap();
+    assert!(matches!(reply, Reply::RequestHeaders(_)), "{reply:?}");
 }

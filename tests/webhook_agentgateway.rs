@@ -117,6 +117,7 @@ async fn start(guardrail: Option<LocalGuardrailConfig>, secret: Option<&str>) ->
             guardrail_scope: Default::default(),
             guardrail_parts: Part::ALL.to_vec(),
             model_header: settings.model_header.clone(),
+            path_header: settings.path_header.clone(),
         },
         settings,
         max_body_bytes: 64 << 10,
@@ -337,6 +338,88 @@ async fn a_spent_budget_is_refused_until_next_month() {
     let (status, body) = rejected(Call::prompt(user("hi")).send(&h).await.0);
     assert_eq!(status, 429);
     assert_eq!(body["error"]["code"], "monthly_budget_exceeded", "{body}");
+}
+
+#[tokio::test]
+async fn embeddings_are_metered_like_any_model_call() {
+    let h = start(None, None).await;
+    let embed = || {
+        Call::prompt(user("embed me"))
+            .header("x-tollgate-path", "/v1/embeddings")
+            .header("x-tollgate-model", "text-embedding-3-large")
+    };
+    assert_pass(embed().send(&h).await.0);
+    // Spend the $1 budget (within the daily tokens): 9M input tokens at $0.13/M cost $1.17.
+    let team = h.engine.store().team("search").await.unwrap().unwrap();
+    let usage = Usage {
+        input: 9_000_000,
+        ..Default::default()
+    };
+    let (debit, cost) = h
+        .engine
+        .usage_debit(
+            &team,
+            "text-embedding-3-large",
+            &usage,
+            h.engine.now_ms(),
+            "emb-1",
+        )
+        .await;
+    assert_eq!(cost, Some(1_170_000));
+    h.engine.store().apply_debits(&[debit]).await.unwrap();
+    h.engine.invalidate_caches();
+    let (status, body) = rejected(embed().send(&h).await.0);
+    assert_eq!(status, 429);
+    assert_eq!(body["error"]["code"], "monthly_budget_exceeded", "{body}");
+}
+
+#[tokio::test]
+async fn endpoints_the_webhook_cannot_meter_are_refused_and_free_ones_pass() {
+    let h = start(None, None).await;
+    let (status, body) = rejected(
+        Call::prompt(user("tune"))
+            .header("x-tollgate-path", "/v1/fine_tuning/jobs")
+            .send(&h)
+            .await
+            .0,
+    );
+    assert_eq!(status, 404);
+    assert_eq!(body["error"]["code"], "endpoint_not_supported", "{body}");
+    // Billed per image: the access log would carry no usage to charge.
+    let (status, body) = rejected(
+        Call::prompt(user("a cat"))
+            .header("x-tollgate-path", "/v1/images/generations")
+            .header("x-tollgate-model", "dall-e-3")
+            .send(&h)
+            .await
+            .0,
+    );
+    assert_eq!(status, 404);
+    assert!(
+        body["reason"]
+            .as_str()
+            .unwrap()
+            .contains("per image or character"),
+        "{body}"
+    );
+    // Counting tokens is free: no model needed, in Anthropic's shape.
+    let count = Call::prompt(user("how long?"))
+        .header("x-tollgate-path", "/v1/messages/count_tokens")
+        .without("x-tollgate-model");
+    assert_pass(count.send(&h).await.0);
+    // Without the path the endpoint is unknown: refused, naming the header to set.
+    let (status, body) = rejected(
+        Call::prompt(user("hi"))
+            .without("x-tollgate-path")
+            .send(&h)
+            .await
+            .0,
+    );
+    assert_eq!(status, 400);
+    assert!(
+        body["reason"].as_str().unwrap().contains("x-tollgate-path"),
+        "{body}"
+    );
 }
 
 #[tokio::test]

@@ -163,7 +163,7 @@ impl Admin {
                 &CounterKey::tokens_on_day(id, &calendar::day_key(now), 0),
             ])
             .await?;
-        let in_window = rate::window_count(counters[0], counters[1], pos) - 1;
+        let in_window = rate::window_count(counters[0], counters[1], pos);
         let mut this_month = 0;
         let mut by_model = serde_json::Map::new();
         let mut months = BTreeMap::new();

@@ -260,11 +260,7 @@ async fn init_table(config: Option<PathBuf>) -> anyhow::Result<()> {
         .await
         .create_table()
         .await?;
-    println!(
-        "{}",
-        json!({"table": table, "created": created, "ttl_attribute": "expires_at"})
-    );
-    Ok(())
+    super::print(json!({"table": table, "created": created, "ttl_attribute": "expires_at"}))
 }
 
 async fn offline(
@@ -308,10 +304,11 @@ fn print_outcome(status: u16, text: &str) -> anyhow::Result<()> {
         .and_then(|v| serde_json::to_string_pretty(&v).ok())
         .unwrap_or_else(|| text.to_owned());
     if (200..300).contains(&status) {
-        if !pretty.is_empty() {
-            println!("{pretty}");
+        if pretty.is_empty() {
+            Ok(())
+        } else {
+            super::print(pretty)
         }
-        Ok(())
     } else {
         let message = serde_json::from_str::<Value>(text)
             .ok()

@@ -24,8 +24,14 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the ext_proc gRPC server and the HTTP ops server.
+    ///
+    /// Defaults: gRPC (ext_proc, grpc.health.v1) on 127.0.0.1:50051, HTTP (admin API, /healthz,
+    /// /readyz, /metrics) on 127.0.0.1:9090, the embedded store in ./tollgate.redb, store
+    /// failures fail closed. Every setting has a default, so no file is needed to start; but
+    /// with no configuration there are no teams and no JWKS, so every request is refused.
+    /// `tollgate config` prints the effective settings; docs/configuration.md lists them.
     Serve {
-        /// TOML configuration; `TOLLGATE_*` environment variables override it.
+        /// TOML configuration; `TOLLGATE_<SECTION>__<KEY>` environment variables override it.
         #[arg(long, env = "TOLLGATE_CONFIG")]
         config: Option<PathBuf>,
     },
@@ -88,6 +94,17 @@ pub enum GuardrailCommand {
     },
 }
 
+/// Writes a command's answer to stdout. A reader that stopped reading (`tollgate ... | head`) is
+/// not an error: Rust ignores SIGPIPE, so `println!` would panic with a backtrace instead.
+pub fn print(answer: impl std::fmt::Display) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    match writeln!(stdout, "{answer}").and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
 pub async fn guardrail_test(
     text: String,
     source: &str,
@@ -101,7 +118,7 @@ pub async fn guardrail_test(
         crate::guardrail::Source::Input
     };
     let report = crate::guardrail::test_report(backend.as_ref(), source, text).await;
-    println!("{}", serde_json::to_string_pretty(&report)?);
+    print(serde_json::to_string_pretty(&report)?)?;
     match report.get("error") {
         Some(e) => bail!("guardrail failed: {e}"),
         None => Ok(()),
@@ -133,8 +150,7 @@ pub async fn check(
     if !status.is_success() {
         bail!("{url}: {status} {body}");
     }
-    println!("{body}");
-    Ok(())
+    print(body)
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -6,6 +6,11 @@
 //!   and so does everything after it while the spool is not empty; a replayer applies spooled
 //!   debits oldest first once the store answers again, including after a restart;
 //! - without one (local stores), a failed batch is retried with backoff until it succeeds.
+//!
+//! Debits also settle journaled calls (see `store::journal`): a call's debit carries its request id,
+//! and one without amounts settles a call that costs nothing. The embedded store settles them
+//! as it applies them; with a spool, the ledger settles them in the spool's journal once the batch
+//! is applied or spooled. Stores that keep no journal never see a debit without amounts.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,6 +70,7 @@ async fn run(
     replay: Arc<Notify>,
     mut entries: mpsc::Receiver<Entry>,
 ) {
+    let store_settles_calls = store.journal().is_some();
     let mut debits = Vec::new();
     let mut flushes = Vec::new();
     while let Some(first) = entries.recv().await {
@@ -80,16 +86,34 @@ async fn run(
             }
         }
         if !debits.is_empty() {
-            match &spool {
-                Some(spool) => apply_or_spool(store.as_ref(), spool, &replay, &debits).await,
-                None => apply_until_done(store.as_ref(), &debits).await,
-            }
             metrics::gauge!("tollgate_ledger_queued").decrement(debits.len() as f64);
+            let settled: Vec<String> = match &spool {
+                Some(_) => debits.iter().map(|d| d.id.clone()).collect(),
+                None => Vec::new(),
+            };
+            if !store_settles_calls {
+                debits.retain(|d| !d.amounts.is_empty());
+            }
+            match &spool {
+                Some(spool) => {
+                    if !debits.is_empty() {
+                        apply_or_spool(store.as_ref(), spool, &replay, &debits).await;
+                    }
+                    spool.settle(settled.iter().map(String::as_str));
+                }
+                None if !debits.is_empty() => apply_until_done(store.as_ref(), &debits).await,
+                None => {}
+            }
             debits.clear();
         }
         for done in flushes.drain(..) {
             if let Err(e) = store.flush().await {
                 tracing::error!(error = %e, "store flush failed");
+            }
+            if let Some(spool) = &spool
+                && let Err(e) = spool.journal().flush().await
+            {
+                tracing::error!(error = %e, "journal flush failed");
             }
             let _ = done.send(());
         }

@@ -22,12 +22,16 @@ pub use prices::PriceBook;
 pub use teams::TeamDirectory;
 
 use crate::identity::Principal;
+use crate::llm::Endpoints;
 use crate::policy::budget::{self, OnBreach};
 use crate::policy::{
-    Price, PriceTable, RateHeaders, Rejection, RejectionKind, Team, TierTable, Usage, calendar,
-    rate, tokens,
+    Price, PriceTable, RateHeaders, Rejection, RejectionKind, Team, TierTable, Units, Usage,
+    calendar, decision, rate, tokens,
 };
-use crate::store::{CounterKey, Debit, Increment, MemoryStore, Spool, Store, StoreError};
+use crate::store::{
+    CounterKey, Debit, Increment, Journal, JournalEntry, MemoryStore, Opened, Spool, Store,
+    StoreError,
+};
 
 /// What to do when the store cannot answer an admission query.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -124,6 +128,8 @@ pub struct EngineSettings {
     pub admission_deadline: Duration,
     /// Teams from the configuration file, known even when the store is down.
     pub configured_teams: Vec<Team>,
+    /// Which endpoints are metered, free or refused: asked by every adapter.
+    pub endpoints: Endpoints,
     /// Admit from quota leases on the store's counters (see [`lease`]); `None`: one conditional
     /// update per request.
     pub leases: Option<LeaseSettings>,
@@ -141,6 +147,7 @@ impl Default for EngineSettings {
             reserve: false,
             admission_deadline: Duration::from_millis(500),
             configured_teams: Vec::new(),
+            endpoints: Endpoints::builtin(),
             leases: None,
         }
     }
@@ -152,6 +159,22 @@ pub struct ModelCall<'a> {
     pub model: &'a str,
     pub prompt_chars: u64,
     pub max_output_tokens: Option<u64>,
+    /// What the call is billed in besides tokens (images, characters), if anything.
+    pub units: Option<&'a Units>,
+}
+
+impl ModelCall<'_> {
+    /// The prompt's tokens, estimated from its characters, and the units asked for (images,
+    /// characters of speech): what the provider bills for the call once it has received it,
+    /// whatever happens to the answer.
+    pub fn prompt_estimate(&self) -> Usage {
+        Usage {
+            input: self.prompt_chars.div_ceil(4),
+            units: self.units.map_or(0, Units::count),
+            estimated: true,
+            ..Default::default()
+        }
+    }
 }
 
 /// After a store failure, admissions skip the store this long before probing it again.
@@ -173,11 +196,62 @@ pub struct Ticket {
     tokens_key: CounterKey,
     charge: Option<Charge>,
     request_id: String,
+    /// In the journal until settled (so that a crash does not lose its charge).
+    journaled: bool,
+}
+
+impl Ticket {
+    /// The debit charging `usage` (`None`: the request never ran) to this ticket's counters and
+    /// giving its reservation back, with the cost it charges.
+    fn debit(&self, usage: Option<&Usage>) -> (Debit, u64) {
+        let mut amounts = Vec::new();
+        let total = usage.map_or(0, Usage::total);
+        if total > 0 {
+            amounts.push((self.tokens_key.clone(), total as i64));
+        }
+        let mut cost = 0;
+        if let Some(charge) = &self.charge {
+            cost = usage.map_or(0, |u| {
+                charge.price.cost_with_units_micros(u, charge.unit_price)
+            });
+            if cost > 0 {
+                amounts.push((charge.month_key.clone(), cost as i64));
+                amounts.push((charge.model_key.clone(), cost as i64));
+            }
+            if let Some((key, reserved)) = &charge.reserved {
+                amounts.push((key.clone(), -(*reserved as i64)));
+            }
+        }
+        let debit = Debit {
+            id: self.request_id.clone(),
+            amounts,
+        };
+        (debit, cost)
+    }
+}
+
+/// When calls left unsettled are charged at their estimates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unsettled {
+    /// At startup: what an earlier process left in the journal when it died.
+    Recovered,
+    /// At the end of the shutdown grace period: what is still in flight.
+    Abandoned,
+}
+
+/// Calls charged at their estimates by [`Engine::charge_unsettled`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnsettledCharge {
+    pub calls: u64,
+    pub tokens: u64,
+    pub cost_micros: u64,
 }
 
 #[derive(Clone, Debug)]
 struct Charge {
     price: Price,
+    /// Micro-dollars per million of the call's units (images, characters), resolved at admission.
+    unit_price: u64,
     month_key: CounterKey,
     model_key: CounterKey,
     /// Reservation to release once the actual cost is known.
@@ -188,6 +262,7 @@ struct Charge {
 struct Money {
     model: String,
     price: Price,
+    unit_price: u64,
     estimate: u64,
     month_key: CounterKey,
     model_key: CounterKey,
@@ -219,11 +294,15 @@ pub struct Engine {
     teams: TeamDirectory,
     prices: PriceBook,
     ledger: Ledger,
+    /// Admitted model calls until they are settled (none for the memory store).
+    journal: Option<Arc<dyn Journal>>,
     clock: Arc<dyn Clock>,
     settings: EngineSettings,
     /// Thresholds already reported (team#month#threshold), so the store is asked only once.
     reported: Mutex<HashSet<String>>,
     request_seq: AtomicU64,
+    /// Random: tells this process's debit ids from other instances' and earlier runs'.
+    instance: u64,
 }
 
 impl Engine {
@@ -235,6 +314,11 @@ impl Engine {
         clock: Arc<dyn Clock>,
     ) -> Self {
         let breaker = Arc::new(Breaker::new(STORE_PAUSE_AFTER_FAILURE));
+        // The journal lives with the store itself (or the spool), never behind the lease layer.
+        let journal = match &spool {
+            Some(spool) => Some(spool.journal()),
+            None => store.journal(),
+        };
         let (store, leases) = match settings.leases {
             Some(lease_settings) => {
                 let leases = Arc::new(Leases::new(
@@ -248,6 +332,7 @@ impl Engine {
             None => (store, None),
         };
         Self {
+            journal,
             leases,
             teams: TeamDirectory::new(
                 store.clone(),
@@ -265,6 +350,10 @@ impl Engine {
             settings,
             reported: Mutex::new(HashSet::new()),
             request_seq: AtomicU64::new(0),
+            instance: std::hash::BuildHasher::hash_one(
+                &std::collections::hash_map::RandomState::new(),
+                (std::process::id(), SystemClock.now_ms()),
+            ),
         }
     }
 
@@ -274,6 +363,11 @@ impl Engine {
 
     pub fn tiers(&self) -> &TierTable {
         &self.settings.tiers
+    }
+
+    /// The endpoint catalogue: which requests are metered, free or refused.
+    pub fn endpoints(&self) -> &Endpoints {
+        &self.settings.endpoints
     }
 
     pub fn now_ms(&self) -> u64 {
@@ -318,16 +412,44 @@ impl Engine {
     }
 
     /// Decides whether `team` may send one more request now (calling `call`'s model, if it is a
-    /// model call); counts it if so.
+    /// model call); counts it if so. An admitted model call is journaled until it is settled.
     pub async fn admit(
         &self,
         team: &Team,
         call: Option<ModelCall<'_>>,
         request_id: Option<&str>,
     ) -> Result<Ticket, Rejection> {
+        self.admit_journaled(team, call, request_id, true).await
+    }
+
+    /// Admits a model call whose usage another path reports later (an access-log record with the
+    /// same request id, as for the agentgateway webhook): nothing is journaled, since that record
+    /// charges the call even if this process dies, and a reservation is given back at once.
+    /// Returns the budget warning, if any.
+    pub async fn admit_reported_later(
+        &self,
+        team: &Team,
+        call: ModelCall<'_>,
+        request_id: Option<&str>,
+    ) -> Result<Option<String>, Rejection> {
+        let ticket = self
+            .admit_journaled(team, Some(call), request_id, false)
+            .await?;
+        let warning = ticket.budget_warning.clone();
+        self.settle_as(ticket, None, "").await;
+        Ok(warning)
+    }
+
+    async fn admit_journaled(
+        &self,
+        team: &Team,
+        call: Option<ModelCall<'_>>,
+        request_id: Option<&str>,
+        journal: bool,
+    ) -> Result<Ticket, Rejection> {
         let started = std::time::Instant::now();
         let now_ms = self.clock.now_ms();
-        let request_id = request_id.map_or_else(|| self.next_request_id(), str::to_owned);
+        let request_id = self.debit_id(request_id);
         // Leases gate their own store calls on the breaker and report the outcomes to it: a
         // request a slice covers is admitted whatever the store's state.
         let leased = self.leases.is_some();
@@ -394,6 +516,12 @@ impl Engine {
                 }
             }
         };
+        let outcome = outcome.map(|mut ticket| {
+            if let (true, Some(call)) = (journal, call) {
+                self.journal(&mut ticket, call, now_ms);
+            }
+            ticket
+        });
         metrics::histogram!("tollgate_admission_seconds").record(started.elapsed().as_secs_f64());
         outcome
     }
@@ -437,47 +565,47 @@ impl Engine {
             tokens_key: tokens_key.clone(),
             charge: money.as_ref().map(|m| Charge {
                 price: m.price,
+                unit_price: m.unit_price,
                 month_key: m.month_key.clone(),
                 model_key: m.model_key.clone(),
                 reserved: None,
             }),
             request_id: request_id.to_owned(),
+            journaled: false,
         };
         let values = store.read_counters(&keys).await.map_err(Failure::Store)?;
         let (previous, current, used_today) = (values[0], values[1], values[2]);
         rate_headers.tokens_remaining = tokens::remaining(used_today, limits.daily_tokens);
         rate_headers.rpm_remaining = rate::remaining(limits.rpm, previous, current, pos);
 
+        let to_next_month = calendar::secs_until_next_month(now);
+        let budget = limits.monthly_budget_micros;
+        let spent = values.get(3).copied().unwrap_or_default();
+        // With reservations, the request's own estimate must fit in the budget too.
+        let incoming = match &money {
+            Some(m) if self.settings.reserve => m.estimate,
+            _ => 0,
+        };
+        // Every limit that refuses is heard; the caller is told about the one that lasts longest.
+        let mut refusals = Vec::new();
         if !tokens::within_daily_limit(used_today, limits.daily_tokens) {
-            return Err(self
-                .refuse(Rejection::daily_tokens_exceeded(
-                    used_today,
-                    limits.daily_tokens.unwrap_or_default(),
-                    rate_headers,
-                    calendar::secs_until_next_day(now),
-                ))
-                .into());
+            refusals.push(Rejection::daily_tokens_exceeded(
+                used_today,
+                limits.daily_tokens.unwrap_or_default(),
+                rate_headers,
+                calendar::secs_until_next_day(now),
+            ));
         }
         if let Some(m) = &money {
-            let (spent, spent_on_model, reserved) = (values[3], values[4], values[5]);
-            let retry = calendar::secs_until_next_month(now);
-            let budget = limits.monthly_budget_micros;
-            let incoming = if self.settings.reserve { m.estimate } else { 0 };
+            let (spent_on_model, reserved) = (values[4], values[5]);
             if !budget::within_budget(spent, reserved, incoming, budget) {
                 match team.on_breach {
-                    OnBreach::Block => {
-                        return Err(self
-                            .refuse(Rejection::budget_exceeded(
-                                RejectionKind::MonthlyBudgetExceeded,
-                                budget::budget_exceeded_reason(
-                                    spent.saturating_add(reserved),
-                                    budget,
-                                ),
-                                rate_headers,
-                                retry,
-                            ))
-                            .into());
-                    }
+                    OnBreach::Block => refusals.push(Rejection::budget_exceeded(
+                        RejectionKind::MonthlyBudgetExceeded,
+                        budget::budget_exceeded_reason(spent.saturating_add(reserved), budget),
+                        rate_headers,
+                        to_next_month,
+                    )),
                     OnBreach::Warn => {
                         metrics::counter!("tollgate_budget_overruns_total", "team" => team.id.clone()).increment(1);
                         ticket.budget_warning = Some(budget::budget_exceeded_reason(spent, budget));
@@ -489,21 +617,34 @@ impl Engine {
             {
                 let reason = budget::model_budget_exceeded_reason(&m.model, spent_on_model, cap);
                 match team.on_breach {
-                    OnBreach::Block => {
-                        return Err(self
-                            .refuse(Rejection::budget_exceeded(
-                                RejectionKind::ModelBudgetExceeded,
-                                reason,
-                                rate_headers,
-                                retry,
-                            ))
-                            .into());
-                    }
+                    OnBreach::Block => refusals.push(Rejection::budget_exceeded(
+                        RejectionKind::ModelBudgetExceeded,
+                        reason,
+                        rate_headers,
+                        to_next_month,
+                    )),
                     OnBreach::Warn => {
                         ticket.budget_warning = ticket.budget_warning.or(Some(reason))
                     }
                 }
             }
+        }
+        if !refusals.is_empty() {
+            // The RPM window may outlast a day that ends in seconds; it is judged from the
+            // counters read, as nothing is counted for a refused request.
+            if current >= rate::current_ceiling(limits.rpm, previous, pos) {
+                let mut rate_headers = rate_headers;
+                rate_headers.rpm_remaining = 0;
+                refusals.push(Rejection::rpm_exceeded(
+                    rate::window_count(previous, current, pos),
+                    rate_headers,
+                    rate::retry_after_secs(limits.rpm, previous, current, pos),
+                ));
+            }
+            let refusal = decision::lasting_longest(refusals).expect("at least one refusal");
+            return Err(self.refuse(refusal).into());
+        }
+        if let Some(m) = &money {
             if ticket.budget_warning.is_none()
                 && let Some(threshold) =
                     budget::crossed_threshold(spent, budget, &self.settings.warn_at_percent)
@@ -530,7 +671,7 @@ impl Engine {
                                     budget,
                                 ),
                                 rate_headers,
-                                retry,
+                                to_next_month,
                             ))
                             .into());
                     }
@@ -571,26 +712,37 @@ impl Engine {
         now: u64,
     ) -> Result<Money, Rejection> {
         let table = self.prices.table().await;
-        let (model, price) = match table.price(call.model) {
-            Some(found) => found,
+        let (model, price, unit_price) = match table.model_price(call.model) {
+            Some((model, price)) => {
+                let unit_price = match call.units {
+                    None => 0,
+                    Some(units) => price.unit_price(units).map_err(|missing| {
+                        self.unpriced(
+                            team,
+                            call.model,
+                            &format!("model {:?} {missing}", call.model),
+                        )
+                    })?,
+                };
+                (model, price.tokens, unit_price)
+            }
             None => match self.settings.unknown_model {
-                UnknownModel::Charge(price) => {
+                UnknownModel::Charge(price) if call.units.is_none() => {
                     metrics::counter!("tollgate_unknown_model_total", "policy" => "charged")
                         .increment(1);
-                    (crate::policy::pricing::normalise_model(call.model), price)
+                    (
+                        crate::policy::pricing::normalise_model(call.model),
+                        price,
+                        0,
+                    )
                 }
-                UnknownModel::Reject => {
-                    metrics::counter!("tollgate_unknown_model_total", "policy" => "rejected")
-                        .increment(1);
-                    tracing::warn!(team = %team.id, model = call.model, "model has no price");
-                    return Err(self.refuse(Rejection::new(
-                        RejectionKind::UnknownModel,
-                        format!(
-                            "model {:?} has no price; a tollgate admin can add one (PUT /admin/prices/{})",
-                            call.model,
-                            crate::policy::pricing::normalise_model(call.model)
-                        ),
-                    )));
+                UnknownModel::Charge(_) | UnknownModel::Reject => {
+                    // A default price is for tokens: it cannot price images or characters.
+                    return Err(self.unpriced(
+                        team,
+                        call.model,
+                        &format!("model {:?} has no price", call.model),
+                    ));
                 }
             },
         };
@@ -604,13 +756,15 @@ impl Engine {
             )));
         }
         let month = calendar::month_key(now);
-        let estimate = price.cost_micros(&Usage {
-            input: call.prompt_chars.div_ceil(4),
-            output: call
-                .max_output_tokens
-                .unwrap_or(DEFAULT_RESERVED_OUTPUT_TOKENS),
-            ..Default::default()
-        });
+        let estimate = price.cost_with_units_micros(
+            &Usage {
+                output: call
+                    .max_output_tokens
+                    .unwrap_or(DEFAULT_RESERVED_OUTPUT_TOKENS),
+                ..call.prompt_estimate()
+            },
+            unit_price,
+        );
         let (month_key, model_key) = spend_keys(&team.id, &model, now);
         Ok(Money {
             month_key,
@@ -622,8 +776,23 @@ impl Engine {
             ),
             model,
             price,
+            unit_price,
             estimate,
         })
+    }
+
+    /// Refuses a call nothing can price (no price for the model, or for the images or characters
+    /// it asks for): nothing is spent that cannot be charged.
+    fn unpriced(&self, team: &Team, model: &str, what: &str) -> Rejection {
+        metrics::counter!("tollgate_unknown_model_total", "policy" => "rejected").increment(1);
+        tracing::warn!(team = %team.id, model, what, "call has no price");
+        self.refuse(Rejection::new(
+            RejectionKind::UnknownModel,
+            format!(
+                "{what}; a tollgate admin can add one (PUT /admin/prices/{})",
+                crate::policy::pricing::normalise_model(model)
+            ),
+        ))
     }
 
     /// Logs and counts a threshold crossing once per team, month and threshold across the fleet:
@@ -697,41 +866,115 @@ impl Engine {
         self.settle_as(ticket, Some(usage), api).await;
     }
 
-    /// Gives back an admitted request's reservation, if any, charging nothing: for adapters whose
-    /// usage is reported later by another path (the webhook's, from access logs).
-    pub async fn release(&self, ticket: Ticket) {
-        self.settle_as(ticket, None, "").await;
-    }
-
     /// `usage: None`: the request never ran; only a reservation, if any, is released.
     async fn settle_as(&self, ticket: Ticket, usage: Option<Usage>, api: &'static str) {
-        let mut amounts = Vec::new();
-        let total = usage.map_or(0, |u| u.total());
-        if total > 0 {
-            amounts.push((ticket.tokens_key, total as i64));
+        if ticket.journaled
+            && let Some(journal) = &self.journal
+            && !journal.claim(&ticket.request_id)
+        {
+            // Charged at its estimate already: the shutdown grace period ended before it did.
+            tracing::debug!(team = %ticket.team, request_id = %ticket.request_id, "settled after being charged at shutdown");
+            return;
         }
-        let mut cost = 0;
-        if let Some(charge) = ticket.charge {
-            cost = usage.map_or(0, |u| charge.price.cost_micros(&u));
-            if cost > 0 {
-                amounts.push((charge.month_key, cost as i64));
-                amounts.push((charge.model_key, cost as i64));
-                metrics::counter!("tollgate_spend_micros_total", "team" => ticket.team.to_string())
-                    .increment(cost);
-            }
-            if let Some((key, reserved)) = charge.reserved {
-                amounts.push((key, -(reserved as i64)));
-            }
+        let (debit, cost) = ticket.debit(usage.as_ref());
+        if cost > 0 {
+            metrics::counter!("tollgate_spend_micros_total", "team" => ticket.team.to_string())
+                .increment(cost);
         }
         tracing::debug!(team = %ticket.team, request_id = %ticket.request_id, ?usage, cost, api, "settling");
-        if !amounts.is_empty() {
-            self.ledger
-                .record(Debit {
-                    id: ticket.request_id,
-                    amounts,
-                })
-                .await;
+        // A journaled call's debit settles its entry, even when it charges nothing.
+        if !debit.amounts.is_empty() || ticket.journaled {
+            self.ledger.record(debit).await;
         }
+    }
+
+    /// Journals an admitted model call with its estimated prompt (see [`Unsettled`]).
+    fn journal(&self, ticket: &mut Ticket, call: ModelCall<'_>, now_ms: u64) {
+        let Some(journal) = &self.journal else {
+            return;
+        };
+        if ticket.charge.is_none() {
+            return;
+        }
+        // The prompt only: the provider bills it for any call it received, while output is
+        // billed only as far as it was generated, which only the lost process saw.
+        let estimate = call.prompt_estimate();
+        let (debit, cost_micros) = ticket.debit(Some(&estimate));
+        let entry = JournalEntry {
+            team: ticket.team.to_string(),
+            model: call.model.to_owned(),
+            admitted_at_ms: now_ms,
+            tokens: estimate.total(),
+            cost_micros,
+            debit,
+        };
+        match journal.open(entry) {
+            Opened::Journaled => ticket.journaled = true,
+            // Debit ids are unique per admission (`debit_id`): only a full journal refuses one.
+            Opened::Full | Opened::DuplicateId => {
+                metrics::counter!("tollgate_journal_full_total").increment(1);
+                tracing::warn!(team = %ticket.team, request_id = %ticket.request_id, "journal full: this call is not journaled, and a crash before it settles would not charge it");
+            }
+        }
+    }
+
+    /// Charges, at their estimates, the journaled calls nobody will settle: at startup what the
+    /// last process left ([`Unsettled::Recovered`]), at the end of the shutdown grace period what
+    /// is still in flight ([`Unsettled::Abandoned`]). Each is a debit with the call's request id,
+    /// so a debit of it that did land before a crash is not applied twice. Returns once they are
+    /// durable (applied, or spooled).
+    pub async fn charge_unsettled(&self, when: Unsettled) -> UnsettledCharge {
+        let Some(journal) = &self.journal else {
+            return UnsettledCharge::default();
+        };
+        let entries = journal.claim_all();
+        let mut total = UnsettledCharge::default();
+        let mut by_team: std::collections::BTreeMap<String, UnsettledCharge> = Default::default();
+        for entry in &entries {
+            for sum in [&mut total, by_team.entry(entry.team.clone()).or_default()] {
+                sum.calls += 1;
+                sum.tokens += entry.tokens;
+                sum.cost_micros += entry.cost_micros;
+            }
+            tracing::debug!(team = %entry.team, request_id = entry.id(), model = %entry.model, admitted_at_ms = entry.admitted_at_ms, tokens = entry.tokens, cost_micros = entry.cost_micros, ?when, "charging an unsettled call at its estimate");
+        }
+        for entry in entries {
+            self.ledger.record(entry.debit).await;
+        }
+        self.ledger.flush().await;
+        if total.calls == 0 {
+            return total;
+        }
+        let (counter, what) = match when {
+            Unsettled::Recovered => (
+                "tollgate_journal_recovered_total",
+                "charged the calls an earlier process left unsettled at their estimated prompts",
+            ),
+            Unsettled::Abandoned => (
+                "tollgate_journal_abandoned_total",
+                "charged the calls still in flight at the end of the shutdown grace period at their estimated prompts",
+            ),
+        };
+        for (team, sum) in &by_team {
+            metrics::counter!(counter, "team" => team.clone()).increment(sum.calls);
+            metrics::counter!("tollgate_spend_micros_total", "team" => team.clone())
+                .increment(sum.cost_micros);
+            tracing::warn!(
+                team = %team,
+                calls = sum.calls,
+                tokens = sum.tokens,
+                cost_usd = budget::json_usd(sum.cost_micros),
+                "{what}"
+            );
+        }
+        tracing::warn!(
+            calls = total.calls,
+            tokens = total.tokens,
+            cost_usd = budget::json_usd(total.cost_micros),
+            teams = by_team.len(),
+            "{what}"
+        );
+        total
     }
 
     /// The debit for usage reported after the fact (an access-log record) rather than through an
@@ -794,12 +1037,15 @@ impl Engine {
         }
     }
 
-    fn next_request_id(&self) -> String {
-        format!(
-            "tollgate-{}-{}",
-            self.clock.now_ms(),
-            self.request_seq.fetch_add(1, Ordering::Relaxed)
-        )
+    /// The id of an admitted call's debit: the request id, made this admission's own. A client
+    /// can choose its `x-request-id`, and a store that takes a debit id it has seen for a replay
+    /// (DynamoDB) would charge a call that reuses one nothing.
+    fn debit_id(&self, request_id: Option<&str>) -> String {
+        let seq = self.request_seq.fetch_add(1, Ordering::Relaxed);
+        match request_id {
+            Some(id) => format!("{id}~{:x}-{seq}", self.instance),
+            None => format!("tollgate-{:x}-{seq}", self.instance),
+        }
     }
 }
 

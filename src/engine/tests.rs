@@ -52,6 +52,17 @@ fn principal(team: Option<&str>, client: Option<&str>) -> Principal {
     }
 }
 
+/// One request (not a model call) that used `tokens`, charged and applied.
+async fn use_tokens(engine: &Engine, t: &Team, tokens: u64) {
+    let ticket = engine.admit(t, None, None).await.unwrap();
+    let usage = Usage {
+        input: tokens,
+        ..Default::default()
+    };
+    engine.settle(ticket, usage, "test").await;
+    engine.flush().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn admits_exactly_the_rpm_limit_under_concurrency() {
     let (engine, _) = engine();
@@ -79,7 +90,10 @@ async fn rejected_requests_consume_nothing() {
     for _ in 0..10 {
         let r = engine.admit(&t, None, None).await.unwrap_err();
         assert_eq!(r.kind, RejectionKind::RpmExceeded);
-        assert_eq!(r.reason, "RPM limit exceeded (4/3 requests per minute)");
+        assert_eq!(
+            r.reason,
+            "RPM limit exceeded: 3 requests in the last 60 s, limit 3"
+        );
         assert_eq!(r.rate.unwrap().rpm_remaining, 0);
         assert!(r.retry_after_secs.unwrap() >= 1);
     }
@@ -139,18 +153,7 @@ async fn daily_tokens_are_debited_after_the_response_and_roll_over_at_midnight()
 async fn a_token_rejection_does_not_consume_rpm() {
     let (engine, _) = engine();
     let t = team("a", 2, 10);
-    let ticket = engine.admit(&t, None, None).await.unwrap();
-    engine
-        .settle(
-            ticket,
-            Usage {
-                input: 10,
-                ..Default::default()
-            },
-            "test",
-        )
-        .await;
-    engine.flush().await;
+    use_tokens(&engine, &t, 10).await;
     for _ in 0..5 {
         assert_eq!(
             engine.admit(&t, None, None).await.unwrap_err().kind,
@@ -282,6 +285,7 @@ fn dollar_per_thousand() -> EngineSettings {
         output: 1000.0,
         cache_read: Some(100.0),
         cache_write: Some(2000.0),
+        ..Default::default()
     };
     settings.prices.set(
         "test-model",
@@ -296,6 +300,18 @@ fn dollar_per_thousand() -> EngineSettings {
     settings
 }
 
+/// A team's spend this (test) month, in total and on `model`, in micro-dollars.
+async fn spent(engine: &Engine, team: &str, model: &str) -> [u64; 2] {
+    let month = CounterKey::spend_in_month(team, "2026-11", 0);
+    let on_model = CounterKey::spend_on_model(team, "2026-11", model, 0);
+    let values = engine
+        .store()
+        .read_counters(&[&month, &on_model])
+        .await
+        .unwrap();
+    [values[0], values[1]]
+}
+
 fn budgeted(id: &str, usd: f64) -> Team {
     Team {
         monthly_budget_usd: Some(usd),
@@ -308,6 +324,7 @@ fn call(model: &str) -> Option<ModelCall<'_>> {
         model,
         prompt_chars: 400,
         max_output_tokens: Some(100),
+        units: None,
     })
 }
 
@@ -465,22 +482,18 @@ async fn unknown_models_can_be_charged_a_default_price() {
             output: 2000.0,
             cache_read: None,
             cache_write: None,
+            ..Default::default()
         }
         .to_price()
-        .unwrap(),
+        .unwrap()
+        .tokens,
     );
     let (engine, _) = engine_set(Arc::new(MemoryStore::new()), settings);
     let t = budgeted("dp", 10.0);
     spend(&engine, &t, "mystery-model", 100).await;
-    let month = CounterKey::spend_in_month("dp", "2026-11", 0);
-    let model = CounterKey::spend_on_model("dp", "2026-11", "mystery-model", 0);
     assert_eq!(
-        engine
-            .store()
-            .read_counters(&[&month, &model])
-            .await
-            .unwrap(),
-        vec![200_000, 200_000]
+        spent(&engine, "dp", "mystery-model").await,
+        [200_000, 200_000]
     );
 }
 
@@ -494,6 +507,7 @@ async fn cache_tokens_are_priced_at_cache_prices() {
         output: 20,
         cache_read: 1000,
         cache_write: 100,
+        units: 0,
         estimated: false,
     };
     engine.settle(ticket, usage, "test").await;
@@ -546,4 +560,312 @@ async fn reservations_keep_concurrent_requests_within_the_budget() {
         vec![0]
     );
     assert!(engine.admit(&t, call("test-model"), None).await.is_ok());
+}
+
+// ---- several limits at once: the longest-lasting refusal is named
+
+#[tokio::test]
+async fn a_team_over_its_daily_tokens_and_its_budget_hears_about_the_budget() {
+    let (engine, clock) = engine_set(Arc::new(MemoryStore::new()), dollar_per_thousand());
+    let t = Team {
+        daily_tokens: Some(1000),
+        ..budgeted("both", 1.0)
+    };
+    spend(&engine, &t, "test-model", 1100).await; // 1100 tokens today, $1.10 this month
+    let r = engine
+        .admit(&t, call("test-model"), None)
+        .await
+        .unwrap_err();
+    assert_eq!(r.kind, RejectionKind::MonthlyBudgetExceeded);
+    assert_eq!(r.reason, "Monthly budget exceeded ($1.10/$1.00)");
+    let to_month = 9 * 86_400 + 11 * 3600 + 59 * 60 + 50;
+    assert_eq!(r.retry_after_secs, Some(to_month));
+    assert!(!r.kind.retryable());
+    // The daily tokens were spent too: a call without a model hears about them.
+    let r = engine.admit(&t, None, None).await.unwrap_err();
+    assert_eq!(r.kind, RejectionKind::DailyTokensExceeded);
+    // Retrying when the day rolls over would not have helped: the budget still refuses.
+    clock.0.fetch_add(12 * 3600 * 1000, Ordering::Relaxed);
+    let r = engine
+        .admit(&t, call("test-model"), None)
+        .await
+        .unwrap_err();
+    assert_eq!(r.kind, RejectionKind::MonthlyBudgetExceeded);
+    assert!(engine.admit(&t, None, None).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_model_cap_outlasts_the_day_and_a_full_minute_outlasts_its_last_seconds() {
+    let (engine, clock) = engine_set(Arc::new(MemoryStore::new()), dollar_per_thousand());
+    let mut t = Team {
+        daily_tokens: Some(1000),
+        ..budgeted("cap-day", 100.0)
+    };
+    t.model_caps.insert("test-model".into(), 0.5);
+    spend(&engine, &t, "test-model", 1100).await;
+    let r = engine
+        .admit(&t, call("test-model"), None)
+        .await
+        .unwrap_err();
+    assert_eq!(r.kind, RejectionKind::ModelBudgetExceeded);
+
+    // 2026-11-21T23:59:45Z: one request fills a 1-RPM window and spends the day's tokens.
+    let t = team("late", 1, 1000);
+    clock.0.store(1_795_305_585_000, Ordering::Relaxed);
+    use_tokens(&engine, &t, 1500).await;
+    // Ten seconds before midnight the day ends before the RPM window frees a slot.
+    clock.0.store(1_795_305_590_000, Ordering::Relaxed);
+    let r = engine.admit(&t, None, None).await.unwrap_err();
+    assert_eq!(r.kind, RejectionKind::RpmExceeded);
+    assert_eq!(r.retry_after_secs, Some(70));
+    assert!(r.kind.retryable());
+}
+
+// ---- calls billed per unit: images, characters
+
+fn images(count: u64, quality: &str, size: &str) -> Units {
+    Units::Images {
+        count,
+        quality: Some(quality.into()),
+        size: Some(size.into()),
+    }
+}
+
+/// Admits a call for `units` of `model` and charges it `billed` units.
+async fn charge_units(engine: &Engine, t: &Team, model: &str, units: &Units, billed: u64) {
+    let ticket = engine
+        .admit(t, unit_call(model, units), None)
+        .await
+        .unwrap();
+    let usage = Usage {
+        units: billed,
+        ..Default::default()
+    };
+    engine.settle(ticket, usage, "test").await;
+    engine.flush().await;
+}
+
+/// The refusal of a call for `units` of `model`.
+async fn refused_units(engine: &Engine, t: &Team, model: &str, units: &Units) -> Rejection {
+    engine
+        .admit(t, unit_call(model, units), None)
+        .await
+        .unwrap_err()
+}
+
+fn unit_call<'a>(model: &'a str, units: &'a Units) -> Option<ModelCall<'a>> {
+    Some(ModelCall {
+        model,
+        prompt_chars: 40,
+        max_output_tokens: Some(0),
+        units: Some(units),
+    })
+}
+
+#[tokio::test]
+async fn images_are_charged_per_image_at_the_quality_and_size_asked_for() {
+    let (engine, _) = engine_set(Arc::new(MemoryStore::new()), EngineSettings::default());
+    let t = budgeted("img", 10.0);
+    // The response returned both images: 2 x $0.12.
+    charge_units(&engine, &t, "dall-e-3", &images(2, "hd", "1024x1792"), 2).await;
+    assert_eq!(spent(&engine, "img", "dall-e-3").await, [240_000, 240_000]);
+    // Characters of speech, likewise: 1000 at $15 per million.
+    charge_units(&engine, &t, "tts-1", &Units::Characters(1000), 1000).await;
+    assert_eq!(spent(&engine, "img", "tts-1").await, [255_000, 15_000]);
+}
+
+#[tokio::test]
+async fn a_call_whose_units_have_no_price_is_refused() {
+    let settings = EngineSettings {
+        unknown_model: UnknownModel::Charge(Price {
+            input: 1,
+            output: 1,
+            cache_read: 1,
+            cache_write: 1,
+            long_context: None,
+        }),
+        ..Default::default()
+    };
+    let (engine, _) = engine_set(Arc::new(MemoryStore::new()), settings);
+    let t = budgeted("np", 10.0);
+    let r = refused_units(&engine, &t, "dall-e-3", &images(1, "hd", "256x256")).await;
+    assert_eq!(r.kind, RejectionKind::UnknownModel);
+    assert!(
+        r.reason.contains("quality hd and size 256x256"),
+        "{}",
+        r.reason
+    );
+    assert!(
+        r.reason.contains("PUT /admin/prices/dall-e-3"),
+        "{}",
+        r.reason
+    );
+    let speech = Units::Characters(10);
+    let r = refused_units(&engine, &t, "gpt-4o-mini-tts", &speech).await;
+    assert_eq!(
+        r.kind,
+        RejectionKind::UnknownModel,
+        "a default token price does not price characters"
+    );
+    let r = refused_units(&engine, &t, "gpt-4o", &speech).await;
+    assert!(r.reason.contains("no price per character"), "{}", r.reason);
+}
+
+#[tokio::test]
+async fn reservations_count_every_image_asked_for() {
+    let settings = EngineSettings {
+        reserve: true,
+        ..Default::default()
+    };
+    let (engine, _) = engine_set(Arc::new(MemoryStore::new()), settings);
+    // $0.10 left; standard 1024x1024 DALL-E 3 images cost $0.04 each.
+    let t = budgeted("ri", 0.10);
+    let r = refused_units(&engine, &t, "dall-e-3", &images(3, "standard", "1024x1024")).await;
+    assert_eq!(r.kind, RejectionKind::MonthlyBudgetExceeded);
+    let two = images(2, "standard", "1024x1024");
+    let ticket = engine
+        .admit(&t, unit_call("dall-e-3", &two), None)
+        .await
+        .unwrap();
+    let reserved = CounterKey::reserved_in_month("ri", "2026-11", 0);
+    assert_eq!(
+        engine.store().read_counters(&[&reserved]).await.unwrap(),
+        vec![80_000]
+    );
+    engine.settle(ticket, Usage::default(), "test").await;
+}
+
+// ---- the journal of admitted calls
+
+fn journaled_engine(dir: &tempfile::TempDir) -> Arc<Engine> {
+    let store = crate::store::EmbeddedStore::open(&dir.path().join("s.redb")).unwrap();
+    let mut settings = dollar_per_thousand();
+    settings.reserve = true;
+    engine_set(Arc::new(store), settings).0
+}
+
+async fn counters(engine: &Engine, team: &str) -> (u64, u64, u64) {
+    let now = NOON / 1000;
+    let (month, _) = spend_keys(team, "test-model", now);
+    let reserved = CounterKey::reserved_in_month(team, &calendar::month_key(now), 0);
+    let values = engine
+        .store()
+        .read_counters(&[&tokens_key(team, now), &month, &reserved])
+        .await
+        .unwrap();
+    (values[0], values[1], values[2])
+}
+
+#[tokio::test]
+async fn calls_open_when_the_grace_period_ends_are_charged_their_prompts_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = journaled_engine(&dir);
+    let t = budgeted("grace", 100.0);
+    let first = engine
+        .admit(&t, call("test-model"), Some("g1"))
+        .await
+        .unwrap();
+    let second = engine
+        .admit(&t, call("test-model"), Some("g2"))
+        .await
+        .unwrap();
+    // Reserved: (100 prompt + 100 output tokens) at $1/1k each.
+    assert_eq!(counters(&engine, "grace").await, (0, 0, 400_000));
+
+    let abandoned = engine.charge_unsettled(Unsettled::Abandoned).await;
+    assert_eq!(
+        abandoned,
+        UnsettledCharge {
+            calls: 2,
+            tokens: 200,
+            cost_micros: 200_000
+        }
+    );
+    assert_eq!(counters(&engine, "grace").await, (200, 200_000, 0));
+    // Their exchanges end after all: already charged, they charge nothing more.
+    let usage = Usage {
+        input: 5000,
+        ..Default::default()
+    };
+    engine.settle(first, usage, "test").await;
+    engine.settle(second, Usage::default(), "test").await;
+    engine.flush().await;
+    assert_eq!(counters(&engine, "grace").await, (200, 200_000, 0));
+    assert_eq!(engine.charge_unsettled(Unsettled::Recovered).await.calls, 0);
+}
+
+#[tokio::test]
+async fn settled_calls_leave_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = journaled_engine(&dir);
+    let t = budgeted("settled", 100.0);
+    let charged = engine.admit(&t, call("test-model"), None).await.unwrap();
+    let free = engine.admit(&t, call("test-model"), None).await.unwrap();
+    let usage = Usage {
+        input: 10,
+        ..Default::default()
+    };
+    engine.settle(charged, usage, "test").await;
+    engine.settle(free, Usage::default(), "test").await;
+    engine.flush().await;
+    assert_eq!(counters(&engine, "settled").await, (10, 10_000, 0));
+    assert_eq!(
+        engine.charge_unsettled(Unsettled::Abandoned).await,
+        UnsettledCharge::default()
+    );
+}
+
+#[tokio::test]
+async fn only_model_calls_settled_here_are_journaled() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = journaled_engine(&dir);
+    let t = budgeted("webhook", 100.0);
+    // A model list costs nothing; a webhook call is charged from its access-log record.
+    let _free = engine.admit(&t, None, Some("list")).await.unwrap();
+    engine
+        .admit_reported_later(&t, call("test-model").unwrap(), Some("hook"))
+        .await
+        .unwrap();
+    engine.flush().await;
+    assert_eq!(counters(&engine, "webhook").await, (0, 0, 0));
+    assert_eq!(engine.charge_unsettled(Unsettled::Abandoned).await.calls, 0);
+}
+
+#[tokio::test]
+async fn calls_that_share_a_request_id_are_each_journaled_and_charged() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = journaled_engine(&dir);
+    let t = budgeted("dup", 100.0);
+    let first = engine
+        .admit(&t, call("test-model"), Some("same"))
+        .await
+        .unwrap();
+    let second = engine
+        .admit(&t, call("test-model"), Some("same"))
+        .await
+        .unwrap();
+    let usage = Usage {
+        input: 7,
+        ..Default::default()
+    };
+    assert_ne!(
+        first.request_id, second.request_id,
+        "one debit id for two calls"
+    );
+    engine.settle(second, usage, "test").await;
+    engine.flush().await;
+    // The second one settled; the first is still open at shutdown.
+    let abandoned = engine.charge_unsettled(Unsettled::Abandoned).await;
+    assert_eq!(abandoned.calls, 1);
+    engine.settle(first, usage, "test").await;
+    engine.flush().await;
+    assert_eq!(counters(&engine, "dup").await, (107, 107_000, 0));
+}
+
+#[tokio::test]
+async fn the_memory_store_journals_nothing() {
+    let (engine, _) = engine_set(Arc::new(MemoryStore::new()), dollar_per_thousand());
+    let t = budgeted("mem", 100.0);
+    let _ticket = engine.admit(&t, call("test-model"), None).await.unwrap();
+    assert_eq!(engine.charge_unsettled(Unsettled::Abandoned).await.calls, 0);
 }

@@ -1,7 +1,8 @@
 //! One HTTP request's exchange with Envoy, message by message:
 //!
-//! 1. request headers: authenticate, resolve the team; model calls wait for their body to be
-//!    admitted, other paths (`/v1/models`, ...) are admitted here and their bodies skipped;
+//! 1. request headers: classify the endpoint (metered, free or refused: `llm::endpoints`),
+//!    authenticate, resolve the team; refused endpoints are answered here, free ones admitted
+//!    here with their bodies skipped, model calls wait for their body to be admitted;
 //! 2. request body (BUFFERED): size and JSON checks, admission, `include_usage` injection;
 //! 3. response headers: rate headers; keep the (STREAMED) body only where usage is in it;
 //! 4. response body chunks: usage extraction as they pass;
@@ -27,7 +28,9 @@ use crate::guardrail::Source;
 use crate::guardrail::service::{Mode, Outcome};
 use crate::identity::INVOKE_SCOPE;
 use crate::llm::texts::{Part, content_filtered, replace_texts, request_texts, response_texts};
-use crate::llm::{ApiKind, ParsedRequest, RequestFacts, UsageTracker, parse_request};
+use crate::llm::{
+    ApiKind, ErrorShape, ParsedRequest, RequestFacts, Treatment, UsageTracker, parse_request,
+};
 use crate::policy::{Rejection, RejectionKind, Team, Usage};
 
 const JWT_AUTHN_NAMESPACE: &str = "envoy.filters.http.jwt_authn";
@@ -40,6 +43,8 @@ pub struct Exchange {
     /// Keeps shutdown waiting while this exchange is open.
     _open: TaskTrackerToken,
     api: ApiKind,
+    /// The error shape of refusals: the API's, or for other endpoints the provider's.
+    shape: ErrorShape,
     request_id: Option<String>,
     team: Option<Arc<Team>>,
     facts: Option<RequestFacts>,
@@ -64,6 +69,7 @@ impl Exchange {
             _open: settlements.token(),
             settlements,
             api: ApiKind::Other,
+            shape: ErrorShape::OpenAi,
             request_id: None,
             team: None,
             facts: None,
@@ -100,13 +106,27 @@ impl Exchange {
         match self.tracker.take() {
             Some(tracker) => tracker.finish(),
             // Admitted, but the response never started: the client went away while the provider
-            // worked. Providers bill the prompt they received, so the prompt is charged.
-            None if !self.response_started => {
-                let prompt_chars = self.facts.as_ref().map_or(0, |f| f.prompt_chars);
-                UsageTracker::new(self.api, true, prompt_chars, 0).finish()
-            }
+            // worked. Providers bill the prompt they received (and the images or speech asked
+            // for), so that is charged.
+            None if !self.response_started => self.usage_tracker(true, 0).finish(),
             None => Usage::default(),
         }
+    }
+
+    /// A tracker of this call's usage, knowing its prompt and the units it asked for.
+    fn usage_tracker(&self, event_stream: bool, max_json_bytes: usize) -> UsageTracker {
+        let facts = self.facts.as_ref();
+        UsageTracker::new(
+            self.api,
+            event_stream,
+            facts.map_or(0, |f| f.prompt_chars),
+            max_json_bytes,
+        )
+        .expecting_units(
+            facts
+                .and_then(|f| f.units.as_ref())
+                .map_or(0, |u| u.count()),
+        )
     }
 
     /// Charges the admitted request, once, in the background: never on the reply path.
@@ -143,7 +163,7 @@ impl Exchange {
             reason = %rejection.reason,
             "request refused"
         );
-        envoy::immediate_reply(rejection_reply(self.api, &rejection))
+        envoy::immediate_reply(rejection_reply(self.shape, &rejection))
     }
 
     async fn on_request_headers(
@@ -151,7 +171,12 @@ impl Exchange {
         headers: HttpHeaders,
         metadata: Option<envoy_types::pb::envoy::config::core::v3::Metadata>,
     ) -> ProcessingResponse {
-        self.api = ApiKind::from_path(header(&headers, ":path").unwrap_or_default());
+        let endpoint = self.ctx.engine.endpoints().classify(
+            header(&headers, ":method").unwrap_or_default(),
+            header(&headers, ":path").unwrap_or_default(),
+        );
+        self.shape = endpoint.shape;
+        self.api = endpoint.metered().unwrap_or(ApiKind::Other);
         self.request_id = header(&headers, "x-request-id").map(str::to_owned);
 
         let verified_claims = metadata
@@ -182,6 +207,11 @@ impl Exchange {
         };
         self.team = Some(team.clone());
 
+        if let Treatment::Refused(why) = endpoint.treatment {
+            // Never reaches the upstream; counts no request against the team's RPM.
+            tracing::info!(team = %team.id, method = %endpoint.method, path = %endpoint.path, ?why, "endpoint refused");
+            return self.refuse_here(endpoint.rejection(why));
+        }
         if !self.api.is_model_call() {
             // Nothing in its bodies matters: admit now and ask Envoy not to send them.
             if let Err(rejection) = self.admit(&team, None).await {
@@ -232,6 +262,7 @@ impl Exchange {
             model: &parsed.facts.model,
             prompt_chars: parsed.facts.prompt_chars,
             max_output_tokens: parsed.facts.max_output_tokens,
+            units: parsed.facts.units.as_ref(),
         };
         if let Err(rejection) = self.admit(&team, Some(call)).await {
             return self.refuse(rejection);
@@ -327,12 +358,13 @@ impl Exchange {
         }
         let event_stream =
             header(&headers, "content-type").is_some_and(|c| c.starts_with("text/event-stream"));
-        self.tracker = Some(UsageTracker::new(
-            self.api,
-            event_stream,
-            facts.map_or(0, |f| f.prompt_chars),
-            self.ctx.max_response_json_bytes,
-        ));
+        let tracker = self.usage_tracker(event_stream, self.ctx.max_response_json_bytes);
+        if self.api == ApiKind::OpenAiSpeech {
+            // Billed by the characters sent, known already: the audio need not pass through here.
+            self.settle(tracker.finish());
+            return envoy::response_headers_reply(&set, true);
+        }
+        self.tracker = Some(tracker);
         let enforcing = self
             .ctx
             .guardrail

@@ -206,12 +206,16 @@ impl StreamGuard {
 fn delta_text(api: ApiKind, data: &Value) -> String {
     let s = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or_default().to_owned();
     match api {
-        ApiKind::OpenAiChat => data
+        // Chat streams their text in `delta.content`, legacy completions in `text`.
+        ApiKind::OpenAiChat | ApiKind::OpenAiCompletions => data
             .get("choices")
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
-            .map(|c| s(c.pointer("/delta/content")))
+            .map(|c| match api {
+                ApiKind::OpenAiChat => s(c.pointer("/delta/content")),
+                _ => s(c.get("text")),
+            })
             .collect(),
         ApiKind::OpenAiResponses
             if data.get("type").and_then(Value::as_str) == Some("response.output_text.delta") =>
@@ -244,6 +248,15 @@ pub fn filtered_ending(api: ApiKind, message: &str, from_start: bool) -> Vec<u8>
                 None,
                 json!({"id": "chatcmpl-guardrail", "object": "chat.completion.chunk", "created": 0,
                 "model": "guardrail", "choices": [{"index": 0, "delta": {"role": "assistant", "content": message},
+                "finish_reason": "content_filter"}]}),
+            );
+            out += "data: [DONE]\n\n";
+        }
+        ApiKind::OpenAiCompletions => {
+            out += &event(
+                None,
+                json!({"id": "cmpl-guardrail", "object": "text_completion", "created": 0,
+                "model": "guardrail", "choices": [{"index": 0, "text": message, "logprobs": null,
                 "finish_reason": "content_filter"}]}),
             );
             out += "data: [DONE]\n\n";
@@ -295,7 +308,10 @@ pub fn filtered_ending(api: ApiKind, message: &str, from_start: bool) -> Vec<u8>
                 json!({"type": "response.incomplete", "sequence_number": 1, "response": response}),
             );
         }
-        ApiKind::Other => {}
+        ApiKind::OpenAiEmbeddings
+        | ApiKind::OpenAiImages
+        | ApiKind::OpenAiSpeech
+        | ApiKind::Other => {}
     }
     out.into_bytes()
 }

@@ -1,9 +1,13 @@
 //! Who is calling: a Cognito-style access token becomes a [`Principal`].
 //!
 //! Claims come from Envoy's `jwt_authn` metadata when Envoy already verified the token, else from
-//! the `Authorization: Bearer` header, verified here against a JWKS (RS256, `iss`, `exp`) unless
-//! the operator chose to trust an upstream verifier such as the ALB's `jwt-validation`.
+//! the `Authorization: Bearer` header, verified here against a JWKS (RS256) unless the operator
+//! chose to trust an upstream verifier such as the ALB's `jwt-validation`. Whichever way a token
+//! came in, its `exp`, `nbf` and `iss` are then held to the same rules ([`claims`]): a verifier in
+//! front checks them too, but a misconfigured one (Envoy without `require_expiration`) must not
+//! let a token that never expires through, and checking costs nothing.
 
+mod claims;
 mod jwks;
 
 use std::collections::HashMap;
@@ -15,6 +19,8 @@ use serde_json::{Map, Value};
 
 use crate::policy::{Rejection, RejectionKind};
 
+pub use claims::ClaimError;
+use claims::ClaimRules;
 pub use jwks::{JwksError, JwksSource, KeySet};
 
 /// Scope a token needs to send LLM traffic.
@@ -44,6 +50,9 @@ pub enum IdentityError {
     Missing,
     #[error("invalid token: {0}")]
     Invalid(String),
+    /// A well-formed (and, where tollgate checks it, well-signed) token whose claims refuse it.
+    #[error("{0}")]
+    Claims(ClaimError),
     #[error("token lacks the required scope {0}")]
     MissingScope(String),
 }
@@ -53,7 +62,7 @@ impl IdentityError {
     pub fn rejection(&self) -> Rejection {
         let kind = match self {
             Self::MissingScope(_) => RejectionKind::Forbidden,
-            Self::Missing | Self::Invalid(_) => RejectionKind::Unauthenticated,
+            Self::Missing | Self::Invalid(_) | Self::Claims(_) => RejectionKind::Unauthenticated,
         };
         Rejection::new(kind, self.to_string())
     }
@@ -70,7 +79,9 @@ pub enum Verification {
 
 pub struct Authenticator {
     verification: Verification,
+    /// Signature and algorithm only: the claims are [`ClaimRules`]' to judge, in words.
     validation: Validation,
+    rules: ClaimRules,
     team_claim: Option<String>,
     /// Tokens whose signature was verified, so the same token (an agent sends the same one for an
     /// hour) costs one RSA verification, not one per request.
@@ -79,7 +90,8 @@ pub struct Authenticator {
 
 struct Verified {
     claims: Arc<Map<String, Value>>,
-    /// Unix seconds: the token's `exp`, capped at `VERIFIED_CACHE_TTL` after verification.
+    /// Unix seconds: the token's `exp` (with leeway), capped at `VERIFIED_CACHE_TTL` after
+    /// verification. Claims are checked again on every use all the same.
     valid_until: u64,
 }
 
@@ -94,16 +106,18 @@ impl Authenticator {
         leeway: Duration,
     ) -> Self {
         let mut validation = Validation::new(Algorithm::RS256);
-        validation.leeway = leeway.as_secs();
         // Cognito access tokens carry `client_id`, not `aud`.
         validation.validate_aud = false;
-        validation.set_required_spec_claims(&["exp"]);
-        if let Some(issuer) = issuer {
-            validation.set_issuer(&[issuer]);
-        }
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.required_spec_claims.clear();
         Self {
             verification,
             validation,
+            rules: ClaimRules {
+                issuer: issuer.map(str::to_owned),
+                leeway: leeway.as_secs(),
+            },
             team_claim,
             verified: Mutex::new(HashMap::new()),
         }
@@ -124,12 +138,10 @@ impl Authenticator {
             .ok_or(IdentityError::Missing)?;
         let claims = match &self.verification {
             Verification::Keys(keys) => self.verified_claims(keys, token).await?,
-            Verification::TrustUpstream => Arc::new(
-                jsonwebtoken::dangerous::insecure_decode_claims::<Map<String, Value>>(token)
-                    .map_err(|e| IdentityError::Invalid(e.to_string()))?,
-            ),
+            // The ALB checked exp, nbf and iss as well; they are checked again below all the same.
+            Verification::TrustUpstream => Arc::new(decode_unverified(token)?),
         };
-        self.principal(&claims, scope)
+        self.current_principal(&claims, scope)
     }
 
     async fn verified_claims(
@@ -147,8 +159,16 @@ impl Authenticator {
         {
             return Ok(hit.claims.clone());
         }
-        let claims = Arc::new(self.verify(keys, token).await?);
-        let exp = claims.get("exp").and_then(Value::as_u64).unwrap_or(now);
+        let claims = Arc::new(self.verify_with(keys, token).await?);
+        let valid_until = self
+            .rules
+            .valid_until(&claims)
+            .unwrap_or(now)
+            .min(now + VERIFIED_CACHE_TTL);
+        if valid_until <= now {
+            // Expired (or never expiring): refused by the claim check, not worth remembering.
+            return Ok(claims);
+        }
         let mut cache = self.verified.lock().unwrap();
         if cache.len() >= VERIFIED_CACHE_ENTRIES {
             cache.retain(|_, v| now < v.valid_until);
@@ -160,15 +180,15 @@ impl Authenticator {
             token.into(),
             Verified {
                 claims: claims.clone(),
-                valid_until: exp.min(now + VERIFIED_CACHE_TTL),
+                valid_until,
             },
         );
         Ok(claims)
     }
 
     /// The caller of a request that already happened, from the token an access-log record kept:
-    /// the signature and issuer are checked as usual, but not expiry, because the token was valid
-    /// when the request was admitted and the record may be processed hours later.
+    /// the signature and issuer are checked as usual, but not `exp` or `nbf`, because the token was
+    /// valid when the request was admitted and the record may be processed hours later.
     pub async fn authenticate_recorded(
         &self,
         token: &str,
@@ -183,43 +203,44 @@ impl Authenticator {
             return Err(IdentityError::Missing);
         }
         let claims = match &self.verification {
-            Verification::Keys(keys) => {
-                let mut validation = self.validation.clone();
-                validation.validate_exp = false;
-                self.verify_with(keys, token, &validation).await?
-            }
-            Verification::TrustUpstream => {
-                jsonwebtoken::dangerous::insecure_decode_claims::<Map<String, Value>>(token)
-                    .map_err(|e| IdentityError::Invalid(e.to_string()))?
-            }
+            Verification::Keys(keys) => self.verify_with(keys, token).await?,
+            Verification::TrustUpstream => decode_unverified(token)?,
         };
+        self.rules
+            .check_issuer(&claims)
+            .map_err(IdentityError::Claims)?;
         self.principal(&claims, scope)
     }
 
-    /// Claims that Envoy's `jwt_authn` already verified.
+    /// Claims that Envoy's `jwt_authn` already verified. Its provider should set
+    /// `require_expiration: true`; `exp`, `nbf` and `iss` are checked here either way.
     pub fn authenticate_verified_claims(
         &self,
         claims: &Map<String, Value>,
         scope: &str,
     ) -> Result<Principal, IdentityError> {
+        self.current_principal(claims, scope)
+    }
+
+    /// The principal of a token presented now: its claims must hold at this moment.
+    fn current_principal(
+        &self,
+        claims: &Map<String, Value>,
+        scope: &str,
+    ) -> Result<Principal, IdentityError> {
+        self.rules
+            .check(claims, jsonwebtoken::get_current_timestamp())
+            .map_err(IdentityError::Claims)?;
         self.principal(claims, scope)
     }
 
-    async fn verify(
-        &self,
-        keys: &KeySet,
-        token: &str,
-    ) -> Result<Map<String, Value>, IdentityError> {
-        self.verify_with(keys, token, &self.validation).await
-    }
-
+    /// The token's claims, once its signature verifies against `keys`.
     async fn verify_with(
         &self,
         keys: &KeySet,
         token: &str,
-        validation: &Validation,
     ) -> Result<Map<String, Value>, IdentityError> {
-        let header = decode_header(token).map_err(|e| IdentityError::Invalid(e.to_string()))?;
+        let header = decode_header(token).map_err(invalid)?;
         if header.alg != Algorithm::RS256 {
             return Err(IdentityError::Invalid(format!(
                 "unsupported algorithm {:?}",
@@ -233,9 +254,9 @@ impl Authenticator {
             .key(&kid)
             .await
             .map_err(|e| IdentityError::Invalid(e.to_string()))?;
-        decode::<Map<String, Value>>(token, &key, validation)
+        decode::<Map<String, Value>>(token, &key, &self.validation)
             .map(|data| data.claims)
-            .map_err(|e| IdentityError::Invalid(e.to_string()))
+            .map_err(invalid)
     }
 
     fn principal(
@@ -268,6 +289,27 @@ impl Authenticator {
         }
         Ok(principal)
     }
+}
+
+/// Claims of a token whose signature someone else verified.
+fn decode_unverified(token: &str) -> Result<Map<String, Value>, IdentityError> {
+    jsonwebtoken::dangerous::insecure_decode_claims::<Map<String, Value>>(token).map_err(invalid)
+}
+
+/// A token that could not be read or verified, said in words rather than as the library's enum.
+fn invalid(error: jsonwebtoken::errors::Error) -> IdentityError {
+    use jsonwebtoken::errors::ErrorKind;
+    IdentityError::Invalid(match error.kind() {
+        ErrorKind::InvalidToken => {
+            "not a JWT (expected three dot-separated base64url parts)".into()
+        }
+        ErrorKind::InvalidSignature => "signature does not verify".into(),
+        ErrorKind::InvalidAlgorithm => "token algorithm does not match its key".into(),
+        ErrorKind::Base64(e) => format!("token is not base64url-encoded ({e})"),
+        ErrorKind::Json(e) => format!("token header or claims are not a JSON object ({e})"),
+        ErrorKind::Utf8(_) => "token header or claims are not UTF-8".into(),
+        _ => error.to_string(),
+    })
 }
 
 /// Parses a JWKS document.

@@ -87,17 +87,128 @@ async fn expired_wrong_issuer_and_unknown_kid_are_refused() {
     expired["exp"] = json!(get_current_timestamp() - 120);
     let mut foreign = claims();
     foreign["iss"] = json!("https://evil.example");
-    for t in [
-        token(expired, "dev-1"),
-        token(foreign, "dev-1"),
-        token(claims(), "other-kid"),
+    for (t, said) in [
+        (token(expired, "dev-1"), "token expired at "),
+        (
+            token(foreign, "dev-1"),
+            "token was issued by https://evil.example, expected https://tollgate.local/dev",
+        ),
+        (
+            token(claims(), "other-kid"),
+            "invalid token: no signing key with kid \"other-kid\"",
+        ),
     ] {
         let err = auth
             .authenticate_header(Some(&bearer(&t)), INVOKE_SCOPE)
             .await
             .unwrap_err();
-        assert!(matches!(err, IdentityError::Invalid(_)), "{err:?}");
+        assert_eq!(err.rejection().kind, RejectionKind::Unauthenticated);
+        assert!(err.to_string().starts_with(said), "{err}");
     }
+}
+
+/// Every way a token reaches tollgate: verified here, verified by a trusted proxy in front
+/// (`trust_upstream`), or verified by Envoy and handed over as claims.
+async fn every_path(auth: &Authenticator, claims: Value) -> Vec<Result<Principal, IdentityError>> {
+    let header = bearer(&token(claims.clone(), "dev-1"));
+    vec![
+        auth.authenticate_header(Some(&header), INVOKE_SCOPE).await,
+        trusting()
+            .authenticate_header(Some(&header), INVOKE_SCOPE)
+            .await,
+        auth.authenticate_verified_claims(claims.as_object().unwrap(), INVOKE_SCOPE),
+    ]
+}
+
+fn trusting() -> Authenticator {
+    Authenticator::new(
+        Verification::TrustUpstream,
+        Some(ISSUER),
+        Some("custom:team".into()),
+        Duration::from_secs(5),
+    )
+}
+
+#[tokio::test]
+async fn a_token_not_yet_valid_is_refused_on_every_path() {
+    let auth = verifying().await;
+    let mut early = claims();
+    early["nbf"] = json!(get_current_timestamp() + 600);
+    for outcome in every_path(&auth, early).await {
+        let err = outcome.unwrap_err();
+        assert!(
+            matches!(err, IdentityError::Claims(ClaimError::NotYetValid { .. })),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().starts_with("token not valid before "),
+            "{err}"
+        );
+    }
+    // Within the leeway (5 s) it passes: clocks differ a little.
+    let mut almost = claims();
+    almost["nbf"] = json!(get_current_timestamp() + 2);
+    for outcome in every_path(&auth, almost).await {
+        assert!(outcome.is_ok(), "{outcome:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_token_without_iss_is_refused_when_an_issuer_is_configured() {
+    let auth = verifying().await;
+    let mut anonymous = claims();
+    anonymous.as_object_mut().unwrap().remove("iss");
+    for outcome in every_path(&auth, anonymous.clone()).await {
+        assert_eq!(
+            outcome.unwrap_err().to_string(),
+            format!("token has no iss claim; expected {ISSUER}")
+        );
+    }
+    // Without a configured issuer any issuer (or none) is accepted.
+    let open = Authenticator::new(Verification::TrustUpstream, None, None, Duration::ZERO);
+    assert!(
+        open.authenticate_header(Some(&bearer(&token(anonymous, "x"))), INVOKE_SCOPE)
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn a_token_that_never_expires_is_refused_on_every_path() {
+    let auth = verifying().await;
+    let mut forever = claims();
+    forever.as_object_mut().unwrap().remove("exp");
+    for outcome in every_path(&auth, forever).await {
+        assert_eq!(
+            outcome.unwrap_err(),
+            IdentityError::Claims(ClaimError::NoExpiry)
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_expired_token_is_refused_on_every_path_and_says_when() {
+    let auth = verifying().await;
+    let mut expired = claims();
+    expired["exp"] = json!(get_current_timestamp() - 3 * 3600);
+    for outcome in every_path(&auth, expired).await {
+        let said = outcome.unwrap_err().to_string();
+        assert!(said.starts_with("token expired at 20"), "{said}");
+        assert!(said.ends_with("(3 hours ago)"), "{said}");
+    }
+}
+
+#[tokio::test]
+async fn a_garbled_token_is_described_not_named_by_an_enum() {
+    let auth = verifying().await;
+    let err = auth
+        .authenticate_header(Some("Bearer not-a-jwt"), INVOKE_SCOPE)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid token: not a JWT (expected three dot-separated base64url parts)"
+    );
 }
 
 #[tokio::test]
@@ -107,11 +218,11 @@ async fn a_tampered_signature_is_refused() {
     let (rest, sig) = t.rsplit_once('.').unwrap();
     let flipped = if sig.starts_with('A') { "B" } else { "A" };
     let forged = format!("{rest}.{flipped}{}", &sig[1..]);
-    assert!(matches!(
+    assert_eq!(
         auth.authenticate_header(Some(&bearer(&forged)), INVOKE_SCOPE)
             .await,
-        Err(IdentityError::Invalid(_))
-    ));
+        Err(IdentityError::Invalid("signature does not verify".into()))
+    );
 }
 
 #[tokio::test]
@@ -166,7 +277,8 @@ async fn a_cached_verification_ends_when_the_token_expires() {
     keys.load().await.unwrap();
     let auth = Authenticator::new(Verification::Keys(keys), Some(ISSUER), None, Duration::ZERO);
     let mut c = claims();
-    c["exp"] = json!(get_current_timestamp() + 1);
+    // Valid for at least a whole second (a token is expired from its `exp` second on).
+    c["exp"] = json!(get_current_timestamp() + 2);
     let t = bearer(&token(c, "dev-1"));
     assert!(
         auth.authenticate_header(Some(&t), INVOKE_SCOPE)
@@ -179,10 +291,10 @@ async fn a_cached_verification_ends_when_the_token_expires() {
             .is_ok(),
         "served from the cache"
     );
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    tokio::time::sleep(Duration::from_millis(3100)).await;
     assert!(matches!(
         auth.authenticate_header(Some(&t), INVOKE_SCOPE).await,
-        Err(IdentityError::Invalid(_))
+        Err(IdentityError::Claims(ClaimError::Expired { .. }))
     ));
 }
 
@@ -195,7 +307,7 @@ async fn recorded_tokens_are_verified_but_may_have_expired_since() {
     assert!(matches!(
         auth.authenticate_header(Some(&bearer(&expired)), INVOKE_SCOPE)
             .await,
-        Err(IdentityError::Invalid(_))
+        Err(IdentityError::Claims(ClaimError::Expired { .. }))
     ));
     for recorded in [expired.clone(), bearer(&expired)] {
         let p = auth
@@ -219,6 +331,13 @@ async fn recorded_tokens_are_verified_but_may_have_expired_since() {
             .await
             .is_err()
     );
+    let mut no_issuer = claims();
+    no_issuer.as_object_mut().unwrap().remove("iss");
+    assert!(matches!(
+        auth.authenticate_recorded(&token(no_issuer, "dev-1"), INVOKE_SCOPE)
+            .await,
+        Err(IdentityError::Claims(ClaimError::NoIssuer { .. }))
+    ));
     assert_eq!(
         auth.authenticate_recorded("", INVOKE_SCOPE).await,
         Err(IdentityError::Missing)

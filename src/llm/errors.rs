@@ -4,10 +4,11 @@
 
 use serde_json::{Value, json};
 
-use super::ApiKind;
+use super::ErrorShape;
 use crate::policy::{Rejection, RejectionKind};
 
-pub fn rejection_body(api: ApiKind, rejection: &Rejection) -> Vec<u8> {
+/// `shape`: the calling API's (an [`super::ApiKind`] converts into its own).
+pub fn rejection_body(shape: impl Into<ErrorShape>, rejection: &Rejection) -> Vec<u8> {
     let mut body = json!({
         "allowed": false,
         "reason": rejection.reason,
@@ -19,12 +20,12 @@ pub fn rejection_body(api: ApiKind, rejection: &Rejection) -> Vec<u8> {
         body["policies"] = json!(rejection.policies);
     }
     let kind = rejection.kind;
-    match api {
-        ApiKind::AnthropicMessages => {
+    match shape.into() {
+        ErrorShape::Anthropic => {
             body["type"] = json!("error");
             body["error"] = json!({"type": anthropic_type(kind), "message": rejection.reason});
         }
-        ApiKind::OpenAiChat | ApiKind::OpenAiResponses | ApiKind::Other => {
+        ErrorShape::OpenAi => {
             body["error"] = json!({
                 "message": rejection.reason,
                 "type": openai_type(kind),
@@ -50,6 +51,7 @@ fn openai_type(kind: RejectionKind) -> &'static str {
         RejectionKind::InvalidBody
         | RejectionKind::BodyTooLarge
         | RejectionKind::UnknownModel
+        | RejectionKind::EndpointNotSupported
         | RejectionKind::GuardrailIntervened => "invalid_request_error",
         RejectionKind::Unavailable | RejectionKind::GuardrailUnavailable => "server_error",
     }
@@ -70,6 +72,7 @@ fn anthropic_type(kind: RejectionKind) -> &'static str {
         | RejectionKind::UnknownModel
         | RejectionKind::GuardrailIntervened => "invalid_request_error",
         RejectionKind::BodyTooLarge => "request_too_large",
+        RejectionKind::EndpointNotSupported => "not_found_error",
         RejectionKind::Unavailable | RejectionKind::GuardrailUnavailable => "api_error",
     }
 }
@@ -77,11 +80,12 @@ fn anthropic_type(kind: RejectionKind) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::llm::ApiKind;
     use crate::policy::RateHeaders;
 
     fn rpm() -> Rejection {
         Rejection::rpm_exceeded(
-            101,
+            100,
             RateHeaders {
                 rpm_limit: 100,
                 ..Default::default()
@@ -97,7 +101,7 @@ mod tests {
         assert_eq!(v["allowed"], json!(false));
         assert_eq!(
             v["reason"],
-            json!("RPM limit exceeded (101/100 requests per minute)")
+            json!("RPM limit exceeded: 100 requests in the last 60 s, limit 100")
         );
         assert_eq!(v["retry_after_seconds"], json!(42));
         assert_eq!(v["error"]["message"], v["reason"]);

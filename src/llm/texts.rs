@@ -129,6 +129,12 @@ pub fn request_texts(api: ApiKind, body: &Value, scope: Scope) -> Vec<TextSlot> 
                 _ => {}
             }
         }
+        ApiKind::OpenAiCompletions | ApiKind::OpenAiImages => {
+            strings(body.get("prompt"), "/prompt", &mut slots)
+        }
+        ApiKind::OpenAiEmbeddings | ApiKind::OpenAiSpeech => {
+            strings(body.get("input"), "/input", &mut slots)
+        }
         ApiKind::Other => {}
     }
     slots
@@ -139,13 +145,7 @@ pub fn response_texts(api: ApiKind, body: &Value) -> Vec<TextSlot> {
     let mut slots = Vec::new();
     match api {
         ApiKind::OpenAiChat => {
-            for (i, choice) in body
-                .get("choices")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .enumerate()
-            {
+            for (i, choice) in choices(body) {
                 content(
                     choice.pointer("/message/content"),
                     &format!("/choices/{i}/message/content"),
@@ -179,24 +179,42 @@ pub fn response_texts(api: ApiKind, body: &Value) -> Vec<TextSlot> {
             }
         }
         ApiKind::AnthropicMessages => content(body.get("content"), "/content", &mut slots),
-        ApiKind::Other => {}
+        ApiKind::OpenAiCompletions => {
+            for (i, choice) in choices(body) {
+                text(
+                    choice.get("text"),
+                    &format!("/choices/{i}/text"),
+                    &mut slots,
+                );
+            }
+        }
+        // Vectors, images and audio: no text to assess.
+        ApiKind::OpenAiEmbeddings
+        | ApiKind::OpenAiImages
+        | ApiKind::OpenAiSpeech
+        | ApiKind::Other => {}
     }
     slots
 }
 
 /// Replaces a response's content with `message`, marked the way each API marks filtered content:
-/// OpenAI Chat `finish_reason: "content_filter"`, Responses `status: "incomplete"` with
+/// OpenAI Chat and Completions `finish_reason: "content_filter"`, Responses `status: "incomplete"` with
 /// `incomplete_details.reason: "content_filter"`, Anthropic `stop_reason: "refusal"`.
 pub fn content_filtered(api: ApiKind, body: &mut Value, message: &str) {
     match api {
-        ApiKind::OpenAiChat => {
+        ApiKind::OpenAiChat | ApiKind::OpenAiCompletions => {
             for choice in body
                 .get_mut("choices")
                 .and_then(Value::as_array_mut)
                 .into_iter()
                 .flatten()
             {
-                choice["message"] = serde_json::json!({"role": "assistant", "content": message});
+                if api == ApiKind::OpenAiChat {
+                    choice["message"] =
+                        serde_json::json!({"role": "assistant", "content": message});
+                } else {
+                    choice["text"] = Value::from(message);
+                }
                 choice["finish_reason"] = Value::from("content_filter");
             }
         }
@@ -212,7 +230,10 @@ pub fn content_filtered(api: ApiKind, body: &mut Value, message: &str) {
             body["content"] = serde_json::json!([{"type": "text", "text": message}]);
             body["stop_reason"] = Value::from("refusal");
         }
-        ApiKind::Other => {}
+        ApiKind::OpenAiEmbeddings
+        | ApiKind::OpenAiImages
+        | ApiKind::OpenAiSpeech
+        | ApiKind::Other => {}
     }
 }
 
@@ -228,6 +249,15 @@ pub fn replace_texts(body: &mut Value, slots: Vec<TextSlot>, texts: Vec<String>)
     }
 }
 
+/// An OpenAI answer's `choices`, with their indexes.
+fn choices(body: &Value) -> impl Iterator<Item = (usize, &Value)> {
+    body.get("choices")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+}
+
 fn role(message: &Value) -> Option<&str> {
     message.get("role").and_then(Value::as_str)
 }
@@ -237,6 +267,19 @@ fn first_new(messages: &[Value], scope: Scope, is_assistant: impl Fn(&Value) -> 
     match scope {
         Scope::All => 0,
         Scope::Latest => messages.iter().rposition(is_assistant).map_or(0, |i| i + 1),
+    }
+}
+
+/// A string, or each string of an array (legacy completion prompts, embedding inputs); token
+/// arrays carry no text.
+fn strings(value: Option<&Value>, pointer: &str, slots: &mut Vec<TextSlot>) {
+    match value {
+        Some(Value::Array(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                text(Some(item), &format!("{pointer}/{i}"), slots);
+            }
+        }
+        _ => text(value, pointer, slots),
     }
 }
 
@@ -412,6 +455,39 @@ mod tests {
         let responses = json!({"instructions": "i", "input": [{"type": "function_call_output", "output": "o"}]});
         assert_eq!(Part::of(&responses, "/instructions"), Part::System);
         assert_eq!(Part::of(&responses, "/input/0/output"), Part::ToolResults);
+    }
+
+    #[test]
+    fn prompts_of_the_other_model_calls_are_assessed_too() {
+        let completion = json!({"model": "m", "prompt": ["a@b.example", [1, 2]]});
+        let slots = request_texts(ApiKind::OpenAiCompletions, &completion, Scope::Latest);
+        assert_eq!(pointers(&slots), vec!["/prompt/0"]);
+        assert_eq!(Part::of(&completion, "/prompt/0"), Part::User);
+        let embedding = json!({"model": "m", "input": "text"});
+        assert_eq!(
+            pointers(&request_texts(
+                ApiKind::OpenAiEmbeddings,
+                &embedding,
+                Scope::Latest
+            )),
+            vec!["/input"]
+        );
+        let image = json!({"model": "m", "prompt": "a cat"});
+        assert_eq!(
+            pointers(&request_texts(ApiKind::OpenAiImages, &image, Scope::Latest)),
+            vec!["/prompt"]
+        );
+        let mut answer =
+            json!({"choices": [{"index": 0, "text": "secret", "finish_reason": "stop"}]});
+        assert_eq!(
+            pointers(&response_texts(ApiKind::OpenAiCompletions, &answer)),
+            vec!["/choices/0/text"]
+        );
+        content_filtered(ApiKind::OpenAiCompletions, &mut answer, "no");
+        assert_eq!(
+            answer["choices"][0],
+            json!({"index": 0, "text": "no", "finish_reason": "content_filter"})
+        );
     }
 
     #[test]

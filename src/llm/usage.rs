@@ -1,7 +1,9 @@
-//! Token usage from provider responses, JSON or SSE, fed chunk by chunk as Envoy streams the
-//! response through. When a response ends before the provider reported usage (a client that
-//! disconnected, a stream cut short), what passed is estimated at four characters per token so
-//! that nothing that was generated goes uncharged.
+//! Usage from provider responses, JSON or SSE, fed chunk by chunk as Envoy streams the response
+//! through. When a response ends before the provider reported usage (a client that disconnected,
+//! a stream cut short, a body too large to buffer), what passed is estimated at four characters per
+//! token so that nothing that was generated goes uncharged; calls billed per unit are estimated at
+//! the units their request asked for. Text to speech is billed per character of its request, so
+//! its usage is known before the (audio) response and never read from it.
 
 use serde_json::Value;
 
@@ -22,6 +24,10 @@ pub struct UsageTracker {
     /// The provider's final usage arrived: `seen` is exact.
     complete: bool,
     generated_chars: u64,
+    /// Units (images, characters) the request asked for.
+    requested_units: u64,
+    /// Images a stream reported finished (each with its own token usage).
+    images_completed: u64,
 }
 
 #[derive(Debug)]
@@ -54,7 +60,16 @@ impl UsageTracker {
             seen: Usage::default(),
             complete: false,
             generated_chars: 0,
+            requested_units: 0,
+            images_completed: 0,
         }
+    }
+
+    /// The units (images, characters) the request asked for: what is charged when the response
+    /// does not say, and for text to speech what is charged.
+    pub fn expecting_units(mut self, units: u64) -> Self {
+        self.requested_units = units;
+        self
     }
 
     pub fn feed(&mut self, chunk: &[u8]) {
@@ -78,12 +93,16 @@ impl UsageTracker {
             }
             Body::Sse(decoder) => {
                 let api = self.api;
-                let seen = &mut self.seen;
-                let complete = &mut self.complete;
-                let chars = &mut self.generated_chars;
+                let mut stream = StreamState {
+                    seen: &mut self.seen,
+                    complete: &mut self.complete,
+                    chars: &mut self.generated_chars,
+                    requested_units: self.requested_units,
+                    images_completed: &mut self.images_completed,
+                };
                 decoder.feed(chunk, |event| {
                     if let Ok(data) = serde_json::from_str::<Value>(&event.data) {
-                        on_stream_event(api, &data, seen, complete, chars);
+                        on_stream_event(api, &data, &mut stream);
                     }
                 });
             }
@@ -116,6 +135,12 @@ impl UsageTracker {
     }
 
     fn usage_from(mut self, json: Option<&[u8]>) -> Usage {
+        if self.api == ApiKind::OpenAiSpeech {
+            return Usage {
+                units: self.requested_units,
+                ..Default::default()
+            };
+        }
         if let Some(buf) = json {
             if let Some(usage) = serde_json::from_slice::<Value>(buf)
                 .ok()
@@ -132,24 +157,47 @@ impl UsageTracker {
         if usage.input + usage.cache_read + usage.cache_write == 0 {
             usage.input = self.prompt_chars.div_ceil(CHARS_PER_TOKEN);
         }
-        usage.output = usage
-            .output
-            .max(self.generated_chars.div_ceil(CHARS_PER_TOKEN));
+        if generates_text(self.api) {
+            usage.output = usage
+                .output
+                .max(self.generated_chars.div_ceil(CHARS_PER_TOKEN));
+        }
+        if self.api == ApiKind::OpenAiImages {
+            // Images the response did not account for are charged at the per-image price.
+            usage.units += self.requested_units.saturating_sub(self.images_completed);
+        }
         usage.estimated = true;
         usage
     }
 }
 
+/// Whether what passed of a response is generated text, worth estimating as output tokens (not
+/// vectors, images or audio).
+fn generates_text(api: ApiKind) -> bool {
+    matches!(
+        api,
+        ApiKind::OpenAiChat
+            | ApiKind::OpenAiResponses
+            | ApiKind::AnthropicMessages
+            | ApiKind::OpenAiCompletions
+    )
+}
+
 /// Usage of a complete (non-streamed) response body.
 pub fn usage_of_response(api: ApiKind, body: &Value) -> Option<Usage> {
+    if api == ApiKind::OpenAiImages {
+        return images_usage(body);
+    }
     let usage = body.get("usage")?;
     match api {
-        ApiKind::OpenAiChat => openai_usage(
-            usage,
-            "prompt_tokens",
-            "completion_tokens",
-            "prompt_tokens_details",
-        ),
+        ApiKind::OpenAiChat | ApiKind::OpenAiCompletions | ApiKind::OpenAiEmbeddings => {
+            openai_usage(
+                usage,
+                "prompt_tokens",
+                "completion_tokens",
+                "prompt_tokens_details",
+            )
+        }
         ApiKind::OpenAiResponses => openai_usage(
             usage,
             "input_tokens",
@@ -161,8 +209,29 @@ pub fn usage_of_response(api: ApiKind, body: &Value) -> Option<Usage> {
             anthropic_usage(usage, &mut u);
             Some(u)
         }
-        ApiKind::Other => None,
+        ApiKind::OpenAiImages | ApiKind::OpenAiSpeech | ApiKind::Other => None,
     }
+}
+
+/// gpt-image-1 reports the tokens it is billed by (text in, image out); DALL-E reports nothing,
+/// and is billed per image it returned.
+fn images_usage(body: &Value) -> Option<Usage> {
+    if let Some(usage) = body
+        .get("usage")
+        .filter(|u| u.get("output_tokens").is_some())
+    {
+        return openai_usage(
+            usage,
+            "input_tokens",
+            "output_tokens",
+            "input_tokens_details",
+        );
+    }
+    let images = body.get("data")?.as_array()?.len() as u64;
+    Some(Usage {
+        units: images,
+        ..Default::default()
+    })
 }
 
 fn count(v: &Value, key: &str) -> Option<u64> {
@@ -177,12 +246,12 @@ fn openai_usage(usage: &Value, input: &str, output: &str, details: &str) -> Opti
         .and_then(|d| count(d, "cached_tokens"))
         .unwrap_or(0)
         .min(total_input);
+    // Reasoning tokens are inside the output count (`*_tokens_details` only breaks it down).
     Some(Usage {
         input: total_input - cached,
         output: count(usage, output).unwrap_or(0),
         cache_read: cached,
-        cache_write: 0,
-        estimated: false,
+        ..Default::default()
     })
 }
 
@@ -208,22 +277,32 @@ fn str_chars(v: Option<&Value>) -> u64 {
         .map_or(0, |s| s.chars().count() as u64)
 }
 
-fn on_stream_event(
-    api: ApiKind,
-    data: &Value,
-    seen: &mut Usage,
-    complete: &mut bool,
-    chars: &mut u64,
-) {
+/// What a stream's events update.
+struct StreamState<'a> {
+    seen: &'a mut Usage,
+    complete: &'a mut bool,
+    chars: &'a mut u64,
+    requested_units: u64,
+    images_completed: &'a mut u64,
+}
+
+fn on_stream_event(api: ApiKind, data: &Value, state: &mut StreamState<'_>) {
+    let StreamState {
+        seen,
+        complete,
+        chars,
+        requested_units,
+        images_completed,
+    } = state;
     match api {
-        ApiKind::OpenAiChat => {
+        ApiKind::OpenAiChat | ApiKind::OpenAiCompletions => {
             if let Some(u) = data
                 .get("usage")
                 .filter(|u| !u.is_null())
                 .and_then(|_| usage_of_response(api, data))
             {
-                *seen = u;
-                *complete = true;
+                **seen = u;
+                **complete = true;
             }
             for choice in data
                 .get("choices")
@@ -231,27 +310,29 @@ fn on_stream_event(
                 .into_iter()
                 .flatten()
             {
+                // Legacy completions stream their text in `text`.
+                **chars += str_chars(choice.get("text"));
                 let delta = choice.get("delta");
-                *chars += str_chars(delta.and_then(|d| d.get("content")));
-                *chars += str_chars(delta.and_then(|d| d.get("reasoning_content")));
+                **chars += str_chars(delta.and_then(|d| d.get("content")));
+                **chars += str_chars(delta.and_then(|d| d.get("reasoning_content")));
                 for call in delta
                     .and_then(|d| d.get("tool_calls"))
                     .and_then(Value::as_array)
                     .into_iter()
                     .flatten()
                 {
-                    *chars += str_chars(call.pointer("/function/arguments"));
+                    **chars += str_chars(call.pointer("/function/arguments"));
                 }
             }
         }
         ApiKind::OpenAiResponses => match data.get("type").and_then(Value::as_str) {
             Some("response.completed" | "response.incomplete" | "response.failed") => {
                 if let Some(u) = data.get("response").and_then(|r| usage_of_response(api, r)) {
-                    *seen = u;
-                    *complete = true;
+                    **seen = u;
+                    **complete = true;
                 }
             }
-            Some(t) if t.ends_with(".delta") => *chars += str_chars(data.get("delta")),
+            Some(t) if t.ends_with(".delta") => **chars += str_chars(data.get("delta")),
             _ => {}
         },
         ApiKind::AnthropicMessages => match data.get("type").and_then(Value::as_str) {
@@ -263,18 +344,32 @@ fn on_stream_event(
             Some("message_delta") => {
                 if let Some(u) = data.get("usage") {
                     anthropic_usage(u, seen);
-                    *complete = true;
+                    **complete = true;
                 }
             }
             Some("content_block_delta") => {
                 let delta = data.get("delta");
                 for key in ["text", "partial_json", "thinking"] {
-                    *chars += str_chars(delta.and_then(|d| d.get(key)));
+                    **chars += str_chars(delta.and_then(|d| d.get(key)));
                 }
             }
             _ => {}
         },
-        ApiKind::Other => {}
+        // gpt-image-1 streams: one `image_generation.completed` event per image, with its usage.
+        ApiKind::OpenAiImages => {
+            if data.get("type").and_then(Value::as_str) == Some("image_generation.completed")
+                && let Some(u) = data.get("usage").and_then(|u| {
+                    openai_usage(u, "input_tokens", "output_tokens", "input_tokens_details")
+                })
+            {
+                seen.input += u.input;
+                seen.output += u.output;
+                seen.cache_read += u.cache_read;
+                **images_completed += 1;
+                **complete = **images_completed >= (*requested_units).max(1);
+            }
+        }
+        ApiKind::OpenAiEmbeddings | ApiKind::OpenAiSpeech | ApiKind::Other => {}
     }
 }
 
@@ -311,6 +406,7 @@ mod tests {
                 output: 20,
                 cache_read: 30,
                 cache_write: 0,
+                units: 0,
                 estimated: false
             }
         );
@@ -378,6 +474,7 @@ mod tests {
                 output: 30,
                 cache_read: 200,
                 cache_write: 100,
+                units: 0,
                 estimated: false
             }
         );
@@ -412,6 +509,7 @@ mod tests {
                 output: 15,
                 cache_read: 5,
                 cache_write: 0,
+                units: 0,
                 estimated: false
             }
         );
@@ -444,5 +542,104 @@ mod tests {
         let u = t.finish();
         assert!(u.estimated);
         assert_eq!(u.output, 10);
+    }
+
+    #[test]
+    fn legacy_completions_json_and_stream() {
+        let body = json!({"object": "text_completion", "choices": [{"text": "hi"}],
+                          "usage": {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15}});
+        let u = track(ApiKind::OpenAiCompletions, false, &body.to_string(), 5);
+        assert_eq!((u.input, u.output, u.estimated), (12, 3, false));
+        let stream = sse(&[
+            json!({"choices": [{"text": "Hello", "index": 0}], "usage": null}),
+            json!({"choices": [], "usage": {"prompt_tokens": 12, "completion_tokens": 2}}),
+        ]);
+        let u = track(ApiKind::OpenAiCompletions, true, &stream, 3);
+        assert_eq!((u.input, u.output, u.estimated), (12, 2, false));
+        // Cut before the usage chunk: the text that passed is estimated as output.
+        let cut = sse(&[json!({"choices": [{"text": "x".repeat(40), "index": 0}]})]);
+        let u = track(ApiKind::OpenAiCompletions, true, &cut, 7);
+        assert_eq!((u.input, u.output, u.estimated), (100, 10, true));
+    }
+
+    #[test]
+    fn embeddings_charge_input_only_even_when_estimated() {
+        let body = json!({"object": "list", "data": [{"embedding": [0.1, 0.2]}],
+                          "usage": {"prompt_tokens": 8, "total_tokens": 8}});
+        let u = track(ApiKind::OpenAiEmbeddings, false, &body.to_string(), 4);
+        assert_eq!((u.input, u.output, u.estimated), (8, 0, false));
+        // A vector body too large to buffer is not generated text: input is estimated, output 0.
+        let mut t = UsageTracker::new(ApiKind::OpenAiEmbeddings, false, 400, 16);
+        t.feed(&[b'1'; 4000]);
+        let u = t.finish();
+        assert_eq!((u.input, u.output, u.estimated), (100, 0, true));
+    }
+
+    #[test]
+    fn images_are_counted_or_charged_by_the_tokens_reported() {
+        let dalle = json!({"created": 1, "data": [{"url": "a"}, {"url": "b"}]});
+        let mut t = UsageTracker::new(ApiKind::OpenAiImages, false, 40, 1 << 20).expecting_units(3);
+        t.feed(dalle.to_string().as_bytes());
+        let u = t.finish();
+        assert_eq!(
+            (u.units, u.total(), u.estimated),
+            (2, 0, false),
+            "billed per image returned"
+        );
+        let gpt = json!({"data": [{"b64_json": "AAAA"}], "usage": {"input_tokens": 50,
+            "input_tokens_details": {"text_tokens": 50, "image_tokens": 0}, "output_tokens": 4160, "total_tokens": 4210}});
+        let mut t = UsageTracker::new(ApiKind::OpenAiImages, false, 40, 1 << 20).expecting_units(1);
+        t.feed(gpt.to_string().as_bytes());
+        let u = t.finish();
+        assert_eq!(
+            (u.input, u.output, u.units),
+            (50, 4160, 0),
+            "tokens, not the per-image price too"
+        );
+        // A body too large to read: every image asked for, at the per-image price.
+        let mut t = UsageTracker::new(ApiKind::OpenAiImages, false, 40, 16).expecting_units(4);
+        t.feed(&[b'A'; 4000]);
+        let u = t.finish();
+        assert_eq!((u.output, u.units, u.estimated), (0, 4, true));
+    }
+
+    #[test]
+    fn image_streams_charge_each_completed_image_and_estimate_the_rest() {
+        let completed = |n: u64| {
+            format!(
+                "event: image_generation.completed\ndata: {}\n\n",
+                json!({"type": "image_generation.completed", "b64_json": "AAAA",
+                       "usage": {"input_tokens": 10, "output_tokens": n, "total_tokens": 10 + n}})
+            )
+        };
+        let partial = "event: image_generation.partial_image\ndata: {\"type\":\"image_generation.partial_image\",\"b64_json\":\"AAAA\"}\n\n";
+        let body = format!("{partial}{}", completed(272));
+        let mut t = UsageTracker::new(ApiKind::OpenAiImages, true, 40, 0).expecting_units(1);
+        t.feed(body.as_bytes());
+        assert!(t.is_complete());
+        let u = t.finish();
+        assert_eq!(
+            (u.input, u.output, u.units, u.estimated),
+            (10, 272, 0, false)
+        );
+        // Two asked for, one finished before the cut: one image's tokens plus one at the unit price.
+        let mut t = UsageTracker::new(ApiKind::OpenAiImages, true, 40, 0).expecting_units(2);
+        t.feed(body.as_bytes());
+        let u = t.finish();
+        assert_eq!((u.output, u.units, u.estimated), (272, 1, true));
+    }
+
+    #[test]
+    fn speech_is_the_characters_asked_for_whatever_comes_back() {
+        let mut t =
+            UsageTracker::new(ApiKind::OpenAiSpeech, false, 31, 1 << 20).expecting_units(31);
+        t.feed(b"ID3\x04\x00 audio bytes");
+        assert_eq!(
+            t.finish(),
+            Usage {
+                units: 31,
+                ..Default::default()
+            }
+        );
     }
 }

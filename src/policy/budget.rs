@@ -17,11 +17,43 @@ pub enum OnBreach {
     Warn,
 }
 
-/// `$12.34`. Amounts are rounded up to the cent, so a spend just over a limit never prints as
-/// equal to it... unless the budget itself has fractions of a cent.
-pub fn dollars(micros: u64) -> String {
-    let cents = micros.div_ceil(10_000);
-    format!("${}.{:02}", cents / 100, cents % 100)
+/// Decimals needed to write `micros` exactly in dollars: at least 2 (cents), at most 6.
+fn decimals_of(micros: u64) -> u32 {
+    (2..6)
+        .find(|&d| micros.is_multiple_of(10u64.pow(6 - d)))
+        .unwrap_or(6)
+}
+
+/// `$12.34` with `decimals` decimals (2 to 6), rounded up, so a spend just over a limit never
+/// prints as equal to it.
+fn dollars_at(micros: u64, decimals: u32) -> String {
+    let unit = 10u64.pow(6 - decimals);
+    let units = micros.div_ceil(unit);
+    let per_dollar = 10u64.pow(decimals);
+    format!(
+        "${}.{:0width$}",
+        units / per_dollar,
+        units % per_dollar,
+        width = decimals as usize
+    )
+}
+
+/// `($spent/$limit)`, both at the precision the limit was configured with (cents at least): a
+/// $0.001 cap reads `($0.001/$0.001)`, not `($0.01/$0.01)`. A spend below the limit that would
+/// print as equal to it gets more decimals instead.
+fn spent_of_limit(spent: u64, limit: u64) -> String {
+    let mut decimals = decimals_of(limit);
+    while decimals < 6
+        && spent != limit
+        && dollars_at(spent, decimals) == dollars_at(limit, decimals)
+    {
+        decimals += 1;
+    }
+    format!(
+        "({}/{})",
+        dollars_at(spent, decimals),
+        dollars_at(limit, decimals)
+    )
 }
 
 /// The highest warning threshold (a percentage of `budget`) that `spent` has reached.
@@ -41,26 +73,20 @@ pub fn within_budget(spent: u64, reserved: u64, incoming: u64, budget: u64) -> b
 }
 
 pub fn budget_exceeded_reason(spent: u64, budget: u64) -> String {
-    format!(
-        "Monthly budget exceeded ({}/{})",
-        dollars(spent),
-        dollars(budget)
-    )
+    format!("Monthly budget exceeded {}", spent_of_limit(spent, budget))
 }
 
 pub fn model_budget_exceeded_reason(model: &str, spent: u64, cap: u64) -> String {
     format!(
-        "Monthly budget for model {model} exceeded ({}/{})",
-        dollars(spent),
-        dollars(cap)
+        "Monthly budget for model {model} exceeded {}",
+        spent_of_limit(spent, cap)
     )
 }
 
 pub fn warning_text(threshold: u8, spent: u64, budget: u64) -> String {
     format!(
-        "{threshold}% of the monthly budget used ({}/{})",
-        dollars(spent),
-        dollars(budget)
+        "{threshold}% of the monthly budget used {}",
+        spent_of_limit(spent, budget)
     )
 }
 
@@ -74,15 +100,51 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dollars_round_up_to_the_cent() {
-        assert_eq!(dollars(100_000_000), "$100.00");
-        assert_eq!(dollars(100_020_000), "$100.02");
-        assert_eq!(dollars(100_010_001), "$100.02");
-        assert_eq!(dollars(1), "$0.01");
-        assert_eq!(dollars(0), "$0.00");
+    fn whole_cent_limits_print_cents_rounded_up() {
+        assert_eq!(
+            spent_of_limit(100_000_000, 100_000_000),
+            "($100.00/$100.00)"
+        );
+        assert_eq!(
+            spent_of_limit(100_020_000, 100_000_000),
+            "($100.02/$100.00)"
+        );
+        assert_eq!(
+            spent_of_limit(100_010_001, 100_000_000),
+            "($100.02/$100.00)"
+        );
+        assert_eq!(spent_of_limit(10_000, 10_000), "($0.01/$0.01)");
+        assert_eq!(spent_of_limit(10_001, 10_000), "($0.02/$0.01)");
+        assert_eq!(spent_of_limit(0, 0), "($0.00/$0.00)");
         assert_eq!(
             budget_exceeded_reason(100_020_000, 100_000_000),
             "Monthly budget exceeded ($100.02/$100.00)"
+        );
+    }
+
+    #[test]
+    fn amounts_keep_the_precision_the_limit_was_configured_with() {
+        // A $0.001 cap (1,000 micro-dollars) is not shown as a cent.
+        assert_eq!(
+            model_budget_exceeded_reason("gpt-4o", 1_000, 1_000),
+            "Monthly budget for model gpt-4o exceeded ($0.001/$0.001)"
+        );
+        // Spend is rounded up at that precision, so over the cap never reads as equal to it.
+        assert_eq!(spent_of_limit(1_001, 1_000), "($0.002/$0.001)");
+        assert_eq!(spent_of_limit(12_500, 10_000), "($0.02/$0.01)");
+        assert_eq!(
+            spent_of_limit(1_234_567, 1_234_567),
+            "($1.234567/$1.234567)"
+        );
+        assert_eq!(spent_of_limit(50, 50), "($0.00005/$0.00005)");
+        // Below the limit but equal at its precision: more decimals, never "$100.00/$100.00".
+        assert_eq!(
+            warning_text(80, 850, 1_000),
+            "80% of the monthly budget used ($0.0009/$0.0010)"
+        );
+        assert_eq!(
+            spent_of_limit(99_999_000, 100_000_000),
+            "($99.999/$100.000)"
         );
     }
 

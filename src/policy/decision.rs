@@ -20,6 +20,8 @@ pub enum RejectionKind {
     UnknownTeam,
     InvalidBody,
     BodyTooLarge,
+    /// The endpoint is not one tollgate meters or lets pass free (the endpoint catalogue).
+    EndpointNotSupported,
     /// A dependency (the store) failed and the configured fail mode is closed.
     Unavailable,
 }
@@ -35,6 +37,7 @@ impl RejectionKind {
             Self::Forbidden | Self::UnknownTeam | Self::ModelNotAllowed => 403,
             Self::InvalidBody | Self::UnknownModel | Self::GuardrailIntervened => 400,
             Self::BodyTooLarge => 413,
+            Self::EndpointNotSupported => 404,
             Self::Unavailable | Self::GuardrailUnavailable => 503,
         }
     }
@@ -55,6 +58,7 @@ impl RejectionKind {
             Self::UnknownTeam => "unknown_team",
             Self::InvalidBody => "invalid_request_body",
             Self::BodyTooLarge => "request_too_large",
+            Self::EndpointNotSupported => "endpoint_not_supported",
             Self::Unavailable => "policy_unavailable",
         }
     }
@@ -102,11 +106,17 @@ impl Rejection {
         }
     }
 
-    pub fn rpm_exceeded(count: u64, rate: RateHeaders, retry_after_secs: u64) -> Self {
+    /// `in_window`: the requests the sliding window holds, not counting the refused one.
+    pub fn rpm_exceeded(in_window: u64, rate: RateHeaders, retry_after_secs: u64) -> Self {
+        let requests = if in_window == 1 {
+            "request"
+        } else {
+            "requests"
+        };
         Self {
             kind: RejectionKind::RpmExceeded,
             reason: format!(
-                "RPM limit exceeded ({count}/{} requests per minute)",
+                "RPM limit exceeded: {in_window} {requests} in the last 60 s, limit {}",
                 rate.rpm_limit
             ),
             retry_after_secs: Some(retry_after_secs),
@@ -147,6 +157,25 @@ impl Rejection {
     }
 }
 
+/// The refusal to give when several limits refuse one request: the one that lasts longest. A
+/// caller told "daily tokens, retry in an hour" retries in an hour and is refused again, for a
+/// month, by the budget it was not told about; told about the budget, it waits once, or asks
+/// for more. Its `retry_after_seconds` (and whether to retry) then follow the limit named.
+/// On a tie (the last day of a month, when the day and the month end together) the broader
+/// limit is named: the team's budget, then a model's cap, then daily tokens, then RPM.
+pub fn lasting_longest(refusals: Vec<Rejection>) -> Option<Rejection> {
+    refusals.into_iter().max_by_key(|r| {
+        let lasts = r.retry_after_secs.unwrap_or(u64::MAX);
+        let breadth = match r.kind {
+            RejectionKind::MonthlyBudgetExceeded => 3,
+            RejectionKind::ModelBudgetExceeded => 2,
+            RejectionKind::DailyTokensExceeded => 1,
+            _ => 0,
+        };
+        (lasts, breadth)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,8 +186,19 @@ mod tests {
             rpm_limit: 100,
             ..Default::default()
         };
-        let r = Rejection::rpm_exceeded(101, rate, 42);
-        assert_eq!(r.reason, "RPM limit exceeded (101/100 requests per minute)");
+        let r = Rejection::rpm_exceeded(100, rate, 42);
+        assert_eq!(
+            r.reason,
+            "RPM limit exceeded: 100 requests in the last 60 s, limit 100"
+        );
+        let one = RateHeaders {
+            rpm_limit: 1,
+            ..Default::default()
+        };
+        assert_eq!(
+            Rejection::rpm_exceeded(1, one, 42).reason,
+            "RPM limit exceeded: 1 request in the last 60 s, limit 1"
+        );
         assert_eq!(r.kind.status(), 429);
         assert!(r.kind.retryable());
         let d = Rejection::daily_tokens_exceeded(1030, 1000, rate, 5);
@@ -167,5 +207,57 @@ mod tests {
             "Daily token limit exceeded (1030/1000 tokens today)"
         );
         assert!(!d.kind.retryable());
+    }
+
+    #[test]
+    fn the_longest_lasting_refusal_is_named() {
+        let rate = RateHeaders::default();
+        let day = Rejection::daily_tokens_exceeded(1030, 1000, rate, 3_600);
+        let month = Rejection::budget_exceeded(
+            RejectionKind::MonthlyBudgetExceeded,
+            "Monthly budget exceeded ($1.02/$1.00)".into(),
+            rate,
+            9 * 86_400,
+        );
+        let minute = Rejection::rpm_exceeded(6, rate, 40);
+        let chosen = lasting_longest(vec![day.clone(), month.clone(), minute.clone()]).unwrap();
+        assert_eq!(chosen, month);
+        assert_eq!(
+            lasting_longest(vec![minute.clone(), day.clone()]),
+            Some(day.clone())
+        );
+        // A minute before midnight the RPM window outlasts the day.
+        let late_day = Rejection::daily_tokens_exceeded(1030, 1000, rate, 20);
+        assert_eq!(
+            lasting_longest(vec![late_day, minute.clone()]),
+            Some(minute)
+        );
+        assert_eq!(lasting_longest(Vec::new()), None);
+    }
+
+    #[test]
+    fn on_a_tie_the_broader_limit_is_named() {
+        let rate = RateHeaders::default();
+        let last_day = 5_000;
+        let day = Rejection::daily_tokens_exceeded(1030, 1000, rate, last_day);
+        let cap = Rejection::budget_exceeded(
+            RejectionKind::ModelBudgetExceeded,
+            "cap".into(),
+            rate,
+            last_day,
+        );
+        let month = Rejection::budget_exceeded(
+            RejectionKind::MonthlyBudgetExceeded,
+            "month".into(),
+            rate,
+            last_day,
+        );
+        for order in [
+            vec![day.clone(), cap.clone(), month.clone()],
+            vec![month.clone(), cap.clone(), day.clone()],
+        ] {
+            assert_eq!(lasting_longest(order), Some(month.clone()));
+        }
+        assert_eq!(lasting_longest(vec![day, cap.clone()]), Some(cap));
     }
 }

@@ -13,5 +13,5 @@ pub mod usage;
 pub use budget::OnBreach;
 pub use decision::{RateHeaders, Rejection, RejectionKind};
 pub use limits::{FieldError, LimitOverrides, Limits, Team, Tier, TierTable};
-pub use pricing::{Price, PriceTable};
+pub use pricing::{ModelPrice, Price, PriceTable, Units};
 pub use usage::Usage;

@@ -46,9 +46,11 @@ pub fn current_ceiling(limit: u64, previous: u64, pos: WindowPosition) -> u64 {
     if room <= 0.0 { 0 } else { room.floor() as u64 }
 }
 
-/// Requests in the window, counting one more (the one being decided).
+/// Requests already in the window (the last 60 s), not counting one being decided. The previous
+/// bucket's share is rounded up, as [`remaining`] does, so a refused request never reads as
+/// under the limit and `window_count + remaining == limit` while there is room.
 pub fn window_count(previous: u64, current: u64, pos: WindowPosition) -> u64 {
-    pos.carried(previous).floor() as u64 + current + 1
+    pos.carried(previous).ceil() as u64 + current
 }
 
 /// Requests the team may still make in the window after one that counted `current` (post
@@ -124,9 +126,16 @@ mod tests {
     }
 
     #[test]
-    fn window_count_includes_the_request_being_decided() {
-        assert_eq!(window_count(0, 100, at(5)), 101);
-        assert_eq!(window_count(100, 50, at(30)), 101);
+    fn window_count_is_what_the_last_60_seconds_hold() {
+        assert_eq!(window_count(0, 100, at(5)), 100);
+        assert_eq!(window_count(100, 50, at(30)), 100);
+        // 66.67 carried + 33 current: refused (ceiling 33), and it must read as a full window.
+        assert_eq!(current_ceiling(100, 100, at(20)), 33);
+        assert_eq!(window_count(100, 33, at(20)), 100);
+        assert_eq!(
+            window_count(100, 10, at(20)) + remaining(100, 100, 10, at(20)),
+            100
+        );
     }
 
     #[test]

@@ -2,19 +2,26 @@
 //!
 //! Admission (conditional increments) works on memory only, so the request path never waits for
 //! a disk. A background flusher group-commits every changed counter in one fsynced transaction
-//! (at most every `FLUSH_INTERVAL`, sooner when a debit asks); debits wait for that commit, so a
-//! debit that returned is on disk. Requests-per-minute buckets written since the last commit are
-//! lost in a crash, which at worst forgives one window; token debits are not.
+//! (at most every `FLUSH_INTERVAL`, sooner when a debit or a journaled call asks); debits wait for
+//! that commit, so a debit that returned is on disk. Requests-per-minute buckets written since the
+//! last commit are lost in a crash, which at worst forgives one window; token debits are not.
+//!
+//! The journal of admitted calls (see `journal`) lives in the same database and goes through the
+//! same commits: a commit takes the counters' values and the journal's changes at one instant, and
+//! a debit settles its call's entry in the step that applies it, so the debit and the removal of
+//! the entry it settles are durable together or not at all.
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use tokio::sync::{Notify, watch};
 
+use super::journal::{
+    Committed, GroupCommit, Journal, KeepsJournal, OpenCalls, run_group_commits, write_changes,
+};
 use super::memory::{Counter, MemoryStore};
 use super::{Claim, CounterKey, Debit, Increment, Store, StoreError, StoreResult};
 use crate::policy::Team;
@@ -25,9 +32,6 @@ const TEAMS: TableDefinition<&str, &str> = TableDefinition::new("teams");
 const PRICES: TableDefinition<&str, &str> = TableDefinition::new("prices");
 const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 const EVICT_INTERVAL: Duration = Duration::from_secs(60);
-/// How long a debit waits for its commit before giving up waiting (the debit stays applied in
-/// memory and is committed when the disk recovers).
-const DURABLE_WAIT: Duration = Duration::from_secs(10);
 
 pub struct EmbeddedStore {
     inner: Arc<Inner>,
@@ -37,14 +41,17 @@ struct Inner {
     live: MemoryStore,
     db: Database,
     dirty: Mutex<Dirty>,
-    wake: Notify,
-    /// Highest generation whose changes are committed.
-    flushed: watch::Sender<u64>,
+    commits: GroupCommit,
+    /// When the flusher last dropped expired counters.
+    last_evict: Mutex<std::time::Instant>,
 }
 
 #[derive(Default)]
 struct Dirty {
     ids: HashSet<String>,
+    /// The journal: under the same lock as the counters, so a debit and the entry it settles are
+    /// marked for the same commit.
+    calls: OpenCalls,
     /// Changes marked now are committed by the flush of this generation.
     generation: u64,
 }
@@ -79,9 +86,10 @@ impl EmbeddedStore {
             tx.open_table(COUNTERS).map_err(corrupt)?;
             tx.open_table(TEAMS).map_err(corrupt)?;
             tx.open_table(PRICES).map_err(corrupt)?;
+            OpenCalls::create_table(&tx)?;
             tx.commit().map_err(unavailable)?;
         }
-        {
+        let calls = {
             let tx = db.begin_read().map_err(unavailable)?;
             for row in tx
                 .open_table(COUNTERS)
@@ -104,33 +112,20 @@ impl EmbeddedStore {
                 let (_, json) = row.map_err(corrupt)?;
                 live.load_team(serde_json::from_str(json.value()).map_err(corrupt)?);
             }
-        }
+            OpenCalls::load(&tx)?
+        };
         let inner = Arc::new(Inner {
             live,
             db,
-            dirty: Mutex::new(Dirty::default()),
-            wake: Notify::new(),
-            flushed: watch::Sender::new(0),
+            dirty: Mutex::new(Dirty {
+                calls,
+                ..Dirty::default()
+            }),
+            commits: GroupCommit::new(),
+            last_evict: Mutex::new(std::time::Instant::now()),
         });
-        tokio::spawn(run_flusher(Arc::downgrade(&inner)));
+        tokio::spawn(run_group_commits(Arc::downgrade(&inner), FLUSH_INTERVAL));
         Ok(Self { inner })
-    }
-
-    fn mark_dirty(&self, ids: impl IntoIterator<Item = String>) -> u64 {
-        let mut dirty = self.inner.dirty.lock().unwrap();
-        dirty.ids.extend(ids);
-        dirty.generation
-    }
-
-    async fn wait_committed(&self, generation: u64) -> StoreResult<()> {
-        self.inner.wake.notify_one();
-        let mut flushed = self.inner.flushed.subscribe();
-        match tokio::time::timeout(DURABLE_WAIT, flushed.wait_for(|&g| g >= generation)).await {
-            Ok(Ok(_)) => Ok(()),
-            _ => Err(unavailable(
-                "embedded store commit did not complete in time",
-            )),
-        }
     }
 
     /// Writes (or, with `None`, deletes) one JSON document durably; reports whether it existed.
@@ -162,59 +157,23 @@ impl EmbeddedStore {
     }
 }
 
-async fn run_flusher(inner: Weak<Inner>) {
-    let mut last_evict = tokio::time::Instant::now();
-    loop {
-        let Some(strong) = inner.upgrade() else {
-            return;
-        };
-        let _ = tokio::time::timeout(FLUSH_INTERVAL, strong.wake.notified()).await;
-        if last_evict.elapsed() >= EVICT_INTERVAL {
-            last_evict = tokio::time::Instant::now();
-            let expired = strong.live.evict_expired(unix_now());
-            strong.dirty.lock().unwrap().ids.extend(expired);
-        }
-        let flushing = strong.clone();
-        match tokio::task::spawn_blocking(move || flushing.commit_dirty()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                metrics::counter!("tollgate_store_errors_total", "backend" => "embedded", "op" => "commit").increment(1);
-                tracing::error!(error = %e, "embedded store commit failed; retrying");
-            }
-            Err(e) => tracing::error!(error = %e, "embedded store flusher panicked"),
-        }
-    }
-}
-
 impl Inner {
-    /// Commits every dirty counter in one transaction. On failure the ids go back to the dirty
-    /// set, so the next attempt writes them.
-    fn commit_dirty(&self) -> StoreResult<()> {
-        let (ids, generation) = {
-            let mut dirty = self.dirty.lock().unwrap();
-            let generation = dirty.generation;
-            dirty.generation += 1;
-            (std::mem::take(&mut dirty.ids), generation)
-        };
-        if !ids.is_empty()
-            && let Err(e) = self.write_counters(&ids)
-        {
-            let mut dirty = self.dirty.lock().unwrap();
-            dirty.ids.extend(ids);
-            return Err(e);
-        }
-        self.flushed.send_replace(generation);
-        Ok(())
+    fn mark_dirty(&self, ids: impl IntoIterator<Item = String>) -> u64 {
+        let mut dirty = self.dirty.lock().unwrap();
+        dirty.ids.extend(ids);
+        dirty.generation
     }
 
-    fn write_counters(&self, ids: &HashSet<String>) -> StoreResult<()> {
+    fn write(
+        &self,
+        counters: &[(String, Option<Counter>)],
+        calls: &[(String, Option<String>)],
+    ) -> StoreResult<()> {
         let tx = self.db.begin_write().map_err(unavailable)?;
         {
             let mut table = tx.open_table(COUNTERS).map_err(corrupt)?;
-            for id in ids {
-                // Written from the live view at commit time, so a later commit never loses to an
-                // earlier one.
-                match self.live.counter(id) {
+            for (id, counter) in counters {
+                match counter {
                     Some(c) => table
                         .insert(id.as_str(), (c.value, c.expires_at))
                         .map_err(unavailable)?,
@@ -222,7 +181,65 @@ impl Inner {
                 };
             }
         }
+        write_changes(&tx, calls)?;
         tx.commit().map_err(unavailable)
+    }
+}
+
+impl Committed for Inner {
+    fn commits(&self) -> &GroupCommit {
+        &self.commits
+    }
+
+    /// Commits every dirty counter and the journal's changes in one transaction. Counter values
+    /// are read from the live view with the dirty marks, under their lock: a later commit never
+    /// loses to an earlier one, and a debit is never committed without the removal of the entry
+    /// it settles. On failure the marks go back, so the next attempt writes them.
+    fn commit(&self) -> StoreResult<u64> {
+        let (counters, calls, generation) = {
+            let mut dirty = self.dirty.lock().unwrap();
+            let generation = dirty.generation;
+            dirty.generation += 1;
+            let ids = std::mem::take(&mut dirty.ids);
+            (
+                self.live.counters_now(ids),
+                dirty.calls.take_changes(),
+                generation,
+            )
+        };
+        if counters.is_empty() && calls.is_empty() {
+            return Ok(generation);
+        }
+        if let Err(e) = self.write(&counters, &calls) {
+            let mut dirty = self.dirty.lock().unwrap();
+            dirty.ids.extend(counters.into_iter().map(|(id, _)| id));
+            dirty.calls.restore_changes(calls);
+            return Err(e);
+        }
+        Ok(generation)
+    }
+
+    fn before_commit(&self) {
+        let mut last_evict = self.last_evict.lock().unwrap();
+        if last_evict.elapsed() >= EVICT_INTERVAL {
+            *last_evict = std::time::Instant::now();
+            let expired = self.live.evict_expired(unix_now());
+            self.dirty.lock().unwrap().ids.extend(expired);
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "embedded"
+    }
+}
+
+impl KeepsJournal for Inner {
+    fn with_calls<R>(&self, change: impl FnOnce(&mut OpenCalls) -> R) -> R {
+        change(&mut self.dirty.lock().unwrap().calls)
+    }
+
+    fn generation(&self) -> u64 {
+        self.dirty.lock().unwrap().generation
     }
 }
 
@@ -240,7 +257,7 @@ impl Store for EmbeddedStore {
     ) -> StoreResult<Increment> {
         let outcome = self.inner.live.add_within_now(key, amount, limit);
         if matches!(outcome, Increment::Applied(_)) {
-            self.mark_dirty([key.id()]);
+            self.inner.mark_dirty([key.id()]);
         }
         Ok(outcome)
     }
@@ -257,22 +274,24 @@ impl Store for EmbeddedStore {
             .live
             .claim_within_now(key, at_least, up_to, limit);
         if claim.granted > 0 {
-            self.mark_dirty([key.id()]);
+            self.inner.mark_dirty([key.id()]);
         }
         Ok(claim)
     }
 
+    /// Each debit also settles the journaled call with its id, in the same commit.
     async fn apply_debits(&self, debits: &[Debit]) -> StoreResult<()> {
-        debits
-            .iter()
-            .for_each(|d| self.inner.live.apply_debit_now(d));
-        let generation = self.mark_dirty(
-            debits
-                .iter()
-                .flat_map(|d| d.amounts.iter().map(|(k, _)| k.id())),
-        );
+        let generation = {
+            let mut dirty = self.inner.dirty.lock().unwrap();
+            for debit in debits {
+                self.inner.live.apply_debit_now(debit);
+                dirty.ids.extend(debit.amounts.iter().map(|(k, _)| k.id()));
+                dirty.calls.settle(&debit.id);
+            }
+            dirty.generation
+        };
         // Already applied in memory: a caller that sees an error must not apply them again.
-        if let Err(e) = self.wait_committed(generation).await {
+        if let Err(e) = self.inner.commits.wait(generation).await {
             tracing::warn!(debits = debits.len(), error = %e, "debits applied but not yet durable");
         }
         Ok(())
@@ -333,8 +352,11 @@ impl Store for EmbeddedStore {
     }
 
     async fn flush(&self) -> StoreResult<()> {
-        let generation = self.mark_dirty([]);
-        self.wait_committed(generation).await
+        Journal::flush(self.inner.as_ref()).await
+    }
+
+    fn journal(&self) -> Option<Arc<dyn Journal>> {
+        Some(self.inner.clone())
     }
 
     fn backend_name(&self) -> &'static str {
@@ -379,8 +401,7 @@ mod tests {
             store.flush().await.unwrap();
         }
         // The flusher holds only a weak reference: once the store is dropped the file is free.
-        tokio::time::sleep(FLUSH_INTERVAL * 2).await;
-        let store = EmbeddedStore::open(&path).unwrap();
+        let store = crate::store::reopen_when_released(|| EmbeddedStore::open(&path)).await;
         let values = store
             .read_counters(&[&key("tokens#d"), &key("rpm#1"), &key("absent")])
             .await
@@ -408,8 +429,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        tokio::time::sleep(FLUSH_INTERVAL * 2).await;
-        let store = EmbeddedStore::open(&path).unwrap();
+        let store = crate::store::reopen_when_released(|| EmbeddedStore::open(&path)).await;
         assert_eq!(store.read_counters(&[&old]).await.unwrap(), vec![0]);
     }
 }

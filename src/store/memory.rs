@@ -40,8 +40,18 @@ impl MemoryStore {
         self.prices.write().unwrap().insert(model, price);
     }
 
-    pub(super) fn counter(&self, id: &str) -> Option<Counter> {
-        self.counters.lock().unwrap().get(id).copied()
+    /// The counters `ids` as of one instant (`None`: absent).
+    pub(super) fn counters_now(
+        &self,
+        ids: impl IntoIterator<Item = String>,
+    ) -> Vec<(String, Option<Counter>)> {
+        let counters = self.counters.lock().unwrap();
+        ids.into_iter()
+            .map(|id| {
+                let counter = counters.get(&id).copied();
+                (id, counter)
+            })
+            .collect()
     }
 
     /// Drops counters that expired before `now` and returns their ids.
@@ -197,14 +207,14 @@ impl Store for MemoryStore {
             .read()
             .unwrap()
             .iter()
-            .map(|(k, v)| (k.clone(), *v))
+            .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         prices.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(prices)
     }
 
     async fn put_price(&self, model: &str, price: &PriceUsd) -> StoreResult<()> {
-        self.load_price(model.to_owned(), *price);
+        self.load_price(model.to_owned(), price.clone());
         Ok(())
     }
 

@@ -8,6 +8,7 @@
 
 mod dynamodb;
 mod embedded;
+mod journal;
 mod memory;
 mod spool;
 
@@ -16,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 pub use dynamodb::{Admission, DynamoDbSettings, DynamoStore};
 pub use embedded::EmbeddedStore;
+pub use journal::{Journal, JournalEntry, MAX_OPEN_CALLS, Opened};
 pub use memory::MemoryStore;
 pub use spool::Spool;
 
@@ -231,5 +233,31 @@ pub trait Store: Send + Sync + 'static {
     /// Makes everything written so far durable (called at shutdown).
     async fn flush(&self) -> StoreResult<()>;
 
+    /// The journal of admitted calls this store keeps in its own database, if it keeps one (the
+    /// embedded store). A debit applied to such a store also settles the journaled call with the
+    /// debit's id, in the same durable step; a debit without amounts does only that.
+    fn journal(&self) -> Option<std::sync::Arc<dyn Journal>> {
+        None
+    }
+
     fn backend_name(&self) -> &'static str;
+}
+
+/// Opens a store file again once the background task of the instance just dropped has let go
+/// of it. That task ends at its next turn, which a loaded machine can delay well past its
+/// interval: tests wait for the file instead of sleeping a guess.
+#[cfg(test)]
+pub(crate) async fn reopen_when_released<T, E: std::fmt::Debug>(
+    open: impl Fn() -> Result<T, E>,
+) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match open() {
+            Ok(opened) => return opened,
+            Err(e) if std::time::Instant::now() > deadline => {
+                panic!("still held after 30 s: {e:?}")
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
+    }
 }

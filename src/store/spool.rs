@@ -2,21 +2,44 @@
 //! is down or slow. Debits go in as they would have gone to the store and come out oldest first;
 //! an entry is removed only after the store applied it, so a crash in between replays it, and the
 //! store's idempotency by debit id makes that replay harmless.
+//!
+//! The same file holds the journal of admitted calls for the remote store (see `journal`): local
+//! disk, so admission never waits on the remote store for it. Its entries are group-committed by
+//! their own committer and removed once the ledger has their debits applied or spooled.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
+use super::journal::{
+    Committed, GroupCommit, Journal, KeepsJournal, OpenCalls, run_group_commits, write_changes,
+};
 use super::{Debit, StoreError, StoreResult};
 
 const QUEUE: TableDefinition<u64, &str> = TableDefinition::new("debits");
+/// Journal changes wait at most this long for a commit when nothing starts one sooner.
+const JOURNAL_COMMIT_INTERVAL: Duration = Duration::from_millis(100);
 
 pub struct Spool {
     db: Arc<Database>,
     next_seq: AtomicU64,
     pending: AtomicU64,
+    journal: Arc<SpoolJournal>,
+}
+
+struct SpoolJournal {
+    db: Arc<Database>,
+    calls: Mutex<JournalChanges>,
+    commits: GroupCommit,
+}
+
+struct JournalChanges {
+    calls: OpenCalls,
+    /// Changes marked now are committed by the commit of this generation.
+    generation: u64,
 }
 
 fn failed(e: impl std::fmt::Display) -> StoreError {
@@ -24,6 +47,8 @@ fn failed(e: impl std::fmt::Display) -> StoreError {
 }
 
 impl Spool {
+    /// Opens (or creates) the spool file. Must be called inside a Tokio runtime: it starts the
+    /// journal's committer.
     pub fn open(path: &Path) -> StoreResult<Self> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(failed)?;
@@ -31,25 +56,54 @@ impl Spool {
         let db = Database::create(path).map_err(failed)?;
         let tx = db.begin_write().map_err(failed)?;
         tx.open_table(QUEUE).map_err(failed)?;
+        OpenCalls::create_table(&tx)?;
         tx.commit().map_err(failed)?;
-        let (pending, next_seq) = {
+        let (pending, next_seq, calls) = {
             let tx = db.begin_read().map_err(failed)?;
             let table = tx.open_table(QUEUE).map_err(failed)?;
             let last = table
                 .last()
                 .map_err(failed)?
                 .map_or(0, |(k, _)| k.value() + 1);
-            (table.len().map_err(failed)?, last)
+            (table.len().map_err(failed)?, last, OpenCalls::load(&tx)?)
         };
         if pending > 0 {
             tracing::warn!(pending, path = %path.display(), "spooled debits from an earlier run will be replayed");
         }
         metrics::gauge!("tollgate_spool_pending").set(pending as f64);
+        let db = Arc::new(db);
+        let journal = Arc::new(SpoolJournal {
+            db: db.clone(),
+            calls: Mutex::new(JournalChanges {
+                calls,
+                generation: 0,
+            }),
+            commits: GroupCommit::new(),
+        });
+        tokio::spawn(run_group_commits(
+            Arc::downgrade(&journal),
+            JOURNAL_COMMIT_INTERVAL,
+        ));
         Ok(Self {
-            db: Arc::new(db),
+            db,
             next_seq: AtomicU64::new(next_seq),
             pending: AtomicU64::new(pending),
+            journal,
         })
+    }
+
+    /// The journal of admitted calls for the remote store.
+    pub fn journal(&self) -> Arc<dyn Journal> {
+        self.journal.clone()
+    }
+
+    /// The debits of these calls were applied or spooled: their entries go, with the next
+    /// journal commit (started now, not waited for: if the process dies first, recovery charges
+    /// them again under the same ids, which the store ignores as repeats).
+    pub fn settle<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
+        self.journal
+            .with_calls(|calls| ids.into_iter().for_each(|id| calls.settle(id)));
+        self.journal.commits.start();
     }
 
     pub fn pending(&self) -> u64 {
@@ -128,10 +182,52 @@ impl Spool {
     }
 }
 
+impl Committed for SpoolJournal {
+    fn commits(&self) -> &GroupCommit {
+        &self.commits
+    }
+
+    fn commit(&self) -> StoreResult<u64> {
+        let (changes, generation) = {
+            let mut journal = self.calls.lock().unwrap();
+            let generation = journal.generation;
+            journal.generation += 1;
+            (journal.calls.take_changes(), generation)
+        };
+        if changes.is_empty() {
+            return Ok(generation);
+        }
+        let written = (|| {
+            let tx = self.db.begin_write().map_err(failed)?;
+            write_changes(&tx, &changes)?;
+            tx.commit().map_err(failed)
+        })();
+        if let Err(e) = written {
+            self.calls.lock().unwrap().calls.restore_changes(changes);
+            return Err(e);
+        }
+        Ok(generation)
+    }
+
+    fn name(&self) -> &'static str {
+        "spool"
+    }
+}
+
+impl KeepsJournal for SpoolJournal {
+    fn with_calls<R>(&self, change: impl FnOnce(&mut OpenCalls) -> R) -> R {
+        change(&mut self.calls.lock().unwrap().calls)
+    }
+
+    fn generation(&self) -> u64 {
+        self.calls.lock().unwrap().generation
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::CounterKey;
+    use crate::store::{CounterKey, JournalEntry, Opened};
 
     fn debit(id: &str) -> Debit {
         Debit {
@@ -156,7 +252,8 @@ mod tests {
             assert_eq!(first[0].1, debit("a"));
             spool.remove(vec![first[0].0]).await.unwrap();
         }
-        let spool = Spool::open(&path).unwrap();
+        // The journal's committer lets go of the file at its next turn.
+        let spool = crate::store::reopen_when_released(|| Spool::open(&path)).await;
         assert_eq!(spool.pending(), 2);
         let rest: Vec<String> = spool
             .oldest(10)
@@ -179,5 +276,41 @@ mod tests {
             vec!["b", "c", "d"],
             "new entries go after the old ones"
         );
+    }
+
+    #[tokio::test]
+    async fn journaled_calls_survive_a_reopen_until_settled() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool.redb");
+        let entry = |id: &str| JournalEntry {
+            team: "t".into(),
+            model: "m".into(),
+            admitted_at_ms: 1,
+            tokens: 5,
+            cost_micros: 7,
+            debit: debit(id),
+        };
+        {
+            let spool = Spool::open(&path).unwrap();
+            let journal = spool.journal();
+            for id in ["a", "b", "c"] {
+                assert_eq!(journal.open(entry(id)), Opened::Journaled);
+            }
+            journal.flush().await.unwrap();
+            assert!(journal.claim("a"));
+            spool.settle(["a", "b"]);
+            journal.flush().await.unwrap();
+        }
+        let spool = crate::store::reopen_when_released(|| Spool::open(&path)).await;
+        let mut left: Vec<String> = spool
+            .journal()
+            .claim_all()
+            .iter()
+            .map(|e| e.id().to_owned())
+            .collect();
+        left.sort();
+        // "b" was never claimed for settlement: a debit with its id did not settle it.
+        assert_eq!(left, vec!["b", "c"]);
+        assert_eq!(spool.pending(), 0, "journal entries are not spooled debits");
     }
 }

@@ -12,9 +12,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde::de::DeserializeOwned;
 
-use super::{Action, AnswerCheck, PromptCheck, RequestFacts, Webhook, api_of};
+use super::{Action, AnswerCheck, PromptCheck, RequestFacts, Webhook, endpoint_of, shape_of};
 use crate::config::WebhookSettings;
-use crate::llm::ApiKind;
+use crate::llm::ErrorShape;
 use crate::policy::{Rejection, RejectionKind};
 
 pub struct WebhookState {
@@ -33,8 +33,12 @@ pub fn router(state: Arc<WebhookState>) -> Router {
 
 async fn check_prompt(State(state): State<Arc<WebhookState>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    let api = api_of(header(&parts.headers, &state.settings.path_header));
-    let check: PromptCheck = match state.read(&parts.headers, body, api).await {
+    let endpoint = endpoint_of(
+        state.webhook.engine.endpoints(),
+        header(&parts.headers, &state.settings.path_header),
+    );
+    let shape = shape_of(endpoint.as_ref());
+    let check: PromptCheck = match state.read(&parts.headers, body, shape).await {
         Ok(check) => check,
         Err(refusal) => return reply(&refusal),
     };
@@ -49,7 +53,7 @@ async fn check_prompt(State(state): State<Arc<WebhookState>>, request: Request) 
 
 async fn check_answer(State(state): State<Arc<WebhookState>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    let check: AnswerCheck = match state.read(&parts.headers, body, ApiKind::OpenAiChat).await {
+    let check: AnswerCheck = match state.read(&parts.headers, body, ErrorShape::OpenAi).await {
         Ok(check) => check,
         Err(refusal) => return reply(&refusal),
     };
@@ -62,10 +66,11 @@ impl WebhookState {
         &self,
         headers: &HeaderMap,
         body: Body,
-        api: ApiKind,
+        shape: ErrorShape,
     ) -> Result<T, Action> {
         let refuse = |kind: RejectionKind, reason: String| {
-            self.webhook.refuse_here(api, Rejection::new(kind, reason))
+            self.webhook
+                .refuse_here(shape, Rejection::new(kind, reason))
         };
         if let Some(secret) = &self.settings.secret {
             let given = header(headers, &self.settings.secret_header).unwrap_or_default();

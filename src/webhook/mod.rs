@@ -1,6 +1,6 @@
 //! The agentgateway promptGuard webhook contract (docs/design.md): `POST /request` decides
-//! whether a prompt may go (identity, RPM, daily tokens, budget and model caps, then the input
-//! guardrail), `POST /response` runs the output guardrail on the answer.
+//! whether a prompt may go (identity, the endpoint catalogue, RPM, daily tokens, budget and model
+//! caps, then the input guardrail), `POST /response` runs the output guardrail on the answer.
 //!
 //! agentgateway reads the reply as an untagged enum tried in the order mask, reject, pass. So a
 //! reject always carries `status_code` and a string `body` (without them it would read as a
@@ -8,7 +8,8 @@
 //! the whole list with it), each with only `role` and `content`.
 //!
 //! Usage is not seen here (the answer's usage never reaches the webhook): tokens and spend of
-//! webhook-admitted requests are debited from agentgateway's access logs (`accesslog`).
+//! webhook-admitted requests are debited from agentgateway's access logs (`accesslog`). Those
+//! carry token counts only, so endpoints billed per image or character are refused here.
 
 pub mod http;
 
@@ -21,9 +22,9 @@ use crate::engine::{Engine, ModelCall};
 use crate::guardrail::Source;
 use crate::guardrail::service::{GuardrailService, Outcome};
 use crate::identity::{Authenticator, INVOKE_SCOPE};
-use crate::llm::ApiKind;
 use crate::llm::errors::rejection_body;
 use crate::llm::texts::{Part, Scope, replace_texts, request_texts, response_texts};
+use crate::llm::{ApiKind, Endpoint, Endpoints, ErrorShape, Refusal, Treatment};
 use crate::policy::{Rejection, RejectionKind};
 
 /// One chat message as agentgateway sends it: its text only, flattened.
@@ -104,10 +105,10 @@ impl Action {
 
     /// A refusal in the contract's shape for the client's API (`allowed`, `reason`, and the
     /// API's own error object), as the string agentgateway sends back verbatim.
-    pub fn refuse(api: ApiKind, rejection: &Rejection) -> Self {
+    pub fn refuse(shape: impl Into<ErrorShape>, rejection: &Rejection) -> Self {
         Action::Reject {
             status_code: rejection.kind.status(),
-            body: String::from_utf8(rejection_body(api, rejection)).expect("JSON is UTF-8"),
+            body: String::from_utf8(rejection_body(shape, rejection)).expect("JSON is UTF-8"),
             reason: format!("{}: {}", rejection.kind.code(), rejection.reason),
         }
     }
@@ -120,7 +121,8 @@ pub struct RequestFacts<'a> {
     pub authorization: Option<&'a str>,
     /// CEL `llmRequest.model`.
     pub model: Option<&'a str>,
-    /// CEL `request.path`: which API's error shape refusals take.
+    /// CEL `request.path`: which endpoint is called (metered, free or refused), and so the
+    /// error shape refusals take.
     pub path: Option<&'a str>,
     pub request_id: Option<&'a str>,
 }
@@ -133,15 +135,18 @@ pub struct Webhook {
     pub guardrail_parts: Vec<Part>,
     /// Named in the refusal when the model header is missing, so the fix is obvious.
     pub model_header: String,
+    /// Named in the refusal when the path header is missing.
+    pub path_header: String,
 }
 
 impl Webhook {
     /// `POST /request`: admission, then the input guardrail.
     pub async fn check_prompt(&self, facts: RequestFacts<'_>, prompt: PromptMessages) -> Action {
-        let api = api_of(facts.path);
-        let action = match self.admit(api, facts, &prompt).await {
+        let endpoint = endpoint_of(self.engine.endpoints(), facts.path);
+        let shape = shape_of(endpoint.as_ref());
+        let action = match self.admit(endpoint, facts, &prompt).await {
             Err(action) => action,
-            Ok(team) => match self.guard_prompt(api, prompt).await {
+            Ok(team) => match self.guard_prompt(shape, prompt).await {
                 Some(action) => action,
                 None => Action::Pass {
                     reason: format!("admitted for team {team}"),
@@ -164,51 +169,86 @@ impl Webhook {
     /// The team, once the request is admitted and counted; else the refusal.
     async fn admit(
         &self,
-        api: ApiKind,
+        endpoint: Option<Endpoint>,
         facts: RequestFacts<'_>,
         prompt: &PromptMessages,
     ) -> Result<String, Action> {
+        let shape = shape_of(endpoint.as_ref());
         let principal = self
             .auth
             .authenticate_header(facts.authorization, INVOKE_SCOPE)
             .await
-            .map_err(|e| self.refuse_here(api, e.rejection()))?;
+            .map_err(|e| self.refuse_here(shape, e.rejection()))?;
         let team = self
             .engine
             .team_for(&principal)
             .await
-            .map_err(|r| refused(api, &r))?;
-        let model = facts.model.filter(|m| !m.trim().is_empty()).ok_or_else(|| {
-            tracing::error!(
-                header = %self.model_header,
-                "webhook call without the model header: set it in the agentgateway webhook's `headers:` to the CEL `llmRequest.model`"
-            );
-            let reason = format!(
-                "the gateway did not say which model is called (header {})",
-                self.model_header
-            );
-            self.refuse_here(api, Rejection::new(RejectionKind::InvalidBody, reason))
+            .map_err(|r| refused(shape, &r))?;
+        let endpoint = endpoint.ok_or_else(|| {
+            self.misconfigured(
+                shape,
+                &self.path_header,
+                "request.path",
+                "which endpoint is called",
+            )
         })?;
+        let api = match endpoint.treatment {
+            Treatment::Refused(why) => return Err(self.refuse_here(shape, endpoint.rejection(why))),
+            Treatment::Metered(api) if !api.billed_by_tokens() => {
+                return Err(self.refuse_here(shape, endpoint.rejection(Refusal::UnitsNotReported)));
+            }
+            Treatment::Metered(api) => api,
+            Treatment::Free => {
+                // A free call counts against RPM only: its ticket has nothing to charge or release.
+                self.engine
+                    .admit(&team, None, facts.request_id)
+                    .await
+                    .map_err(|r| refused(shape, &r))?;
+                return Ok(team.id.clone());
+            }
+        };
+        let model = facts
+            .model
+            .filter(|m| !m.trim().is_empty())
+            .ok_or_else(|| {
+                self.misconfigured(
+                    shape,
+                    &self.model_header,
+                    "llmRequest.model",
+                    "which model is called",
+                )
+            })?;
         let call = ModelCall {
             model,
             prompt_chars: prompt.messages.iter().map(|m| m.content.len() as u64).sum(),
-            max_output_tokens: None,
+            // Embeddings generate no tokens; other calls are capped by nothing the webhook sees.
+            max_output_tokens: (api == ApiKind::OpenAiEmbeddings).then_some(0),
+            units: None,
         };
-        let ticket = self
+        // Usage arrives later from access logs, which charge the call whatever happens here.
+        let warning = self
             .engine
-            .admit(&team, Some(call), facts.request_id)
+            .admit_reported_later(&team, call, facts.request_id)
             .await
-            .map_err(|r| refused(api, &r))?;
-        if let Some(warning) = &ticket.budget_warning {
+            .map_err(|r| refused(shape, &r))?;
+        if let Some(warning) = warning {
             // No response headers can be set through the webhook: the warning is logged only.
             tracing::warn!(team = %team.id, warning, "budget warning");
         }
-        // Usage arrives later from access logs; a reservation would never be settled here.
-        self.engine.release(ticket).await;
         Ok(team.id.clone())
     }
 
-    async fn guard_prompt(&self, api: ApiKind, prompt: PromptMessages) -> Option<Action> {
+    /// A refusal for a header the gateway's webhook configuration must set and did not.
+    fn misconfigured(&self, shape: ErrorShape, header: &str, cel: &str, what: &str) -> Action {
+        tracing::error!(
+            header,
+            "webhook call without the {header} header: set it in the agentgateway webhook's `headers:` to the CEL `{cel}`"
+        );
+        let reason = format!("the gateway did not say {what} (header {header})");
+        self.refuse_here(shape, Rejection::new(RejectionKind::InvalidBody, reason))
+    }
+
+    async fn guard_prompt(&self, shape: ErrorShape, prompt: PromptMessages) -> Option<Action> {
         let guard = self.guardrail.as_ref()?;
         // The messages are chat-shaped whatever the client's API: assess them as such.
         let mut body = json!(prompt);
@@ -230,12 +270,12 @@ impl Webhook {
             Outcome::Block { message, policies } => {
                 let mut rejection = Rejection::new(RejectionKind::GuardrailIntervened, message);
                 rejection.policies = policies;
-                Some(self.refuse_here(api, rejection))
+                Some(self.refuse_here(shape, rejection))
             }
             Outcome::Unavailable { error } => {
                 tracing::warn!(%error, "guardrail unavailable; refusing (fail mode closed)");
                 Some(self.refuse_here(
-                    api,
+                    shape,
                     Rejection::new(
                         RejectionKind::GuardrailUnavailable,
                         "content guardrail unavailable",
@@ -247,9 +287,9 @@ impl Webhook {
 
     /// A refusal decided here rather than by the engine (which counts its own): counted, then
     /// answered.
-    pub fn refuse_here(&self, api: ApiKind, rejection: Rejection) -> Action {
+    pub fn refuse_here(&self, shape: impl Into<ErrorShape>, rejection: Rejection) -> Action {
         self.engine.count_decision(rejection.kind);
-        refused(api, &rejection)
+        refused(shape, &rejection)
     }
 
     async fn guard_answer(&self, answer: AnswerChoices) -> Action {
@@ -296,20 +336,24 @@ impl Webhook {
     }
 }
 
-/// The API whose error shape refusals take, from the client's request path (chat when unknown).
-pub fn api_of(path: Option<&str>) -> ApiKind {
-    path.map(ApiKind::from_path)
-        .filter(|api| api.is_model_call())
-        .unwrap_or(ApiKind::OpenAiChat)
+/// The endpoint of the client's request, from its path. agentgateway calls the webhook for the
+/// LLM requests it parsed, which are POSTs.
+pub fn endpoint_of(endpoints: &Endpoints, path: Option<&str>) -> Option<Endpoint> {
+    path.map(|path| endpoints.classify("POST", path))
 }
 
-fn refused(api: ApiKind, rejection: &Rejection) -> Action {
+/// The error shape refusals take: the endpoint's, OpenAI's when the path is unknown.
+pub fn shape_of(endpoint: Option<&Endpoint>) -> ErrorShape {
+    endpoint.map_or(ErrorShape::OpenAi, |e| e.shape)
+}
+
+fn refused(shape: impl Into<ErrorShape>, rejection: &Rejection) -> Action {
     tracing::info!(
         status = rejection.kind.status(),
         reason = %rejection.reason,
         "webhook refused"
     );
-    Action::refuse(api, rejection)
+    Action::refuse(shape, rejection)
 }
 
 fn count(phase: &'static str, action: &Action) {

@@ -17,6 +17,7 @@ ANTHROPIC_ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
     403: "permission_error",
+    404: "not_found_error",  # endpoint_not_supported
     413: "request_too_large",
     429: "rate_limit_error",
     503: "api_error",  # policy_unavailable (the store failed, fail_mode closed)

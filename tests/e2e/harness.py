@@ -440,6 +440,7 @@ def render_tollgate_config(
     policy: dict | None = None,
     store: dict | None = None,
     guardrail: dict | None = None,
+    endpoints: dict | None = None,
 ) -> str:
     """`identity` adds or replaces [identity] keys; a `jwks_url` there replaces the JWKS file.
     `pricing`, `budgets` and `policy` become those sections, e.g.
@@ -474,7 +475,7 @@ def render_tollgate_config(
         lines += ["", "[store]", f"backend = {_q(store_backend)}"]
         if store_path is not None:
             lines.append(f"path = {_q(store_path)}")
-    for section, table in (("policy", policy), ("pricing", pricing), ("budgets", budgets)):
+    for section, table in (("policy", policy), ("pricing", pricing), ("budgets", budgets), ("endpoints", endpoints)):
         if table is not None:
             lines += _toml_table(section, table)
     if guardrail is not None:
@@ -603,6 +604,7 @@ class Stack:
         policy: dict | None = None,
         store: dict | None = None,
         guardrail: dict | None = None,
+        endpoints: dict | None = None,
         tollgate_env: dict | None = None,
         tollgate_bin: Path | None = None,
     ):
@@ -651,6 +653,7 @@ class Stack:
                 policy=policy,
                 store=store,
                 guardrail=guardrail,
+                endpoints=endpoints,
             )
         )
         self.envoy_yaml = self.workdir / f"envoy-{envoy_config}"
@@ -784,6 +787,17 @@ class Stack:
             h.setdefault("content-type", "application/json")
             return self._http.post(self.base_url + path, content=content, headers=h, timeout=timeout)
         return self._http.post(self.base_url + path, json=json_body, headers=h, timeout=timeout)
+
+    def request(self, method: str, path: str, *, token: str | None, marker: str | None = None,
+                headers: dict | None = None, **kw) -> httpx.Response:
+        """Any request through Envoy (`kw`: httpx's `json`, `content`, `files`, `data`...)."""
+        h = {}
+        if token is not None:
+            h["authorization"] = f"Bearer {token}"
+        if marker:
+            h["x-test-id"] = marker
+        h.update(headers or {})
+        return self._http.request(method, self.base_url + path, headers=h, timeout=15.0, **kw)
 
     def chat(self, token: str | None, *, stream: bool = False, marker: str | None = None, usage: str | None = None,
              headers: dict | None = None, **body) -> httpx.Response:

@@ -44,7 +44,10 @@ PRICES = {
     "gpt-4o": {"input": 2.5, "output": 10.0, "cache_read": 1.25, "cache_write": 2.5, "source": "builtin"},
     "gpt-4o-mini": {"input": 0.15, "output": 0.6, "cache_read": 0.075, "cache_write": 0.15, "source": "builtin"},
     "claude-haiku-4-5": {"input": 1.0, "output": 5.0, "cache_read": 0.1, "cache_write": 1.25, "source": "builtin"},
-    "claude-sonnet-4-5": {"input": 3.0, "output": 15.0, "cache_read": 0.3, "cache_write": 3.75, "source": "builtin"},
+    "claude-sonnet-4-5": {"input": 3.0, "output": 15.0, "cache_read": 0.3, "cache_write": 3.75, "source": "builtin",
+                          # Anthropic bills a prompt above 200k tokens at these rates, every token of it.
+                          "long_context": {"above_prompt_tokens": 200000, "input": 6.0, "output": 22.5,
+                                           "cache_read": 0.6, "cache_write": 7.5}},
     "cfg-model": {"input": 5.0, "output": 7.0, "cache_read": 5.0, "cache_write": 5.0, "source": "config"},
 }
 

@@ -133,7 +133,7 @@ def test_rate_limited_messages_raise_sdk_rate_limit_error(stack, marker):
     body = e.value.body
     assert body["type"] == "error"
     assert body["error"]["type"] == "rate_limit_error"
-    assert body["error"]["message"].startswith("RPM limit exceeded (")
+    assert body["error"]["message"].startswith("RPM limit exceeded: ")
     assert body["error"]["message"] in str(e.value)
     assert int(e.value.response.headers["retry-after"]) >= 0
     # A streaming request is refused the same way, before any event.

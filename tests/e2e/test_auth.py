@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import anthropic
@@ -51,6 +53,20 @@ BAD_TOKENS = {
     "wrong-issuer": lambda: "Bearer " + mint_token("auth-a-agent", issuer="https://evil.example/pool"),
     "alg-none": lambda: "Bearer " + unsigned_token("auth-a-agent"),
     "tampered": lambda: "Bearer " + _tampered(),
+    # Validly signed, but its claims refuse it: not yet valid, no issuer although one is
+    # configured, no expiry at all.
+    "not-yet-valid": lambda: "Bearer " + mint_token("auth-a-agent", extra={"nbf": int(time.time()) + 600}),
+    "no-issuer": lambda: "Bearer " + mint_token("auth-a-agent", drop=["iss"]),
+    "no-expiry": lambda: "Bearer " + mint_token("auth-a-agent", drop=["exp"]),
+}
+
+# What the 401 says, in words, for the claim refusals (tollgate's wording, OpenAI and Anthropic alike).
+CLAIM_REASONS = {
+    "expired": r"token expired at \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \((60|61) minutes ago\)",
+    "not-yet-valid": r"token not valid before \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \(in (9|10) minutes\)",
+    "no-issuer": r"token has no iss claim; expected https://tollgate\.local/dev",
+    "wrong-issuer": r"token was issued by https://evil\.example/pool, expected https://tollgate\.local/dev",
+    "no-expiry": r"token has no exp claim; tollgate accepts only tokens that expire",
 }
 
 
@@ -67,6 +83,9 @@ def test_bad_token_is_401_and_never_reaches_upstream(stack, marker, kind, path):
     r = stack.post(path, token=None, json_body=body, headers=headers, marker=marker)
     check_not_rate_limited_error(r, 401, ANTHROPIC if path == "/v1/messages" else OPENAI)
     assert stack.upstream_requests(marker) == []
+    if kind in CLAIM_REASONS:
+        reason = r.json()["reason"]
+        assert re.fullmatch(CLAIM_REASONS[kind], reason), reason
 
 
 FORBIDDEN = {
@@ -149,6 +168,17 @@ def test_trust_upstream_decodes_claims_without_verifying(trusting_stack, marker)
     check_not_rate_limited_error(s.chat(mint_token("trust-a-agent", scope=ADMIN_SCOPE), marker=marker), 403, OPENAI)
     check_not_rate_limited_error(s.chat(mint_token("nobody-knows-me"), marker=marker), 403, OPENAI)
     assert len(s.upstream_requests(marker)) == 1
+
+
+@pytest.mark.parametrize("kind", ["expired", "not-yet-valid", "no-issuer", "wrong-issuer", "no-expiry"])
+def test_trust_upstream_still_holds_tokens_to_their_claims(trusting_stack, marker, kind):
+    """The verifier in front (the ALB) checks exp, nbf and iss too; tollgate checks them again,
+    since a verifier configured to let them pass would otherwise let them through."""
+    r = trusting_stack.post("/v1/chat/completions", token=None, headers={"authorization": BAD_TOKENS[kind]()},
+                            json_body={"model": "gpt-4o-mini", "messages": MSG}, marker=marker)
+    check_not_rate_limited_error(r, 401, OPENAI)
+    assert re.fullmatch(CLAIM_REASONS[kind], r.json()["reason"]), r.json()["reason"]
+    assert trusting_stack.upstream_requests(marker) == []
 
 
 def test_jwks_url_is_fetched_and_refreshed_when_an_unknown_kid_appears(stack_factory):

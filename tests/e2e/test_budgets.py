@@ -54,6 +54,7 @@ TEAMS = [
     _team("bud-sdk", monthly_budget_usd=0.01),
     _team("bud-burst", monthly_budget_usd=0.10),
     _team("bud-upstream-err", monthly_budget_usd=1.0),
+    Team("bud-both", rpm=1000, daily_tokens=1000, monthly_budget_usd=1.0),
 ]
 
 
@@ -214,6 +215,26 @@ def test_on_breach_warn_lets_requests_through_with_the_warning(stack, marker):
     assert len(stack.upstream_requests(marker)) == sent_before + 3
     stack.wait_spend(team, 0.18)
     assert rejected(stack, "monthly_budget_exceeded") == refused_before
+
+
+def test_a_team_over_its_daily_tokens_and_its_budget_is_told_about_the_budget(stack, marker):
+    """Both limits refuse; the one that lasts longest is named, with its month-long retry (told
+    "daily tokens, retry at midnight", the team would retry and be refused again for a month)."""
+    team = "bud-both"  # 1000 tokens a day, $1.00 a month
+    tok = stack.token(team)
+    r = send(stack, tok, "chat", usage="prompt=600,completion=520", marker=marker)  # 1120 tokens, $1.12
+    assert r.status_code == 200, r.text
+    r = wait_refused(stack, tok, marker=marker)
+    body, _ = check_budget_rejection(
+        r, flavour=OPENAI, code="monthly_budget_exceeded", reason_re=r"Monthly budget exceeded \(\$1\.12/\$1\.00\)"
+    )
+    # The daily tokens are spent as well (the headers say so); the budget is what was named.
+    assert r.headers["x-ratelimit-remaining-tokens"] == "0", dict(r.headers)
+    r = send(stack, tok, "messages", marker=marker)
+    check_budget_rejection(
+        r, flavour=ANTHROPIC, code="monthly_budget_exceeded", reason_re=r"Monthly budget exceeded \(\$1\.12/\$1\.00\)"
+    )
+    assert len(stack.upstream_requests(marker)) == 1
 
 
 def _log_lines(stack) -> list[str]:

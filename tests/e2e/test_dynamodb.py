@@ -420,7 +420,7 @@ def test_rpm_is_exact_across_the_fleet(closed_fleet, ddb, marker):
     for _, r in results:
         if r.status_code == 429:
             check_rejection(r, flavour=OPENAI, code="rpm_limit_exceeded",
-                            reason_re=r"RPM limit exceeded \(\d+/25 requests per minute\)",
+                            reason_re=r"RPM limit exceeded: \d+ requests in the last 60 s, limit 25",
                             max_retry_after=RPM_MAX_RETRY)
     assert len(a.upstream_requests(marker)) + len(b.upstream_requests(marker)) == 25
     assert ddb.value(TABLE_CLOSED, f"team#{team}", f"rpm#{minute}") == 25
@@ -767,7 +767,7 @@ def test_outage_fails_open_and_loses_no_debit(open_fleet, ddb, marker):
             for r in rs:
                 if r.status_code == 429:
                     soft.check(f"{s.name} rpm=5 refusal", check_rejection, r, flavour=OPENAI,
-                               code="rpm_limit_exceeded", reason_re=r"RPM limit exceeded \(\d+/5 requests per minute\)",
+                               code="rpm_limit_exceeded", reason_re=r"RPM limit exceeded: \d+ requests? in the last 60 s, limit 5",
                                max_retry_after=RPM_MAX_RETRY)
 
         time.sleep(0.5)

@@ -191,3 +191,25 @@ def test_keep_alive_and_chunked_request_body(fake):
         while data.count(b"HTTP/1.1 200") < 2 and time.time() < deadline:
             data += s.recv(65536)
     assert data.count(b"HTTP/1.1 200") == 2
+
+
+def test_other_openai_endpoints_parse_with_the_sdk(oa, an):
+    usage = {"x-fake-usage": "prompt=7,completion=9"}
+    c = oa.completions.create(model="gpt-3.5-turbo-instruct", prompt="Say", extra_headers=usage)
+    assert c.choices[0].text == TEXT and (c.usage.prompt_tokens, c.usage.completion_tokens) == (7, 9)
+    chunks = list(oa.completions.create(model="gpt-3.5-turbo-instruct", prompt="Say", stream=True,
+                                        stream_options={"include_usage": True}, extra_headers=usage))
+    assert "".join(ch.choices[0].text for ch in chunks if ch.choices) == TEXT
+    assert chunks[-1].usage.completion_tokens == 9 and chunks[-1].choices == []
+    e = oa.embeddings.create(model="text-embedding-3-small", input=["a", "b"], extra_headers=usage)
+    assert len(e.data) == 2 and (e.usage.prompt_tokens, e.usage.total_tokens) == (7, 7)
+    dalle = oa.images.generate(model="dall-e-3", prompt="a cat", n=1)
+    assert dalle.data[0].url and dalle.data[0].revised_prompt == "a cat" and dalle.usage is None
+    two = oa.images.generate(model="dall-e-2", prompt="a cat", n=2, extra_headers={"x-fake-images": "1"})
+    assert len(two.data) == 1, "x-fake-images overrides n"
+    gpt = oa.images.generate(model="gpt-image-1", prompt="a cat", quality="low", extra_headers=usage)
+    assert gpt.data[0].b64_json and (gpt.usage.input_tokens, gpt.usage.output_tokens) == (7, 9)
+    speech = oa.audio.speech.create(model="tts-1", voice="alloy", input="Hello")
+    assert speech.content.startswith(b"ID3")
+    assert an.messages.count_tokens(model="claude-haiku-4-5", messages=MSG, extra_headers=usage).input_tokens == 7
+    assert oa.models.retrieve("gpt-4o").id == "gpt-4o"

@@ -4,6 +4,8 @@ sees the 401's response headers and must cope); scope, team mapping and limits s
 
 from __future__ import annotations
 
+import time
+
 import openai
 import pytest
 
@@ -32,6 +34,11 @@ BAD = {
     "wrong-key": lambda: "Bearer " + mint_token("ja-sdk-agent", key=other_private_key()),
     "wrong-issuer": lambda: "Bearer " + mint_token("ja-sdk-agent", issuer="https://evil.example/pool"),
     "alg-none": lambda: "Bearer " + unsigned_token("ja-sdk-agent"),
+    # require_expiration: true in envoy/local-jwt-authn.yaml; without it Envoy admits this token.
+    "no-expiry": lambda: "Bearer " + mint_token("ja-sdk-agent", drop=["exp"]),
+    "not-yet-valid": lambda: "Bearer " + mint_token("ja-sdk-agent", extra={"nbf": int(time.time()) + 600}),
+    # A provider with an issuer refuses a token without one ("Jwt issuer is not configured").
+    "no-issuer": lambda: "Bearer " + mint_token("ja-sdk-agent", drop=["iss"]),
 }
 
 
@@ -68,11 +75,11 @@ def test_rpm_limit_applies(stack, marker):
         assert r.headers["x-ratelimit-limit"] == "2"
     check_rejection(
         stack.chat(tok, marker=marker), flavour=OPENAI, code="rpm_limit_exceeded",
-        reason_re=r"RPM limit exceeded \(3/2 requests per minute\)", max_retry_after=RPM_MAX_RETRY,
+        reason_re=r"RPM limit exceeded: 2 requests in the last 60 s, limit 2", max_retry_after=RPM_MAX_RETRY,
     )
     check_rejection(
         stack.messages(tok, marker=marker), flavour=ANTHROPIC, code="rpm_limit_exceeded",
-        reason_re=r"RPM limit exceeded \(3/2 requests per minute\)", max_retry_after=RPM_MAX_RETRY,
+        reason_re=r"RPM limit exceeded: 2 requests in the last 60 s, limit 2", max_retry_after=RPM_MAX_RETRY,
     )
     with pytest.raises(openai.RateLimitError):
         stack.openai(tok, marker).chat.completions.create(model="gpt-4o-mini", messages=MSG)
@@ -91,3 +98,4 @@ def test_team_claim_from_metadata(stack, marker):
     r = stack.chat(mint_token("unregistered-client", team="ja-claim"), marker=marker, usage="prompt=0,completion=0")
     assert r.status_code == 200, r.text
     assert r.headers["x-ratelimit-limit"] == "9"
+

@@ -27,7 +27,9 @@ from harness import ISSUER, REPO, admin_token, mint_token, tollgate_cli_env
 from lambda_emulator import Emulator, event_fixture, logs_event
 
 SECRET = "lambda-webhook-secret"
-TABLE = "tollgate-lambda"
+# All digits, as deployments name tables from account or build numbers: set through the
+# environment, it must stay a string (figment alone would read it as a number and refuse it).
+TABLE = "20261130"
 TEAM = "lambda-team"
 CLIENT = "lambda-agent"
 

@@ -92,7 +92,9 @@ pub fn dynamo_settings(local: &DynamoDbLocal, table: &str) -> DynamoDbSettings {
         table: table.into(),
         region: Some("us-east-1".into()),
         endpoint_url: Some(format!("http://127.0.0.1:{}", local.port)),
-        timeout_ms: 2000,
+        // These tests check semantics, not latency: DynamoDB Local (a JVM) on 2 cores shared with
+        // builds and other test crates can take seconds per call.
+        timeout_ms: 10_000,
         read_cache_ms: 0,
         ..Default::default()
     }

@@ -136,6 +136,7 @@ fn settings(read_ttl: Duration) -> EngineSettings {
         output: 1000.0,
         cache_read: None,
         cache_write: None,
+        ..Default::default()
     };
     settings
         .prices
@@ -525,6 +526,7 @@ async fn reservations_are_leased_and_never_pass_the_budget() {
             model: "test-model",
             prompt_chars: 400,
             max_output_tokens: Some(100),
+            units: None,
         })
     };
     let admit_all = async |n: usize| {
@@ -599,7 +601,10 @@ async fn past_the_limit_refusals_do_not_each_call_the_store() {
     for _ in 0..50 {
         let r = a.admit(&t, None, None).await.unwrap_err();
         assert_eq!(r.kind, RejectionKind::RpmExceeded);
-        assert_eq!(r.reason, "RPM limit exceeded (21/20 requests per minute)");
+        assert_eq!(
+            r.reason,
+            "RPM limit exceeded: 20 requests in the last 60 s, limit 20"
+        );
     }
     assert_eq!(
         table.calls.claims.load(Ordering::SeqCst),

@@ -1,0 +1,453 @@
+//! The journal of admitted model calls: for each call whose exchange has not ended yet, what it
+//! costs at least. The provider bills the prompt of every call it received, even one whose answer
+//! never came back; if tollgate dies (SIGKILL, OOM, a lost host) before the exchange ends, its
+//! settlement never runs, and without the journal the call would never be charged.
+//!
+//! An entry is written when a call is admitted and leaves the journal once the debit that settles
+//! the call is durable. The next process charges whatever the last one left at its estimate, as a
+//! debit with the call's request id, so a debit that did land before the crash is not counted
+//! twice. Where the journal lives decides how that holds:
+//!
+//! - embedded store: in the same redb database, written by the same group commit as the counters;
+//!   an entry leaves in the very commit that applies its debit, so a crash keeps both or neither;
+//! - DynamoDB: in the spool's redb file on local disk (admission must not wait on DynamoDB for
+//!   it); an entry leaves after its debit was applied or spooled, and if the process dies in
+//!   between, DynamoDB's `debit#<id>` marker makes the recovered charge a no-op;
+//! - memory store: nothing survives the process, so there is nothing to recover.
+//!
+//! Admission does not wait for the entry to be durable: it starts the group commit and goes on.
+//! A call is unjournaled from its admission until that commit ends (one commit, about a
+//! millisecond on a local disk), while Envoy is still sending it to the provider.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Weak;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, watch};
+
+use super::{Debit, StoreError, StoreResult};
+
+const CALLS: TableDefinition<&str, &str> = TableDefinition::new("journal");
+
+/// Most calls held open at once. Calls leave as they settle, so only a leak or a flood reaches
+/// this; beyond it, calls are admitted unjournaled (and counted) rather than refused: the journal
+/// insures against a crash, it is not what meters a call.
+pub const MAX_OPEN_CALLS: usize = 100_000;
+
+/// How long [`GroupCommit::wait`] waits for a commit before calling it failed.
+const DURABLE_WAIT: Duration = Duration::from_secs(10);
+
+/// An admitted call that has not been settled yet.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JournalEntry {
+    pub team: String,
+    /// The model as the request named it (for logs; its canonical name is in the counters).
+    pub model: String,
+    pub admitted_at_ms: u64,
+    /// The estimated prompt: tokens and cost the provider bills for any call it received.
+    pub tokens: u64,
+    pub cost_micros: u64,
+    /// What an unsettled call is charged: the estimate on the counters fixed at admission, and its
+    /// budget reservation given back. Its id is the request id, the id of the call's own debit.
+    pub debit: Debit,
+}
+
+impl JournalEntry {
+    pub fn id(&self) -> &str {
+        &self.debit.id
+    }
+}
+
+/// Outcome of [`Journal::open`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Opened {
+    Journaled,
+    /// A call with the same request id is open: the first one keeps the entry.
+    DuplicateId,
+    /// [`MAX_OPEN_CALLS`] are open.
+    Full,
+}
+
+/// Where admitted calls are journaled (see the module documentation). An entry leaves the
+/// journal when its settling debit (same id; without amounts when nothing is charged) is durable:
+/// the embedded store removes it in the commit that applies that debit, the spool once the ledger
+/// has it applied or spooled ([`super::Spool::settle`]).
+#[async_trait]
+pub trait Journal: Send + Sync {
+    /// Journals an admitted call and starts a group commit; does not wait for it.
+    fn open(&self, entry: JournalEntry) -> Opened;
+
+    /// Takes an open call for settlement: true once per call, false if it was taken already (by
+    /// [`Journal::claim_all`] at shutdown), in which case its settlement must charge nothing. Only
+    /// a claimed call leaves the journal when a debit with its id is durable.
+    fn claim(&self, id: &str) -> bool;
+
+    /// Takes every call not taken yet: at startup, what an earlier process left; at the end of
+    /// the shutdown grace period, what is still in flight.
+    fn claim_all(&self) -> Vec<JournalEntry>;
+
+    /// Resolves once every change made so far is durable.
+    async fn flush(&self) -> StoreResult<()>;
+}
+
+struct OpenCall {
+    entry: JournalEntry,
+    json: String,
+    claimed: bool,
+}
+
+/// The open calls of one database, and which of them changed since a commit last took them.
+/// Not locked itself: its owner keeps it under the lock that also orders its commits, so that
+/// marking a change and the generation that commits it are one step.
+#[derive(Default)]
+pub(super) struct OpenCalls {
+    calls: HashMap<String, OpenCall>,
+    /// Opened or settled since a commit last took them. An open call found here has never been
+    /// written (a failed commit puts its ids back), so settling it needs no disk write at all.
+    changed: HashSet<String>,
+}
+
+impl OpenCalls {
+    /// The calls an earlier process left, as read from its database.
+    pub(super) fn load(tx: &ReadTransaction) -> StoreResult<Self> {
+        let mut calls = HashMap::new();
+        let table = tx.open_table(CALLS).map_err(corrupt)?;
+        for row in table.iter().map_err(corrupt)? {
+            let (id, json) = row.map_err(corrupt)?;
+            let entry: JournalEntry = serde_json::from_str(json.value())
+                .map_err(|e| StoreError::Corrupt(format!("journal entry {}: {e}", id.value())))?;
+            let json = json.value().to_owned();
+            calls.insert(
+                id.value().to_owned(),
+                OpenCall {
+                    entry,
+                    json,
+                    claimed: false,
+                },
+            );
+        }
+        let open = Self {
+            calls,
+            changed: HashSet::new(),
+        };
+        open.count();
+        Ok(open)
+    }
+
+    pub(super) fn create_table(tx: &WriteTransaction) -> StoreResult<()> {
+        tx.open_table(CALLS).map_err(corrupt)?;
+        Ok(())
+    }
+
+    pub(super) fn open(&mut self, entry: JournalEntry, json: String) -> Opened {
+        if self.calls.contains_key(entry.id()) {
+            return Opened::DuplicateId;
+        }
+        if self.calls.len() >= MAX_OPEN_CALLS {
+            return Opened::Full;
+        }
+        let id = entry.id().to_owned();
+        self.changed.insert(id.clone());
+        self.calls.insert(
+            id,
+            OpenCall {
+                entry,
+                json,
+                claimed: false,
+            },
+        );
+        self.count();
+        Opened::Journaled
+    }
+
+    pub(super) fn claim(&mut self, id: &str) -> bool {
+        self.calls
+            .get_mut(id)
+            .is_some_and(|call| !std::mem::replace(&mut call.claimed, true))
+    }
+
+    pub(super) fn claim_all(&mut self) -> Vec<JournalEntry> {
+        self.calls
+            .values_mut()
+            .filter_map(|call| (!std::mem::replace(&mut call.claimed, true)).then_some(&call.entry))
+            .cloned()
+            .collect()
+    }
+
+    /// The call's debit is durable (or commits with this change): the entry goes. Only a claimed
+    /// call settles: a debit with the same id that nobody claimed for it (another request that
+    /// reused the request id, a usage record) leaves an open call alone.
+    pub(super) fn settle(&mut self, id: &str) {
+        if !self.calls.get(id).is_some_and(|call| call.claimed) {
+            return;
+        }
+        self.calls.remove(id);
+        if !self.changed.remove(id) {
+            // Written, or being written by a commit in progress: its row must go.
+            self.changed.insert(id.to_owned());
+        }
+        self.count();
+    }
+
+    /// What the next commit writes: each changed id with its row, or `None` to delete it.
+    pub(super) fn take_changes(&mut self) -> Vec<(String, Option<String>)> {
+        self.changed
+            .drain()
+            .map(|id| {
+                let row = self.calls.get(&id).map(|call| call.json.clone());
+                (id, row)
+            })
+            .collect()
+    }
+
+    /// A commit of these changes failed: the next one writes them.
+    pub(super) fn restore_changes(&mut self, changes: Vec<(String, Option<String>)>) {
+        self.changed.extend(changes.into_iter().map(|(id, _)| id));
+    }
+
+    fn count(&self) {
+        metrics::gauge!("tollgate_journal_open").set(self.calls.len() as f64);
+    }
+}
+
+/// Writes changes taken by [`OpenCalls::take_changes`] in a write transaction.
+pub(super) fn write_changes(
+    tx: &WriteTransaction,
+    changes: &[(String, Option<String>)],
+) -> StoreResult<()> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let mut table = tx.open_table(CALLS).map_err(corrupt)?;
+    for (id, row) in changes {
+        match row {
+            Some(json) => table.insert(id.as_str(), json.as_str()),
+            None => table.remove(id.as_str()),
+        }
+        .map_err(|e| StoreError::Unavailable(format!("journal: {e}")))?;
+    }
+    Ok(())
+}
+
+fn corrupt(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("journal: {e}"))
+}
+
+/// Group commits of one database: whoever marks changes gets the generation that commits them
+/// (from the owner's lock), wakes the committer, and may wait for that generation.
+pub(super) struct GroupCommit {
+    wake: Notify,
+    /// How many generations are committed: the changes of generation `g` are durable once this
+    /// is above `g`.
+    committed: watch::Sender<u64>,
+}
+
+impl GroupCommit {
+    pub(super) fn new() -> Self {
+        Self {
+            wake: Notify::new(),
+            committed: watch::Sender::new(0),
+        }
+    }
+
+    /// Commit soon, without waiting for the interval.
+    pub(super) fn start(&self) {
+        self.wake.notify_one();
+    }
+
+    pub(super) async fn wait(&self, generation: u64) -> StoreResult<()> {
+        self.start();
+        let mut committed = self.committed.subscribe();
+        match tokio::time::timeout(DURABLE_WAIT, committed.wait_for(|&g| g > generation)).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(StoreError::Unavailable(
+                "the commit did not complete in time".into(),
+            )),
+        }
+    }
+
+    fn done(&self, generation: u64) {
+        self.committed.send_replace(generation + 1);
+    }
+}
+
+/// A database committed in groups by [`run_group_commits`].
+pub(super) trait Committed: Send + Sync + 'static {
+    fn commits(&self) -> &GroupCommit;
+    /// Writes everything marked so far in one transaction and returns the generation it covered;
+    /// on failure the changes stay marked for the next attempt.
+    fn commit(&self) -> StoreResult<u64>;
+    /// Runs before each commit, on the committer (housekeeping such as evicting expired counters).
+    fn before_commit(&self) {}
+    /// For logs and metrics.
+    fn name(&self) -> &'static str;
+}
+
+/// A database that keeps the open calls under its own lock and commits them in groups.
+pub(super) trait KeepsJournal: Committed {
+    fn with_calls<R>(&self, change: impl FnOnce(&mut OpenCalls) -> R) -> R;
+    /// The generation whose commit covers a change marked now.
+    fn generation(&self) -> u64;
+}
+
+#[async_trait]
+impl<T: KeepsJournal> Journal for T {
+    fn open(&self, entry: JournalEntry) -> Opened {
+        let json = serde_json::to_string(&entry).expect("journal entries serialize");
+        let opened = self.with_calls(|calls| calls.open(entry, json));
+        if opened == Opened::Journaled {
+            self.commits().start();
+        }
+        opened
+    }
+
+    fn claim(&self, id: &str) -> bool {
+        self.with_calls(|calls| calls.claim(id))
+    }
+
+    fn claim_all(&self) -> Vec<JournalEntry> {
+        self.with_calls(OpenCalls::claim_all)
+    }
+
+    async fn flush(&self) -> StoreResult<()> {
+        self.commits().wait(self.generation()).await
+    }
+}
+
+/// Commits `db` when woken and at least every `interval`, until it is dropped.
+pub(super) async fn run_group_commits<T: Committed>(db: Weak<T>, interval: Duration) {
+    loop {
+        let Some(strong) = db.upgrade() else {
+            return;
+        };
+        let _ = tokio::time::timeout(interval, strong.commits().wake.notified()).await;
+        strong.before_commit();
+        let committing = strong.clone();
+        match tokio::task::spawn_blocking(move || committing.commit()).await {
+            Ok(Ok(generation)) => strong.commits().done(generation),
+            Ok(Err(e)) => {
+                metrics::counter!("tollgate_store_errors_total", "backend" => strong.name(), "op" => "commit").increment(1);
+                tracing::error!(db = strong.name(), error = %e, "commit failed; retrying");
+            }
+            Err(e) => tracing::error!(db = strong.name(), error = %e, "committer panicked"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::CounterKey;
+
+    pub(crate) fn entry(id: &str) -> JournalEntry {
+        JournalEntry {
+            team: "t".into(),
+            model: "m".into(),
+            admitted_at_ms: 1,
+            tokens: 10,
+            cost_micros: 20,
+            debit: Debit {
+                id: id.into(),
+                amounts: vec![(CounterKey::tokens_on_day("t", "2026-11-21", 9), 10)],
+            },
+        }
+    }
+
+    fn open(calls: &mut OpenCalls, id: &str) -> Opened {
+        calls.open(entry(id), serde_json::to_string(&entry(id)).unwrap())
+    }
+
+    fn ids(changes: &[(String, Option<String>)]) -> Vec<(&str, bool)> {
+        let mut ids: Vec<_> = changes
+            .iter()
+            .map(|(id, row)| (id.as_str(), row.is_some()))
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    fn settle(calls: &mut OpenCalls, id: &str) {
+        assert!(calls.claim(id));
+        calls.settle(id);
+    }
+
+    #[test]
+    fn a_call_settled_before_any_commit_never_touches_the_disk() {
+        let mut calls = OpenCalls::default();
+        assert_eq!(open(&mut calls, "a"), Opened::Journaled);
+        assert_eq!(open(&mut calls, "b"), Opened::Journaled);
+        settle(&mut calls, "a");
+        assert_eq!(ids(&calls.take_changes()), vec![("b", true)]);
+        settle(&mut calls, "b");
+        assert_eq!(ids(&calls.take_changes()), vec![("b", false)]);
+        assert!(calls.take_changes().is_empty());
+    }
+
+    #[test]
+    fn only_a_claimed_call_settles() {
+        let mut calls = OpenCalls::default();
+        open(&mut calls, "a");
+        calls.take_changes();
+        // A debit with the same id that is not this call's own settlement.
+        calls.settle("a");
+        assert!(calls.take_changes().is_empty());
+        settle(&mut calls, "a");
+        assert_eq!(ids(&calls.take_changes()), vec![("a", false)]);
+    }
+
+    #[test]
+    fn a_call_settled_while_its_write_commits_is_deleted_by_the_next_commit() {
+        let mut calls = OpenCalls::default();
+        open(&mut calls, "a");
+        let in_progress = calls.take_changes();
+        settle(&mut calls, "a");
+        // Whether the commit in progress lands or fails, the row must go.
+        calls.restore_changes(in_progress);
+        assert_eq!(ids(&calls.take_changes()), vec![("a", false)]);
+    }
+
+    #[test]
+    fn a_failed_commit_is_written_again() {
+        let mut calls = OpenCalls::default();
+        open(&mut calls, "a");
+        let failed = calls.take_changes();
+        calls.restore_changes(failed);
+        assert_eq!(ids(&calls.take_changes()), vec![("a", true)]);
+    }
+
+    #[test]
+    fn each_call_is_claimed_once_and_duplicates_are_refused() {
+        let mut calls = OpenCalls::default();
+        open(&mut calls, "a");
+        assert_eq!(open(&mut calls, "a"), Opened::DuplicateId);
+        open(&mut calls, "b");
+        assert!(calls.claim("a"));
+        assert!(!calls.claim("a"), "claimed twice");
+        let rest: Vec<String> = calls.claim_all().iter().map(|e| e.id().into()).collect();
+        assert_eq!(rest, vec!["b"], "claim_all takes only what is not claimed");
+        assert!(calls.claim_all().is_empty());
+        assert!(!calls.claim("b"));
+        assert!(!calls.claim("unknown"));
+    }
+
+    #[test]
+    fn the_journal_is_bounded() {
+        let mut calls = OpenCalls::default();
+        for i in 0..MAX_OPEN_CALLS {
+            calls.calls.insert(
+                i.to_string(),
+                OpenCall {
+                    entry: entry(&i.to_string()),
+                    json: String::new(),
+                    claimed: false,
+                },
+            );
+        }
+        assert_eq!(open(&mut calls, "one-more"), Opened::Full);
+        settle(&mut calls, "0");
+        assert_eq!(open(&mut calls, "one-more"), Opened::Journaled);
+    }
+}

@@ -1,0 +1,56 @@
+output "gateway_dns_name" {
+  description = "Point the certificate's name at this."
+  value       = module.tollgate.gateway_dns_name
+}
+
+output "token_endpoint" {
+  description = "Cognito token endpoint."
+  value       = module.tollgate.token_endpoint
+}
+
+output "admin_api_url" {
+  description = "Admin API base URL."
+  value       = module.tollgate.admin_api_url
+}
+
+output "webhook_url" {
+  description = "agentgateway's promptGuard webhook target."
+  value       = module.tollgate.webhook_url
+}
+
+output "webhook_secret" {
+  description = "Secret agentgateway sends in x-tollgate-webhook-secret."
+  value       = module.tollgate.webhook_secret
+  sensitive   = true
+}
+
+output "ecs_cluster_name" {
+  description = "ECS cluster (for the smoke test and operations)."
+  value       = module.tollgate.ecs_cluster_name
+}
+
+output "ecs_service_name" {
+  description = "ECS service running Envoy + tollgate."
+  value       = module.tollgate.ecs_service_name
+}
+
+output "client_ids" {
+  description = "App client ids by name."
+  value       = module.tollgate.client_ids
+}
+
+output "client_secrets" {
+  description = "App client secrets by name."
+  value       = module.tollgate.client_secrets
+  sensitive   = true
+}
+
+output "invoke_scope" {
+  description = "Scope for LLM calls."
+  value       = module.tollgate.invoke_scope
+}
+
+output "admin_scope" {
+  description = "Scope for the admin API."
+  value       = module.tollgate.admin_scope
+}

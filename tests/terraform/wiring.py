@@ -1,0 +1,691 @@
+"""What the deployment must wire together, as checks over a Stack (parsed terraform/ plus the
+applied modules/render). Each check returns the problems it finds; an empty list means it holds.
+test_wiring.py runs every check on terraform/, test_mutations.py runs them on broken copies and
+expects the matching check to notice.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+from hcl import Module, blocks, references, walk_raw
+from stack import REPO, Stack, provider_schemas
+
+CHECKS: dict[str, Callable[[Stack], list[str]]] = {}
+
+
+def check(fn: Callable[[Stack], list[str]]) -> Callable[[Stack], list[str]]:
+    CHECKS[fn.__name__.removeprefix("check_")] = fn
+    return fn
+
+
+def resolve(stack: Stack, value: Any) -> Any:
+    """A root-module value as far as it can be known offline (literals, var defaults, locals,
+    module.render outputs); anything else stays an expression string."""
+    from api_shapes import Unresolved, env_of, interpolate
+
+    try:
+        return interpolate(value, env_of(stack))
+    except Unresolved:
+        return value
+
+
+def one(items: list, what: str, problems: list[str]) -> Any:
+    if len(items) != 1:
+        problems.append(f"expected exactly one {what}, found {len(items)}")
+        return None
+    return items[0]
+
+
+################################################################################
+# Declarations and references
+################################################################################
+
+
+@check
+def check_references(stack: Stack) -> list[str]:
+    """Every var., local., module output, resource and data source used is declared."""
+    problems = []
+    mods = stack.modules()
+    for rel, mod in mods.items():
+        everything = [mod.locals, mod.outputs, mod.modules, mod.resources, mod.data, mod.variables, mod.providers]
+        for ref in (r for part in everything for r in references(part)):
+            where = f"{rel}: {ref.kind} {ref.type + '.' if ref.type else ''}{ref.name}"
+            if ref.kind == "var" and ref.name not in mod.variables:
+                problems.append(f"{where} is not declared")
+            elif ref.kind == "local" and ref.name not in mod.locals:
+                problems.append(f"{where} is not declared")
+            elif ref.kind == "resource" and (ref.type, ref.name) not in mod.resources:
+                problems.append(f"{where} is not declared")
+            elif ref.kind == "data" and (ref.type, ref.name) not in mod.data:
+                problems.append(f"{where} is not declared")
+            elif ref.kind == "module":
+                if ref.name not in mod.modules:
+                    problems.append(f"{where} is not declared")
+                    continue
+                child = child_module(stack, rel, mod.modules[ref.name])
+                if child and ref.attribute and ref.attribute not in child.outputs:
+                    problems.append(f"{where}.{ref.attribute}: no such output")
+        for name, body in mod.modules.items():
+            child = child_module(stack, rel, body)
+            if child is None:
+                continue
+            passed = set(body) - {"source", "version", "providers", "count", "for_each", "depends_on"}
+            for arg in sorted(passed - set(child.variables)):
+                problems.append(f"{rel}: module {name} has no variable {arg}")
+            for var, decl in child.variables.items():
+                if "default" not in decl and var not in passed:
+                    problems.append(f"{rel}: module {name} needs variable {var}")
+    return problems
+
+
+def child_module(stack: Stack, rel: str, body: dict) -> Module | None:
+    source = body.get("source", "")
+    if not source.startswith("."):
+        return None  # a registry module: not checked here
+    path = (stack.root_dir / rel / source).resolve()
+    known = {m.path.resolve(): m for m in stack.modules().values()}
+    return known.get(path) or Module.load(path)
+
+
+@check
+def check_declarations(stack: Stack) -> list[str]:
+    """Variables typed and described (and used), outputs described."""
+    problems = []
+    for rel, mod in stack.modules().items():
+        used = {r.name for part in (mod.locals, mod.outputs, mod.modules, mod.resources, mod.data, mod.variables, mod.providers)
+                for r in references(part) if r.kind == "var"}
+        for name, v in mod.variables.items():
+            if not v.get("description"):
+                problems.append(f"{rel}: variable {name} has no description")
+            if "type" not in v:
+                problems.append(f"{rel}: variable {name} has no type")
+            if name not in used:
+                problems.append(f"{rel}: variable {name} is never used")
+        for name, o in mod.outputs.items():
+            if not o.get("description"):
+                problems.append(f"{rel}: output {name} has no description")
+    return problems
+
+
+################################################################################
+# The AWS provider's schema
+################################################################################
+
+
+@check
+def check_provider_schema(stack: Stack) -> list[str]:
+    """Every resource, data source, argument and block exists in the provider schemas (the oldest
+    allowed AWS provider and the newest), required ones are set, referenced attributes exist."""
+    problems = []
+    for label, types in provider_schemas().items():
+        prefix = label.split("-")[0] + "_"
+        for rel, mod in stack.modules().items():
+            for (kind, rtype, name), raw in mod.raw_blocks.items():
+                if not rtype.startswith(prefix):
+                    continue
+                schema = types.get(f"{kind}.{rtype}")
+                where = f"{label}: {rel}/{mod.files[(kind, rtype, name)]}: {kind} {rtype}.{name}"
+                if schema is None:
+                    problems.append(f"{where}: not in tests/terraform/provider-schema.json: a new type needs "
+                                    "tests/terraform/provider_schema.py run again (else no such type exists)")
+                    continue
+                problems.extend(schema_problems(raw, schema, where))
+            for part in (mod.locals, mod.outputs, mod.modules, mod.resources, mod.data):
+                for ref in references(part):
+                    if ref.kind not in ("resource", "data") or not ref.type.startswith(prefix) or not ref.attribute:
+                        continue
+                    schema = types.get(f"{ref.kind}.{ref.type}")
+                    if schema and ref.attribute not in schema["readable"] and ref.attribute not in schema["blocks"]:
+                        problems.append(f"{label}: {rel}: {ref.type}.{ref.name}.{ref.attribute}: no such attribute")
+    return sorted(set(problems))
+
+
+def schema_problems(raw: dict, schema: dict, where: str) -> list[str]:
+    problems = []
+    seen = set()
+    for name, value, is_block in walk_raw(raw):
+        if name in ("count", "for_each", "depends_on", "lifecycle", "provider"):
+            continue
+        seen.add(name)
+        if is_block:
+            if name in schema["blocks"]:
+                for body in value:
+                    problems.extend(schema_problems(body, schema["blocks"][name], f"{where}.{name}"))
+            elif schema["attributes"].get(name, {}).get("type") == "any":
+                pass  # a tree the bindings leave untyped (WAF statements)
+            else:
+                problems.append(f"{where}: no block {name}")
+        elif name not in schema["attributes"]:
+            problems.append(f"{where}: no argument {name}" + (" (it is a block)" if name in schema["blocks"] else ""))
+    for name, a in schema["attributes"].items():
+        if a["required"] and name not in seen:
+            problems.append(f"{where}: required argument {name} is missing")
+    for name, b in schema["blocks"].items():
+        if b.get("required") and name not in seen:
+            problems.append(f"{where}: required block {name} is missing")
+    return problems
+
+
+################################################################################
+# Public ALB: HTTPS only, a token check on everything that forwards
+################################################################################
+
+
+def public_listeners(stack: Stack) -> dict[str, dict]:
+    return {n: l for n, l in stack.root.of_type("aws_lb_listener").items()
+            if l.get("load_balancer_arn") == "${aws_lb.public.arn}"}
+
+
+@check
+def check_alb_https_only(stack: Stack) -> list[str]:
+    problems = []
+    listeners = public_listeners(stack)
+    if not listeners:
+        return ["no listener on the public ALB"]
+    for name, l in listeners.items():
+        actions = blocks(l, "default_action")
+        if l.get("protocol") == "HTTPS":
+            if not l.get("certificate_arn"):
+                problems.append(f"listener {name}: HTTPS without a certificate")
+            policy = resolve(stack, l.get("ssl_policy"))
+            if not str(policy).startswith("ELBSecurityPolicy-TLS13-"):
+                problems.append(f"listener {name}: ssl_policy {policy} is not a TLS 1.3 policy")
+        else:
+            redirects = [a for a in actions if a.get("type") == "redirect"
+                         and blocks(a, "redirect") and blocks(a, "redirect")[0].get("protocol") == "HTTPS"]
+            if len(actions) != 1 or not redirects:
+                problems.append(f"listener {name}: {l.get('protocol')} listener does something other than redirect to HTTPS")
+        for a in actions:
+            if a.get("type") == "forward" or blocks(a, "forward"):
+                problems.append(f"listener {name}: its default action forwards without a token check")
+    public_rules = {n: r for n, r in stack.root.of_type("aws_lb_listener_rule").items()
+                    if r.get("listener_arn", "").removeprefix("${aws_lb_listener.").split(".")[0] in listeners}
+    for name, r in public_rules.items():
+        owner = r["listener_arn"].removeprefix("${aws_lb_listener.").split(".")[0]
+        if listeners[owner].get("protocol") != "HTTPS":
+            problems.append(f"rule {name}: on a plain-HTTP listener")
+    return problems
+
+
+@check
+def check_jwt_validation(stack: Stack) -> list[str]:
+    problems = []
+    listeners = public_listeners(stack)
+    rules = {n: r for n, r in stack.root.of_type("aws_lb_listener_rule").items()
+             if r.get("listener_arn", "").removeprefix("${aws_lb_listener.").split(".")[0] in listeners}
+    forwarding = {n: r for n, r in rules.items() if any(a.get("type") == "forward" for a in blocks(r, "action"))}
+    if not forwarding:
+        problems.append("no rule of the public ALB forwards to the tasks")
+    invoke = stack.rendered["invoke_scope"]
+    for name, r in forwarding.items():
+        actions = blocks(r, "action")
+        forward = next(a for a in actions if a.get("type") == "forward")
+        checks = [a for a in actions if a.get("type") == "jwt-validation"]
+        if not checks:
+            problems.append(f"rule {name}: forwards without a jwt-validation action")
+            continue
+        jwt = checks[0]
+        if int(jwt.get("order", 0)) >= int(forward.get("order", 1)):
+            problems.append(f"rule {name}: jwt-validation does not come before forward")
+        conf = (blocks(jwt, "jwt_validation") or [{}])[0]
+        if resolve(stack, conf.get("issuer")) != stack.rendered["issuer"]:
+            problems.append(f"rule {name}: issuer is not the user pool's ({conf.get('issuer')})")
+        if resolve(stack, conf.get("jwks_endpoint")) != stack.rendered["jwks_url"]:
+            problems.append(f"rule {name}: jwks_endpoint is not the user pool's ({conf.get('jwks_endpoint')})")
+        claims = blocks(conf, "additional_claim")
+        scope = [c for c in claims if c.get("name") == "scope"]
+        if not scope:
+            problems.append(f"rule {name}: no additional claim on scope")
+            continue
+        if scope[0].get("format") != "space-separated-values":
+            problems.append(f"rule {name}: scope claim format {scope[0].get('format')!r}: Cognito's scope is a "
+                            "space-separated string, only space-separated-values matches it")
+        values = resolve(stack, scope[0].get("values", []))
+        if invoke not in values:
+            problems.append(f"rule {name}: scope claim values {values} lack {invoke}")
+    return problems
+
+
+@check
+def check_alb_settings(stack: Stack) -> list[str]:
+    problems = []
+    lb = stack.root.resource("aws_lb", "public")
+    idle = resolve(stack, lb.get("idle_timeout"))
+    if not isinstance(idle, (int, float)) or idle < 300:
+        problems.append(f"public ALB idle_timeout {idle}: LLM streams need at least 300 s (Envoy's stream idle timeout)")
+    for name, l in stack.root.of_type("aws_lb").items():
+        if l.get("drop_invalid_header_fields") is not True:
+            problems.append(f"aws_lb.{name}: drop_invalid_header_fields must be true")
+    tg = stack.root.resource("aws_lb_target_group", "envoy")
+    hc = (blocks(tg, "health_check") or [{}])[0]
+    if resolve(stack, hc.get("path")) != stack.rendered["health_check_path"]:
+        problems.append(f"target group health check path {hc.get('path')} is not Envoy's route to tollgate's /readyz")
+    return problems
+
+
+################################################################################
+# WAF
+################################################################################
+
+REQUIRED_MANAGED_GROUPS = {
+    "AWSManagedRulesCommonRuleSet",
+    "AWSManagedRulesKnownBadInputsRuleSet",
+    "AWSManagedRulesAmazonIpReputationList",
+    "AWSManagedRulesAnonymousIpList",
+}
+
+
+@check
+def check_waf(stack: Stack) -> list[str]:
+    problems = []
+    groups = stack.root.locals.get("waf_managed_rule_groups", {})
+    acl = stack.root.resource("aws_wafv2_web_acl", "this")
+    dynamic_rules = [d["rule"] for d in acl.get("dynamic", []) if "rule" in d]
+    if not any(d.get("for_each") == "${local.waf_managed_rule_groups}" for d in dynamic_rules):
+        problems.append("the managed rule groups are not rules of the web ACL")
+    for g in sorted(REQUIRED_MANAGED_GROUPS - set(groups)):
+        problems.append(f"managed rule group {g} missing")
+    if "HostingProviderIPList" not in groups.get("AWSManagedRulesAnonymousIpList", {}).get("count_only", []):
+        problems.append("HostingProviderIPList must be counted, not blocked: agents run on cloud hosts")
+    priorities = [g.get("priority") for g in groups.values()]
+    rate_rules = [r for r in blocks(acl, "rule")
+                  if any(blocks(s, "rate_based_statement") for s in blocks(r, "statement"))]
+    rate = one(rate_rules, "rate-based rule", problems)
+    if rate:
+        priorities.append(rate.get("priority"))
+        stmt = blocks(blocks(rate, "statement")[0], "rate_based_statement")[0]
+        limit = resolve(stack, stmt.get("limit"))
+        if limit != 2000:
+            problems.append(f"rate limit {limit} per 5 minutes; the documented limit is 2000")
+        if stmt.get("evaluation_window_sec") not in (None, 300) or stmt.get("aggregate_key_type") != "IP":
+            problems.append("the rate limit must be per IP over 5 minutes")
+        if not blocks(blocks(rate, "action")[0], "block"):
+            problems.append("the rate-based rule does not block")
+    if len(priorities) != len(set(priorities)):
+        problems.append(f"WAF rule priorities collide: {priorities}")
+    assoc = stack.root.of_type("aws_wafv2_web_acl_association")
+    if not any(a.get("resource_arn") == "${aws_lb.public.arn}" for a in assoc.values()):
+        problems.append("the web ACL is not associated with the public ALB")
+    logging = stack.root.of_type("aws_wafv2_web_acl_logging_configuration")
+    redacted = [h.get("name", "").lower() for lc in logging.values() for rf in blocks(lc, "redacted_fields")
+                for h in blocks(rf, "single_header")]
+    if "authorization" not in redacted:
+        problems.append("WAF logs must redact the authorization header")
+    return problems
+
+
+@check
+def check_api_shapes(stack: Stack) -> list[str]:
+    """Listener rules, listeners and the WAF web ACL as the AWS API receives them (botocore's
+    models: types, required members, enums), WAF statements included."""
+    from api_shapes import shape_problems
+
+    return shape_problems(stack)
+
+
+################################################################################
+# DynamoDB and IAM
+################################################################################
+
+
+@check
+def check_dynamodb_table(stack: Stack) -> list[str]:
+    problems = []
+    t = stack.root.resource("aws_dynamodb_table", "this")
+    if t.get("hash_key") != "pk" or t.get("range_key") != "sk":
+        problems.append(f"table key is {t.get('hash_key')}/{t.get('range_key')}; tollgate uses pk (partition) + sk (sort)")
+    attrs = {a.get("name"): a.get("type") for a in blocks(t, "attribute")}
+    if attrs != {"pk": "S", "sk": "S"}:
+        problems.append(f"table attributes {attrs}; tollgate's keys are strings pk and sk")
+    ttl = (blocks(t, "ttl") or [{}])[0]
+    if ttl.get("attribute_name") != "expires_at" or ttl.get("enabled") is not True:
+        problems.append("TTL must be enabled on expires_at (every counter carries it)")
+    if (blocks(t, "point_in_time_recovery") or [{}])[0].get("enabled") is not True:
+        problems.append("point-in-time recovery must be on")
+    sse = (blocks(t, "server_side_encryption") or [{}])[0]
+    if sse.get("enabled") is not True or not str(sse.get("kms_key_arn", "")).startswith("${aws_kms_key."):
+        problems.append("the table must be encrypted with the customer managed key")
+    if t.get("deletion_protection_enabled") is not True:
+        problems.append("deletion protection must be on")
+    if t.get("billing_mode") != "PAY_PER_REQUEST":
+        problems.append("the table should be on-demand (as `tollgate admin init-table` makes it)")
+    return problems
+
+
+def dynamodb_actions_called() -> set[str]:
+    """The IAM actions of the DynamoDB calls src/store/dynamodb.rs makes at run time.
+    TransactWriteItems is authorised per item (Put -> PutItem, Update -> UpdateItem, ...);
+    CreateTable/DescribeTable/UpdateTimeToLive serve `tollgate admin init-table` only."""
+    src = (REPO / "src" / "store" / "dynamodb.rs").read_text()
+    calls = set(re.findall(r"\.client\s*\.(\w+)\(\)", src))
+    admin_only = {"create_table", "describe_table", "update_time_to_live"}
+    actions = set()
+    for call in calls - admin_only:
+        if call == "transact_write_items":
+            kinds = set(re.findall(r"TransactWriteItem::builder\(\)\.(\w+)\(", src))
+            item = {"put": "PutItem", "update": "UpdateItem", "delete": "DeleteItem", "condition_check": "ConditionCheckItem"}
+            actions |= {f"dynamodb:{item[k]}" for k in kinds}
+        else:
+            actions.add("dynamodb:" + "".join(p.title() for p in call.split("_")))
+    return actions
+
+
+def policy_statements(mod: Module) -> list[tuple[str, dict]]:
+    return [(name, st) for (t, name), doc in mod.data.items() if t == "aws_iam_policy_document"
+            for st in blocks(doc, "statement")]
+
+
+@check
+def check_iam_dynamodb(stack: Stack) -> list[str]:
+    problems = []
+    wanted = dynamodb_actions_called()
+    granted = set(stack.root.locals.get("dynamodb_actions", []))
+    if granted != wanted:
+        problems.append(f"local.dynamodb_actions {sorted(granted)} != the calls tollgate makes {sorted(wanted)}")
+    for doc, st in policy_statements(stack.root):
+        actions = st.get("actions", [])
+        if isinstance(actions, str) and actions == "${local.dynamodb_actions}":
+            if st.get("resources") != ["${aws_dynamodb_table.this.arn}"]:
+                problems.append(f"{doc}: DynamoDB actions on {st.get('resources')}, not only the table")
+        elif any(str(a).startswith("dynamodb:") for a in (actions if isinstance(actions, list) else [])):
+            problems.append(f"{doc}: DynamoDB actions outside local.dynamodb_actions: {actions}")
+    for role in ("task", "lambda"):
+        if not any(st.get("actions") == "${local.dynamodb_actions}" for doc, st in policy_statements(stack.root) if doc == role):
+            problems.append(f"policy {role} does not grant the table")
+    return problems
+
+
+# (policy document, action) pairs that AWS offers no resource to scope to.
+UNSCOPABLE = {("execution", "ecr:GetAuthorizationToken")}
+
+
+@check
+def check_iam_least_privilege(stack: Stack) -> list[str]:
+    problems = []
+    for doc, st in policy_statements(stack.root):
+        if doc == "kms":
+            continue  # a key policy: "*" is the key itself
+        actions = st.get("actions", [])
+        actions = actions if isinstance(actions, list) else [actions]
+        for a in actions:
+            if isinstance(a, str) and ("*" in a):
+                problems.append(f"{doc}: wildcard action {a}")
+        resources = st.get("resources", [])
+        resources = resources if isinstance(resources, list) else [resources]
+        if any(r == "*" or (isinstance(r, str) and r.endswith(":*:*")) for r in resources):
+            if not all((doc, a) in UNSCOPABLE for a in actions):
+                problems.append(f"{doc}: {actions} on *")
+        if "bedrock:ApplyGuardrail" in actions and resources != ["${local.guardrail_arns}"]:
+            problems.append(f"{doc}: ApplyGuardrail on {resources}, not the guardrail")
+    return problems
+
+
+################################################################################
+# Ports, containers, task
+################################################################################
+
+
+@check
+def check_ports(stack: Stack) -> list[str]:
+    problems = []
+    port = stack.rendered["listener_port"]
+    envoy = stack.rendered["envoy_yaml"]
+    listener = re.search(r"- name: llm\s+address:\s+socket_address: \{ address: 0\.0\.0\.0, port_value: (\d+) \}", envoy)
+    if not listener or int(listener.group(1)) != port:
+        problems.append(f"Envoy listens on {listener and listener.group(1)}, render says {port}")
+    mappings = [m["containerPort"] for m in stack.container("envoy").get("portMappings", [])]
+    if mappings != [port]:
+        problems.append(f"envoy container exposes {mappings}, not only {port}")
+    for kind, name, key in [
+        ("aws_lb_target_group", "envoy", "port"),
+        ("aws_vpc_security_group_ingress_rule", "tasks_from_alb", "from_port"),
+        ("aws_vpc_security_group_ingress_rule", "tasks_from_alb", "to_port"),
+        ("aws_vpc_security_group_egress_rule", "alb_to_tasks", "from_port"),
+        ("aws_vpc_security_group_egress_rule", "alb_to_tasks", "to_port"),
+    ]:
+        got = resolve(stack, stack.root.resource(kind, name).get(key))
+        if got != port:
+            problems.append(f"{kind}.{name}.{key} = {got}, Envoy listens on {port}")
+    lb = one(blocks(stack.root.resource("aws_ecs_service", "this"), "load_balancer"), "service load_balancer", problems)
+    if lb and (resolve(stack, lb.get("container_port")) != port or lb.get("container_name") != "envoy"):
+        problems.append(f"the service registers {lb.get('container_name')}:{lb.get('container_port')}, not envoy:{port}")
+    grpc = re.search(r"cluster_name: tollgate\n.*?port_value: (\d+)", envoy, re.S)
+    env = stack.rendered["tollgate_environment"]
+    if not grpc or env.get("TOLLGATE_SERVER__GRPC_LISTEN") != f"127.0.0.1:{grpc.group(1)}":
+        problems.append("Envoy's tollgate cluster and tollgate's grpc_listen disagree")
+    http = re.search(r"cluster_name: tollgate_http\n.*?port_value: (\d+)", envoy, re.S)
+    if not http or env.get("TOLLGATE_SERVER__HTTP_LISTEN") != f"127.0.0.1:{http.group(1)}":
+        problems.append("Envoy's health route and tollgate's http_listen disagree")
+    return problems
+
+
+@check
+def check_containers(stack: Stack) -> list[str]:
+    problems = []
+    defs = stack.rendered["container_definitions"]
+    problems += botocore_problems(defs)
+    tollgate, envoy = stack.container("tollgate"), stack.container("envoy")
+    grace = int(stack.rendered["tollgate_environment"].get("TOLLGATE_SERVER__SHUTDOWN_GRACE_SECONDS", "0"))
+    for c in defs:
+        if c.get("readonlyRootFilesystem") is not True:
+            problems.append(f"container {c['name']}: root file system not read-only")
+        env = {e["name"]: e["value"] for e in c.get("environment", [])}
+        for key in env:
+            if key.endswith("_API_KEY") or "SECRET" in key:
+                problems.append(f"container {c['name']}: {key} in plain environment (Secrets Manager only)")
+    for c in (tollgate, envoy):
+        if c.get("stopTimeout", 30) <= grace:
+            problems.append(f"container {c['name']}: stopTimeout {c.get('stopTimeout')} is not above shutdown_grace_seconds {grace}")
+        if str(c.get("user", "0")).split(":")[0] in ("0", "root"):
+            problems.append(f"container {c['name']} runs as root")
+    if tollgate.get("healthCheck", {}).get("command", [])[1:] != ["/usr/local/bin/tollgate", "check"]:
+        problems.append("tollgate's health check is not `tollgate check`")
+    if {"containerName": "tollgate", "condition": "HEALTHY"} not in envoy.get("dependsOn", []):
+        problems.append("Envoy must start after tollgate is healthy")
+    secrets = {s["name"] for s in envoy.get("secrets", [])}
+    for key in re.findall(r"%ENVIRONMENT\((\w+)\)%", stack.rendered["envoy_yaml"]):
+        if key not in secrets:
+            problems.append(f"Envoy reads {key}, which the task does not inject from Secrets Manager")
+    spool = stack.rendered["tollgate_environment"].get("TOLLGATE_STORE__DYNAMODB__SPOOL_PATH", "")
+    mounts = [m for m in tollgate.get("mountPoints", []) if spool.startswith(m["containerPath"].rstrip("/") + "/")]
+    if not mounts:
+        problems.append(f"the spool {spool} is not on a mounted volume (the root file system is read-only)")
+    task = stack.root.resource("aws_ecs_task_definition", "this")
+    volumes = {v.get("name") for v in blocks(task, "volume")}
+    for m in tollgate.get("mountPoints", []):
+        if m["sourceVolume"] not in volumes:
+            problems.append(f"mount of volume {m['sourceVolume']}, which the task definition does not declare")
+    if task.get("container_definitions") != "${module.render.container_definitions_json}":
+        problems.append("the task's container definitions are not module.render's")
+    return problems
+
+
+def botocore_problems(defs: list[dict]) -> list[str]:
+    """The container definitions against botocore's ECS model (RegisterTaskDefinition)."""
+    import botocore.session
+    from botocore.validate import ParamValidator
+
+    model = botocore.session.get_session().get_service_model("ecs")
+    shape = model.operation_model("RegisterTaskDefinition").input_shape
+    params = {
+        "family": "tollgate",
+        "containerDefinitions": defs,
+        "networkMode": "awsvpc",
+        "requiresCompatibilities": ["FARGATE"],
+        "cpu": "1024",
+        "memory": "2048",
+        "volumes": [{"name": "spool"}],
+        "runtimePlatform": {"cpuArchitecture": "ARM64", "operatingSystemFamily": "LINUX"},
+    }
+    report = ParamValidator().validate(params, shape)
+    return [f"botocore ECS RegisterTaskDefinition: {report.generate_report()}"] if report.has_errors() else []
+
+
+@check
+def check_ecs_service(stack: Stack) -> list[str]:
+    problems = []
+    svc = stack.root.resource("aws_ecs_service", "this")
+    cb = (blocks(svc, "deployment_circuit_breaker") or [{}])[0]
+    if cb.get("enable") is not True or cb.get("rollback") is not True:
+        problems.append("the service needs the deployment circuit breaker with rollback")
+    net = (blocks(svc, "network_configuration") or [{}])[0]
+    if net.get("assign_public_ip") is not False:
+        problems.append("tasks must not get public IPs")
+    policies = stack.root.of_type("aws_appautoscaling_policy")
+    # One policy per entry of its for_each map ({name = {metric = ..., ...}}), or written out.
+    metrics = {entry.get("metric") for p in policies.values() if isinstance(p.get("for_each"), dict)
+               for entry in p["for_each"].values()}
+    metrics |= {blocks(c, "predefined_metric_specification")[0].get("predefined_metric_type")
+                for p in policies.values() for c in blocks(p, "target_tracking_scaling_policy_configuration")}
+    for m in ("ECSServiceAverageCPUUtilization", "ALBRequestCountPerTarget"):
+        if m not in metrics:
+            problems.append(f"no autoscaling on {m}")
+    return problems
+
+
+################################################################################
+# Lambda
+################################################################################
+
+
+@check
+def check_lambda(stack: Stack) -> list[str]:
+    problems = []
+    wanted = {"budget-enforcement", "admin-api", "usage-recorder"}
+    functions = stack.root.of_type("aws_lambda_function")
+    fn = functions.get("this", {})
+    if set(re.findall(r'"([\w-]+)"', str(stack.root.locals.get("functions", "")))) != wanted:
+        problems.append(f"local.functions is not {sorted(wanted)}")
+    if fn.get("for_each") != "${local.functions}":
+        problems.append("aws_lambda_function.this is not one per function")
+    if fn.get("runtime") != "provided.al2023":
+        problems.append(f"runtime {fn.get('runtime')}: the binaries need provided.al2023 (glibc 2.30+)")
+    if fn.get("architectures") != ["arm64"]:
+        problems.append(f"architectures {fn.get('architectures')}: dev/lambda-build makes arm64 zips")
+    if fn.get("handler") != "bootstrap" or "bootstrap.zip" not in str(fn.get("filename")):
+        problems.append("the functions must run bootstrap from dev/lambda-build's bootstrap.zip")
+    env = (blocks(fn, "environment") or [{}])[0].get("variables")
+    if env != "${module.render.lambda_environments[each.key]}":
+        problems.append("the functions' environment is not module.render's")
+    for name, e in stack.rendered["lambda_environments"].items():
+        if e.get("TOLLGATE_STORE__BACKEND") != "dynamodb":
+            problems.append(f"{name}: the functions need TOLLGATE_STORE__BACKEND=dynamodb")
+    if "TOLLGATE_WEBHOOK__SECRET" not in stack.rendered["lambda_environments"]["budget-enforcement"]:
+        problems.append("budget-enforcement has no webhook secret (the internal ALB does not authenticate)")
+    sub = one(list(stack.root.of_type("aws_cloudwatch_log_subscription_filter").values()), "subscription filter", problems)
+    if sub:
+        if sub.get("filter_pattern") != "${module.render.usage_log_filter_pattern}":
+            problems.append("the subscription filter pattern is not module.render's (tested against the fixture)")
+        if "usage-recorder" not in str(sub.get("destination_arn")):
+            problems.append("the access-log subscription does not reach usage-recorder")
+    invoke = stack.root.of_type("aws_lambda_function_event_invoke_config")
+    if not any("usage-recorder" in str(c.get("function_name")) and blocks(blocks(c, "destination_config")[0], "on_failure")
+               for c in invoke.values()):
+        problems.append("usage-recorder needs an on-failure destination")
+    routes = stack.root.of_type("aws_apigatewayv2_route")
+    for name, r in routes.items():
+        if r.get("authorization_type") != "JWT" or r.get("authorization_scopes") != ["${local.scopes.admin}"]:
+            problems.append(f"admin route {name} must require a JWT with the admin scope")
+    tg = stack.root.resource("aws_lb_target_group", "budget_enforcement")
+    if tg.get("target_type") != "lambda":
+        problems.append("budget-enforcement is not behind the internal ALB")
+    if stack.root.resource("aws_lb", "webhook").get("internal") is not True:
+        problems.append("the webhook ALB must be internal")
+    return problems
+
+
+################################################################################
+# Logs, metrics, alarms
+################################################################################
+
+
+@check
+def check_logs_and_alarms(stack: Stack) -> list[str]:
+    problems = []
+    for name, g in stack.root.of_type("aws_cloudwatch_log_group").items():
+        if "retention_in_days" not in g or "kms_key_id" not in g:
+            problems.append(f"log group {name} needs retention and the KMS key")
+    agw = stack.root.resource("aws_cloudwatch_log_group", "agentgateway")
+    days = resolve(stack, agw.get("retention_in_days"))
+    if not isinstance(days, int) or days > 7:
+        problems.append(f"agentgateway's log group keeps bearer tokens for {days} days (7 at most)")
+    alarms = stack.root.of_type("aws_cloudwatch_metric_alarm")
+    text = json.dumps(alarms) + json.dumps(stack.root.locals.get("tollgate_alarms", {}))
+    for metric in ("tollgate_store_up", "tollgate_spool_pending", "HTTPCode_Target_5XX_Count", "HTTPCode_ELB_5XX_Count"):
+        if metric not in text:
+            problems.append(f"no alarm on {metric}")
+    if not any(a.get("namespace") == "AWS/Lambda" and a.get("metric_name") == "Errors" and a.get("for_each") == "${local.functions}"
+               for a in alarms.values()):
+        problems.append("no Lambda errors alarm for every function")
+    adot = stack.rendered["adot_yaml"]
+    for metric in ("tollgate_store_up", "tollgate_spool_pending"):
+        if f'"^{metric}"' not in adot:
+            problems.append(f"the collector does not export {metric}, which an alarm watches")
+    if stack.container("adot") and "127.0.0.1:" + stack.rendered["tollgate_environment"]["TOLLGATE_SERVER__HTTP_LISTEN"].split(":")[1] not in adot:
+        problems.append("the collector does not scrape tollgate's http_listen")
+    return problems
+
+
+################################################################################
+# Cognito
+################################################################################
+
+
+@check
+def check_cognito(stack: Stack) -> list[str]:
+    problems = []
+    client = stack.root.resource("aws_cognito_user_pool_client", "this")
+    if client.get("allowed_oauth_flows") != ["client_credentials"] or client.get("generate_secret") is not True:
+        problems.append("app clients must be confidential client_credentials clients")
+    pool = stack.root.resource("aws_cognito_user_pool", "this")
+    for lc in blocks(pool, "lambda_config"):
+        for ptg in blocks(lc, "pre_token_generation_config"):
+            if ptg.get("lambda_version") != "V3_0":
+                problems.append("a pre-token-generation trigger must be V3_0 (client-credentials tokens)")
+        if "pre_token_generation" in lc:
+            problems.append("pre_token_generation (V1) does not run for client-credentials tokens")
+    rs = stack.root.resource("aws_cognito_resource_server", "this")
+    identifier = resolve(stack, rs.get("identifier"))
+    scopes = {f"{identifier}/{s.get('scope_name')}" for s in blocks(rs, "scope")}
+    for s in (stack.rendered["invoke_scope"], stack.rendered["admin_scope"]):
+        if s not in scopes:
+            problems.append(f"the resource server does not define {s}, which tollgate requires")
+    return problems
+
+
+################################################################################
+# Rendered configuration
+################################################################################
+
+
+@check
+def check_envoy_template(stack: Stack) -> list[str]:
+    """envoy/ecs.yaml is the template's rendering with the example values."""
+    shipped = (REPO / "envoy" / "ecs.yaml").read_text()
+    if stack.rendered["envoy_yaml"] != shipped:
+        return ["envoy/ecs.yaml differs from modules/render's template rendered with "
+                "tests/terraform/render-example.tfvars.json: re-render it (tests/terraform/render_envoy.py)"]
+    return []
+
+
+@check
+def check_usage_filter_pattern(stack: Stack) -> list[str]:
+    """The subscription filter selects exactly agentgateway's LLM records in the fixture."""
+    from cwl_filter import matches
+
+    problems = []
+    pattern = stack.rendered["usage_log_filter_pattern"]
+    events = json.loads((REPO / "tests" / "events" / "cloudwatch-logs-usage.payload.json").read_text())["logEvents"]
+    for e in events:
+        try:
+            record = json.loads(e["message"])
+        except ValueError:
+            record = None
+        want = isinstance(record, dict) and "gen_ai.usage.input_tokens" in record
+        if matches(pattern, e["message"]) != want:
+            problems.append(f"pattern {pattern} {'misses' if want else 'selects'} event {e['id']}")
+    return problems
