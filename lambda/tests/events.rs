@@ -68,7 +68,10 @@ async fn boot(local: &DynamoDbLocal, table: &str) -> Boot {
     settings.webhook.secret = Some(SECRET.into());
     // Three DynamoDB Locals warming up on two cores: the first calls are slow.
     settings.policy.admission_timeout_ms = 10_000;
-    boot_with(settings).await.unwrap()
+    let boot = boot_with(settings).await.unwrap();
+    // A function instance can be frozen or reaped holding a slice: per request by default.
+    assert!(boot.engine.leases().is_none());
+    boot
 }
 
 /// Sends an API Gateway / ALB / Function URL event through an app as `lambda_http` does.

@@ -54,6 +54,8 @@ pub const IDLE_RETURN: Duration = Duration::from_secs(3);
 const UPKEEP_EVERY: Duration = Duration::from_millis(500);
 /// A lease with nothing in it is forgotten after this long unused.
 const FORGET_AFTER: Duration = Duration::from_secs(120);
+/// Slices grow to at most 2^this times the measured demand (still within their share of the room).
+const MAX_BOOST: u8 = 6;
 
 #[derive(Clone, Copy, Debug)]
 pub struct LeaseSettings {
@@ -117,6 +119,10 @@ struct Lease {
     /// An admission waited for the claim in flight.
     waited_on: bool,
     demand: Demand,
+    /// Slices are sized to `2^boost` times the measured demand: raised each time admissions
+    /// had to wait for a claim because the slice ran out while it was in flight (demand grew
+    /// faster than measured, as at the start of a burst), lowered when none did.
+    boost: u8,
     last_used: Instant,
     /// Units being handed back: the debit id and amount, retried as they are until applied.
     returning: Option<(String, u64)>,
@@ -218,6 +224,7 @@ impl Lease {
             claiming: false,
             waited_on: false,
             demand: Demand::new(now),
+            boost: 0,
             last_used: now,
             returning: None,
             refused: None,
@@ -290,7 +297,7 @@ impl Lease {
         let room = limit.saturating_sub(self.value);
         let extra = slice::extra(
             room.saturating_sub(need),
-            self.demand.per_sec(now),
+            self.demand.per_sec(now) * f64::from(1u32 << self.boost),
             self.demand.typical(),
             self.secs_left(now_ms),
         );
@@ -432,14 +439,16 @@ impl Shared {
 /// Claims for one lease until no admission waits and the slice is full enough.
 async fn claim(shared: Arc<Shared>, id: String) {
     loop {
-        let (key, plan) = {
+        let (key, plan, waiting_before) = {
             let mut leases = shared.leases.lock().unwrap();
             let Some(lease) = leases.get_mut(&id) else {
                 return;
             };
             lease.serve_waiters();
             match lease.plan(Instant::now(), shared.clock.now_ms()) {
-                Some(plan) if shared.breaker.allows() => (lease.key.clone(), plan),
+                Some(plan) if shared.breaker.allows() => {
+                    (lease.key.clone(), plan, lease.waiters.len())
+                }
                 plan => {
                     if plan.is_some() {
                         for w in lease.waiters.drain(..) {
@@ -461,6 +470,13 @@ async fn claim(shared: Arc<Shared>, id: String) {
             return;
         };
         let waited = std::mem::take(&mut lease.waited_on) || !lease.waiters.is_empty();
+        lease.boost = if lease.waiters.len() > waiting_before {
+            (lease.boost + 1).min(MAX_BOOST)
+        } else if lease.waiters.is_empty() {
+            lease.boost.saturating_sub(1)
+        } else {
+            lease.boost
+        };
         let counter = if waited {
             &shared.waited_for
         } else {
