@@ -16,7 +16,10 @@ import openai
 import pytest
 
 from checks import ANTHROPIC, OPENAI, check_budget_rejection, check_not_rate_limited_error, utc_month
-from harness import Team, micros, sse_events, wait_until
+from admin import micros
+from processes import wait_until
+from tollgate_config import Team
+from wire import sse_events
 
 MSG = [{"role": "user", "content": "Say hello"}]
 ZERO = "prompt=0,completion=0"
