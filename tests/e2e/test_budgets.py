@@ -604,12 +604,15 @@ SDK_CALLS = {
 
 
 @pytest.mark.parametrize("call", list(SDK_CALLS))
-def test_sdk_gets_rate_limit_error_without_retrying(stack, sdk_team, marker, call):
+def test_sdk_gets_rate_limit_error_without_retrying(stack, sdk_team, marker, call, monkeypatch):
     sdk, fn = SDK_CALLS[call]
     if sdk == "openai":
         client, error = stack.openai(sdk_team, marker, max_retries=2), openai.RateLimitError
     else:
         client, error = stack.anthropic(sdk_team, marker, max_retries=2), anthropic.RateLimitError
+    # A retry, if the SDK decides on one, goes out at once: the Anthropic SDK would otherwise sleep
+    # for the whole retry-after (until the month ends) and the test would hang instead of failing.
+    monkeypatch.setattr(client, "_calculate_retry_timeout", lambda *args, **kwargs: 0.0)
     before = rejected(stack, "monthly_budget_exceeded")
     with pytest.raises(error) as e:
         fn(client)
