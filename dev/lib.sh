@@ -68,29 +68,42 @@ ensure_checkov() {
 }
 
 # Phase timings for dev/test (and dev/test-terraform under it): `phase NAME "message"` ends the
-# running phase and starts NAME. Durations are appended to the file $TOLLGATE_PHASES when it is
-# set, so a child script's phases land in its parent's report; `phase_report` prints them.
+# running phase and starts NAME. Each phase's wall time and CPU time (its commands' user + system)
+# are appended to the file $TOLLGATE_PHASES when it is set, so a child script's phases land in its
+# parent's report; `phase_report` prints them. CPU well above wall means the build used both cores;
+# wall well above CPU on a compile means the machine was busy with something else.
+# The CPU seconds this shell's finished children used so far, in _cpu (`times` must run in this
+# shell, not in a $(...) subshell, to see them).
+_cpu_now() {
+  local times_file="${TOLLGATE_PHASES}.times"
+  times > "$times_file"
+  _cpu="$(awk 'NR == 2 { split($1, u, /[ms]/); split($2, s, /[ms]/); printf "%d", u[1] * 60 + u[2] + s[1] * 60 + s[2] }' "$times_file")"
+  rm -f "$times_file"
+}
 phase() {
   phase_end
-  _phase_name="$1" _phase_start=$SECONDS
+  _cpu_now
+  _phase_name="$1" _phase_start=$SECONDS _phase_cpu=$_cpu
   [[ $# -lt 2 ]] || log "$2"
 }
 phase_end() {
   if [[ -n "${_phase_name:-}" && -n "${TOLLGATE_PHASES:-}" ]]; then
-    printf '%s\t%s\n' "$_phase_name" "$((SECONDS - _phase_start))" >> "$TOLLGATE_PHASES"
+    _cpu_now
+    printf '%s\t%s\t%s\n' "$_phase_name" "$((SECONDS - _phase_start))" "$((_cpu - _phase_cpu))" >> "$TOLLGATE_PHASES"
   fi
   _phase_name=""
 }
 # The table of phase durations; the last phase is marked when the script is failing ($1: its status).
 phase_report() {
-  local status="$1" name secs total=0 lines=()
+  local status="$1" name secs cpu total=0 total_cpu=0 lines=()
   [[ -s "${TOLLGATE_PHASES:-}" ]] || return 0
-  while IFS=$'\t' read -r name secs; do
-    lines+=("$(printf '  %-12s %4dm%02ds' "$name" $((secs / 60)) $((secs % 60)))")
-    total=$((total + secs))
+  while IFS=$'\t' read -r name secs cpu; do
+    lines+=("$(printf '  %-12s %4dm%02ds  %4dm%02ds' "$name" $((secs / 60)) $((secs % 60)) $((cpu / 60)) $((cpu % 60)))")
+    total=$((total + secs)) total_cpu=$((total_cpu + cpu))
   done < "$TOLLGATE_PHASES"
   [[ "$status" == 0 ]] || lines[-1]+="  (failed here, exit status $status)"
   printf '\n==> time per phase (load average now: %s)\n' "$(cut -d' ' -f1-3 /proc/loadavg)" >&2
+  printf '  %-12s %7s  %7s\n' phase wall cpu >&2
   printf '%s\n' "${lines[@]}" >&2
-  printf '  %-12s %4dm%02ds\n' total $((total / 60)) $((total % 60)) >&2
+  printf '  %-12s %4dm%02ds  %4dm%02ds\n' total $((total / 60)) $((total % 60)) $((total_cpu / 60)) $((total_cpu % 60)) >&2
 }
