@@ -17,6 +17,7 @@ configuration); a test that wants one sets it explicitly.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import threading
 import time
@@ -116,6 +117,28 @@ def stack_factory(e2e_root, tollgate_bin):
     yield make
     for s in stacks:
         s.stop()
+
+
+@pytest.fixture(scope="session")
+def dynamodb_local(e2e_root):
+    """One DynamoDB Local for the whole run, started when a module first asks for it: a JVM takes
+    5 to 15 s to start and warm up on a busy machine, and each module uses tables of its own. The
+    data is on tmpfs (`db_path`), so it survives the outages test_dynamodb.py stages with
+    `stop()`/`start()`; a module that needs it running calls `ensure_running()` first."""
+    from dynamodb_local import DynamoDBLocal, DynamoDBLocalMissing, scratch_dir
+
+    data = scratch_dir()
+    try:
+        try:
+            ddb = DynamoDBLocal(e2e_root / "dynamodb-local" / "logs", db_path=data)
+        except DynamoDBLocalMissing as e:
+            pytest.fail(str(e), pytrace=False)
+        ddb.start()
+        yield ddb
+        ddb.ensure_running()  # thawed, so that it can stop
+        ddb.proc.stop(timeout=10)
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ import httpx
 import pytest
 
 from checks import ANTHROPIC, OPENAI, RPM_MAX_RETRY, check_error_body, check_rejection, utc_month
-from dynamodb_local import DynamoDBLocal, DynamoDBLocalMissing, scratch_dir, tollgate_aws_env
+from dynamodb_local import DynamoDBLocal, tollgate_aws_env
 from admin import micros
 from processes import avoid_minute_boundary, free_port, tollgate_cli_env, wait_until
 from tollgate_config import Team, render_tollgate_config
@@ -285,19 +285,9 @@ def warm_up(stacks, team: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def ddb(e2e_root):
-    workdir = e2e_root / f"dynamodb-local-{uuid.uuid4().hex[:6]}"
-    data = scratch_dir()
-    try:
-        try:
-            d = DynamoDBLocal(workdir / "logs", db_path=data)
-        except DynamoDBLocalMissing as e:
-            pytest.fail(str(e), pytrace=False)
-        d.start()
-        yield d
-        d.proc.stop(timeout=10)
-    finally:
-        shutil.rmtree(data, ignore_errors=True)
+def ddb(dynamodb_local):
+    """The session's DynamoDB Local (conftest.py); these tables are this module's own."""
+    return dynamodb_local
 
 
 @pytest.fixture(autouse=True)

@@ -23,7 +23,7 @@ import uuid
 import httpx
 import pytest
 
-from dynamodb_local import DynamoDBLocal, DynamoDBLocalMissing, tollgate_aws_env
+from dynamodb_local import DynamoDBLocal, tollgate_aws_env
 from admin import micros
 from processes import free_port, tollgate_cli_env, wait_until
 from tollgate_config import Team, render_tollgate_config
@@ -209,14 +209,10 @@ TABLE = "tollgate-journal"
 
 
 @pytest.fixture(scope="module")
-def ddb(e2e_root):
-    try:
-        d = DynamoDBLocal(e2e_root / f"journal-ddb-{uuid.uuid4().hex[:6]}" / "logs")
-    except DynamoDBLocalMissing as e:
-        pytest.fail(str(e), pytrace=False)
-    d.start()
-    yield d
-    d.proc.stop(timeout=10)
+def ddb(dynamodb_local):
+    """The session's DynamoDB Local (conftest.py), with a table of this module's own."""
+    dynamodb_local.ensure_running()
+    return dynamodb_local
 
 
 def store_section(ddb: DynamoDBLocal, **extra) -> dict:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from dynamodb_local import DynamoDBLocal, DynamoDBLocalMissing, scratch_dir, tollgate_aws_env
+from dynamodb_local import tollgate_aws_env
 from processes import REPO, tollgate_cli_env
 from tokens import ISSUER, admin_token, mint_token
 from lambda_emulator import Emulator, event_fixture, logs_event
@@ -68,16 +68,13 @@ def response_json(result: dict) -> tuple[int, dict]:
 
 
 @pytest.fixture(scope="module")
-def lambdas(e2e_root, tollgate_bin):
+def lambdas(e2e_root, tollgate_bin, dynamodb_local):
     if shutil.which("cargo-lambda", path=str(Path(sys.executable).parent)) is None:
         pytest.fail("cargo-lambda is not installed in the venv: dev/test installs tests/requirements.txt")
     workdir = e2e_root / "lambda"
     workdir.mkdir(parents=True, exist_ok=True)
-    data = scratch_dir()
-    try:
-        ddb = DynamoDBLocal(workdir, db_path=data).start()
-    except DynamoDBLocalMissing as e:
-        pytest.fail(str(e))
+    ddb = dynamodb_local  # the session's (conftest.py); the table is this module's own
+    ddb.ensure_running()
     store_env = {
         "TOLLGATE_STORE__BACKEND": "dynamodb",
         "TOLLGATE_STORE__DYNAMODB__TABLE": TABLE,
@@ -102,8 +99,6 @@ def lambdas(e2e_root, tollgate_bin):
         yield emulator
     finally:
         emulator.stop()
-        ddb.stop()
-        shutil.rmtree(data, ignore_errors=True)
 
 
 def test_the_functions_register_admit_charge_and_report_a_team(lambdas):

@@ -19,7 +19,7 @@ import uuid
 import httpx
 import pytest
 
-from dynamodb_local import DynamoDBLocal, DynamoDBLocalMissing, tollgate_aws_env
+from dynamodb_local import tollgate_aws_env
 from processes import Proc, REPO, envoy_binary, free_port, port_open, tollgate_cli_env, wait_until
 
 sys.path.insert(0, str(REPO / "tests" / "terraform"))
@@ -32,13 +32,10 @@ def rendered():
 
 
 @pytest.fixture(scope="module")
-def task(rendered, e2e_root, tollgate_bin):
+def task(rendered, e2e_root, tollgate_bin, dynamodb_local):
     work = e2e_root / f"terraform-task-{uuid.uuid4().hex[:6]}"
-    try:
-        ddb = DynamoDBLocal(work / "logs")
-    except DynamoDBLocalMissing as e:
-        pytest.fail(str(e), pytrace=False)
-    ddb.start(warm=False)
+    ddb = dynamodb_local  # the session's (conftest.py); the task's table is its own
+    ddb.ensure_running()
     grpc, http, listener, admin = free_port(), free_port(), free_port(), free_port()
     env = dict(rendered["tollgate_environment"])
     env.update(
@@ -72,7 +69,6 @@ def task(rendered, e2e_root, tollgate_bin):
            "health": f"http://127.0.0.1:{listener}{rendered['health_check_path']}"}
     for p in (envoy, tollgate):
         p.stop()
-    ddb.proc.stop(timeout=10)
 
 
 def stack_container(rendered, name):
