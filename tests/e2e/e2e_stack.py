@@ -208,14 +208,7 @@ class Stack:
         usage: str | None = None,
         timeout: float = 15.0,
     ) -> httpx.Response:
-        h = {}
-        if token is not None:
-            h["authorization"] = f"Bearer {token}"
-        if marker:
-            h["x-test-id"] = marker
-        if usage:
-            h["x-fake-usage"] = usage
-        h.update(headers or {})
+        h = request_headers(token, marker, headers, **({"x-fake-usage": usage} if usage else {}))
         if content is not None:
             h.setdefault("content-type", "application/json")
             return self._http.post(self.base_url + path, content=content, headers=h, timeout=timeout)
@@ -224,12 +217,7 @@ class Stack:
     def request(self, method: str, path: str, *, token: str | None, marker: str | None = None,
                 headers: dict | None = None, **kw) -> httpx.Response:
         """Any request through Envoy (`kw`: httpx's `json`, `content`, `files`, `data`...)."""
-        h = {}
-        if token is not None:
-            h["authorization"] = f"Bearer {token}"
-        if marker:
-            h["x-test-id"] = marker
-        h.update(headers or {})
+        h = request_headers(token, marker, headers)
         return self._http.request(method, self.base_url + path, headers=h, timeout=15.0, **kw)
 
     def chat(self, token: str | None, *, stream: bool = False, marker: str | None = None, usage: str | None = None,
@@ -348,3 +336,14 @@ class Stack:
         return self.wait_usage(
             team, lambda u: micros(u["spend_this_month"]["usd"]) == want, timeout, what=f"spend ${usd}"
         )
+
+
+def request_headers(token: str | None, marker: str | None, headers: dict | None = None, **extra: str) -> dict:
+    """Authorization (when there is a token), the test's x-test-id marker, then `extra` and
+    `headers` (which win)."""
+    h = {"authorization": f"Bearer {token}"} if token is not None else {}
+    if marker:
+        h["x-test-id"] = marker
+    h.update(extra)
+    h.update(headers or {})
+    return h
