@@ -43,6 +43,7 @@ from tokens import (
     KID,
     PRIVATE_KEY,
     admin_token,
+    access_claims,
     mint_token,
     other_private_key,
     unsigned_token,

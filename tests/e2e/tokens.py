@@ -41,19 +41,10 @@ def other_private_key() -> bytes:
     return _other_key_pem
 
 
-def mint_token(
-    client_id: str,
-    *,
-    scope: str | None = INVOKE_SCOPE,
-    team: str | None = None,
-    issuer: str = ISSUER,
-    expires_in: int = 3600,
-    key: bytes | None = None,
-    kid: str = KID,
-    extra: dict | None = None,
-    drop: Iterable[str] = (),
-) -> str:
-    """A Cognito-style access token (client-credentials flow) signed with the dev key."""
+def access_claims(client_id: str, *, scope: str | None = INVOKE_SCOPE, issuer: str = ISSUER,
+                  expires_in: int = 3600) -> dict:
+    """The claims of a Cognito access token from the client-credentials flow (no scope claim when
+    `scope` is None)."""
     now = int(time.time())
     claims = {
         "sub": client_id,
@@ -69,6 +60,23 @@ def mint_token(
     }
     if scope is None:
         del claims["scope"]
+    return claims
+
+
+def mint_token(
+    client_id: str,
+    *,
+    scope: str | None = INVOKE_SCOPE,
+    team: str | None = None,
+    issuer: str = ISSUER,
+    expires_in: int = 3600,
+    key: bytes | None = None,
+    kid: str = KID,
+    extra: dict | None = None,
+    drop: Iterable[str] = (),
+) -> str:
+    """A Cognito-style access token (client-credentials flow) signed with the dev key."""
+    claims = access_claims(client_id, scope=scope, issuer=issuer, expires_in=expires_in)
     if team is not None:
         claims["custom:team"] = team
     claims.update(extra or {})
@@ -78,20 +86,8 @@ def mint_token(
 
 
 def unsigned_token(client_id: str, **kw) -> str:
-    """An `alg: none` token with otherwise valid claims."""
-    now = int(time.time())
-    claims = {
-        "sub": client_id,
-        "token_use": "access",
-        "scope": INVOKE_SCOPE,
-        "iss": ISSUER,
-        "exp": now + 3600,
-        "iat": now,
-        "client_id": client_id,
-    }
-    claims.update(kw)
-    return jwt.encode(claims, None, algorithm="none", headers={"kid": KID})
-
+    """An `alg: none` token with otherwise valid claims (`kw` adds or replaces claims)."""
+    return jwt.encode({**access_claims(client_id), **kw}, None, algorithm="none", headers={"kid": KID})
 
 
 def admin_token(client_id: str = "tollgate-admin", **kw) -> str:
