@@ -42,6 +42,10 @@ pub struct Settings {
     pub endpoints: EndpointSettings,
     pub guardrail: GuardrailSettings,
     pub webhook: WebhookSettings,
+    /// Signed budget threshold webhooks (docs/alerts.md).
+    pub alerts: crate::alerts::AlertSettings,
+    /// A JSON line per charged call, for reconciliation (docs/alerts.md).
+    pub usage_feed: crate::usage_feed::UsageFeedSettings,
     pub log: LogSettings,
     /// Overrides of tier defaults, e.g. `[tiers.standard] rpm = 150`.
     pub tiers: HashMap<Tier, LimitOverrides>,
@@ -219,7 +223,8 @@ pub struct PricingSettings {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BudgetSettings {
-    /// Percentages of the monthly budget at which teams are warned.
+    /// Percentages of the monthly budget at which teams are warned and alerts are sent (100: the
+    /// budget is reached).
     pub warn_at_percent: Vec<u8>,
     /// Reserve each request's estimated cost at admission, settled with the actual cost: keeps
     /// concurrent requests from overshooting a budget, at one more counter write per request.
@@ -229,7 +234,7 @@ pub struct BudgetSettings {
 impl Default for BudgetSettings {
     fn default() -> Self {
         Self {
-            warn_at_percent: vec![80],
+            warn_at_percent: vec![80, 100],
             reserve: false,
         }
     }
@@ -359,6 +364,8 @@ const SECTIONS: &[&str] = &[
     "endpoints",
     "guardrail",
     "webhook",
+    "alerts",
+    "usage_feed",
     "log",
     "tiers",
     "teams",
@@ -431,6 +438,7 @@ impl Settings {
         {
             bail!("budgets.warn_at_percent: {t} is not a percentage between 1 and 100");
         }
+        self.alerts.validate()?;
         self.engine_settings().map(|_| ())
     }
 
@@ -484,6 +492,9 @@ impl Settings {
             endpoints: Endpoints::with_free(&self.endpoints.free)
                 .map_err(|e| anyhow::anyhow!("endpoints.free: {e}"))?,
             leases: self.lease_settings(),
+            // Started by `server::engine_settings`: they run tasks.
+            alerts: None,
+            usage_feed: None,
         })
     }
 }

@@ -65,6 +65,15 @@ pub async fn dynamo_store(settings: &DynamoDbSettings, leases: bool) -> DynamoSt
     DynamoStore::connect(&settings).await
 }
 
+/// The engine's settings with its outputs started (on the current runtime): threshold alerts,
+/// with what an earlier process left owed in their outbox, and the usage feed.
+pub fn engine_settings(settings: &Settings) -> anyhow::Result<crate::engine::EngineSettings> {
+    let mut engine = settings.engine_settings()?;
+    engine.alerts = crate::alerts::Alerts::start(&settings.alerts)?;
+    engine.usage_feed = crate::usage_feed::UsageFeed::start(&settings.usage_feed);
+    Ok(engine)
+}
+
 pub async fn authenticator(settings: &Settings) -> anyhow::Result<Authenticator> {
     let id = &settings.identity;
     let source = match (&id.jwks_file, &id.jwks_url) {
@@ -199,7 +208,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let engine = Arc::new(Engine::new(
         store.clone(),
         spool,
-        settings.engine_settings()?,
+        engine_settings(&settings)?,
         Arc::new(SystemClock),
     ));
     // Before serving, so that admission decisions already see what those calls cost.

@@ -45,7 +45,7 @@ pub async fn boot_with(settings: Settings) -> anyhow::Result<Boot> {
     // its event when it cannot, so that Lambda retries it.
     // Per request unless configured otherwise: a frozen or reaped function instance could not
     // hand back what its leases hold.
-    let mut engine_settings = settings.engine_settings()?;
+    let mut engine_settings = tollgate::server::engine_settings(&settings)?;
     if settings.store.dynamodb.admission.is_none() {
         engine_settings.leases = None;
     }

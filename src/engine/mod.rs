@@ -133,6 +133,10 @@ pub struct EngineSettings {
     /// Admit from quota leases on the store's counters (see [`lease`]); `None`: one conditional
     /// update per request.
     pub leases: Option<LeaseSettings>,
+    /// Signed threshold webhooks; `None`: crossings are only logged and counted.
+    pub alerts: Option<Arc<crate::alerts::Alerts>>,
+    /// A JSON line per charged call; `None`: off.
+    pub usage_feed: Option<crate::usage_feed::UsageFeed>,
 }
 
 impl Default for EngineSettings {
@@ -143,12 +147,14 @@ impl Default for EngineSettings {
             cache_ttl: Duration::from_secs(5),
             prices: PriceTable::builtin(),
             unknown_model: UnknownModel::Reject,
-            warn_at_percent: vec![80],
+            warn_at_percent: vec![80, 100],
             reserve: false,
             admission_deadline: Duration::from_millis(500),
             configured_teams: Vec::new(),
             endpoints: Endpoints::builtin(),
             leases: None,
+            alerts: None,
+            usage_feed: None,
         }
     }
 }
@@ -249,6 +255,8 @@ pub struct UnsettledCharge {
 
 #[derive(Clone, Debug)]
 struct Charge {
+    /// Canonical name, for the usage feed.
+    model: String,
     price: Price,
     /// Micro-dollars per million of the call's units (images, characters), resolved at admission.
     unit_price: u64,
@@ -564,6 +572,7 @@ impl Engine {
             budget_warning: None,
             tokens_key: tokens_key.clone(),
             charge: money.as_ref().map(|m| Charge {
+                model: m.model.clone(),
                 price: m.price,
                 unit_price: m.unit_price,
                 month_key: m.month_key.clone(),
@@ -586,6 +595,9 @@ impl Engine {
             Some(m) if self.settings.reserve => m.estimate,
             _ => 0,
         };
+        if let Some(m) = &money {
+            self.report_crossings(team, m, spent, budget, now);
+        }
         // Every limit that refuses is heard; the caller is told about the one that lasts longest.
         let mut refusals = Vec::new();
         if !tokens::within_daily_limit(used_today, limits.daily_tokens) {
@@ -650,8 +662,6 @@ impl Engine {
                     budget::crossed_threshold(spent, budget, &self.settings.warn_at_percent)
             {
                 ticket.budget_warning = Some(budget::warning_text(threshold, spent, budget));
-                self.report_crossing(team, m, threshold, spent, budget)
-                    .await;
             }
             if incoming > 0 {
                 // Atomic among concurrent admissions: reservations never pass what is left.
@@ -795,15 +805,32 @@ impl Engine {
         ))
     }
 
-    /// Logs and counts a threshold crossing once per team, month and threshold across the fleet:
-    /// the store's conditional increment decides which instance reports it.
-    async fn report_crossing(
+    /// Reports every threshold `spent` has reached (whatever this admission decides: a budget
+    /// just reached refuses in block mode, and its 100 % must still be heard).
+    fn report_crossings(&self, team: &Team, money: &Money, spent: u64, budget: u64, now: u64) {
+        // A zero budget has no percentages: every threshold would be "crossed" at $0.
+        if budget == 0 {
+            return;
+        }
+        for &threshold in &self.settings.warn_at_percent {
+            if budget::crossed_threshold(spent, budget, &[threshold]).is_some() {
+                self.report_crossing(team, money, threshold, spent, budget, now);
+            }
+        }
+    }
+
+    /// Logs, counts and alerts a threshold crossing once per team, month and threshold across the
+    /// fleet: the store's conditional increment on a marker decides which instance reports it
+    /// (`alerts` records the alert before the race; see there). In a task of its own, so that
+    /// admission neither waits for it nor, timed out, cuts it short.
+    fn report_crossing(
         &self,
         team: &Team,
         money: &Money,
         threshold: u8,
         spent: u64,
         budget: u64,
+        now: u64,
     ) {
         let month = money
             .month_key
@@ -823,18 +850,48 @@ impl Engine {
         }
         let key =
             CounterKey::budget_warned(&team.id, &month, threshold, money.month_key.expires_at);
-        if let Ok(Increment::Applied(_)) = self.store.add_within(&key, 1, 1).await {
-            metrics::counter!("tollgate_budget_threshold_crossings_total", "threshold" => threshold.to_string())
-                .increment(1);
-            tracing::warn!(
-                team = %team.id,
-                month,
-                threshold,
-                spent_usd = budget::json_usd(spent),
-                budget_usd = budget::json_usd(budget),
-                "monthly budget threshold crossed"
-            );
-        }
+        let store = self.store.clone();
+        let alerts = self.settings.alerts.clone();
+        let team = team.id.clone();
+        tokio::spawn(async move {
+            use crate::alerts::{AlertEvent, Claim, Period, Scope};
+            let claim = async {
+                match store.add_within(&key, 1, 1).await {
+                    Ok(Increment::Applied(_)) => Claim::Won,
+                    Ok(Increment::Refused(_)) => Claim::Lost,
+                    Err(error) => {
+                        tracing::warn!(team, month, threshold, %error, "budget threshold marker not claimed");
+                        Claim::Unknown
+                    }
+                }
+            };
+            let claim = match alerts {
+                Some(alerts) => {
+                    let event = AlertEvent::budget_threshold(
+                        Scope::team(&team),
+                        Period::utc_month(now),
+                        threshold,
+                        spent,
+                        budget,
+                        now,
+                    );
+                    alerts.claim(event, claim).await
+                }
+                None => claim.await,
+            };
+            if claim == Claim::Won {
+                metrics::counter!("tollgate_budget_threshold_crossings_total", "threshold" => threshold.to_string())
+                    .increment(1);
+                tracing::warn!(
+                    team,
+                    month,
+                    threshold,
+                    spent_usd = budget::json_usd(spent),
+                    budget_usd = budget::json_usd(budget),
+                    "monthly budget threshold crossed"
+                );
+            }
+        });
     }
 
     fn store_failure(&self, op: &'static str, error: &StoreError) -> Rejection {
@@ -882,6 +939,17 @@ impl Engine {
                 .increment(cost);
         }
         tracing::debug!(team = %ticket.team, request_id = %ticket.request_id, ?usage, cost, api, "settling");
+        if let (Some(feed), Some(usage)) = (&self.settings.usage_feed, &usage) {
+            feed.record(crate::usage_feed::Charged {
+                debit_id: &ticket.request_id,
+                team: &ticket.team,
+                model: ticket.charge.as_ref().map_or("", |c| c.model.as_str()),
+                usage,
+                cost_micros: cost,
+                source: crate::usage_feed::Source::Settled,
+                at_ms: self.clock.now_ms(),
+            });
+        }
         // A journaled call's debit settles its entry, even when it charges nothing.
         if !debit.amounts.is_empty() || ticket.journaled {
             self.ledger.record(debit).await;
@@ -937,6 +1005,24 @@ impl Engine {
                 sum.cost_micros += entry.cost_micros;
             }
             tracing::debug!(team = %entry.team, request_id = entry.id(), model = %entry.model, admitted_at_ms = entry.admitted_at_ms, tokens = entry.tokens, cost_micros = entry.cost_micros, ?when, "charging an unsettled call at its estimate");
+            if let Some(feed) = &self.settings.usage_feed {
+                feed.record(crate::usage_feed::Charged {
+                    debit_id: entry.id(),
+                    team: &entry.team,
+                    model: &entry.model,
+                    usage: &Usage {
+                        input: entry.tokens,
+                        estimated: true,
+                        ..Default::default()
+                    },
+                    cost_micros: entry.cost_micros,
+                    source: match when {
+                        Unsettled::Recovered => crate::usage_feed::Source::Recovered,
+                        Unsettled::Abandoned => crate::usage_feed::Source::Abandoned,
+                    },
+                    at_ms: self.clock.now_ms(),
+                });
+            }
         }
         for entry in entries {
             self.ledger.record(entry.debit).await;
@@ -1016,6 +1102,11 @@ impl Engine {
             amounts,
         };
         (debit, cost)
+    }
+
+    /// The usage feed, when on: for charges made outside [`Engine::settle`] (access logs).
+    pub fn usage_feed(&self) -> Option<&crate::usage_feed::UsageFeed> {
+        self.settings.usage_feed.as_ref()
     }
 
     /// Waits until every queued debit is applied and the store has made it durable.

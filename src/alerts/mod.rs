@@ -1,0 +1,264 @@
+//! Budget threshold alerts: a signed webhook sent once per scope, period and threshold across
+//! the fleet, off the request path.
+//!
+//! Who sends is decided by the store's once-only marker (a conditional increment every instance
+//! races for; see `Engine::report_crossing`). Around it, this module gives the winner's alert a
+//! life of its own: the [`outbox`] records it durably before the race, so an instance that dies
+//! after winning sends it at its next start; a background task signs it ([`sign`]), retries with
+//! backoff, and writes what never got a 2xx to a dead-letter log. The delivery contract is
+//! at-least-once with a stable event id (`x-tollgate-event-id`), duplicates arising only when an
+//! instance died or lost the store's answer mid-claim; a receiver that deduplicates on the id sees
+//! each alert once (docs/alerts.md).
+
+pub mod event;
+pub mod outbox;
+pub mod settings;
+pub mod sign;
+
+use std::future::Future;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+pub use event::{AlertEvent, Period, Scope};
+pub use settings::AlertSettings;
+
+use outbox::Outbox;
+
+/// The event id header: the same on every retry and from every instance.
+pub const EVENT_ID_HEADER: &str = "x-tollgate-event-id";
+/// 1 for the first attempt.
+pub const ATTEMPT_HEADER: &str = "x-tollgate-attempt";
+
+/// The outcome of the store's once-only marker for one alert.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// This instance set the marker: it sends.
+    Won,
+    /// Another instance (or an earlier run of this one) set it.
+    Lost,
+    /// The store did not answer: the marker may or may not be set. Sent (at-least-once).
+    Unknown,
+}
+
+impl Claim {
+    pub fn sends(self) -> bool {
+        self != Self::Lost
+    }
+}
+
+pub struct Alerts {
+    url: String,
+    outbox: Arc<Outbox>,
+    queue: mpsc::UnboundedSender<AlertEvent>,
+}
+
+impl std::fmt::Debug for Alerts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Alerts")
+            .field("url", &self.url)
+            .field("outbox", &self.outbox.path())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Alerts {
+    /// Starts the sender (on the current Tokio runtime) when `[alerts] url` is set, and queues
+    /// what the outbox says an earlier process still owes.
+    pub fn start(settings: &AlertSettings) -> anyhow::Result<Option<Arc<Self>>> {
+        let Some(url) = settings.url.clone() else {
+            return Ok(None);
+        };
+        settings.validate()?;
+        let secret = settings.secret()?;
+        let (outbox, owed) = Outbox::open(&settings.outbox_path)
+            .with_context(|| format!("alerts.outbox_path {}", settings.outbox_path.display()))?;
+        let client = reqwest::Client::builder()
+            .timeout(settings.timeout())
+            .build()
+            .context("alerts: HTTP client")?;
+        let (queue, receiver) = mpsc::unbounded_channel();
+        let sender = Sender {
+            client,
+            url: url.clone(),
+            secret,
+            settings: settings.clone(),
+            outbox: outbox.clone(),
+        };
+        tokio::spawn(sender.run(receiver));
+        if !owed.is_empty() {
+            tracing::warn!(
+                alerts = owed.len(),
+                outbox = %settings.outbox_path.display(),
+                "sending the alerts an earlier process claimed and did not deliver"
+            );
+            metrics::counter!("tollgate_alerts_total", "outcome" => "replayed")
+                .increment(owed.len() as u64);
+        }
+        for event in owed {
+            let _ = queue.send(event);
+        }
+        tracing::info!(url = %redacted(&url), "threshold alerts on");
+        Ok(Some(Arc::new(Self { url, outbox, queue })))
+    }
+
+    /// Races for `event`'s once-only marker (`marker`: the store's conditional increment) with
+    /// the event in the outbox first, and queues it for delivery unless another instance won.
+    /// Returns when the outbox and the marker have answered; delivery happens in the background.
+    pub async fn claim(&self, event: AlertEvent, marker: impl Future<Output = Claim>) -> Claim {
+        if let Err(e) = self.outbox.pending(&event).await {
+            // Still raced and sent; only a crash before delivery would lose it now.
+            metrics::counter!("tollgate_alerts_total", "outcome" => "outbox_error").increment(1);
+            tracing::error!(error = %e, event_id = %event.id, "alert outbox not written: this alert is lost if the process dies before it is delivered");
+        }
+        let claim = marker.await;
+        match claim {
+            Claim::Lost => {
+                metrics::counter!("tollgate_alerts_total", "outcome" => "claimed_elsewhere")
+                    .increment(1);
+                tracing::debug!(event_id = %event.id, "another instance sends this alert");
+                if let Err(e) = self.outbox.lost(&event.id).await {
+                    tracing::warn!(error = %e, event_id = %event.id, "alert outbox not updated: the alert will be sent again at the next start (same event id)");
+                }
+            }
+            Claim::Won | Claim::Unknown => {
+                if claim == Claim::Unknown {
+                    metrics::counter!("tollgate_alerts_total", "outcome" => "claim_unknown")
+                        .increment(1);
+                    tracing::warn!(event_id = %event.id, "the store did not answer the alert marker: sending anyway (receivers deduplicate on the event id)");
+                }
+                let _ = self.queue.send(event);
+            }
+        }
+        claim
+    }
+}
+
+/// The URL without its query or credentials, for logs.
+fn redacted(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => format!(
+            "{}://{}{}",
+            u.scheme(),
+            u.host_str().unwrap_or_default(),
+            u.port().map(|p| format!(":{p}")).unwrap_or_default()
+        ) + u.path(),
+        Err(_) => "(invalid)".into(),
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[derive(Clone)]
+struct Sender {
+    client: reqwest::Client,
+    url: String,
+    secret: Vec<u8>,
+    settings: AlertSettings,
+    outbox: Arc<Outbox>,
+}
+
+impl Sender {
+    async fn run(self, mut receiver: mpsc::UnboundedReceiver<AlertEvent>) {
+        while let Some(event) = receiver.recv().await {
+            // Each alert on its own: one receiver outage's backoff does not hold back the others.
+            tokio::spawn(self.clone().deliver(event));
+        }
+    }
+
+    async fn deliver(self, event: AlertEvent) {
+        let body = serde_json::to_vec(&event).expect("an alert serializes");
+        let mut last_error = String::new();
+        for attempt in 1..=self.settings.max_attempts {
+            match self.attempt(&event, &body, attempt).await {
+                Ok(()) => {
+                    metrics::counter!("tollgate_alerts_total", "outcome" => "delivered")
+                        .increment(1);
+                    tracing::info!(event_id = %event.id, scope = %event.scope.label, threshold = event.threshold_percent, attempt, "alert delivered");
+                    self.settled(&event.id).await;
+                    return;
+                }
+                Err(error) => {
+                    metrics::counter!("tollgate_alerts_total", "outcome" => "attempt_failed")
+                        .increment(1);
+                    tracing::warn!(event_id = %event.id, attempt, max_attempts = self.settings.max_attempts, %error, "alert delivery failed");
+                    last_error = error;
+                }
+            }
+            if attempt < self.settings.max_attempts {
+                tokio::time::sleep(self.settings.backoff(attempt)).await;
+            }
+        }
+        self.dead_letter(&event, &last_error).await;
+    }
+
+    async fn attempt(&self, event: &AlertEvent, body: &[u8], attempt: u32) -> Result<(), String> {
+        let signature = sign::signature_header(&self.secret, unix_now(), body);
+        let response = self
+            .client
+            .post(&self.url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(EVENT_ID_HEADER, &event.id)
+            .header(ATTEMPT_HEADER, attempt.to_string())
+            .header(sign::SIGNATURE_HEADER, signature)
+            .body(body.to_vec())
+            .send()
+            .await
+            .map_err(|e| e.without_url().to_string())?;
+        let status = response.status();
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(format!("receiver answered {status}"))
+        }
+    }
+
+    async fn dead_letter(&self, event: &AlertEvent, last_error: &str) {
+        metrics::counter!("tollgate_alerts_total", "outcome" => "dead_letter").increment(1);
+        let record = json!({
+            "dead_at": event::rfc3339(unix_now()),
+            "attempts": self.settings.max_attempts,
+            "last_error": last_error,
+            "event": event,
+        });
+        let path = self.settings.dead_letter_path.clone();
+        let written = tokio::task::spawn_blocking(move || append_line(&path, &record.to_string()))
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r);
+        match written {
+            Ok(()) => {
+                tracing::error!(event_id = %event.id, scope = %event.scope.label, threshold = event.threshold_percent, last_error, dead_letter = %self.settings.dead_letter_path.display(), "alert not delivered after every attempt: written to the dead-letter log");
+                self.settled(&event.id).await;
+            }
+            // Left owed in the outbox: the next start tries again.
+            Err(e) => {
+                tracing::error!(event_id = %event.id, error = %e, dead_letter = %self.settings.dead_letter_path.display(), "alert not delivered and the dead-letter log not written: it stays in the outbox for the next start")
+            }
+        }
+    }
+
+    async fn settled(&self, id: &str) {
+        if let Err(e) = self.outbox.done(id).await {
+            tracing::warn!(error = %e, event_id = id, "alert outbox not updated: the alert will be sent again at the next start (same event id)");
+        }
+    }
+}
+
+fn append_line(path: &PathBuf, line: &str) -> std::io::Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    writeln!(file, "{line}")?;
+    file.sync_data()
+}
