@@ -18,7 +18,8 @@ pub mod sign;
 use std::future::Future;
 use std::io::Write as _;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
@@ -56,6 +57,9 @@ pub struct Alerts {
     url: String,
     outbox: Arc<Outbox>,
     queue: mpsc::UnboundedSender<AlertEvent>,
+    /// Alerts this process sends or has sent (owed from the outbox, or claimed): a second claim
+    /// of one (a marker lost in a crash and won again) does not send it twice.
+    handled: Mutex<HashSet<String>>,
 }
 
 impl std::fmt::Debug for Alerts {
@@ -100,17 +104,32 @@ impl Alerts {
             metrics::counter!("tollgate_alerts_total", "outcome" => "replayed")
                 .increment(owed.len() as u64);
         }
+        let handled = owed.iter().map(|e| e.id.clone()).collect();
         for event in owed {
             let _ = queue.send(event);
         }
         tracing::info!(url = %redacted(&url), "threshold alerts on");
-        Ok(Some(Arc::new(Self { url, outbox, queue })))
+        Ok(Some(Arc::new(Self {
+            url,
+            outbox,
+            queue,
+            handled: Mutex::new(handled),
+        })))
     }
 
     /// Races for `event`'s once-only marker (`marker`: the store's conditional increment) with
     /// the event in the outbox first, and queues it for delivery unless another instance won.
     /// Returns when the outbox and the marker have answered; delivery happens in the background.
     pub async fn claim(&self, event: AlertEvent, marker: impl Future<Output = Claim>) -> Claim {
+        let first = self
+            .handled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(event.id.clone());
+        if !first {
+            tracing::debug!(event_id = %event.id, "alert already sent or owed by this process: not sent again");
+            return marker.await;
+        }
         if let Err(e) = self.outbox.pending(&event).await {
             // Still raced and sent; only a crash before delivery would lose it now.
             metrics::counter!("tollgate_alerts_total", "outcome" => "outbox_error").increment(1);

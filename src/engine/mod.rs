@@ -857,7 +857,14 @@ impl Engine {
             use crate::alerts::{AlertEvent, Claim, Period, Scope};
             let claim = async {
                 match store.add_within(&key, 1, 1).await {
-                    Ok(Increment::Applied(_)) => Claim::Won,
+                    Ok(Increment::Applied(_)) => {
+                        // Durable before the alert goes out (the embedded store commits markers
+                        // in the background): a restart does not win it again.
+                        if let Err(error) = store.flush().await {
+                            tracing::warn!(team, month, threshold, %error, "budget threshold marker not flushed");
+                        }
+                        Claim::Won
+                    }
                     Ok(Increment::Refused(_)) => Claim::Lost,
                     Err(error) => {
                         tracing::warn!(team, month, threshold, %error, "budget threshold marker not claimed");
