@@ -169,8 +169,16 @@ impl UsageFeed {
                 metrics::counter!("tollgate_usage_feed_lines_total", "outcome" => reason)
                     .increment(1);
                 // One log line per thousand drops: a stuck disk must not flood the log too.
-                if self.dropped.fetch_add(1, Ordering::Relaxed) % 1000 == 0 {
-                    tracing::warn!(reason, debit_id = charged.debit_id, "usage feed line dropped (the store's charge is unaffected)");
+                if self
+                    .dropped
+                    .fetch_add(1, Ordering::Relaxed)
+                    .is_multiple_of(1000)
+                {
+                    tracing::warn!(
+                        reason,
+                        debit_id = charged.debit_id,
+                        "usage feed line dropped (the store's charge is unaffected)"
+                    );
                 }
             }
         }

@@ -15,10 +15,10 @@ pub mod outbox;
 pub mod settings;
 pub mod sign;
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::io::Write as _;
 use std::path::PathBuf;
-use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -161,12 +161,14 @@ impl Alerts {
 /// The URL without its query or credentials, for logs.
 fn redacted(url: &str) -> String {
     match reqwest::Url::parse(url) {
-        Ok(u) => format!(
-            "{}://{}{}",
-            u.scheme(),
-            u.host_str().unwrap_or_default(),
-            u.port().map(|p| format!(":{p}")).unwrap_or_default()
-        ) + u.path(),
+        Ok(u) => {
+            format!(
+                "{}://{}{}",
+                u.scheme(),
+                u.host_str().unwrap_or_default(),
+                u.port().map(|p| format!(":{p}")).unwrap_or_default()
+            ) + u.path()
+        }
         Err(_) => "(invalid)".into(),
     }
 }

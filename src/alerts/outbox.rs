@@ -21,7 +21,7 @@ use super::event::AlertEvent;
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "lowercase")]
 enum Record {
-    Pending { event: AlertEvent },
+    Pending { event: Box<AlertEvent> },
     Lost { id: String },
     Done { id: String },
 }
@@ -48,7 +48,13 @@ impl Outbox {
             let mut out = File::create(&compacted)
                 .with_context(|| format!("writing {}", compacted.display()))?;
             for event in &owed {
-                writeln!(out, "{}", line(&Record::Pending { event: event.clone() }))?;
+                writeln!(
+                    out,
+                    "{}",
+                    line(&Record::Pending {
+                        event: Box::new(event.clone())
+                    })
+                )?;
             }
             out.sync_all()?;
         }
@@ -70,7 +76,7 @@ impl Outbox {
     /// Before the marker is claimed: durable once this returns `Ok`.
     pub async fn pending(self: &Arc<Self>, event: &AlertEvent) -> std::io::Result<()> {
         self.append(Record::Pending {
-            event: event.clone(),
+            event: Box::new(event.clone()),
         })
         .await
     }
@@ -118,7 +124,7 @@ fn owed(reader: impl BufRead) -> Vec<AlertEvent> {
                 if !pending.contains_key(&event.id) {
                     order.push(event.id.clone());
                 }
-                pending.insert(event.id.clone(), event);
+                pending.insert(event.id.clone(), *event);
             }
             Ok(Record::Lost { id } | Record::Done { id }) => {
                 settled.insert(id);

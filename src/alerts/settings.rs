@@ -75,7 +75,9 @@ impl AlertSettings {
     pub fn secret(&self) -> anyhow::Result<Vec<u8>> {
         let secret = match (&self.secret_env, &self.secret_file) {
             (Some(var), _) => std::env::var(var)
-                .with_context(|| format!("alerts.secret_env: environment variable {var} is not set"))?
+                .with_context(|| {
+                    format!("alerts.secret_env: environment variable {var} is not set")
+                })?
                 .into_bytes(),
             (None, Some(file)) => {
                 let mut bytes = std::fs::read(file)

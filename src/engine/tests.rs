@@ -403,22 +403,52 @@ async fn thresholds_warn_on_every_request_but_are_reported_once() {
     }
     let marker = CounterKey::budget_warned("th", "2026-11", 80, 0);
     // Claimed in a task of its own, off the admission path.
-    for _ in 0..1000 {
-        if engine.store().read_counters(&[&marker]).await.unwrap() == vec![1] {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
-    assert_eq!(
-        engine.store().read_counters(&[&marker]).await.unwrap(),
-        vec![1]
-    );
+    assert_eq!(wait_counter(&engine, &marker, 1).await, 1);
     // A second instance sharing the store does not report it again.
     let (other, _) = engine_set(engine.store().clone(), dollar_per_thousand());
     other.admit(&t, call("test-model"), None).await.unwrap();
     assert_eq!(
         engine.store().read_counters(&[&marker]).await.unwrap(),
         vec![1]
+    );
+}
+
+/// Polls `key` until it reads `want` (markers are claimed in a task of their own).
+async fn wait_counter(engine: &Engine, key: &CounterKey, want: u64) -> u64 {
+    let mut value = 0;
+    for _ in 0..1000 {
+        value = engine.store().read_counters(&[key]).await.unwrap()[0];
+        if value == want {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    value
+}
+
+#[tokio::test]
+async fn a_jump_past_several_thresholds_reports_each_even_when_refused() {
+    let (engine, _) = engine_set(Arc::new(MemoryStore::new()), dollar_per_thousand());
+    let t = budgeted("jump", 1.0);
+    // 0 % to 110 % in one call: its own admission saw no crossing.
+    spend(&engine, &t, "test-model", 1100).await;
+    let refused = engine
+        .admit(&t, call("test-model"), None)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.kind, RejectionKind::MonthlyBudgetExceeded);
+    for threshold in [80, 100] {
+        let marker = CounterKey::budget_warned("jump", "2026-11", threshold, 0);
+        assert_eq!(wait_counter(&engine, &marker, 1).await, 1, "{threshold} %");
+    }
+    // A zero budget has no thresholds.
+    let broke = budgeted("broke", 0.0);
+    let _ = engine.admit(&broke, call("test-model"), None).await;
+    tokio::task::yield_now().await;
+    let marker = CounterKey::budget_warned("broke", "2026-11", 80, 0);
+    assert_eq!(
+        engine.store().read_counters(&[&marker]).await.unwrap(),
+        vec![0]
     );
 }
 
