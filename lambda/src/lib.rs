@@ -36,10 +36,20 @@ pub async fn boot() -> anyhow::Result<Boot> {
 }
 
 /// The engine over DynamoDB, and identity.
-pub async fn boot_with(settings: Settings) -> anyhow::Result<Boot> {
+pub async fn boot_with(mut settings: Settings) -> anyhow::Result<Boot> {
     if settings.store.backend != StoreBackend::Dynamodb {
         // A function instance's memory or /tmp is not shared with any other instance.
         bail!("tollgate's Lambda functions need TOLLGATE_STORE__BACKEND=dynamodb");
+    }
+    // /tmp is a function's only writable directory (the alert outbox lasts as long as the
+    // function instance: docs/alerts.md).
+    for path in [
+        &mut settings.alerts.outbox_path,
+        &mut settings.alerts.dead_letter_path,
+    ] {
+        if path.is_relative() {
+            *path = PathBuf::from("/tmp").join(&*path);
+        }
     }
     // No spool: these functions never queue debits. The usage recorder writes its own and fails
     // its event when it cannot, so that Lambda retries it.
