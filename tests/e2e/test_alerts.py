@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import threading
 import time
 import uuid
@@ -24,9 +23,10 @@ from pathlib import Path
 import pytest
 
 from checks import utc_month
-from dynamodb_local import DynamoDBLocal, DynamoDBLocalMissing, scratch_dir, tollgate_aws_env
+from dynamodb_local import tollgate_aws_env
 from harness import REPO, Team, micros, wait_until
-from test_dynamodb import ensure_table, store_section
+# `ddb`: the module's DynamoDB Local, the same fixture as test_dynamodb's.
+from test_dynamodb import ddb, ensure_table, store_section  # noqa: F401
 
 MODEL = "al-model"
 # $1000 per million tokens in and out: $0.001 (1,000 micro-dollars) a token.
@@ -312,22 +312,6 @@ def test_an_alert_owed_by_a_killed_instance_is_sent_at_its_restart(stack, receiv
 
 
 # --------------------------------------------------------------------------- two instances, one table
-
-
-@pytest.fixture(scope="module")
-def ddb(e2e_root):
-    workdir = e2e_root / f"alerts-ddb-{uuid.uuid4().hex[:6]}"
-    data = scratch_dir()
-    try:
-        try:
-            d = DynamoDBLocal(workdir / "logs", db_path=data)
-        except DynamoDBLocalMissing as e:
-            pytest.fail(str(e), pytrace=False)
-        d.start()
-        yield d
-        d.proc.stop(timeout=10)
-    finally:
-        shutil.rmtree(data, ignore_errors=True)
 
 
 def test_two_instances_racing_past_the_thresholds_send_each_alert_once(
