@@ -2,7 +2,7 @@
 //! the fleet, off the request path.
 //!
 //! Who sends is decided by the store's once-only marker (a conditional increment every instance
-//! races for; see `Engine::report_crossing`). Around it, this module gives the winner's alert a
+//! races for; see [`report_crossing`]). Around it, this module gives the winner's alert a
 //! life of its own: the [`outbox`] records it durably before the race, so an instance that dies
 //! after winning sends it at its next start; a background task signs it ([`sign`]), retries with
 //! backoff, and writes what never got a 2xx to a dead-letter log. The delivery contract is
@@ -10,6 +10,7 @@
 //! instance died or lost the store's answer mid-claim; a receiver that deduplicates on the id sees
 //! each alert once (docs/alerts.md).
 
+mod crossing;
 pub mod event;
 pub mod outbox;
 pub mod settings;
@@ -26,6 +27,7 @@ use anyhow::Context as _;
 use serde_json::json;
 use tokio::sync::mpsc;
 
+pub use crossing::report_crossing;
 pub use event::{AlertEvent, Period, Scope};
 pub use settings::AlertSettings;
 

@@ -821,8 +821,7 @@ impl Engine {
 
     /// Logs, counts and alerts a threshold crossing once per team, month and threshold across the
     /// fleet: the store's conditional increment on a marker decides which instance reports it
-    /// (`alerts` records the alert before the race; see there). In a task of its own, so that
-    /// admission neither waits for it nor, timed out, cuts it short.
+    /// (see [`crate::alerts::report_crossing`]). Asked of the store once per process.
     fn report_crossing(
         &self,
         team: &Team,
@@ -850,55 +849,20 @@ impl Engine {
         }
         let key =
             CounterKey::budget_warned(&team.id, &month, threshold, money.month_key.expires_at);
-        let store = self.store.clone();
-        let alerts = self.settings.alerts.clone();
-        let team = team.id.clone();
-        tokio::spawn(async move {
-            use crate::alerts::{AlertEvent, Claim, Period, Scope};
-            let claim = async {
-                match store.add_within(&key, 1, 1).await {
-                    Ok(Increment::Applied(_)) => {
-                        // Durable before the alert goes out (the embedded store commits markers
-                        // in the background): a restart does not win it again.
-                        if let Err(error) = store.flush().await {
-                            tracing::warn!(team, month, threshold, %error, "budget threshold marker not flushed");
-                        }
-                        Claim::Won
-                    }
-                    Ok(Increment::Refused(_)) => Claim::Lost,
-                    Err(error) => {
-                        tracing::warn!(team, month, threshold, %error, "budget threshold marker not claimed");
-                        Claim::Unknown
-                    }
-                }
-            };
-            let claim = match alerts {
-                Some(alerts) => {
-                    let event = AlertEvent::budget_threshold(
-                        Scope::team(&team),
-                        Period::utc_month(now),
-                        threshold,
-                        spent,
-                        budget,
-                        now,
-                    );
-                    alerts.claim(event, claim).await
-                }
-                None => claim.await,
-            };
-            if claim == Claim::Won {
-                metrics::counter!("tollgate_budget_threshold_crossings_total", "threshold" => threshold.to_string())
-                    .increment(1);
-                tracing::warn!(
-                    team,
-                    month,
-                    threshold,
-                    spent_usd = budget::json_usd(spent),
-                    budget_usd = budget::json_usd(budget),
-                    "monthly budget threshold crossed"
-                );
-            }
-        });
+        let event = crate::alerts::AlertEvent::budget_threshold(
+            crate::alerts::Scope::team(&team.id),
+            crate::alerts::Period::utc_month(now),
+            threshold,
+            spent,
+            budget,
+            now,
+        );
+        crate::alerts::report_crossing(
+            self.store.clone(),
+            key,
+            self.settings.alerts.clone(),
+            event,
+        );
     }
 
     fn store_failure(&self, op: &'static str, error: &StoreError) -> Rejection {
