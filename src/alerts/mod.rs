@@ -285,3 +285,105 @@ fn append_line(path: &PathBuf, line: &str) -> std::io::Result<()> {
     writeln!(file, "{line}")?;
     file.sync_data()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use axum::http::HeaderMap;
+    use tokio::sync::mpsc::UnboundedReceiver;
+
+    use super::*;
+
+    const SECRET: &str = "unit-secret";
+
+    /// A receiver on loopback answering 200, passing on (event id, body) of each request.
+    async fn receiver() -> (String, UnboundedReceiver<(String, Vec<u8>)>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
+                let tx = tx.clone();
+                async move {
+                    let signature = headers[sign::SIGNATURE_HEADER].to_str().unwrap();
+                    sign::verify(SECRET.as_bytes(), signature, &body, unix_now(), 60).unwrap();
+                    let id = headers[EVENT_ID_HEADER].to_str().unwrap().to_owned();
+                    let _ = tx.send((id, body.to_vec()));
+                    "ok"
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (url, rx)
+    }
+
+    fn event(threshold: u8) -> AlertEvent {
+        AlertEvent::budget_threshold(
+            Scope::team("unit"),
+            Period::utc_month(1_796_007_600),
+            threshold,
+            900,
+            1_000,
+            1_796_007_600,
+        )
+    }
+
+    #[tokio::test]
+    async fn only_a_won_or_unknown_claim_sends_and_a_second_claim_never_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let (url, mut received) = receiver().await;
+        let secret_file = dir.path().join("secret");
+        std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
+        let settings = AlertSettings {
+            url: Some(url),
+            secret_file: Some(secret_file),
+            outbox_path: dir.path().join("outbox.jsonl"),
+            dead_letter_path: dir.path().join("dead.jsonl"),
+            ..Default::default()
+        };
+        let alerts = Alerts::start(&settings).unwrap().unwrap();
+
+        let lost = event(50);
+        assert_eq!(alerts.claim(lost, async { Claim::Lost }).await, Claim::Lost);
+        let won = event(80);
+        alerts.claim(won.clone(), async { Claim::Won }).await;
+        let unknown = event(100);
+        alerts
+            .claim(unknown.clone(), async { Claim::Unknown })
+            .await;
+        // Claimed again (a marker lost in a crash, won anew): not sent twice.
+        alerts.claim(won.clone(), async { Claim::Won }).await;
+
+        let mut ids = Vec::new();
+        for _ in 0..2 {
+            let (id, body) = tokio::time::timeout(Duration::from_secs(10), received.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            let sent: AlertEvent = serde_json::from_slice(&body).unwrap();
+            assert_eq!(sent.id, id);
+            ids.push(id);
+        }
+        ids.sort();
+        let mut want = vec![won.id.clone(), unknown.id.clone()];
+        want.sort();
+        assert_eq!(ids, want);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), received.recv())
+                .await
+                .is_err(),
+            "nothing else is sent"
+        );
+        // Delivered and lost alerts are settled in the outbox: nothing owed at the next start.
+        for _ in 0..100 {
+            let text = std::fs::read(&settings.outbox_path).unwrap();
+            if outbox::owed(text.as_slice()).is_empty() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the outbox still owes alerts after they were delivered");
+    }
+}

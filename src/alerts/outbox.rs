@@ -114,7 +114,7 @@ fn line(record: &Record) -> String {
 
 /// Pending alerts with no `lost` or `done` after them. An unreadable line (a write cut short by a
 /// crash) is skipped: only the last line can be one, and it is then not a settled record.
-fn owed(reader: impl BufRead) -> Vec<AlertEvent> {
+pub(super) fn owed(reader: impl BufRead) -> Vec<AlertEvent> {
     let mut pending = BTreeMap::new();
     let mut order = Vec::new();
     let mut settled = HashSet::new();
