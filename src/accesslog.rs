@@ -176,6 +176,8 @@ impl Recorder {
                     at_ms: record.at_ms,
                 });
             }
+            // Written before the batch is acknowledged: a Lambda instance is frozen right after.
+            feed.flush().await;
         }
         metrics::counter!("tollgate_usage_records_total", "outcome" => "recorded")
             .increment(report.recorded as u64);

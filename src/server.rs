@@ -318,6 +318,9 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     // Whatever is still open will not settle before exit: charged now, not left for the next start.
     engine.charge_unsettled(Unsettled::Abandoned).await;
     engine.flush().await;
+    if let Some(feed) = engine.usage_feed() {
+        let _ = tokio::time::timeout(Duration::from_secs(3), feed.flush()).await;
+    }
     // What this instance's leases hold unused goes back to the fleet (the store being down, it
     // stays counted until its minute or month is over: less admitted, never more).
     let _ = tokio::time::timeout(Duration::from_secs(3), engine.hand_back_leases()).await;

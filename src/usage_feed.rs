@@ -130,8 +130,15 @@ impl Charged<'_> {
 /// The sending end: cheap to clone, never blocks.
 #[derive(Clone)]
 pub struct UsageFeed {
-    lines: mpsc::Sender<String>,
+    lines: mpsc::Sender<Item>,
     dropped: Arc<AtomicU64>,
+}
+
+/// What the writer task receives.
+enum Item {
+    Line(String),
+    /// Answered once every line sent before it is written (or failed).
+    Flush(tokio::sync::oneshot::Sender<()>),
 }
 
 impl std::fmt::Debug for UsageFeed {
@@ -159,7 +166,7 @@ impl UsageFeed {
     }
 
     pub fn record(&self, charged: Charged<'_>) {
-        match self.lines.try_send(charged.to_line()) {
+        match self.lines.try_send(Item::Line(charged.to_line())) {
             Ok(()) => {}
             Err(e) => {
                 let reason = match e {
@@ -185,6 +192,27 @@ impl UsageFeed {
     }
 }
 
+impl UsageFeed {
+    /// Waits until the lines recorded so far are written (at shutdown, before the process exits).
+    pub async fn flush(&self) {
+        let (done, written) = tokio::sync::oneshot::channel();
+        if self.lines.send(Item::Flush(done)).await.is_ok() {
+            let _ = written.await;
+        }
+    }
+}
+
+/// Answers its flushes when dropped: after the batch's lines are written, whatever happened.
+struct Answer(Vec<tokio::sync::oneshot::Sender<()>>);
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        for done in self.0.drain(..) {
+            let _ = done.send(());
+        }
+    }
+}
+
 #[derive(Debug)]
 enum Target {
     Stdout,
@@ -194,10 +222,22 @@ enum Target {
 /// Appends lines as they come, flushing whenever the channel is momentarily empty. A failed write
 /// drops that line (counted) and reopens the file for the next one (it may have been removed or
 /// rotated away).
-async fn write(target: Target, mut receiver: mpsc::Receiver<String>) {
+async fn write(target: Target, mut receiver: mpsc::Receiver<Item>) {
     let mut batch = Vec::new();
     while receiver.recv_many(&mut batch, 1024).await > 0 {
-        let lines = std::mem::take(&mut batch);
+        let mut lines = Vec::with_capacity(batch.len());
+        let mut flushed = Vec::new();
+        for item in batch.drain(..) {
+            match item {
+                Item::Line(line) => lines.push(line),
+                Item::Flush(done) => flushed.push(done),
+            }
+        }
+        // Lines before a flush are in its batch or an earlier one: written before it is answered.
+        let _answer = Answer(flushed);
+        if lines.is_empty() {
+            continue;
+        }
         let count = lines.len() as u64;
         let target_path = match &target {
             Target::Stdout => None,
@@ -264,13 +304,8 @@ mod tests {
             source: Source::Settled,
             at_ms: 1_796_007_600_000,
         });
-        let text = loop {
-            let text = std::fs::read_to_string(&path).unwrap_or_default();
-            if !text.is_empty() {
-                break text;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        };
+        feed.flush().await;
+        let text = std::fs::read_to_string(&path).unwrap();
         let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
         assert_eq!(line["request_id"], "req-1");
         assert_eq!(line["debit_id"], "req-1~ab-0");
