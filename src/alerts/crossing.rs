@@ -4,46 +4,44 @@
 use std::sync::Arc;
 
 use super::{AlertEvent, Alerts, Claim};
+use crate::policy::admission::Crossing;
 use crate::policy::budget;
-use crate::store::{CounterKey, Increment, Store};
+use crate::store::{Increment, Store};
 
-/// Reports `event` once across the fleet, `marker` deciding which instance does (a counter every
-/// instance increments up to 1). In a task of its own, so that admission neither waits for it
-/// nor, timed out, cuts it short.
+/// Reports `crossing` once across the fleet, its marker deciding which instance does (a counter
+/// every instance increments up to 1); `at`: when it was seen (Unix seconds). In a task of its
+/// own, so that admission neither waits for it nor, timed out, cuts it short.
 pub fn report_crossing(
     store: Arc<dyn Store>,
-    marker: CounterKey,
     alerts: Option<Arc<Alerts>>,
-    event: AlertEvent,
+    crossing: Crossing,
+    at: u64,
 ) {
     tokio::spawn(async move {
-        let claim = claim_marker(store.as_ref(), &marker, &event);
+        let event = AlertEvent::budget_threshold(&crossing, at);
+        let claim = claim_marker(store.as_ref(), &crossing, &event);
         let claim = match alerts {
             Some(alerts) => alerts.claim(event.clone(), claim).await,
             None => claim.await,
         };
         if claim == Claim::Won {
-            metrics::counter!("tollgate_budget_threshold_crossings_total", "threshold" => event.threshold_percent.to_string())
+            metrics::counter!("tollgate_budget_threshold_crossings_total", "threshold" => crossing.threshold.to_string(), "scope" => crossing.scope.kind())
                 .increment(1);
-            let what = match event.period.name.as_str() {
-                "month" => "monthly budget threshold crossed",
-                _ => "budget threshold crossed",
-            };
             tracing::warn!(
                 scope = %event.scope.label,
                 period = %event.period.key,
-                threshold = event.threshold_percent,
-                spent_usd = budget::json_usd(event.spent_micros),
-                budget_usd = budget::json_usd(event.budget_micros),
+                threshold = crossing.threshold,
+                spent_usd = budget::json_usd(crossing.spent_micros),
+                budget_usd = budget::json_usd(crossing.budget_micros),
                 event_id = %event.id,
-                "{what}"
+                "budget threshold crossed"
             );
         }
     });
 }
 
-async fn claim_marker(store: &dyn Store, marker: &CounterKey, event: &AlertEvent) -> Claim {
-    match store.add_within(marker, 1, 1).await {
+async fn claim_marker(store: &dyn Store, crossing: &Crossing, event: &AlertEvent) -> Claim {
+    match store.add_within(&crossing.marker, 1, 1).await {
         Ok(Increment::Applied(_)) => {
             // Durable before the alert goes out (the embedded store commits in the background):
             // a restart does not win it again.

@@ -8,62 +8,72 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use crate::policy::admission::Crossing;
 use crate::policy::budget;
+use crate::policy::calendar;
+use crate::policy::counters::{self, PeriodKind};
 
 /// The `type` of a budget threshold event.
 pub const BUDGET_THRESHOLD: &str = "budget.threshold_crossed";
 
-/// Who a budget belongs to: `team` today; `org`, `user` and `project` as scopes arrive.
+/// Whose budget it is: `org`, `team`, `user` or `project`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Scope {
     pub kind: String,
     pub id: String,
+    /// The team a user or project belongs to (user and project ids are unique per team only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
     /// For people: `team platform`, `user alice in team platform`.
     pub label: String,
 }
 
 impl Scope {
-    pub fn team(id: &str) -> Self {
+    pub fn of(scope: &counters::Scope) -> Self {
+        let team = match scope {
+            counters::Scope::User { team, .. } | counters::Scope::Project { team, .. } => {
+                Some(team.clone())
+            }
+            counters::Scope::Org | counters::Scope::Team(_) => None,
+        };
         Self {
-            kind: "team".into(),
-            id: id.into(),
-            label: format!("team {id}"),
+            kind: scope.kind().into(),
+            id: scope.id().into(),
+            team,
+            label: scope.label(),
         }
     }
 }
 
-/// The budget period a threshold was crossed in: `[start, end)`.
+/// The budget period a threshold was reached in: `[start, end)`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Period {
-    /// `month` today; `week`, `day` as budget periods arrive.
+    /// `day`, `week` or `month`.
     pub name: String,
-    /// Identifies the period within its kind (`2026-11`); part of the event id.
+    /// The period's name in counters (`2026-11`, `week-2026-11-23`, `month-2026-11-15`).
     pub key: String,
+    /// IANA name of the zone whose midnights bound the period.
     pub time_zone: String,
-    /// RFC 3339.
+    /// RFC 3339, UTC.
     pub start: String,
     pub end: String,
 }
 
 impl Period {
-    /// The UTC calendar month around `at` (Unix seconds), keyed `YYYY-MM` like the spend counter.
-    pub fn utc_month(at: u64) -> Self {
-        let start = month_start(at);
-        let end = crate::policy::calendar::next_month_start(at);
+    pub fn of(period: &calendar::Period, time_zone: &str) -> Self {
         Self {
-            name: "month".into(),
-            key: crate::policy::calendar::month_key(at),
-            time_zone: "UTC".into(),
-            start: rfc3339(start),
-            end: rfc3339(end),
+            name: match period.key.kind {
+                PeriodKind::Day => "day",
+                PeriodKind::Week => "week",
+                PeriodKind::Month => "month",
+            }
+            .into(),
+            key: period.key.render(),
+            time_zone: time_zone.into(),
+            start: rfc3339(period.start),
+            end: rfc3339(period.end),
         }
     }
-}
-
-/// The first second of the UTC month around `at`.
-fn month_start(at: u64) -> u64 {
-    let date = crate::policy::calendar::utc_date(at);
-    at - at % 86_400 - (u64::from(date.day()) - 1) * 86_400
 }
 
 pub fn rfc3339(unix_secs: u64) -> String {
@@ -93,32 +103,19 @@ pub struct AlertEvent {
 }
 
 impl AlertEvent {
-    pub fn budget_threshold(
-        scope: Scope,
-        period: Period,
-        threshold_percent: u8,
-        spent_micros: u64,
-        budget_micros: u64,
-        at: u64,
-    ) -> Self {
-        let id = event_id(&[
-            BUDGET_THRESHOLD,
-            &scope.kind,
-            &scope.id,
-            &period.name,
-            &period.key,
-            &threshold_percent.to_string(),
-        ]);
+    /// The alert for a threshold admission found reached, seen at `at` (Unix seconds).
+    pub fn budget_threshold(crossing: &Crossing, at: u64) -> Self {
         Self {
-            id,
+            // The marker names the scope, the period and the threshold: one event per marker.
+            id: event_id(&[BUDGET_THRESHOLD, &crossing.marker.id()]),
             kind: BUDGET_THRESHOLD.into(),
-            scope,
-            period,
-            threshold_percent,
-            spent_micros,
-            spent_usd: budget::json_usd(spent_micros),
-            budget_micros,
-            budget_usd: budget::json_usd(budget_micros),
+            scope: Scope::of(&crossing.scope),
+            period: Period::of(&crossing.period, &crossing.time_zone),
+            threshold_percent: crossing.threshold,
+            spent_micros: crossing.spent_micros,
+            spent_usd: budget::json_usd(crossing.spent_micros),
+            budget_micros: crossing.budget_micros,
+            budget_usd: budget::json_usd(crossing.budget_micros),
             crossed_at: rfc3339(at),
         }
     }
@@ -135,6 +132,23 @@ fn event_id(parts: &[&str]) -> String {
     format!("evt_{}", &hex::encode(hash.finalize())[..32])
 }
 
+/// A team's crossing of `threshold` in the UTC month around `at`, for tests.
+#[cfg(test)]
+pub fn team_crossing(team: &str, threshold: u8, spent: u64, budget: u64, at: u64) -> Crossing {
+    use counters::{Counted, CounterKey};
+    let scope = counters::Scope::Team(team.into());
+    let period = calendar::PeriodRule::utc_month().containing(at);
+    Crossing {
+        marker: CounterKey::new(scope.clone(), Counted::Warned(period.key, threshold)),
+        scope,
+        period,
+        time_zone: "UTC".into(),
+        threshold,
+        spent_micros: spent,
+        budget_micros: budget,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,42 +158,45 @@ mod tests {
 
     #[test]
     fn the_month_period_spans_the_utc_calendar_month() {
-        let p = Period::utc_month(AT);
-        assert_eq!(p.key, "2026-11");
+        let p = AlertEvent::budget_threshold(&team_crossing("t", 80, 1, 2, AT), AT).period;
+        assert_eq!((p.name.as_str(), p.key.as_str()), ("month", "2026-11"));
         assert_eq!(p.start, "2026-11-01T00:00:00Z");
         assert_eq!(p.end, "2026-12-01T00:00:00Z");
-        let first = Period::utc_month(1_793_491_200); // 2026-11-01T00:00:00Z
-        assert_eq!(first, p);
+        assert_eq!(p.time_zone, "UTC");
+    }
+
+    #[test]
+    fn a_user_scope_names_its_team() {
+        let s = Scope::of(&counters::Scope::User {
+            team: "platform".into(),
+            user: "alice".into(),
+        });
+        assert_eq!((s.kind.as_str(), s.id.as_str()), ("user", "alice"));
+        assert_eq!(s.team.as_deref(), Some("platform"));
+        assert_eq!(s.label, "user alice in team platform");
     }
 
     #[test]
     fn the_id_depends_on_scope_period_and_threshold_only() {
-        let at = |spent, at| {
+        let event = |threshold, spent, at| {
             AlertEvent::budget_threshold(
-                Scope::team("platform"),
-                Period::utc_month(at),
-                80,
-                spent,
-                1_000,
+                &team_crossing("platform", threshold, spent, 1_000, at),
                 at,
             )
         };
-        let a = at(800, AT);
-        assert_eq!(a.id, at(950, AT + 60).id);
+        let a = event(80, 800, AT);
+        assert_eq!(a.id, event(80, 950, AT + 60).id);
         assert!(a.id.starts_with("evt_") && a.id.len() == 36, "{}", a.id);
-        let other_threshold = AlertEvent::budget_threshold(
-            Scope::team("platform"),
-            Period::utc_month(AT),
-            100,
-            800,
-            1_000,
-            AT,
+        assert_ne!(a.id, event(100, 800, AT).id);
+        assert_ne!(a.id, event(80, 800, AT + 31 * 86_400).id, "next month");
+        assert_ne!(
+            a.id,
+            AlertEvent::budget_threshold(&team_crossing("other", 80, 800, 1_000, AT), AT).id
         );
-        assert_ne!(a.id, other_threshold.id);
-        assert_ne!(a.id, at(800, AT + 31 * 86_400).id, "next month");
         let json = serde_json::to_value(&a).unwrap();
         assert_eq!(json["type"], "budget.threshold_crossed");
         assert_eq!(json["scope"]["label"], "team platform");
+        assert!(json["scope"].get("team").is_none());
         assert_eq!(json["crossed_at"], "2026-11-30T03:00:00Z");
     }
 }

@@ -320,14 +320,8 @@ mod tests {
     }
 
     fn event(threshold: u8) -> AlertEvent {
-        AlertEvent::budget_threshold(
-            Scope::team("unit"),
-            Period::utc_month(1_796_007_600),
-            threshold,
-            900,
-            1_000,
-            1_796_007_600,
-        )
+        let at = 1_796_007_600;
+        AlertEvent::budget_threshold(&event::team_crossing("unit", threshold, 900, 1_000, at), at)
     }
 
     #[tokio::test]

@@ -142,17 +142,11 @@ pub(super) fn owed(reader: impl BufRead) -> Vec<AlertEvent> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::alerts::event::{Period, Scope};
+    use crate::alerts::event::team_crossing;
 
     fn event(threshold: u8) -> AlertEvent {
-        AlertEvent::budget_threshold(
-            Scope::team("t"),
-            Period::utc_month(1_796_007_600),
-            threshold,
-            1,
-            2,
-            1_796_007_600,
-        )
+        let at = 1_796_007_600;
+        AlertEvent::budget_threshold(&team_crossing("t", threshold, 1, 2, at), at)
     }
 
     #[tokio::test]
