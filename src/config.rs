@@ -439,6 +439,17 @@ impl Settings {
             bail!("budgets.warn_at_percent: {t} is not a percentage between 1 and 100");
         }
         self.alerts.validate()?;
+        if self.guardrail.bedrock.is_none()
+            && let Some(team) = self
+                .teams
+                .iter()
+                .find(|t| t.guardrail.as_ref().is_some_and(|g| g.bedrock.is_some()))
+        {
+            bail!(
+                "teams: team {:?} names its own Bedrock guardrail (guardrail.bedrock), which needs [guardrail.bedrock] (region, endpoint) to call it",
+                team.id
+            );
+        }
         self.engine_settings().map(|_| ())
     }
 
@@ -752,6 +763,44 @@ mod tests {
         );
         s.teams = vec![team("a", "x"), team("a", "y")];
         assert!(s.validate().is_err());
+    }
+
+    #[test]
+    fn a_team_guardrail_policy_is_read_and_its_bedrock_guardrail_needs_a_client() {
+        let text = r#"
+            [guardrail]
+            mode = "observe"
+
+            [[teams]]
+            id = "legal"
+            tier = "standard"
+            guardrail = { mode = "enforce" }
+
+            [[teams]]
+            id = "research"
+            tier = "standard"
+            guardrail = { bedrock = { guardrail_id = "gr-research", guardrail_version = "2" } }
+        "#;
+        let mut s: Settings = toml::from_str(text).unwrap();
+        let legal = s.teams[0].guardrail.as_ref().unwrap();
+        assert_eq!(legal.mode, Some(GuardrailMode::Enforce));
+        assert!(
+            s.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("needs [guardrail.bedrock]")
+        );
+        s.guardrail.bedrock = Some(
+            toml::from_str(
+                r#"guardrail_id = "gr-global"
+guardrail_version = "1""#,
+            )
+            .unwrap(),
+        );
+        s.validate().unwrap();
+        // Typos stay errors.
+        let typo = text.replace("mode = \"enforce\"", "mdoe = \"enforce\"");
+        assert!(toml::from_str::<Settings>(&typo).is_err());
     }
 
     #[test]

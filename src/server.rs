@@ -24,6 +24,7 @@ use crate::guardrail::Guardrail;
 use crate::guardrail::apply::{Application, Guardrails};
 use crate::guardrail::bedrock::BedrockGuardrail;
 use crate::guardrail::local::LocalGuardrail;
+use crate::guardrail::policy::TeamPolicies;
 use crate::guardrail::service::{GuardrailService, Mode as GuardrailMode};
 use crate::http::{OpsState, router};
 use crate::identity::{Authenticator, JwksSource, KeySet, Verification};
@@ -124,33 +125,33 @@ pub async fn authenticator(settings: &Settings) -> anyhow::Result<Authenticator>
     ))
 }
 
-/// The configured guardrail, or `None` when guardrails are off.
-pub async fn guardrail_service(
-    settings: &Settings,
-) -> anyhow::Result<Option<Arc<GuardrailService>>> {
+/// The guardrails every adapter applies, as configured: the global service (none when the
+/// global mode is off) and what teams with a policy of their own need (the backend whatever the
+/// global mode, and `[guardrail.bedrock]`'s client for teams naming their own guardrail).
+pub async fn guardrails(settings: &Settings) -> anyhow::Result<Guardrails> {
     let g = &settings.guardrail;
-    if g.mode == GuardrailMode::Off {
-        return Ok(None);
-    }
     let backend = guardrail_backend(settings).await?;
-    tracing::info!(mode = ?g.mode, backend = backend.name(), version = backend.version(), "guardrail on");
-    Ok(Some(Arc::new(GuardrailService::new(
-        backend,
-        g.mode,
-        g.fail_mode == FailMode::Closed,
-    ))))
-}
-
-/// The guardrail service with how the configuration applies it.
-fn guardrails(settings: &Settings, service: Option<Arc<GuardrailService>>) -> Guardrails {
-    let g = &settings.guardrail;
-    Guardrails::new(
-        service,
-        Application {
-            scope: g.scope,
-            parts: g.parts.clone(),
-            streaming: g.streaming,
-        },
+    let fail_closed = g.fail_mode == FailMode::Closed;
+    let service = (g.mode != GuardrailMode::Off).then(|| {
+        tracing::info!(mode = ?g.mode, backend = backend.name(), version = backend.version(), "guardrail on");
+        Arc::new(GuardrailService::new(backend.clone(), g.mode, fail_closed))
+    });
+    let bedrock = match &g.bedrock {
+        Some(bedrock) => Some(Arc::new(BedrockGuardrail::connect(bedrock).await)),
+        None => None,
+    };
+    let application = Application {
+        scope: g.scope,
+        parts: g.parts.clone(),
+        streaming: g.streaming,
+    };
+    Ok(
+        Guardrails::new(service, application).with_team_policies(TeamPolicies::new(
+            backend,
+            g.mode,
+            fail_closed,
+            bedrock,
+        )),
     )
 }
 
@@ -176,7 +177,7 @@ pub fn webhook_state(
     settings: &Settings,
     engine: Arc<Engine>,
     auth: Arc<Authenticator>,
-    guardrail: Option<Arc<GuardrailService>>,
+    guardrails: Guardrails,
 ) -> Arc<WebhookState> {
     if settings.webhook.secret.is_none() {
         tracing::warn!(
@@ -187,7 +188,7 @@ pub fn webhook_state(
         webhook: Webhook {
             engine,
             auth,
-            guardrails: guardrails(settings, guardrail),
+            guardrails,
             model_header: settings.webhook.model_header.clone(),
             path_header: settings.webhook.path_header.clone(),
         },
@@ -230,14 +231,14 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         guardrail: guardrail_backend(&settings).await.ok(),
         auth: Some(auth.clone()),
     });
-    let guardrail = guardrail_service(&settings).await?;
-    let webhook = webhook_state(&settings, engine.clone(), auth.clone(), guardrail.clone());
+    let guardrails = guardrails(&settings).await?;
+    let webhook = webhook_state(&settings, engine.clone(), auth.clone(), guardrails.clone());
     let extproc = ExtProcService::new(Arc::new(Context {
         engine: engine.clone(),
         auth,
         max_request_body_bytes: settings.server.max_request_body_bytes,
         max_response_json_bytes: settings.server.max_response_json_bytes,
-        guardrails: guardrails(&settings, guardrail),
+        guardrails,
     }));
     let exchanges = extproc.exchanges();
     let abandon = extproc.abandon_token();

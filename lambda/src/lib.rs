@@ -83,8 +83,8 @@ pub async fn boot_with(mut settings: Settings) -> anyhow::Result<Boot> {
 
 /// `budget-enforcement`: the promptGuard webhook, `POST /request` and `POST /response`.
 pub async fn webhook_app(boot: Boot) -> anyhow::Result<axum::Router> {
-    let guardrail = tollgate::server::guardrail_service(&boot.settings).await?;
-    let state = tollgate::server::webhook_state(&boot.settings, boot.engine, boot.auth, guardrail);
+    let guardrails = tollgate::server::guardrails(&boot.settings).await?;
+    let state = tollgate::server::webhook_state(&boot.settings, boot.engine, boot.auth, guardrails);
     Ok(tollgate::webhook::http::router(state))
 }
 

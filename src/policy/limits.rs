@@ -117,6 +117,9 @@ pub struct Team {
     /// Models the team may call (canonical names); absent: all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_models: Option<Vec<String>>,
+    /// The team's own guardrail mode and Bedrock guardrail; absent: the global `[guardrail]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guardrail: Option<crate::guardrail::policy::TeamGuardrail>,
 }
 
 /// A validation failure naming the field at fault.
@@ -148,6 +151,7 @@ impl Team {
             on_breach: OnBreach::Block,
             model_caps: BTreeMap::new(),
             allowed_models: None,
+            guardrail: None,
         }
     }
 
@@ -209,6 +213,9 @@ impl Team {
             }
             models.sort();
             models.dedup();
+        }
+        if let Some(problem) = self.guardrail.as_ref().and_then(|g| g.problem()) {
+            return Err(FieldError::new("guardrail", problem));
         }
         Ok(self)
     }
