@@ -49,12 +49,6 @@ pub enum Claim {
     Unknown,
 }
 
-impl Claim {
-    pub fn sends(self) -> bool {
-        self != Self::Lost
-    }
-}
-
 pub struct Alerts {
     url: String,
     outbox: Arc<Outbox>,
@@ -67,7 +61,7 @@ pub struct Alerts {
 impl std::fmt::Debug for Alerts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Alerts")
-            .field("url", &self.url)
+            .field("url", &redacted(&self.url))
             .field("outbox", &self.outbox.path())
             .finish_non_exhaustive()
     }
