@@ -168,7 +168,7 @@ impl Recorder {
             for ((record, team, cost), debit) in charged.iter().zip(&debits) {
                 feed.record(crate::usage_feed::Charged {
                     debit_id: &debit.id,
-                    team: &team.id,
+                    scopes: vec![crate::policy::counters::Scope::Team(team.id.clone())],
                     model: &record.model,
                     usage: &record.usage,
                     cost_micros: *cost,

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use crate::policy::counters::Scope;
 use crate::policy::{Usage, budget};
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -55,7 +56,8 @@ pub enum Source {
 #[derive(Clone, Debug)]
 pub struct Charged<'a> {
     pub debit_id: &'a str,
-    pub team: &'a str,
+    /// The scope chain, broadest first (org, team, user, project).
+    pub scopes: Vec<Scope>,
     pub model: &'a str,
     pub usage: &'a Usage,
     pub cost_micros: u64,
@@ -68,19 +70,13 @@ struct Line<'a> {
     time: String,
     request_id: &'a str,
     debit_id: &'a str,
-    scopes: [ScopeRef<'a>; 1],
+    scopes: Vec<crate::alerts::Scope>,
     model: &'a str,
     tokens: Tokens,
     cost_usd: f64,
     cost_micros: u64,
     estimated: bool,
     source: Source,
-}
-
-#[derive(Serialize)]
-struct ScopeRef<'a> {
-    kind: &'static str,
-    id: &'a str,
 }
 
 #[derive(Serialize)]
@@ -105,10 +101,7 @@ impl Charged<'_> {
             time: crate::alerts::event::rfc3339(self.at_ms / 1000),
             request_id,
             debit_id: self.debit_id,
-            scopes: [ScopeRef {
-                kind: "team",
-                id: self.team,
-            }],
+            scopes: self.scopes.iter().map(crate::alerts::Scope::of).collect(),
             model: self.model,
             tokens: Tokens {
                 input: u.input,
@@ -297,7 +290,13 @@ mod tests {
         };
         feed.record(Charged {
             debit_id: "req-1~ab-0",
-            team: "platform",
+            scopes: vec![
+                Scope::Team("platform".into()),
+                Scope::User {
+                    team: "platform".into(),
+                    user: "alice".into(),
+                },
+            ],
             model: "gpt-4o",
             usage: &usage,
             cost_micros: 1_234,
@@ -311,6 +310,8 @@ mod tests {
         assert_eq!(line["debit_id"], "req-1~ab-0");
         assert_eq!(line["scopes"][0]["kind"], "team");
         assert_eq!(line["scopes"][0]["id"], "platform");
+        assert_eq!(line["scopes"][1]["label"], "user alice in team platform");
+        assert_eq!(line["scopes"][1]["team"], "platform");
         assert_eq!(line["tokens"]["total"], 17);
         assert_eq!(line["tokens"]["cache_read"], 2);
         assert_eq!(line["cost_micros"], 1_234);
@@ -332,7 +333,7 @@ mod tests {
         for n in 0..3 {
             feed.record(Charged {
                 debit_id: &format!("r{n}"),
-                team: "t",
+                scopes: vec![Scope::Team("t".into())],
                 model: "m",
                 usage: &usage,
                 cost_micros: 0,

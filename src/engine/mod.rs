@@ -29,7 +29,7 @@ use crate::policy::{
     Price, PriceTable, RateHeaders, Rejection, RejectionKind, Team, TierTable, Units, Usage, rate,
 };
 use crate::store::{
-    CounterKey, Debit, Increment, Journal, JournalEntry, MemoryStore, Opened, Spool, Store,
+    CounterKey, Debit, Increment, Journal, JournalEntry, MemoryStore, Opened, Scope, Spool, Store,
     StoreError,
 };
 
@@ -204,6 +204,17 @@ pub struct Ticket {
 }
 
 impl Ticket {
+    /// The scopes this ticket charges, broadest first (for the usage feed).
+    fn scope_chain(&self) -> Vec<Scope> {
+        let mut scopes: Vec<Scope> = Vec::new();
+        for key in &self.charges.tokens {
+            if !scopes.contains(&key.scope) {
+                scopes.push(key.scope.clone());
+            }
+        }
+        scopes
+    }
+
     /// The debit charging `usage` (`None`: the request never ran) to this ticket's counters and
     /// giving its reservation back, with the cost it charges.
     fn debit(&self, usage: Option<&Usage>) -> (Debit, u64) {
@@ -780,7 +791,7 @@ impl Engine {
         if let (Some(feed), Some(usage)) = (&self.settings.usage_feed, &usage) {
             feed.record(crate::usage_feed::Charged {
                 debit_id: &ticket.request_id,
-                team: &ticket.team,
+                scopes: ticket.scope_chain(),
                 model: ticket.charge.as_ref().map_or("", |c| c.model.as_str()),
                 usage,
                 cost_micros: cost,
@@ -846,7 +857,7 @@ impl Engine {
             if let Some(feed) = &self.settings.usage_feed {
                 feed.record(crate::usage_feed::Charged {
                     debit_id: entry.id(),
-                    team: &entry.team,
+                    scopes: vec![Scope::Team(entry.team.clone())],
                     model: &entry.model,
                     usage: &Usage {
                         input: entry.tokens,
