@@ -454,6 +454,39 @@ async fn a_jump_past_several_thresholds_reports_each_even_when_refused() {
 }
 
 #[tokio::test]
+async fn a_settled_call_is_fed_with_its_scopes_model_tokens_and_cost() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("usage.jsonl");
+    let mut settings = dollar_per_thousand();
+    settings.usage_feed =
+        crate::usage_feed::UsageFeed::start(&crate::usage_feed::UsageFeedSettings {
+            path: Some(path.display().to_string()),
+            ..Default::default()
+        });
+    let (engine, _) = engine_set(Arc::new(MemoryStore::new()), settings);
+    let t = budgeted("fed", 10.0);
+    let ticket = engine
+        .admit(&t, call("TEST-MODEL"), Some("req-7"))
+        .await
+        .unwrap();
+    let usage = Usage {
+        input: 100,
+        output: 20,
+        ..Default::default()
+    };
+    engine.settle(ticket, usage, "test").await;
+    engine.usage_feed().unwrap().flush().await;
+    let text = std::fs::read_to_string(&path).unwrap();
+    let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+    assert_eq!(line["request_id"], "req-7");
+    assert_eq!(line["model"], "test-model", "the canonical name");
+    assert_eq!(line["scopes"][0]["label"], "team fed");
+    assert_eq!(line["tokens"]["total"], 120);
+    assert_eq!(line["cost_micros"], 120_000);
+    assert_eq!(line["source"], "settled");
+}
+
+#[tokio::test]
 async fn a_model_cap_refuses_only_that_model() {
     let (engine, _) = engine_set(Arc::new(MemoryStore::new()), dollar_per_thousand());
     let mut t = budgeted("cap", 100.0);
