@@ -13,9 +13,9 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use crate::engine::Engine;
+use crate::engine::{Caller, Engine};
 use crate::identity::{Authenticator, INVOKE_SCOPE};
-use crate::policy::{Team, Usage};
+use crate::policy::Usage;
 use crate::store::{Debit, StoreError};
 
 /// `accessLog.add` keys tollgate reads, besides agentgateway's own.
@@ -173,7 +173,7 @@ impl Recorder {
     async fn debit(
         &self,
         line: &LogLine,
-        callers: &mut HashMap<String, Result<Arc<Team>, String>>,
+        callers: &mut HashMap<String, Result<Caller, String>>,
     ) -> Result<(Debit, u64, u64), Skip> {
         let record = parse_line(line)?;
         let token = record.token.ok_or_else(|| {
@@ -207,7 +207,7 @@ impl Recorder {
         Ok((debit, record.usage.total(), cost.unwrap_or(0)))
     }
 
-    async fn team_of(&self, token: &str) -> Result<Arc<Team>, String> {
+    async fn team_of(&self, token: &str) -> Result<Caller, String> {
         let principal = self
             .auth
             .authenticate_recorded(token, INVOKE_SCOPE)

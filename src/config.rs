@@ -26,8 +26,10 @@ use crate::guardrail::local::{LocalGuardrail, LocalGuardrailConfig};
 use crate::guardrail::service::Mode as GuardrailMode;
 use crate::llm::Endpoints;
 use crate::llm::texts::Scope;
+use crate::policy::calendar::PeriodRule;
 use crate::policy::pricing::{PriceSource, PriceTable, PriceUsd};
-use crate::policy::{LimitOverrides, Team, Tier, TierTable};
+use crate::policy::scopes::ScopeSettings;
+use crate::policy::{LimitOverrides, ScopeLimits, Team, Tier, TierTable};
 use crate::store::Admission;
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -47,6 +49,11 @@ pub struct Settings {
     pub tiers: HashMap<Tier, LimitOverrides>,
     /// Teams declared in configuration; written to the store at startup.
     pub teams: Vec<Team>,
+    /// Limits of the whole deployment, above every team (`[org]`); absent: none.
+    pub org: Option<ScopeLimits>,
+    /// Limits of every user of every team unless the team's `user_defaults` or `users` say
+    /// otherwise (`[user_defaults]`).
+    pub user_defaults: ScopeLimits,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -95,6 +102,9 @@ pub struct IdentitySettings {
     pub issuer: Option<String>,
     /// Claim naming the team directly (e.g. `custom:team`, added by a pre-token-generation trigger).
     pub team_claim: Option<String>,
+    /// Claim naming the user inside the team (`sub`, `username`, `client_id` or a custom claim);
+    /// unset: `username`, else `sub`.
+    pub user_claim: Option<String>,
     /// Decode claims without verifying signatures: only behind a verifier (ALB jwt-validation).
     pub trust_upstream: bool,
     pub leeway_seconds: u64,
@@ -110,6 +120,7 @@ impl Default for IdentitySettings {
             jwks_url: None,
             issuer: None,
             team_claim: None,
+            user_claim: None,
             trust_upstream: false,
             leeway_seconds: 30,
             jwks_min_refresh_seconds: 30,
@@ -161,6 +172,12 @@ pub struct PolicySettings {
     /// How long team definitions and admin prices are cached before the store is asked again:
     /// admin changes reach other instances within this (the instance that made them at once).
     pub team_cache_ttl_seconds: u64,
+    /// IANA time zone of budget and token periods that do not name their own (e.g.
+    /// `Europe/Berlin`).
+    pub time_zone: String,
+    /// Request header naming the caller's project (e.g. `x-tollgate-project`); unset: no project
+    /// scopes.
+    pub project_header: Option<String>,
 }
 
 impl Default for PolicySettings {
@@ -170,6 +187,8 @@ impl Default for PolicySettings {
             fail_mode_by_check: FailModeOverrides::default(),
             admission_timeout_ms: 500,
             team_cache_ttl_seconds: 5,
+            time_zone: "UTC".to_owned(),
+            project_header: None,
         }
     }
 }
@@ -362,6 +381,8 @@ const SECTIONS: &[&str] = &[
     "log",
     "tiers",
     "teams",
+    "org",
+    "user_defaults",
 ];
 
 impl Settings {
@@ -484,6 +505,26 @@ impl Settings {
             endpoints: Endpoints::with_free(&self.endpoints.free)
                 .map_err(|e| anyhow::anyhow!("endpoints.free: {e}"))?,
             leases: self.lease_settings(),
+            scopes: ScopeSettings {
+                org: self
+                    .org
+                    .clone()
+                    .map(|o| o.validated("org"))
+                    .transpose()
+                    .map_err(|e| anyhow::anyhow!("{}: {}", e.field, e.message))?,
+                user_defaults: self
+                    .user_defaults
+                    .clone()
+                    .validated("user_defaults")
+                    .map_err(|e| anyhow::anyhow!("{}: {}", e.field, e.message))?,
+                time_zone: PeriodRule::zone(&self.policy.time_zone)
+                    .map_err(|e| anyhow::anyhow!("policy.time_zone: {e}"))?,
+            },
+            project_header: self
+                .policy
+                .project_header
+                .as_ref()
+                .map(|h| h.to_ascii_lowercase()),
         })
     }
 }

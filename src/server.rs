@@ -111,7 +111,8 @@ pub async fn authenticator(settings: &Settings) -> anyhow::Result<Authenticator>
         id.issuer.as_deref(),
         id.team_claim.clone(),
         Duration::from_secs(id.leeway_seconds),
-    ))
+    )
+    .with_user_claim(id.user_claim.clone()))
 }
 
 /// The configured guardrail, or `None` when guardrails are off.
