@@ -30,7 +30,7 @@ use crate::policy::{
     Price, PriceTable, RateHeaders, Rejection, RejectionKind, Team, TierTable, Units, Usage, rate,
 };
 use crate::store::{
-    CounterKey, Debit, Increment, Journal, JournalEntry, MemoryStore, Opened, Spool, Store,
+    CounterKey, Debit, Increment, Journal, JournalEntry, MemoryStore, Opened, Scope, Spool, Store,
     StoreError,
 };
 
@@ -970,9 +970,18 @@ impl Engine {
         (debit, cost)
     }
 
-    /// Every scope `who` belongs to, with its limits (see `policy::scopes`).
-    fn scope_chain(&self, who: Member<'_>) -> Result<Vec<ScopeRules>, Rejection> {
+    /// Every scope `who` belongs to, with its limits, broadest first (see `policy::scopes`).
+    pub fn scope_chain(&self, who: Member<'_>) -> Result<Vec<ScopeRules>, Rejection> {
         self.settings.scopes.chain(&self.settings.tiers, who)
+    }
+
+    /// The org's limits, if the configuration sets any.
+    pub fn org_rules(&self) -> Option<ScopeRules> {
+        let scopes = &self.settings.scopes;
+        scopes
+            .org
+            .as_ref()
+            .map(|org| org.rules(Scope::Org, &scopes.time_zone))
     }
 
     /// The request header naming a caller's project, if projects are configured.
