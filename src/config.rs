@@ -765,6 +765,88 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail signature
+    fn scopes_and_periods_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        let write = |text: &str| std::fs::write(&path, text).unwrap();
+        write(
+            r#"
+            [policy]
+            time_zone = "Europe/Berlin"
+            project_header = "X-Tollgate-Project"
+            [org]
+            budget_usd = 10000
+            tpm = 2000000
+            [user_defaults]
+            rpm = 30
+            [[teams]]
+            id = "platform"
+            tier = "standard"
+            budget_usd = 500
+            budget_period = { every = "month", anchor_day = 15 }
+            [teams.user_defaults]
+            budget_usd = 50
+            budget_period = { every = "week" }
+            [teams.users.alice]
+            budget_usd = 100
+            [teams.projects.search]
+            rpm = 10
+            "#,
+        );
+        figment::Jail::expect_with(|_| {
+            let s = Settings::load(Some(&path)).unwrap();
+            let engine = s.engine_settings().unwrap();
+            assert_eq!(engine.project_header.as_deref(), Some("x-tollgate-project"));
+            let team = &s.teams[0];
+            assert_eq!(team.monthly_budget_usd, Some(500.0));
+            assert_eq!(team.budget_period.as_ref().unwrap().anchor_day, Some(15));
+            let chain = engine
+                .scopes
+                .chain(
+                    &engine.tiers,
+                    crate::policy::scopes::Member {
+                        team,
+                        user: Some("alice"),
+                        project: Some("search"),
+                    },
+                )
+                .unwrap();
+            let kinds: Vec<_> = chain.iter().map(|r| r.scope.kind()).collect();
+            assert_eq!(kinds, ["org", "team", "user", "project"]);
+            assert_eq!(chain[0].tpm, Some(2_000_000));
+            assert_eq!(chain[1].budget_micros, Some(500_000_000));
+            assert_eq!(chain[2].budget_micros, Some(100_000_000));
+            assert_eq!(chain[2].rpm, Some(30));
+            assert_eq!(
+                chain[2].budget_period.time_zone.iana_name(),
+                Some("Europe/Berlin")
+            );
+            Ok(())
+        });
+        // Deny by default: an unknown key in a scope's limits is an error naming it.
+        for (text, named) in [
+            ("[org]\nbudget = 5\n", "budget"),
+            (
+                "[[teams]]\nid = \"a\"\ntier = \"sandbox\"\n[teams.users.bob]\nrmp = 5\n",
+                "rmp",
+            ),
+            ("[policy]\ntime_zone = \"Mars/Olympus\"\n", "Mars/Olympus"),
+            (
+                "[user_defaults]\nbudget_period = { every = \"week\", anchor_day = 3 }\n",
+                "anchor_day",
+            ),
+        ] {
+            write(text);
+            figment::Jail::expect_with(|_| {
+                let error = format!("{:#}", Settings::load(Some(&path)).unwrap_err());
+                assert!(error.contains(named), "{text}: {error}");
+                Ok(())
+            });
+        }
+    }
+
+    #[test]
     fn conflicting_teams_are_refused() {
         let team = |id: &str, client: &str| Team {
             client_ids: vec![client.into()],

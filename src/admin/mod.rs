@@ -16,7 +16,7 @@ use crate::policy::admission::ScopeRules;
 use crate::policy::budget::{OnBreach, json_usd};
 use crate::policy::calendar::Period;
 use crate::policy::pricing::{PriceUsd, normalise_model};
-use crate::policy::{FieldError, ScopeLimits, Team, calendar, rate};
+use crate::policy::{FieldError, Rejection, ScopeLimits, Team, calendar, rate};
 use crate::store::{Counted, CounterKey, Debit, Increment, PeriodKey, Scope, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -351,7 +351,7 @@ impl Admin {
         let chain = self
             .engine
             .scope_chain(member)
-            .map_err(|r| AdminError::NotFound(r.reason))?;
+            .map_err(|e| AdminError::NotFound(Rejection::from(e).reason))?;
         let scope = target.scope();
         chain
             .into_iter()

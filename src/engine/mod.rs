@@ -25,7 +25,7 @@ use crate::identity::Principal;
 use crate::llm::Endpoints;
 use crate::policy::admission::{self, Charges, Crossing, Decision, Facts, ScopeRules, Values};
 use crate::policy::budget;
-pub use crate::policy::scopes::{Member, ScopeSettings};
+pub use crate::policy::scopes::{Member, ProjectNotAllowed, ScopeSettings};
 use crate::policy::{
     Price, PriceTable, RateHeaders, Rejection, RejectionKind, Team, TierTable, Units, Usage, rate,
 };
@@ -578,7 +578,7 @@ impl Engine {
         request_id: &str,
     ) -> Result<Ticket, Failure> {
         let team = who.team;
-        let scopes = self.scope_chain(who).map_err(|r| self.refuse(r))?;
+        let scopes = self.scope_chain(who).map_err(|e| self.refuse(e.into()))?;
         let priced = match call {
             Some(call) => Some(self.price_call(team, call).await?),
             None => None,
@@ -971,7 +971,7 @@ impl Engine {
     }
 
     /// Every scope `who` belongs to, with its limits, broadest first (see `policy::scopes`).
-    pub fn scope_chain(&self, who: Member<'_>) -> Result<Vec<ScopeRules>, Rejection> {
+    pub fn scope_chain(&self, who: Member<'_>) -> Result<Vec<ScopeRules>, ProjectNotAllowed> {
         self.settings.scopes.chain(&self.settings.tiers, who)
     }
 

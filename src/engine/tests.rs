@@ -885,3 +885,47 @@ async fn the_memory_store_journals_nothing() {
     let _ticket = engine.admit(&t, call("test-model"), None).await.unwrap();
     assert_eq!(engine.charge_unsettled(Unsettled::Abandoned).await.calls, 0);
 }
+
+#[tokio::test]
+async fn a_scope_refusing_after_another_counted_gives_the_count_back() {
+    let mut settings = EngineSettings::default();
+    settings.scopes.user_defaults.rpm = Some(2);
+    let (engine, _) = engine_set(Arc::new(MemoryStore::new()), settings);
+    let t = team("multi", 100, 1_000_000);
+    let alice = Member {
+        team: &t,
+        user: Some("alice"),
+        project: None,
+    };
+    for _ in 0..2 {
+        engine.admit(alice, None, None).await.unwrap();
+    }
+    for _ in 0..3 {
+        let r = engine.admit(alice, None, None).await.unwrap_err();
+        assert_eq!(r.kind, RejectionKind::RpmExceeded);
+        assert_eq!(r.scope.as_deref(), Some("user alice in team multi"));
+        assert_eq!(r.rate.unwrap().rpm_limit, 2);
+    }
+    engine.flush().await;
+    let minute = NOON / 60_000;
+    let bucket = |scope: Scope| CounterKey::new(scope, Counted::Requests { minute });
+    let values = engine
+        .store()
+        .read_counters(&[
+            &bucket(Scope::Team("multi".into())),
+            &bucket(Scope::User {
+                team: "multi".into(),
+                user: "alice".into(),
+            }),
+        ])
+        .await
+        .unwrap();
+    // The team counted each refused request before the user's window refused it, and gave it back.
+    assert_eq!(values, vec![2, 2]);
+    // A teammate has a window of their own.
+    let bob = Member {
+        user: Some("bob"),
+        ..alice
+    };
+    engine.admit(bob, None, None).await.unwrap();
+}

@@ -32,6 +32,25 @@ impl Default for ScopeSettings {
     }
 }
 
+/// A request named a project its team does not list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProjectNotAllowed {
+    pub team: String,
+    pub project: String,
+}
+
+impl From<ProjectNotAllowed> for Rejection {
+    fn from(e: ProjectNotAllowed) -> Self {
+        let ProjectNotAllowed { team, project } = e;
+        Rejection::new(
+            RejectionKind::Forbidden,
+            format!(
+                "project {project:?} is not allowed for team {team:?}; a tollgate admin can allow it (projects.{project} in the team's configuration, or PUT /admin/teams/{team}/projects/{project})"
+            ),
+        )
+    }
+}
+
 /// Who a request is for: a team, and within it perhaps a user and a project.
 #[derive(Clone, Copy, Debug)]
 pub struct Member<'a> {
@@ -63,7 +82,7 @@ impl ScopeSettings {
         &self,
         tiers: &TierTable,
         member: Member<'_>,
-    ) -> Result<Vec<ScopeRules>, Rejection> {
+    ) -> Result<Vec<ScopeRules>, ProjectNotAllowed> {
         let team = member.team;
         let zone = &self.time_zone;
         let mut chain = Vec::with_capacity(4);
@@ -90,13 +109,10 @@ impl ScopeSettings {
         }
         if let Some(project) = member.project {
             let Some(limits) = team.projects.get(project) else {
-                return Err(Rejection::new(
-                    RejectionKind::Forbidden,
-                    format!(
-                        "project {project:?} is not allowed for team {:?}; a tollgate admin can allow it (projects.{project} in the team's configuration, or PUT /admin/teams/{}/projects/{project})",
-                        team.id, team.id
-                    ),
-                ));
+                return Err(ProjectNotAllowed {
+                    team: team.id.clone(),
+                    project: project.to_owned(),
+                });
             };
             chain.push(limits.rules(
                 Scope::Project {
@@ -186,7 +202,7 @@ mod tests {
         };
         let ok = chain("search").unwrap();
         assert_eq!(ok.last().unwrap().rpm, Some(5));
-        let refused = chain("other").unwrap_err();
+        let refused = Rejection::from(chain("other").unwrap_err());
         assert_eq!(refused.kind, RejectionKind::Forbidden);
         assert!(
             refused
