@@ -287,7 +287,7 @@ pub struct GuardrailSettings {
     pub local: LocalGuardrailConfig,
     pub bedrock: Option<BedrockSettings>,
     /// Streamed answers: `strategy` (buffered | async), `window_chars`, `overlap_chars`.
-    pub streaming: crate::extproc::stream_guard::StreamingSettings,
+    pub streaming: crate::guardrail::stream::StreamingSettings,
 }
 
 impl Default for GuardrailSettings {

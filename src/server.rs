@@ -21,6 +21,7 @@ use crate::engine::FailMode;
 use crate::engine::{Engine, SystemClock, Unsettled};
 use crate::extproc::{Context, ExtProcService};
 use crate::guardrail::Guardrail;
+use crate::guardrail::apply::{Application, Guardrails};
 use crate::guardrail::bedrock::BedrockGuardrail;
 use crate::guardrail::local::LocalGuardrail;
 use crate::guardrail::service::{GuardrailService, Mode as GuardrailMode};
@@ -132,6 +133,19 @@ pub async fn guardrail_service(
     ))))
 }
 
+/// The guardrail service with how the configuration applies it.
+fn guardrails(settings: &Settings, service: Option<Arc<GuardrailService>>) -> Guardrails {
+    let g = &settings.guardrail;
+    Guardrails::new(
+        service,
+        Application {
+            scope: g.scope,
+            parts: g.parts.clone(),
+            streaming: g.streaming,
+        },
+    )
+}
+
 /// The configured guardrail backend, whatever the mode (`tollgate guardrail test` uses it too).
 pub async fn guardrail_backend(settings: &Settings) -> anyhow::Result<Arc<dyn Guardrail>> {
     let g = &settings.guardrail;
@@ -165,9 +179,7 @@ pub fn webhook_state(
         webhook: Webhook {
             engine,
             auth,
-            guardrail,
-            guardrail_scope: settings.guardrail.scope,
-            guardrail_parts: settings.guardrail.parts.clone(),
+            guardrails: guardrails(settings, guardrail),
             model_header: settings.webhook.model_header.clone(),
             path_header: settings.webhook.path_header.clone(),
         },
@@ -217,10 +229,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         auth,
         max_request_body_bytes: settings.server.max_request_body_bytes,
         max_response_json_bytes: settings.server.max_response_json_bytes,
-        guardrail,
-        guardrail_scope: settings.guardrail.scope,
-        guardrail_parts: settings.guardrail.parts.clone(),
-        guardrail_streaming: settings.guardrail.streaming,
+        guardrails: guardrails(&settings, guardrail),
     }));
     let exchanges = extproc.exchanges();
     let abandon = extproc.abandon_token();

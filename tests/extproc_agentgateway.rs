@@ -31,9 +31,10 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tollgate::engine::EngineSettings;
 use tollgate::extproc::Context;
-use tollgate::extproc::stream_guard::{Strategy, StreamingSettings};
+use tollgate::guardrail::apply::{Application, Guardrails};
 use tollgate::guardrail::local::{LocalGuardrail, LocalGuardrailConfig};
 use tollgate::guardrail::service::{GuardrailService, Mode};
+use tollgate::guardrail::stream::{Strategy, StreamingSettings};
 use tollgate::llm::Endpoints;
 use tollgate::llm::texts::Part;
 use tonic::Streaming;
@@ -83,14 +84,18 @@ async fn start(options: Options) -> Harness {
             auth: trusting_upstream(None),
             max_request_body_bytes: options.max_request_body_bytes,
             max_response_json_bytes: 1 << 20,
-            guardrail,
-            guardrail_scope: Default::default(),
-            guardrail_parts: Part::ALL.to_vec(),
-            guardrail_streaming: StreamingSettings {
-                strategy: Strategy::Buffered,
-                window_chars: 40,
-                overlap_chars: 10,
-            },
+            guardrails: Guardrails::new(
+                guardrail,
+                Application {
+                    scope: Default::default(),
+                    parts: Part::ALL.to_vec(),
+                    streaming: StreamingSettings {
+                        strategy: Strategy::Buffered,
+                        window_chars: 40,
+                        overlap_chars: 10,
+                    },
+                },
+            ),
         },
     )
     .await

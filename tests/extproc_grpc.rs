@@ -38,10 +38,7 @@ async fn start_with_issuer(issuer: Option<&str>) -> Harness {
             auth: trusting_upstream(issuer),
             max_request_body_bytes: 1 << 20,
             max_response_json_bytes: 1 << 20,
-            guardrail: None,
-            guardrail_scope: Default::default(),
-            guardrail_parts: Vec::new(),
-            guardrail_streaming: Default::default(),
+            guardrails: tollgate::guardrail::apply::Guardrails::off(),
         },
     )
     .await

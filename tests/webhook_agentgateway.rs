@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tollgate::config::WebhookSettings;
 use tollgate::engine::{Engine, EngineSettings, SystemClock};
+use tollgate::guardrail::apply::{Application, Guardrails};
 use tollgate::guardrail::local::{LocalGuardrail, LocalGuardrailConfig};
 use tollgate::guardrail::service::{GuardrailService, Mode};
 use tollgate::identity::{Authenticator, INVOKE_SCOPE, Verification};
@@ -113,9 +114,14 @@ async fn start(guardrail: Option<LocalGuardrailConfig>, secret: Option<&str>) ->
         webhook: Webhook {
             engine: engine.clone(),
             auth,
-            guardrail,
-            guardrail_scope: Default::default(),
-            guardrail_parts: Part::ALL.to_vec(),
+            guardrails: Guardrails::new(
+                guardrail,
+                Application {
+                    scope: Default::default(),
+                    parts: Part::ALL.to_vec(),
+                    ..Default::default()
+                },
+            ),
             model_header: settings.model_header.clone(),
             path_header: settings.path_header.clone(),
         },

@@ -12,7 +12,6 @@
 mod duplex;
 mod envoy;
 mod stream;
-pub mod stream_guard;
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -28,9 +27,8 @@ use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::engine::Engine;
-use crate::guardrail::service::GuardrailService;
+use crate::guardrail::apply::Guardrails;
 use crate::identity::Authenticator;
-use crate::llm::texts::Scope;
 
 use duplex::Duplex;
 pub use stream::Exchange;
@@ -43,13 +41,8 @@ pub struct Context {
     pub max_request_body_bytes: usize,
     /// Non-streamed response bodies are buffered up to this for usage extraction.
     pub max_response_json_bytes: usize,
-    /// Content guardrails; `None` when they are off.
-    pub guardrail: Option<Arc<GuardrailService>>,
-    /// Which texts of a prompt the guardrail assesses: how far back, and which parts.
-    pub guardrail_scope: Scope,
-    pub guardrail_parts: Vec<crate::llm::texts::Part>,
-    /// How streamed answers are assessed.
-    pub guardrail_streaming: stream_guard::StreamingSettings,
+    /// Content guardrails, applied as `guardrail::apply` decides.
+    pub guardrails: Guardrails,
 }
 
 #[derive(Clone)]

@@ -21,13 +21,13 @@ use tonic::Status;
 
 use super::Context;
 use super::envoy::{self, header};
-use super::stream_guard::{ChunkAction, Strategy, StreamGuard};
 use crate::contract::{rate_headers, rejection_reply};
 use crate::engine::{Caller, ModelCall, Ticket};
-use crate::guardrail::Source;
-use crate::guardrail::service::{Mode, Outcome};
+use crate::guardrail::apply::{
+    AnswerForm, AnswerPlan, AnswerVerdict, PromptVerdict, RequestGuardrail,
+};
+use crate::guardrail::stream::{ChunkAction, StreamGuard};
 use crate::identity::INVOKE_SCOPE;
-use crate::llm::texts::{Part, content_filtered, replace_texts, request_texts, response_texts};
 use crate::llm::{
     ApiKind, ErrorShape, ParsedRequest, RequestFacts, Treatment, UsageTracker, parse_request,
 };
@@ -51,12 +51,14 @@ pub struct Exchange {
     ticket: Option<Ticket>,
     response_started: bool,
     tracker: Option<UsageTracker>,
+    /// The guardrail of this request, resolved once its team is known.
+    guardrail: Option<RequestGuardrail>,
     /// `x-tollgate-guardrail` for the response: what the input guardrail did or would do.
     guardrail_note: Option<&'static str>,
     /// The whole response body comes in one message, to pass the output guardrail first.
     guard_response: bool,
     /// The output guardrail on a streamed answer.
-    stream_guard: Option<StreamGuard>,
+    stream_guard: Option<Box<StreamGuard>>,
     /// Observe mode: the non-streamed answer is assessed after it passed.
     observe_answer: bool,
 }
@@ -76,6 +78,7 @@ impl Exchange {
             ticket: None,
             response_started: false,
             tracker: None,
+            guardrail: None,
             guardrail_note: None,
             guard_response: false,
             stream_guard: None,
@@ -208,6 +211,7 @@ impl Exchange {
         team.project = (self.ctx.engine.project_header())
             .and_then(|name| header(&headers, name))
             .map(str::to_owned);
+        self.guardrail = self.ctx.guardrails.for_request(Some(&team));
         self.team = Some(team.clone());
 
         if let Treatment::Refused(why) = endpoint.treatment {
@@ -300,43 +304,24 @@ impl Exchange {
         ))
     }
 
-    /// Runs the input guardrail on the prompt's new texts. Masks them in the body, or returns the
+    /// Runs the input guardrail on the prompt. Masks its texts in the body, or returns the
     /// refusal to send instead of forwarding.
     async fn guard_prompt(&mut self, parsed: &mut ParsedRequest) -> Option<ProcessingResponse> {
-        let guard = self.ctx.guardrail.clone()?;
-        let mut slots = request_texts(self.api, &parsed.body, self.ctx.guardrail_scope);
-        slots.retain(|s| {
-            self.ctx
-                .guardrail_parts
-                .contains(&Part::of(&parsed.body, &s.pointer))
-        });
-        if slots.is_empty() {
-            return None;
-        }
-        let texts: Vec<String> = slots.iter().map(|s| s.text.clone()).collect();
-        match guard.check(Source::Input, &texts).await {
-            Outcome::Pass { note } => self.guardrail_note = note,
-            Outcome::Mask { texts: masked } => {
-                replace_texts(&mut parsed.body, slots, masked);
+        let guardrail = self.guardrail.as_ref()?;
+        let verdict = guardrail.check_prompt(self.api, &mut parsed.body).await;
+        self.guardrail_note = verdict.note();
+        match verdict {
+            PromptVerdict::Pass { .. } => None,
+            PromptVerdict::Masked => {
                 parsed.changed = true;
-                self.guardrail_note = Some("anonymized");
+                None
             }
-            Outcome::Block { message, policies } => {
-                let mut rejection = Rejection::new(RejectionKind::GuardrailIntervened, message);
-                rejection.policies = policies;
+            PromptVerdict::Refused(mut rejection) => {
                 // The request was admitted and counted: say what is left.
                 rejection.rate = self.ticket.as_ref().map(|t| t.rate);
-                return Some(self.refuse_here(rejection));
-            }
-            Outcome::Unavailable { error } => {
-                tracing::warn!(%error, "guardrail unavailable; refusing (fail mode closed)");
-                return Some(self.refuse_here(Rejection::new(
-                    RejectionKind::GuardrailUnavailable,
-                    "content guardrail unavailable",
-                )));
+                Some(self.refuse_here(rejection))
             }
         }
-        None
     }
 
     fn on_response_headers(&mut self, headers: HttpHeaders) -> ProcessingResponse {
@@ -368,27 +353,18 @@ impl Exchange {
             return envoy::response_headers_reply(&set, true);
         }
         self.tracker = Some(tracker);
-        let enforcing = self
-            .ctx
+        match self
             .guardrail
             .as_ref()
-            .is_some_and(|g| g.mode() == Mode::Enforce);
-        if enforcing && !event_stream {
-            // Nothing of the answer may reach the client before the guardrail saw all of it.
-            self.guard_response = true;
-            return envoy::response_headers_buffering_reply(&set);
-        }
-        if let Some(guard) = &self.ctx.guardrail {
-            if event_stream {
-                // Observe mode never blocks: it assesses alongside, as the async strategy does.
-                let mut streaming = self.ctx.guardrail_streaming;
-                if !enforcing {
-                    streaming.strategy = Strategy::Async;
-                }
-                self.stream_guard = Some(StreamGuard::new(self.api, guard.clone(), streaming));
-            } else {
-                self.observe_answer = true;
+            .map(|g| g.answer_plan(self.api, event_stream))
+        {
+            Some(AnswerPlan::HoldWhole) => {
+                self.guard_response = true;
+                return envoy::response_headers_buffering_reply(&set);
             }
+            Some(AnswerPlan::Stream(guard)) => self.stream_guard = Some(guard),
+            Some(AnswerPlan::AssessAfter) => self.observe_answer = true,
+            None => {}
         }
         envoy::response_headers_reply(&set, false)
     }
@@ -396,52 +372,23 @@ impl Exchange {
     /// Observe mode, non-streamed answer: assessed after it passed, off the response path, from
     /// the body the usage tracker buffered anyway.
     fn assess_answer_later(&self, json: Option<Vec<u8>>) {
-        let (Some(body), Some(guard)) = (json, self.ctx.guardrail.clone()) else {
-            return;
-        };
-        let api = self.api;
-        self.settlements.spawn(async move {
-            if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&body) {
-                let texts: Vec<String> = response_texts(api, &value)
-                    .into_iter()
-                    .map(|s| s.text)
-                    .collect();
-                if !texts.is_empty() {
-                    guard.check(Source::Output, &texts).await;
-                }
-            }
-        });
+        if let (Some(body), Some(guardrail)) = (json, &self.guardrail) {
+            self.settlements
+                .spawn(guardrail.assess_answer_later(self.api, body));
+        }
     }
 
     /// Runs the output guardrail on a whole (buffered) response body; returns the replacement
     /// to send when the guardrail masks or blocks it.
     async fn guard_answer(&self, body: &[u8]) -> Option<ProcessingResponse> {
-        let guard = self.ctx.guardrail.clone()?;
+        let guardrail = self.guardrail.as_ref()?;
         let mut value: serde_json::Value = serde_json::from_slice(body).ok()?;
-        let slots = response_texts(self.api, &value);
-        if slots.is_empty() {
-            return None;
-        }
-        let texts: Vec<String> = slots.iter().map(|s| s.text.clone()).collect();
-        let note = match guard.check(Source::Output, &texts).await {
-            Outcome::Pass { .. } => return None,
-            Outcome::Mask { texts: masked } => {
-                replace_texts(&mut value, slots, masked);
-                "anonymized"
-            }
-            Outcome::Block { message, .. } => {
-                content_filtered(self.api, &mut value, &message);
-                "blocked"
-            }
-            // Fail closed: an answer the guardrail could not check is not delivered.
-            Outcome::Unavailable { .. } => {
-                content_filtered(
-                    self.api,
-                    &mut value,
-                    "The response could not be checked and was withheld.",
-                );
-                "unavailable"
-            }
+        let verdict = guardrail
+            .check_answer(self.api, &mut value, AnswerForm::Api)
+            .await;
+        let note = match verdict {
+            AnswerVerdict::Pass => return None,
+            changed => changed.note()?,
         };
         let body = serde_json::to_vec(&value).expect("JSON values serialize");
         Some(envoy::response_body_replace_reply(

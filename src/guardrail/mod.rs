@@ -10,12 +10,17 @@
 //! `GuardrailUsage`, ...). Policies the local engine never produces and tollgate does not act on
 //! (automated reasoning, invocation metrics, coverage) are kept as raw JSON.
 //!
+//! How a verdict is applied to a request (which texts, streamed answers, masking, refusals) is
+//! [`apply`]'s, once for every adapter.
+//!
 //! The `matched` fields hold the sensitive text itself: never log them. Use
 //! [`ApplyGuardrailResponse::policies_fired`] for logs and metrics.
 
+pub mod apply;
 pub mod bedrock;
 pub mod local;
 pub mod service;
+pub mod stream;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};

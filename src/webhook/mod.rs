@@ -18,14 +18,12 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::engine::{Engine, ModelCall};
-use crate::guardrail::Source;
-use crate::guardrail::service::{GuardrailService, Outcome};
+use crate::engine::{Caller, Engine, ModelCall};
+use crate::guardrail::apply::{AnswerForm, AnswerVerdict, Guardrails, PromptVerdict};
 use crate::identity::{Authenticator, INVOKE_SCOPE};
 use crate::llm::errors::rejection_body;
-use crate::llm::texts::{Part, Scope, replace_texts, request_texts, response_texts};
 use crate::llm::{ApiKind, Endpoint, Endpoints, ErrorShape, Refusal, Treatment};
-use crate::policy::{Rejection, RejectionKind};
+use crate::policy::{Rejection, RejectionKind, Team};
 
 /// One chat message as agentgateway sends it: its text only, flattened.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -130,9 +128,8 @@ pub struct RequestFacts<'a> {
 pub struct Webhook {
     pub engine: Arc<Engine>,
     pub auth: Arc<Authenticator>,
-    pub guardrail: Option<Arc<GuardrailService>>,
-    pub guardrail_scope: Scope,
-    pub guardrail_parts: Vec<Part>,
+    /// Content guardrails, applied as `guardrail::apply` decides.
+    pub guardrails: Guardrails,
     /// Named in the refusal when the model header is missing, so the fix is obvious.
     pub model_header: String,
     /// Named in the refusal when the path header is missing.
@@ -146,10 +143,10 @@ impl Webhook {
         let shape = shape_of(endpoint.as_ref());
         let action = match self.admit(endpoint, facts, &prompt).await {
             Err(action) => action,
-            Ok(team) => match self.guard_prompt(shape, prompt).await {
+            Ok(team) => match self.guard_prompt(&team, shape, prompt).await {
                 Some(action) => action,
                 None => Action::Pass {
-                    reason: format!("admitted for team {team}"),
+                    reason: format!("admitted for team {}", team.id),
                 },
             },
         };
@@ -172,7 +169,7 @@ impl Webhook {
         endpoint: Option<Endpoint>,
         facts: RequestFacts<'_>,
         prompt: &PromptMessages,
-    ) -> Result<String, Action> {
+    ) -> Result<Caller, Action> {
         let shape = shape_of(endpoint.as_ref());
         let principal = self
             .auth
@@ -204,7 +201,7 @@ impl Webhook {
                     .admit(&team, None, facts.request_id)
                     .await
                     .map_err(|r| refused(shape, &r))?;
-                return Ok(team.id.clone());
+                return Ok(team);
             }
         };
         let model = facts
@@ -235,7 +232,7 @@ impl Webhook {
             // No response headers can be set through the webhook: the warning is logged only.
             tracing::warn!(team = %team.id, warning, "budget warning");
         }
-        Ok(team.id.clone())
+        Ok(team)
     }
 
     /// A refusal for a header the gateway's webhook configuration must set and did not.
@@ -248,40 +245,22 @@ impl Webhook {
         self.refuse_here(shape, Rejection::new(RejectionKind::InvalidBody, reason))
     }
 
-    async fn guard_prompt(&self, shape: ErrorShape, prompt: PromptMessages) -> Option<Action> {
-        let guard = self.guardrail.as_ref()?;
+    async fn guard_prompt(
+        &self,
+        team: &Team,
+        shape: ErrorShape,
+        prompt: PromptMessages,
+    ) -> Option<Action> {
+        let guardrail = self.guardrails.for_request(Some(team))?;
         // The messages are chat-shaped whatever the client's API: assess them as such.
         let mut body = json!(prompt);
-        let mut slots = request_texts(ApiKind::OpenAiChat, &body, self.guardrail_scope);
-        slots.retain(|s| self.guardrail_parts.contains(&Part::of(&body, &s.pointer)));
-        if slots.is_empty() {
-            return None;
-        }
-        let texts: Vec<String> = slots.iter().map(|s| s.text.clone()).collect();
-        match guard.check(Source::Input, &texts).await {
-            Outcome::Pass { .. } => None,
-            Outcome::Mask { texts: masked } => {
-                replace_texts(&mut body, slots, masked);
-                Some(Action::Mask {
-                    body,
-                    reason: "guardrail anonymized the prompt".into(),
-                })
-            }
-            Outcome::Block { message, policies } => {
-                let mut rejection = Rejection::new(RejectionKind::GuardrailIntervened, message);
-                rejection.policies = policies;
-                Some(self.refuse_here(shape, rejection))
-            }
-            Outcome::Unavailable { error } => {
-                tracing::warn!(%error, "guardrail unavailable; refusing (fail mode closed)");
-                Some(self.refuse_here(
-                    shape,
-                    Rejection::new(
-                        RejectionKind::GuardrailUnavailable,
-                        "content guardrail unavailable",
-                    ),
-                ))
-            }
+        match guardrail.check_prompt(ApiKind::OpenAiChat, &mut body).await {
+            PromptVerdict::Pass { .. } => None,
+            PromptVerdict::Masked => Some(Action::Mask {
+                body,
+                reason: "guardrail anonymized the prompt".into(),
+            }),
+            PromptVerdict::Refused(rejection) => Some(self.refuse_here(shape, rejection)),
         }
     }
 
@@ -296,42 +275,31 @@ impl Webhook {
         let pass = || Action::Pass {
             reason: "answer allowed".into(),
         };
-        let Some(guard) = &self.guardrail else {
+        // The answer call does not say whose request it was.
+        let Some(guardrail) = self.guardrails.for_request(None) else {
             return pass();
         };
         let mut body = json!(answer);
-        let slots = response_texts(ApiKind::OpenAiChat, &body);
-        if slots.is_empty() {
-            return pass();
-        }
-        let texts: Vec<String> = slots.iter().map(|s| s.text.clone()).collect();
-        match guard.check(Source::Output, &texts).await {
-            Outcome::Pass { .. } => pass(),
-            Outcome::Mask { texts: masked } => {
-                replace_texts(&mut body, slots, masked);
-                Action::Mask {
-                    body,
-                    reason: "guardrail anonymized the answer".into(),
-                }
-            }
-            Outcome::Block { message, policies } => {
-                let filtered = slots.iter().map(|_| message.clone()).collect();
-                replace_texts(&mut body, slots, filtered);
-                Action::Mask {
-                    body,
-                    reason: format!("guardrail blocked the answer ({})", policies.join(", ")),
-                }
-            }
-            Outcome::Unavailable { error } => {
-                tracing::warn!(%error, "guardrail unavailable; withholding the answer (fail mode closed)");
-                refused(
-                    ApiKind::OpenAiChat,
-                    &Rejection::new(
-                        RejectionKind::GuardrailUnavailable,
-                        "the answer could not be checked and was withheld",
-                    ),
-                )
-            }
+        let verdict = guardrail
+            .check_answer(ApiKind::OpenAiChat, &mut body, AnswerForm::TextsOnly)
+            .await;
+        match verdict {
+            AnswerVerdict::Pass => pass(),
+            AnswerVerdict::Masked => Action::Mask {
+                body,
+                reason: "guardrail anonymized the answer".into(),
+            },
+            AnswerVerdict::Blocked { policies } => Action::Mask {
+                body,
+                reason: format!("guardrail blocked the answer ({})", policies.join(", ")),
+            },
+            AnswerVerdict::Withheld => refused(
+                ApiKind::OpenAiChat,
+                &Rejection::new(
+                    RejectionKind::GuardrailUnavailable,
+                    "the answer could not be checked and was withheld",
+                ),
+            ),
         }
     }
 }

@@ -19,7 +19,8 @@ import pytest
 
 from checks import OPENAI, check_budget_rejection, utc_month
 from dynamodb_local import DynamoDBLocal, DynamoDBLocalMissing, scratch_dir, tollgate_aws_env
-from harness import Team, avoid_minute_boundary
+from processes import avoid_minute_boundary
+from tollgate_config import Team
 from test_dynamodb import PRICING, MODEL, ZERO, ensure_table, store_section
 
 TABLE = "tollgate-scopes"

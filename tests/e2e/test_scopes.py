@@ -11,7 +11,8 @@ import time
 import pytest
 
 from checks import OPENAI, check_budget_rejection, check_error_body
-from harness import Team, micros
+from admin import micros
+from tollgate_config import Team
 
 MSG_USAGE_2_CENTS = "prompt=10,completion=10"  # $0.02 at the flat price
 FLAT = "flat-model"

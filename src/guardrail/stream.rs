@@ -1,4 +1,4 @@
-//! The output guardrail on streamed (SSE) answers: the text of the stream is assessed in windows
+//! The output guardrail on streamed (SSE) answers, whatever adapter carries them: the text of the stream is assessed in windows
 //! of `window_chars` (each with the last `overlap_chars` of the one before, so a match across a
 //! window boundary is still seen), with one of two strategies:
 //!
@@ -16,8 +16,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
-use crate::guardrail::Source;
-use crate::guardrail::service::{GuardrailService, Outcome};
+use super::Source;
+use super::apply::WITHHELD_ANSWER;
+use super::service::{GuardrailService, Outcome};
 use crate::llm::ApiKind;
 use crate::llm::sse::SseDecoder;
 
@@ -127,9 +128,7 @@ impl StreamGuard {
         let text = self.take_window();
         match self.guard.check(Source::Output, &[text]).await {
             Outcome::Block { message, .. } => self.terminate(&message),
-            Outcome::Unavailable { .. } => {
-                self.terminate("The response could not be checked and was withheld.")
-            }
+            Outcome::Unavailable { .. } => self.terminate(WITHHELD_ANSWER),
             Outcome::Pass { .. } | Outcome::Mask { .. } => self.release(),
         }
     }
@@ -164,9 +163,7 @@ impl StreamGuard {
         let outcome = self.pending.take()?.await.ok()?;
         match outcome {
             Outcome::Block { message, .. } => Some(self.terminate(&message)),
-            Outcome::Unavailable { .. } => {
-                Some(self.terminate("The response could not be checked and was withheld."))
-            }
+            Outcome::Unavailable { .. } => Some(self.terminate(WITHHELD_ANSWER)),
             _ => None,
         }
     }
