@@ -30,8 +30,8 @@ use crate::policy::{
     Price, PriceTable, RateHeaders, Rejection, RejectionKind, Team, TierTable, Units, Usage, rate,
 };
 use crate::store::{
-    CounterKey, Debit, Increment, Journal, JournalEntry, MemoryStore, Opened, Scope, Spool, Store,
-    StoreError,
+    Counted, CounterKey, Debit, Increment, Journal, JournalEntry, MemoryStore, Opened, Scope,
+    Spool, Store, StoreError,
 };
 
 /// What to do when the store cannot answer an admission query.
@@ -232,6 +232,16 @@ pub struct Ticket {
 }
 
 impl Ticket {
+    /// The scopes the call is charged to, broadest first (org, team, user, project): the scope
+    /// chain a usage record names. Every scope has a token counter for the period.
+    pub fn scopes(&self) -> impl Iterator<Item = &Scope> {
+        self.charges
+            .tokens
+            .iter()
+            .filter(|key| matches!(key.counted, Counted::Tokens(_)))
+            .map(|key| &key.scope)
+    }
+
     /// The debit charging `usage` (`None`: the request never ran) to this ticket's counters and
     /// giving its reservation back, with the cost it charges.
     fn debit(&self, usage: Option<&Usage>) -> (Debit, u64) {

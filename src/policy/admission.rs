@@ -412,7 +412,9 @@ impl Facts<'_> {
                         }
                     }
                 }
-                if incoming > 0 {
+                // A scope that only warns is never refused for money, so it reserves nothing
+                // (a reservation past its budget would refuse).
+                if incoming > 0 && rules.on_breach == OnBreach::Block {
                     reservations.push(Add {
                         key: m.reserved.clone(),
                         amount: incoming,

@@ -123,6 +123,8 @@ pub struct RequestFacts<'a> {
     /// error shape refusals take.
     pub path: Option<&'a str>,
     pub request_id: Option<&'a str>,
+    /// The project the request names (`policy.project_header`), if any.
+    pub project: Option<&'a str>,
 }
 
 pub struct Webhook {
@@ -176,11 +178,12 @@ impl Webhook {
             .authenticate_header(facts.authorization, INVOKE_SCOPE)
             .await
             .map_err(|e| self.refuse_here(shape, e.rejection()))?;
-        let team = self
+        let mut team = self
             .engine
             .team_for(&principal)
             .await
             .map_err(|r| refused(shape, &r))?;
+        team.project = facts.project.map(str::to_owned);
         let endpoint = endpoint.ok_or_else(|| {
             self.misconfigured(
                 shape,

@@ -389,3 +389,26 @@ fn a_weekly_budget_in_berlin_rolls_over_at_its_local_monday_midnight() {
             .any(|k| k.name() == "spend#week-2026-11-30")
     );
 }
+
+#[test]
+fn a_scope_that_only_warns_reserves_nothing_and_is_not_refused_for_money() {
+    let scopes = [ScopeRules {
+        on_breach: OnBreach::Warn,
+        ..team("platform")
+    }];
+    let mut f = facts(&scopes);
+    f.reserve = true;
+    let a = admitted(decide(
+        &f,
+        &[(
+            key(&Scope::Team("platform".into()), Counted::Spend(month())),
+            100_000_000,
+        )],
+    ));
+    assert!(
+        a.adds.iter().all(|add| !add.is_reservation()),
+        "{:?}",
+        a.adds
+    );
+    assert!(a.warning.unwrap().starts_with("Monthly budget exceeded"));
+}
