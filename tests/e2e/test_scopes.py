@@ -6,12 +6,14 @@ limit charged with actual usage, refusals name the scope in the body and in
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
 
+from admin import micros, run_admin_cli
 from checks import OPENAI, check_budget_rejection, check_error_body
-from admin import micros
+from tokens import admin_token
 from tollgate_config import Team
 
 MSG_USAGE_2_CENTS = "prompt=10,completion=10"  # $0.02 at the flat price
@@ -190,3 +192,31 @@ def test_a_weekly_budget_in_a_time_zone_names_its_local_week(stack):
     # Unknown keys in a scope's limits are refused, naming the key.
     r = admin.put("/admin/teams/sc-users/users/carol", {"budget": 5})
     assert r.status_code == 400 and "budget" in r.json()["error"], r.text
+
+
+def test_the_cli_sets_a_users_limits_shows_their_usage_and_adjusts_it(stack, tollgate_bin, marker):
+    tok = admin_token()
+
+    def cli(*args):
+        r = run_admin_cli(tollgate_bin, stack.tollgate_url, *args, token=tok)
+        assert r.returncode == 0, f"{args}: rc={r.returncode}\n{r.stdout}\n{r.stderr}"
+        return json.loads(r.stdout) if r.stdout.strip() else None
+
+    team = cli("limits", "sc-users", "--user", "dana#1", '{"budget_usd": 0.05, "tpm": 1000}')
+    assert team["users"]["dana#1"] == {"budget_usd": 0.05, "tpm": 1000}
+    dana = user_token(stack, "sc-users", "dana#1")
+    assert call(stack, dana, usage="prompt=15,completion=5", marker=marker).status_code == 200  # $0.02
+    deadline = time.time() + 8
+    while micros((usage := cli("usage", "sc-users", "--user", "dana#1"))["spend"]["usd"]) != 20_000:
+        assert time.time() < deadline, usage
+        time.sleep(0.1)
+    assert usage["scope"]["label"] == "user dana#1 in team sc-users"
+    assert usage["tpm"] == {"limit": 1000, "used": 20}
+    done = cli("adjust", "--id", f"cli-{marker}", "--team", "sc-users", "--user", "dana#1",
+               "--counter", "spend", "--add", "-0.015", "--reason", "goodwill")
+    assert done["applied"] is True and micros(done["after"]) == 5_000, done
+    assert micros(cli("usage", "sc-users", "--user", "dana#1")["spend"]["usd"]) == 5_000
+    # A typo in the limits is refused by the server, naming the field.
+    r = run_admin_cli(tollgate_bin, stack.tollgate_url, "limits", "sc-users", "--user", "dana#1",
+                      '{"budget_usd": 1, "tmp": 5}', token=tok)
+    assert r.returncode != 0 and "tmp" in r.stderr, r.stderr
