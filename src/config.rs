@@ -519,6 +519,7 @@ impl Settings {
                     .map_err(|e| anyhow::anyhow!("{}: {}", e.field, e.message))?,
                 time_zone: PeriodRule::zone(&self.policy.time_zone)
                     .map_err(|e| anyhow::anyhow!("policy.time_zone: {e}"))?,
+                count_users: self.identity.user_claim.is_some(),
             },
             project_header: self
                 .policy

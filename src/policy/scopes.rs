@@ -20,6 +20,10 @@ pub struct ScopeSettings {
     pub user_defaults: ScopeLimits,
     /// Periods without their own time zone run in this one.
     pub time_zone: TimeZone,
+    /// Count every identified user as a scope (`identity.user_claim` is set), even without
+    /// limits of their own, for usage per user. Otherwise users are scopes only where user limits
+    /// are configured, and a deployment without any counts what it always counted.
+    pub count_users: bool,
 }
 
 impl Default for ScopeSettings {
@@ -28,6 +32,7 @@ impl Default for ScopeSettings {
             org: None,
             user_defaults: ScopeLimits::default(),
             time_zone: TimeZone::UTC,
+            count_users: false,
         }
     }
 }
@@ -90,7 +95,13 @@ impl ScopeSettings {
             chain.push(org.rules(Scope::Org, zone));
         }
         chain.push(tiers.rules_for(team, zone));
-        if let Some(user) = member.user.filter(|u| !u.is_empty()) {
+        let users_limited = self.user_defaults != ScopeLimits::default()
+            || team.user_defaults.is_some()
+            || !team.users.is_empty();
+        if let Some(user) = member
+            .user
+            .filter(|u| !u.is_empty() && (self.count_users || users_limited))
+        {
             let defaults = match &team.user_defaults {
                 Some(team_defaults) => team_defaults.over(&self.user_defaults),
                 None => self.user_defaults.clone(),
@@ -183,6 +194,38 @@ mod tests {
         assert_eq!(bob[2].scope.label(), "user bob in team platform");
         // No user claim: no user scope.
         assert_eq!(chain(None).len(), 2);
+    }
+
+    #[test]
+    fn users_are_scopes_where_they_are_counted_or_limited() {
+        let team = Team::new("platform", Tier::Standard);
+        let kinds = |settings: &ScopeSettings| -> Vec<&'static str> {
+            settings
+                .chain(
+                    &TierTable::default(),
+                    Member {
+                        team: &team,
+                        user: Some("alice"),
+                        project: None,
+                    },
+                )
+                .unwrap()
+                .iter()
+                .map(|r| r.scope.kind())
+                .collect()
+        };
+        // A deployment that configures nothing about users counts teams, as it always did.
+        assert_eq!(kinds(&ScopeSettings::default()), ["team"]);
+        let counted = ScopeSettings {
+            count_users: true,
+            ..Default::default()
+        };
+        assert_eq!(kinds(&counted), ["team", "user"]);
+        let limited = ScopeSettings {
+            user_defaults: limits(Some(10), None),
+            ..Default::default()
+        };
+        assert_eq!(kinds(&limited), ["team", "user"]);
     }
 
     #[test]
