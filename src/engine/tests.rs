@@ -929,3 +929,43 @@ async fn a_scope_refusing_after_another_counted_gives_the_count_back() {
     };
     engine.admit(bob, None, None).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_weekly_budget_in_berlin_starts_over_at_its_local_monday_midnight() {
+    let (engine, clock) = engine_set(Arc::new(MemoryStore::new()), dollar_per_thousand());
+    // Monday 2026-11-30 00:00 in Berlin is 2026-11-29T23:00Z; start a day before it.
+    let boundary_ms = 1_795_993_200_000;
+    clock.0.store(boundary_ms - 86_400_000, Ordering::Relaxed);
+    let t = Team {
+        monthly_budget_usd: Some(0.5),
+        budget_period: Some(crate::policy::PeriodSpec {
+            every: crate::store::PeriodKind::Week,
+            anchor_day: None,
+            time_zone: Some("Europe/Berlin".into()),
+        }),
+        ..team("weekly", 1000, 1_000_000)
+    };
+    spend(&engine, &t, "test-model", 600).await; // $0.60
+    let r = engine
+        .admit(&t, call("test-model"), None)
+        .await
+        .unwrap_err();
+    assert_eq!(r.kind, RejectionKind::BudgetExceeded);
+    assert_eq!(r.reason, "Weekly budget exceeded ($0.60/$0.50)");
+    assert_eq!(r.retry_after_secs, Some(86_400));
+    // A second before local midnight: still that week. At it: a new week, a new counter.
+    clock.0.store(boundary_ms - 1_000, Ordering::Relaxed);
+    assert!(engine.admit(&t, call("test-model"), None).await.is_err());
+    clock.0.store(boundary_ms, Ordering::Relaxed);
+    engine.admit(&t, call("test-model"), None).await.unwrap();
+    let spent_week = engine
+        .store()
+        .read_counters(&[&stored("weekly", "spend#week-2026-11-23")])
+        .await
+        .unwrap();
+    assert_eq!(
+        spent_week,
+        vec![600_000],
+        "the past week's spend stays readable"
+    );
+}
