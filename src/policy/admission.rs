@@ -260,7 +260,10 @@ impl Facts<'_> {
                 other.label()
             ),
         };
-        Some(Rejection::new(RejectionKind::ModelNotAllowed, text))
+        Some(Rejection {
+            scope: Some(rules.scope.label()),
+            ..Rejection::new(RejectionKind::ModelNotAllowed, text)
+        })
     }
 
     /// The counters [`Facts::decide`] needs.

@@ -346,6 +346,7 @@ fn a_model_the_scope_does_not_allow_is_refused_before_reading() {
         r.reason,
         "model \"gpt-4o-2024-08-06\" is not allowed for user alice in team platform"
     );
+    assert_eq!(r.scope.as_deref(), Some("user alice in team platform"));
     assert!(facts(&scopes[..1]).refuse_before_reading().is_none());
 }
 
