@@ -13,10 +13,10 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use crate::engine::Engine;
+use crate::engine::{Caller, Engine};
 use crate::identity::{Authenticator, INVOKE_SCOPE};
-use crate::policy::{Team, Usage};
-use crate::store::{Debit, StoreError};
+use crate::policy::Usage;
+use crate::store::{Counted, Debit, Scope, StoreError};
 
 /// `accessLog.add` keys tollgate reads, besides agentgateway's own.
 pub const TOKEN_FIELD: &str = "tollgate.token";
@@ -168,7 +168,7 @@ impl Recorder {
             for ((record, team, cost), debit) in charged.iter().zip(&debits) {
                 feed.record(crate::usage_feed::Charged {
                     debit_id: &debit.id,
-                    scopes: vec![crate::policy::counters::Scope::Team(team.id.clone())],
+                    scopes: charged_scopes(debit, &team.id),
                     model: &record.model,
                     usage: &record.usage,
                     cost_micros: *cost,
@@ -191,8 +191,8 @@ impl Recorder {
     async fn debit(
         &self,
         line: &LogLine,
-        callers: &mut HashMap<String, Result<Arc<Team>, String>>,
-    ) -> Result<(Debit, UsageRecord, Arc<Team>, u64), Skip> {
+        callers: &mut HashMap<String, Result<Caller, String>>,
+    ) -> Result<(Debit, UsageRecord, Caller, u64), Skip> {
         let mut record = parse_line(line)?;
         let token = record.token.take().ok_or_else(|| {
             Skip::Unusable(format!(
@@ -225,7 +225,7 @@ impl Recorder {
         Ok((debit, record, team, cost.unwrap_or(0)))
     }
 
-    async fn team_of(&self, token: &str) -> Result<Arc<Team>, String> {
+    async fn team_of(&self, token: &str) -> Result<Caller, String> {
         let principal = self
             .auth
             .authenticate_recorded(token, INVOKE_SCOPE)
@@ -236,6 +236,21 @@ impl Recorder {
             .await
             .map_err(|r| format!("no team to charge: {}", r.reason))
     }
+}
+
+/// The scopes a debit charges, broadest first, as a ticket's (`Ticket::scopes`): those with a
+/// token counter in it; a debit of no tokens names its team.
+fn charged_scopes(debit: &Debit, team: &str) -> Vec<Scope> {
+    let mut scopes: Vec<Scope> = Vec::new();
+    for (key, _) in &debit.amounts {
+        if matches!(key.counted, Counted::Tokens(_)) && !scopes.contains(&key.scope) {
+            scopes.push(key.scope.clone());
+        }
+    }
+    if scopes.is_empty() {
+        scopes.push(Scope::Team(team.to_owned()));
+    }
+    scopes
 }
 
 #[cfg(test)]

@@ -122,7 +122,8 @@ pub async fn authenticator(settings: &Settings) -> anyhow::Result<Authenticator>
         id.issuer.as_deref(),
         id.team_claim.clone(),
         Duration::from_secs(id.leeway_seconds),
-    ))
+    )
+    .with_user_claim(id.user_claim.clone()))
 }
 
 /// The guardrails every adapter applies, as configured: the global service (none when the

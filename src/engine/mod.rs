@@ -23,14 +23,15 @@ pub use teams::TeamDirectory;
 
 use crate::identity::Principal;
 use crate::llm::Endpoints;
-use crate::policy::admission::{self, Charges, Crossing, Decision, Facts, Values};
+use crate::policy::admission::{self, Charges, Crossing, Decision, Facts, ScopeRules, Values};
 use crate::policy::budget;
+pub use crate::policy::scopes::{Member, ProjectNotAllowed, ScopeSettings};
 use crate::policy::{
     Price, PriceTable, RateHeaders, Rejection, RejectionKind, Team, TierTable, Units, Usage, rate,
 };
 use crate::store::{
-    CounterKey, Debit, Increment, Journal, JournalEntry, MemoryStore, Opened, Scope, Spool, Store,
-    StoreError,
+    Counted, CounterKey, Debit, Increment, Journal, JournalEntry, MemoryStore, Opened, Scope,
+    Spool, Store, StoreError,
 };
 
 /// What to do when the store cannot answer an admission query.
@@ -137,6 +138,10 @@ pub struct EngineSettings {
     pub alerts: Option<Arc<crate::alerts::Alerts>>,
     /// A JSON line per charged call; `None`: off.
     pub usage_feed: Option<crate::usage_feed::UsageFeed>,
+    /// The org above teams, user defaults, the default time zone of periods.
+    pub scopes: ScopeSettings,
+    /// Request header naming the caller's project (`None`: projects are not used).
+    pub project_header: Option<String>,
 }
 
 impl Default for EngineSettings {
@@ -155,6 +160,35 @@ impl Default for EngineSettings {
             leases: None,
             alerts: None,
             usage_feed: None,
+            scopes: ScopeSettings::default(),
+            project_header: None,
+        }
+    }
+}
+
+/// Who a request is for: its team (found from the token), the user the token names (by the
+/// configured claim) and the project the request names (a header), if any.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub team: Arc<Team>,
+    pub user: Option<String>,
+    pub project: Option<String>,
+}
+
+impl std::ops::Deref for Caller {
+    type Target = Team;
+
+    fn deref(&self) -> &Team {
+        &self.team
+    }
+}
+
+impl<'a> From<&'a Caller> for Member<'a> {
+    fn from(caller: &'a Caller) -> Self {
+        Member {
+            team: &caller.team,
+            user: caller.user.as_deref(),
+            project: caller.project.as_deref(),
         }
     }
 }
@@ -204,15 +238,14 @@ pub struct Ticket {
 }
 
 impl Ticket {
-    /// The scopes this ticket charges, broadest first (for the usage feed).
-    fn scope_chain(&self) -> Vec<Scope> {
-        let mut scopes: Vec<Scope> = Vec::new();
-        for key in &self.charges.tokens {
-            if !scopes.contains(&key.scope) {
-                scopes.push(key.scope.clone());
-            }
-        }
-        scopes
+    /// The scopes the call is charged to, broadest first (org, team, user, project): the scope
+    /// chain a usage record names. Every scope has a token counter for the period.
+    pub fn scopes(&self) -> impl Iterator<Item = &Scope> {
+        self.charges
+            .tokens
+            .iter()
+            .filter(|key| matches!(key.counted, Counted::Tokens(_)))
+            .map(|key| &key.scope)
     }
 
     /// The debit charging `usage` (`None`: the request never ran) to this ticket's counters and
@@ -407,7 +440,7 @@ impl Engine {
 
     /// The team a caller acts for: the team claim if the token has one, else the team that
     /// registered the token's `client_id`. Never a shared fallback bucket.
-    pub async fn team_for(&self, principal: &Principal) -> Result<Arc<Team>, Rejection> {
+    pub async fn team_for(&self, principal: &Principal) -> Result<Caller, Rejection> {
         let (lookup, missing) = match (&principal.team, &principal.client_id) {
             (Some(team), _) => (
                 self.teams.by_id(team).await,
@@ -425,7 +458,11 @@ impl Engine {
             }
         };
         match lookup {
-            Ok(Some(team)) => Ok(team),
+            Ok(Some(team)) => Ok(Caller {
+                team,
+                user: principal.user.clone(),
+                project: None,
+            }),
             Ok(None) => Err(self.refuse(Rejection::new(RejectionKind::UnknownTeam, missing))),
             Err(e) => Err(self.refuse(self.store_failure("team_lookup", &e))),
         }
@@ -433,27 +470,28 @@ impl Engine {
 
     /// Decides whether `team` may send one more request now (calling `call`'s model, if it is a
     /// model call); counts it if so. An admitted model call is journaled until it is settled.
-    pub async fn admit(
+    pub async fn admit<'a>(
         &self,
-        team: &Team,
+        who: impl Into<Member<'a>>,
         call: Option<ModelCall<'_>>,
         request_id: Option<&str>,
     ) -> Result<Ticket, Rejection> {
-        self.admit_journaled(team, call, request_id, true).await
+        self.admit_journaled(who.into(), call, request_id, true)
+            .await
     }
 
     /// Admits a model call whose usage another path reports later (an access-log record with the
     /// same request id, as for the agentgateway webhook): nothing is journaled, since that record
     /// charges the call even if this process dies, and a reservation is given back at once.
     /// Returns the budget warning, if any.
-    pub async fn admit_reported_later(
+    pub async fn admit_reported_later<'a>(
         &self,
-        team: &Team,
+        who: impl Into<Member<'a>>,
         call: ModelCall<'_>,
         request_id: Option<&str>,
     ) -> Result<Option<String>, Rejection> {
         let ticket = self
-            .admit_journaled(team, Some(call), request_id, false)
+            .admit_journaled(who.into(), Some(call), request_id, false)
             .await?;
         let warning = ticket.budget_warning.clone();
         self.settle_as(ticket, None, "").await;
@@ -462,7 +500,7 @@ impl Engine {
 
     async fn admit_journaled(
         &self,
-        team: &Team,
+        who: Member<'_>,
         call: Option<ModelCall<'_>>,
         request_id: Option<&str>,
         journal: bool,
@@ -475,7 +513,7 @@ impl Engine {
         let leased = self.leases.is_some();
         let store_called = leased || self.breaker.allows();
         let (attempt, timed_out) = if store_called {
-            let primary = self.admit_at(self.store.as_ref(), team, call, now_ms, &request_id);
+            let primary = self.admit_at(self.store.as_ref(), who, call, now_ms, &request_id);
             match tokio::time::timeout(self.settings.admission_deadline, primary).await {
                 Ok(outcome) => (outcome, false),
                 Err(_) => (
@@ -524,7 +562,7 @@ impl Engine {
                         self.fallback.evict_expired(now_ms / 1000);
                     }
                     match self
-                        .admit_at(&self.fallback, team, call, now_ms, &request_id)
+                        .admit_at(&self.fallback, who, call, now_ms, &request_id)
                         .await
                     {
                         Ok(ticket) => Ok(ticket),
@@ -552,12 +590,13 @@ impl Engine {
     async fn admit_at(
         &self,
         store: &dyn Store,
-        team: &Team,
+        who: Member<'_>,
         call: Option<ModelCall<'_>>,
         now_ms: u64,
         request_id: &str,
     ) -> Result<Ticket, Failure> {
-        let scopes = [self.settings.tiers.rules_for(team)];
+        let team = who.team;
+        let scopes = self.scope_chain(who).map_err(|e| self.refuse(e.into()))?;
         let priced = match call {
             Some(call) => Some(self.price_call(team, call).await?),
             None => None,
@@ -791,7 +830,7 @@ impl Engine {
         if let (Some(feed), Some(usage)) = (&self.settings.usage_feed, &usage) {
             feed.record(crate::usage_feed::Charged {
                 debit_id: &ticket.request_id,
-                scopes: ticket.scope_chain(),
+                scopes: ticket.scopes().cloned().collect(),
                 model: ticket.charge.as_ref().map_or("", |c| c.model.as_str()),
                 usage,
                 cost_micros: cost,
@@ -916,9 +955,9 @@ impl Engine {
     /// admission: tokens go to the day and spend to the month of `at_ms`, whenever the record is
     /// processed, and the debit carries `request_id` so a deduplicating store applies it once.
     /// A model without a price is charged tokens only; the returned cost says so (`None`).
-    pub async fn usage_debit(
+    pub async fn usage_debit<'a>(
         &self,
-        team: &Team,
+        who: impl Into<Member<'a>>,
         model: &str,
         usage: &Usage,
         at_ms: u64,
@@ -932,7 +971,14 @@ impl Engine {
             }
             (None, UnknownModel::Reject) => None,
         };
-        let scopes = [self.settings.tiers.rules_for(team)];
+        // A scope the caller may not use now still gets the usage it had.
+        let who = who.into();
+        let scopes = self
+            .scope_chain(Member {
+                project: None,
+                ..who
+            })
+            .unwrap_or_default();
         let charges = Facts {
             now_ms: at_ms,
             scopes: &scopes,
@@ -971,6 +1017,25 @@ impl Engine {
     /// The usage feed, when on: for charges made outside [`Engine::settle`] (access logs).
     pub fn usage_feed(&self) -> Option<&crate::usage_feed::UsageFeed> {
         self.settings.usage_feed.as_ref()
+    }
+
+    /// Every scope `who` belongs to, with its limits, broadest first (see `policy::scopes`).
+    pub fn scope_chain(&self, who: Member<'_>) -> Result<Vec<ScopeRules>, ProjectNotAllowed> {
+        self.settings.scopes.chain(&self.settings.tiers, who)
+    }
+
+    /// The org's limits, if the configuration sets any.
+    pub fn org_rules(&self) -> Option<ScopeRules> {
+        let scopes = &self.settings.scopes;
+        scopes
+            .org
+            .as_ref()
+            .map(|org| org.rules(Scope::Org, &scopes.time_zone))
+    }
+
+    /// The request header naming a caller's project, if projects are configured.
+    pub fn project_header(&self) -> Option<&str> {
+        self.settings.project_header.as_deref()
     }
 
     /// Waits until every queued debit is applied and the store has made it durable.

@@ -260,7 +260,10 @@ impl Facts<'_> {
                 other.label()
             ),
         };
-        Some(Rejection::new(RejectionKind::ModelNotAllowed, text))
+        Some(Rejection {
+            scope: Some(rules.scope.label()),
+            ..Rejection::new(RejectionKind::ModelNotAllowed, text)
+        })
     }
 
     /// The counters [`Facts::decide`] needs.
@@ -411,7 +414,9 @@ impl Facts<'_> {
                         }
                     }
                 }
-                if incoming > 0 {
+                // A scope that only warns is never refused for money, so it reserves nothing
+                // (a reservation past its budget would refuse).
+                if incoming > 0 && rules.on_breach == OnBreach::Block {
                     reservations.push(Add {
                         key: m.reserved.clone(),
                         amount: incoming,

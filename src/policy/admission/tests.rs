@@ -370,6 +370,7 @@ fn a_model_the_scope_does_not_allow_is_refused_before_reading() {
         r.reason,
         "model \"gpt-4o-2024-08-06\" is not allowed for user alice in team platform"
     );
+    assert_eq!(r.scope.as_deref(), Some("user alice in team platform"));
     assert!(facts(&scopes[..1]).refuse_before_reading().is_none());
 }
 
@@ -412,4 +413,27 @@ fn a_weekly_budget_in_berlin_rolls_over_at_its_local_monday_midnight() {
             .iter()
             .any(|k| k.name() == "spend#week-2026-11-30")
     );
+}
+
+#[test]
+fn a_scope_that_only_warns_reserves_nothing_and_is_not_refused_for_money() {
+    let scopes = [ScopeRules {
+        on_breach: OnBreach::Warn,
+        ..team("platform")
+    }];
+    let mut f = facts(&scopes);
+    f.reserve = true;
+    let a = admitted(decide(
+        &f,
+        &[(
+            key(&Scope::Team("platform".into()), Counted::Spend(month())),
+            100_000_000,
+        )],
+    ));
+    assert!(
+        a.adds.iter().all(|add| !add.is_reservation()),
+        "{:?}",
+        a.adds
+    );
+    assert!(a.warning.unwrap().starts_with("Monthly budget exceeded"));
 }
