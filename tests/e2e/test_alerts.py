@@ -24,7 +24,9 @@ import pytest
 
 from checks import utc_month
 from dynamodb_local import tollgate_aws_env
-from harness import REPO, Team, micros, wait_until
+from admin import micros
+from processes import REPO, wait_until
+from tollgate_config import Team
 # `ddb`: the module's DynamoDB Local, the same fixture as test_dynamodb's.
 from test_dynamodb import ddb, ensure_table, store_section  # noqa: F401
 
