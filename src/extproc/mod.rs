@@ -11,6 +11,7 @@
 
 mod duplex;
 mod envoy;
+mod handoff;
 mod stream;
 pub mod stream_guard;
 
@@ -33,7 +34,8 @@ use crate::identity::Authenticator;
 use crate::llm::texts::Scope;
 
 use duplex::Duplex;
-pub use stream::Exchange;
+use handoff::Handoffs;
+pub use stream::{Attachment, Exchange};
 
 /// What every exchange needs; shared by all streams.
 pub struct Context {
@@ -59,6 +61,8 @@ pub struct ExtProcService {
     exchanges: TaskTracker,
     /// Cancelled when shutdown's grace period is over: open exchanges settle what passed and end.
     abandon: CancellationToken,
+    /// Admitted requests passing from the fast attachment's admission stream to its observer.
+    handoffs: Arc<Handoffs>,
 }
 
 impl ExtProcService {
@@ -67,6 +71,7 @@ impl ExtProcService {
             ctx,
             exchanges: TaskTracker::new(),
             abandon: CancellationToken::new(),
+            handoffs: Arc::default(),
         }
     }
 
@@ -162,6 +167,11 @@ impl Driver {
             .client
             .get_or_insert_with(|| Client::for_first_message(&message, limits));
         match client {
+            // Envoy ignores replies on an `observability_mode` stream: none is built or sent.
+            Client::Envoy if self.exchange.attachment() == Attachment::Observer => {
+                self.exchange.handle(message).await?;
+                Ok(Vec::new())
+            }
             Client::Envoy => Ok(vec![self.exchange.handle(message).await?]),
             Client::FullDuplex(duplex) => duplex.handle(&mut self.exchange, message).await,
         }
@@ -176,9 +186,20 @@ impl ExternalProcessor for ExtProcService {
         &self,
         request: Request<Streaming<ProcessingRequest>>,
     ) -> Result<Response<Self::ProcessStream>, Status> {
+        let attachment = Attachment::from_metadata(
+            request
+                .metadata()
+                .get(Attachment::METADATA_KEY)
+                .and_then(|v| v.to_str().ok()),
+        );
         let driver = Driver {
             inbound: request.into_inner(),
-            exchange: Exchange::new(self.ctx.clone(), self.exchanges.clone()),
+            exchange: Exchange::new(
+                self.ctx.clone(),
+                self.exchanges.clone(),
+                self.handoffs.clone(),
+                attachment,
+            ),
             client: None,
             limits: duplex::Limits {
                 request_body: self.ctx.max_request_body_bytes,

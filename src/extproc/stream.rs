@@ -6,6 +6,11 @@
 //! 3. response headers: rate headers; keep the (STREAMED) body only where usage is in it;
 //! 4. response body chunks: usage extraction as they pass;
 //! 5. the exchange ends, however it ends: settle whatever was not settled yet (`Drop`).
+//!
+//! In the fast attachment (see [`Attachment`]) one request takes two streams: the admission
+//! stream usually sees only step 2, its body message carrying the path and headers as
+//! `request_attributes`; the observer stream sees steps 3 and 4 and is never answered. The
+//! admitted request passes from one to the other through [`Handoffs`].
 
 use std::sync::Arc;
 
@@ -20,6 +25,7 @@ use tonic::Status;
 
 use super::Context;
 use super::envoy::{self, header};
+use super::handoff::{self, Handoffs, Parked};
 use super::stream_guard::{ChunkAction, Strategy, StreamGuard};
 use crate::contract::{rate_headers, rejection_reply};
 use crate::engine::{ModelCall, Ticket};
@@ -54,10 +60,45 @@ pub struct Exchange {
     stream_guard: Option<StreamGuard>,
     /// Observe mode: the non-streamed answer is assessed after it passed.
     observe_answer: bool,
+    attachment: Attachment,
+    handoffs: Arc<Handoffs>,
+    /// Admission stream of the fast attachment: the key its admitted request is parked under.
+    parked: Option<u64>,
+    /// The caller was looked at (from the headers message, or the body's attributes).
+    identified: bool,
+}
+
+/// Which part of a request's processing Envoy gives this stream, as its filter declares in the
+/// gRPC initial metadata `x-tollgate-attachment` (`grpc_service.initial_metadata`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attachment {
+    /// One stream sees the request and its response (the guarded attachment, agentgateway).
+    Whole,
+    /// The fast attachment's synchronous filter: request only; the response goes to the observer.
+    Admission,
+    /// The fast attachment's `observability_mode` filter: the response, never answered.
+    Observer,
+}
+
+impl Attachment {
+    pub const METADATA_KEY: &'static str = "x-tollgate-attachment";
+
+    pub fn from_metadata(value: Option<&str>) -> Self {
+        match value {
+            Some("admission") => Attachment::Admission,
+            Some("observer") => Attachment::Observer,
+            _ => Attachment::Whole,
+        }
+    }
 }
 
 impl Exchange {
-    pub fn new(ctx: Arc<Context>, settlements: TaskTracker) -> Self {
+    pub fn new(
+        ctx: Arc<Context>,
+        settlements: TaskTracker,
+        handoffs: Arc<Handoffs>,
+        attachment: Attachment,
+    ) -> Self {
         metrics::gauge!("tollgate_extproc_streams_active").increment(1.0);
         Self {
             ctx,
@@ -74,7 +115,15 @@ impl Exchange {
             guard_response: false,
             stream_guard: None,
             observe_answer: false,
+            attachment,
+            handoffs,
+            parked: None,
+            identified: false,
         }
+    }
+
+    pub fn attachment(&self) -> Attachment {
+        self.attachment
     }
 
     pub async fn handle(
@@ -84,8 +133,30 @@ impl Exchange {
         let metadata = message.metadata_context;
         match message.request {
             Some(Message::RequestHeaders(h)) => Ok(self.on_request_headers(h, metadata).await),
+            Some(Message::RequestBody(b)) if !self.identified => {
+                // The fast attachment skips the headers message: what it would carry comes as
+                // attributes with the body.
+                let attributes = envoy::Attributes::of(&message.attributes);
+                match self
+                    .identify(
+                        attributes.path(),
+                        attributes.header("x-request-id"),
+                        attributes.header("authorization"),
+                        metadata,
+                    )
+                    .await
+                {
+                    Ok(()) => Ok(self.on_request_body(b).await),
+                    Err(refusal) => Ok(refusal),
+                }
+            }
             Some(Message::RequestBody(b)) => Ok(self.on_request_body(b).await),
-            Some(Message::ResponseHeaders(h)) => Ok(self.on_response_headers(h)),
+            Some(Message::ResponseHeaders(h)) => {
+                if self.attachment == Attachment::Observer {
+                    self.claim(metadata.as_ref());
+                }
+                Ok(self.on_response_headers(h))
+            }
             Some(Message::ResponseBody(b)) => Ok(self.on_response_body(b).await),
             Some(Message::RequestTrailers(_)) => Ok(trailers(true)),
             Some(Message::ResponseTrailers(_)) => Ok(trailers(false)),
@@ -151,8 +222,66 @@ impl Exchange {
         headers: HttpHeaders,
         metadata: Option<envoy_types::pb::envoy::config::core::v3::Metadata>,
     ) -> ProcessingResponse {
-        self.api = ApiKind::from_path(header(&headers, ":path").unwrap_or_default());
-        self.request_id = header(&headers, "x-request-id").map(str::to_owned);
+        if let Err(refusal) = self
+            .identify(
+                header(&headers, ":path").unwrap_or_default(),
+                header(&headers, "x-request-id"),
+                header(&headers, "authorization"),
+                metadata,
+            )
+            .await
+        {
+            return refusal;
+        }
+        let Some(team) = self.team.clone() else {
+            return envoy::request_headers_reply(&[], &[], true);
+        };
+        if !self.api.is_model_call() {
+            // Nothing in its bodies matters: admit now and ask Envoy not to send them.
+            if let Err(rejection) = self.admit(&team, None).await {
+                return self.refuse(rejection);
+            }
+            return self.hand_over(envoy::request_headers_reply(&[], &[], true));
+        }
+        if headers.end_of_stream {
+            return self.refuse_here(Rejection::new(
+                RejectionKind::InvalidBody,
+                "request body is required",
+            ));
+        }
+        // Usage is read from the response body, which must not arrive compressed.
+        envoy::request_headers_reply(&[], &["accept-encoding"], false)
+    }
+
+    /// Who is calling, from the request's path and headers (or jwt_authn's verified claims):
+    /// sets the API, the request id and the team, or returns the refusal to send.
+    async fn identify(
+        &mut self,
+        path: &str,
+        request_id: Option<&str>,
+        authorization: Option<&str>,
+        metadata: Option<envoy_types::pb::envoy::config::core::v3::Metadata>,
+    ) -> Result<(), ProcessingResponse> {
+        self.identified = true;
+        self.api = ApiKind::from_path(path);
+        self.request_id = request_id.map(str::to_owned);
+        if self.attachment == Attachment::Admission
+            && self
+                .ctx
+                .guardrail
+                .as_ref()
+                .is_some_and(|g| g.mode() == Mode::Enforce)
+        {
+            // The fast attachment lets answers pass without waiting: they could not be held.
+            tracing::error!(
+                "guardrail mode is enforce but tollgate is attached with the fast path; refusing"
+            );
+            return Err(self.refuse_here(Rejection::new(
+                RejectionKind::GuardrailUnavailable,
+                "the content guardrail enforces on answers, which needs the guarded attachment \
+                 (envoy/local-guarded.yaml); the fast attachment cannot hold an answer",
+            )));
+        }
 
         let verified_claims = metadata
             .as_ref()
@@ -167,36 +296,101 @@ impl Exchange {
         let auth = &self.ctx.auth;
         let principal = match verified_claims {
             Some(claims) => auth.authenticate_verified_claims(&claims, INVOKE_SCOPE),
-            None => {
-                auth.authenticate_header(header(&headers, "authorization"), INVOKE_SCOPE)
-                    .await
-            }
+            None => auth.authenticate_header(authorization, INVOKE_SCOPE).await,
         };
         let principal = match principal {
             Ok(p) => p,
-            Err(e) => return self.refuse_here(e.rejection()),
+            Err(e) => return Err(self.refuse_here(e.rejection())),
         };
-        let team = match self.ctx.engine.team_for(&principal).await {
-            Ok(team) => team,
-            Err(rejection) => return self.refuse(rejection),
-        };
-        self.team = Some(team.clone());
-
-        if !self.api.is_model_call() {
-            // Nothing in its bodies matters: admit now and ask Envoy not to send them.
-            if let Err(rejection) = self.admit(&team, None).await {
-                return self.refuse(rejection);
+        match self.ctx.engine.team_for(&principal).await {
+            Ok(team) => {
+                self.team = Some(team);
+                Ok(())
             }
-            return envoy::request_headers_reply(&[], &[], true);
+            Err(rejection) => Err(self.refuse(rejection)),
         }
-        if headers.end_of_stream {
-            return self.refuse_here(Rejection::new(
-                RejectionKind::InvalidBody,
-                "request body is required",
-            ));
+    }
+
+    /// Admission stream of the fast attachment: the response is not ours to see, so what it
+    /// needs goes to Envoy now, as dynamic metadata: the headers the route adds to the response
+    /// (`%DYNAMIC_METADATA(tollgate:...)%`) and the key the observer claims the request by.
+    fn hand_over(&mut self, mut reply: ProcessingResponse) -> ProcessingResponse {
+        if self.attachment != Attachment::Admission {
+            return reply;
         }
-        // Usage is read from the response body, which must not arrive compressed.
-        envoy::request_headers_reply(&[], &["accept-encoding"], false)
+        let Some(ticket) = self.ticket.take() else {
+            return reply;
+        };
+        let mut fields: Vec<(&'static str, String)> = rate_headers(&ticket.rate);
+        if let Some(note) = self.guardrail_note {
+            fields.push(("x-tollgate-guardrail", note.to_owned()));
+        }
+        if let Some(warning) = &ticket.budget_warning {
+            fields.push(("x-tollgate-budget-warning", warning.clone()));
+        }
+        if self.api.is_model_call() && self.facts.is_some() {
+            let key = self.handoffs.park(Parked {
+                ticket,
+                api: self.api,
+                facts: self.facts.clone(),
+                request_id: self.request_id.clone(),
+                guardrail_note: self.guardrail_note,
+            });
+            self.parked = Some(key);
+            fields.push((handoff::KEY, key.to_string()));
+        } else {
+            // Nothing billable follows.
+            self.ticket = Some(ticket);
+            self.settle(Usage::default());
+        }
+        envoy::set_dynamic_metadata(&mut reply, handoff::NAMESPACE, &fields);
+        reply
+    }
+
+    /// Observer stream: takes over the request its admission parked.
+    fn claim(&mut self, metadata: Option<&envoy_types::pb::envoy::config::core::v3::Metadata>) {
+        let Some(key) = metadata.and_then(|m| envoy::metadata_string(m, handoff::NAMESPACE, handoff::KEY)) else {
+            // A response to a request tollgate refused or never admitted: nothing to charge.
+            return;
+        };
+        match key.parse().ok().and_then(|key| self.handoffs.claim(key)) {
+            Some(parked) => {
+                self.api = parked.api;
+                self.facts = parked.facts;
+                self.request_id = parked.request_id;
+                self.guardrail_note = parked.guardrail_note;
+                self.ticket = Some(parked.ticket);
+            }
+            None => {
+                tracing::warn!(key, "observed a response whose admission was already settled");
+                metrics::counter!("tollgate_extproc_handoffs_late_total").increment(1);
+            }
+        }
+    }
+
+    /// Admission stream of the fast attachment, ending with its request still parked: the
+    /// response never started, or its observer is about to claim it. After a grace period an
+    /// unclaimed request is charged its prompt, as providers bill a prompt they received.
+    fn settle_unclaimed_later(&self, key: u64) {
+        let handoffs = self.handoffs.clone();
+        let engine = self.ctx.engine.clone();
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::error!(key, "no runtime left to settle a parked request");
+            return;
+        };
+        self.settlements.spawn_on(
+            async move {
+                tokio::time::sleep(handoff::CLAIM_GRACE).await;
+                let Some(parked) = handoffs.claim(key) else {
+                    return;
+                };
+                metrics::counter!("tollgate_extproc_handoffs_unclaimed_total").increment(1);
+                let prompt_chars = parked.facts.as_ref().map_or(0, |f| f.prompt_chars);
+                let usage = UsageTracker::new(parked.api, true, prompt_chars, 0).finish();
+                engine.settle(parked.ticket, usage, parked.api.as_str()).await;
+            },
+            &runtime,
+        );
     }
 
     async fn admit(&mut self, team: &Team, call: Option<ModelCall<'_>>) -> Result<(), Rejection> {
@@ -243,7 +437,7 @@ impl Exchange {
         }
         let reply = envoy::request_body_reply(parsed.rewritten());
         self.facts = Some(parsed.facts);
-        reply
+        self.hand_over(reply)
     }
 
     /// Refuses a request body beyond the configured limit (also before all of it arrived).
@@ -454,6 +648,9 @@ impl Drop for Exchange {
         if self.ticket.is_some() {
             let usage = self.usage_so_far();
             self.settle(usage);
+        }
+        if let Some(key) = self.parked.take() {
+            self.settle_unclaimed_later(key);
         }
         metrics::gauge!("tollgate_extproc_streams_active").decrement(1.0);
     }
