@@ -270,7 +270,7 @@ pub fn immediate_reply(reply: contract::Reply) -> ProcessingResponse {
 }
 
 /// The `request_attributes` Envoy sends with a request's first message, under the filter's name.
-/// The fast attachment asks for `request.path` and `request.headers` (a map, lower-case names).
+/// The fast attachment asks for `request.path` and the headers tollgate reads.
 pub struct Attributes<'a>(Option<&'a Struct>);
 
 impl<'a> Attributes<'a> {
@@ -291,12 +291,10 @@ impl<'a> Attributes<'a> {
         Self::string(self.0.and_then(|s| s.fields.get("request.path"))).unwrap_or_default()
     }
 
+    /// A header asked for as the attribute `request.headers['NAME']` (Envoy renders a whole
+    /// header map as the text "CelMap value", so each header is its own expression).
     pub fn header(&self, name: &str) -> Option<&'a str> {
-        let headers = match self.0?.fields.get("request.headers")?.kind.as_ref()? {
-            Kind::StructValue(s) => s,
-            _ => return None,
-        };
-        Self::string(headers.fields.get(name))
+        Self::string(self.0?.fields.get(&format!("request.headers['{name}']")))
     }
 }
 
