@@ -22,8 +22,9 @@ use crate::engine::Ticket;
 use crate::llm::{ApiKind, RequestFacts};
 
 /// How long an unclaimed admission waits for its observer after the admission stream ended.
-/// The observer's response headers were sent before that end; this only covers scheduling.
-pub const CLAIM_GRACE: Duration = Duration::from_secs(2);
+/// The observer's response headers were sent before that end; this covers tollgate lagging
+/// behind under load, as long as Envoy keeps the observer stream (`deferred_close_timeout`).
+pub const CLAIM_GRACE: Duration = Duration::from_secs(5);
 
 /// Envoy dynamic metadata namespace tollgate writes (admission) and reads (observer).
 pub const NAMESPACE: &str = "tollgate";

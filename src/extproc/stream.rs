@@ -337,6 +337,7 @@ impl Exchange {
                 guardrail_note: self.guardrail_note,
             });
             self.parked = Some(key);
+            tracing::debug!(key, "admitted request parked for its observer");
             fields.push((handoff::KEY, key.to_string()));
         } else {
             // Nothing billable follows.
@@ -349,12 +350,16 @@ impl Exchange {
 
     /// Observer stream: takes over the request its admission parked.
     fn claim(&mut self, metadata: Option<&envoy_types::pb::envoy::config::core::v3::Metadata>) {
-        let Some(key) = metadata.and_then(|m| envoy::metadata_string(m, handoff::NAMESPACE, handoff::KEY)) else {
+        let Some(key) =
+            metadata.and_then(|m| envoy::metadata_string(m, handoff::NAMESPACE, handoff::KEY))
+        else {
             // A response to a request tollgate refused or never admitted: nothing to charge.
+            tracing::debug!(?metadata, "observed a response without a hand-off key");
             return;
         };
         match key.parse().ok().and_then(|key| self.handoffs.claim(key)) {
             Some(parked) => {
+                tracing::debug!(key, "observer claimed its admitted request");
                 self.api = parked.api;
                 self.facts = parked.facts;
                 self.request_id = parked.request_id;
