@@ -11,7 +11,8 @@ use std::pin::Pin;
 use envoy_types::pb::envoy::service::ext_proc::v3::{
     BodyResponse, HeadersResponse, ProcessingRequest, ProcessingResponse, TrailersResponse,
     external_processor_server::{ExternalProcessor, ExternalProcessorServer},
-    processing_request::Request as Message, processing_response::Response as Reply,
+    processing_request::Request as Message,
+    processing_response::Response as Reply,
 };
 use futures_util::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};

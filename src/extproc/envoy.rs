@@ -332,7 +332,14 @@ pub fn metadata_string<'a>(
     namespace: &str,
     key: &str,
 ) -> Option<&'a str> {
-    match metadata.filter_metadata.get(namespace)?.fields.get(key)?.kind.as_ref()? {
+    match metadata
+        .filter_metadata
+        .get(namespace)?
+        .fields
+        .get(key)?
+        .kind
+        .as_ref()?
+    {
         Kind::StringValue(s) => Some(s),
         _ => None,
     }

@@ -367,7 +367,10 @@ impl Exchange {
                 self.ticket = Some(parked.ticket);
             }
             None => {
-                tracing::warn!(key, "observed a response whose admission was already settled");
+                tracing::warn!(
+                    key,
+                    "observed a response whose admission was already settled"
+                );
                 metrics::counter!("tollgate_extproc_handoffs_late_total").increment(1);
             }
         }
@@ -392,7 +395,9 @@ impl Exchange {
                 metrics::counter!("tollgate_extproc_handoffs_unclaimed_total").increment(1);
                 let prompt_chars = parked.facts.as_ref().map_or(0, |f| f.prompt_chars);
                 let usage = UsageTracker::new(parked.api, true, prompt_chars, 0).finish();
-                engine.settle(parked.ticket, usage, parked.api.as_str()).await;
+                engine
+                    .settle(parked.ticket, usage, parked.api.as_str())
+                    .await;
             },
             &runtime,
         );
@@ -622,8 +627,7 @@ impl Exchange {
             // report is the end that matters.
             let over = body.end_of_stream
                 || (self.attachment == Attachment::Observer && tracker.is_complete());
-            if over && let Some(tracker) = self.tracker.take()
-            {
+            if over && let Some(tracker) = self.tracker.take() {
                 let (usage, json) = tracker.finish_with_body();
                 self.settle(usage);
                 if self.observe_answer {
