@@ -8,9 +8,15 @@
 //! A client that streams bodies full-duplex (agentgateway's `extProc`) is recognised by its first
 //! message and served through [`duplex::Duplex`], which may answer a message with no reply or
 //! several.
+//!
+//! Envoy's fast attachment (`envoy/local.yaml`) opens two streams per request, each filter naming
+//! its role in the gRPC initial metadata `x-tollgate-attachment` ([`Attachment`]): the admission
+//! (one synchronous message) and the observer (`observability_mode`, never answered), joined by
+//! [`handoff::Handoffs`].
 
 mod duplex;
 mod envoy;
+mod handoff;
 mod stream;
 
 use std::collections::VecDeque;
@@ -31,7 +37,8 @@ use crate::guardrail::apply::Guardrails;
 use crate::identity::Authenticator;
 
 use duplex::Duplex;
-pub use stream::Exchange;
+use handoff::Handoffs;
+pub use stream::{Attachment, Exchange};
 
 /// What every exchange needs; shared by all streams.
 pub struct Context {
@@ -52,6 +59,8 @@ pub struct ExtProcService {
     exchanges: TaskTracker,
     /// Cancelled when shutdown's grace period is over: open exchanges settle what passed and end.
     abandon: CancellationToken,
+    /// Admitted requests passing from the fast attachment's admission stream to its observer.
+    handoffs: Arc<Handoffs>,
 }
 
 impl ExtProcService {
@@ -60,6 +69,7 @@ impl ExtProcService {
             ctx,
             exchanges: TaskTracker::new(),
             abandon: CancellationToken::new(),
+            handoffs: Arc::default(),
         }
     }
 
@@ -155,6 +165,11 @@ impl Driver {
             .client
             .get_or_insert_with(|| Client::for_first_message(&message, limits));
         match client {
+            // Envoy ignores replies on an `observability_mode` stream: none is built or sent.
+            Client::Envoy if self.exchange.attachment() == Attachment::Observer => {
+                self.exchange.handle(message).await?;
+                Ok(Vec::new())
+            }
             Client::Envoy => Ok(vec![self.exchange.handle(message).await?]),
             Client::FullDuplex(duplex) => duplex.handle(&mut self.exchange, message).await,
         }
@@ -169,9 +184,20 @@ impl ExternalProcessor for ExtProcService {
         &self,
         request: Request<Streaming<ProcessingRequest>>,
     ) -> Result<Response<Self::ProcessStream>, Status> {
+        let attachment = Attachment::from_metadata(
+            request
+                .metadata()
+                .get(Attachment::METADATA_KEY)
+                .and_then(|v| v.to_str().ok()),
+        );
         let driver = Driver {
             inbound: request.into_inner(),
-            exchange: Exchange::new(self.ctx.clone(), self.exchanges.clone()),
+            exchange: Exchange::new(
+                self.ctx.clone(),
+                self.exchanges.clone(),
+                self.handoffs.clone(),
+                attachment,
+            ),
             client: None,
             limits: duplex::Limits {
                 request_body: self.ctx.max_request_body_bytes,
