@@ -34,6 +34,17 @@ fn reply(message: ProcessingRequest) -> Option<ProcessingResponse> {
     })
 }
 
+/// The last message of a response: its end of stream, or an event stream's `[DONE]`.
+fn response_over(message: &ProcessingRequest) -> bool {
+    match &message.request {
+        Some(Message::ResponseBody(body)) => {
+            body.end_of_stream || body.body.windows(6).any(|w| w == b"[DONE]")
+        }
+        Some(Message::ResponseHeaders(headers)) => headers.end_of_stream,
+        _ => false,
+    }
+}
+
 type Replies = Pin<Box<dyn Stream<Item = Result<ProcessingResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -49,6 +60,12 @@ impl ExternalProcessor for Noop {
             .get("x-tollgate-attachment")
             .is_some_and(|v| v == "observer");
         let inbound = request.into_inner();
+        // An observer ends its stream once the response is over (as tollgate does once it has
+        // charged it), rather than being held open `deferred_close_timeout` by Envoy.
+        let inbound = inbound.take_while(move |message| {
+            let over = observer && message.as_ref().map_or(true, response_over);
+            async move { !over }
+        });
         let replies = inbound.filter_map(move |message| async move {
             match message {
                 Ok(message) if !observer => reply(message).map(Ok),

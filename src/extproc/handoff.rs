@@ -18,6 +18,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::engine::Ticket;
 use crate::guardrail::apply::RequestGuardrail;
 use crate::llm::{ApiKind, RequestFacts};
@@ -26,6 +28,12 @@ use crate::llm::{ApiKind, RequestFacts};
 /// The observer's response headers were sent before that end; this covers tollgate lagging
 /// behind under load, as long as Envoy keeps the observer stream (`deferred_close_timeout`).
 pub const CLAIM_GRACE: Duration = Duration::from_secs(5);
+
+/// How long an observer keeps reading after its request ended without the response's end
+/// reaching it (a stream cut short): messages Envoy sent before the end are already on their way
+/// (both streams share Envoy's one HTTP/2 connection to tollgate, in order). It then charges what
+/// it saw, instead of waiting for Envoy to reset its stream `deferred_close_timeout` later.
+pub const CUT_SHORT_GRACE: Duration = Duration::from_millis(200);
 
 /// Envoy dynamic metadata namespace tollgate writes (admission) and reads (observer).
 pub const NAMESPACE: &str = "tollgate";
@@ -42,6 +50,8 @@ pub struct Parked {
     /// The guardrail resolved for the request at admission, which the observer applies to its
     /// answer (observe mode: the fast attachment never holds an answer).
     pub guardrail: Option<RequestGuardrail>,
+    /// Cancelled when the admission stream ends, which Envoy does when the HTTP request is over.
+    pub request_over: CancellationToken,
 }
 
 #[derive(Default)]

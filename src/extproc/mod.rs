@@ -128,12 +128,30 @@ impl Driver {
             if let Some(reply) = self.queued.pop_front() {
                 return Some((Ok(reply), self));
             }
-            if self.failed {
+            if self.failed || self.exchange.observed_all() {
+                // An observer that charged its request ends its stream now: Envoy would keep it
+                // open `deferred_close_timeout` after the request (5 s by default), one open
+                // stream per request per second of traffic.
                 return None;
             }
+            let over = self.exchange.request_over();
+            let request_over = async move {
+                match over {
+                    Some(over) => {
+                        over.cancelled().await;
+                        tokio::time::sleep(handoff::CUT_SHORT_GRACE).await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
             let next = tokio::select! {
                 next = self.inbound.message() => next,
                 _ = self.abandon.cancelled() => return None,
+                // The response was cut short: charge what passed (`Exchange`'s `Drop`).
+                _ = request_over => {
+                    tracing::debug!("request over before its response ended; observer ends");
+                    return None;
+                }
             };
             match next {
                 Ok(Some(message)) => match self.replies_to(message).await {

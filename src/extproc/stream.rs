@@ -71,6 +71,8 @@ pub struct Exchange {
     handoffs: Arc<Handoffs>,
     /// Admission stream of the fast attachment: the key its admitted request is parked under.
     parked: Option<u64>,
+    /// Fast attachment: cancelled when the admission stream ends (the HTTP request is over).
+    request_over: Option<tokio_util::sync::CancellationToken>,
     /// The caller was looked at (from the headers message, or the body's attributes).
     identified: bool,
 }
@@ -135,12 +137,29 @@ impl Exchange {
             attachment,
             handoffs,
             parked: None,
+            request_over: None,
             identified: false,
         }
     }
 
     pub fn attachment(&self) -> Attachment {
         self.attachment
+    }
+
+    /// Observer stream: cancelled when its request is over (the admission stream ended).
+    pub fn request_over(&self) -> Option<tokio_util::sync::CancellationToken> {
+        self.request_over
+            .clone()
+            .filter(|_| self.attachment == Attachment::Observer)
+    }
+
+    /// An observer stream whose response has been charged (or had nothing to charge): nothing
+    /// that comes after matters.
+    pub fn observed_all(&self) -> bool {
+        self.attachment == Attachment::Observer
+            && self.response_started
+            && self.ticket.is_none()
+            && self.tracker.is_none()
     }
 
     pub async fn handle(
@@ -393,6 +412,7 @@ impl Exchange {
                 request_id: self.request_id.clone(),
                 guardrail_note: self.guardrail_note,
                 guardrail: self.guardrail.clone(),
+                request_over: self.request_over.insert(Default::default()).clone(),
             });
             self.parked = Some(key);
             tracing::debug!(key, "admitted request parked for its observer");
@@ -423,6 +443,7 @@ impl Exchange {
                 self.request_id = parked.request_id;
                 self.guardrail_note = parked.guardrail_note;
                 self.guardrail = parked.guardrail;
+                self.request_over = Some(parked.request_over);
                 self.ticket = Some(parked.ticket);
             }
             None => {
@@ -668,6 +689,11 @@ impl Drop for Exchange {
         }
         if let Some(key) = self.parked.take() {
             self.settle_unclaimed_later(key);
+        }
+        if self.attachment == Attachment::Admission
+            && let Some(over) = &self.request_over
+        {
+            over.cancel();
         }
         metrics::gauge!("tollgate_extproc_streams_active").decrement(1.0);
     }

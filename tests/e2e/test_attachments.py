@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import re
+import time
 
 import httpx
 import pytest
@@ -27,6 +28,7 @@ TEAMS = [
     Team("fp-json", rpm=1000, daily_tokens=DAILY),
     Team("fp-sse", rpm=1000, daily_tokens=DAILY),
     Team("fp-cut", rpm=1000, daily_tokens=DAILY),
+    Team("fp-slow", rpm=1000, daily_tokens=DAILY),
     Team("fp-refused", rpm=1, daily_tokens=DAILY),
     Team("fp-headers", rpm=9, daily_tokens=5000),
     Team("fp-nobody", rpm=1000, daily_tokens=DAILY),
@@ -90,6 +92,21 @@ def test_fast_path_charges_sse_usage(fast, marker):
     fast.wait_remaining_tokens("fp-sse", left - 350, timeout=15)
 
 
+def test_fast_path_charges_a_slow_stream_exactly(fast, marker):
+    """The observer outlives long pauses (before the first byte, between events), each longer
+    than the grace it gives a response cut short: the admission stream lasts as long as the
+    HTTP request, so only the request's end starts that grace."""
+    left = fast.remaining_tokens("fp-slow")
+    client = fast.openai(fast.token("fp-slow"), marker)
+    chunks = list(client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True,
+        extra_headers={"x-fake-usage": "prompt=70,completion=30", "x-fake-delay-ms": "700",
+                       "x-fake-event-pause-ms": "400"},
+    ))
+    assert chunks
+    fast.wait_remaining_tokens("fp-slow", left - 100, timeout=15)
+
+
 def test_fast_path_charges_a_stream_cut_short(fast, marker):
     left = fast.remaining_tokens("fp-cut")
     client = fast.openai(fast.token("fp-cut"), marker)
@@ -99,9 +116,12 @@ def test_fast_path_charges_a_stream_cut_short(fast, marker):
             extra_headers={"x-fake-cut-after": "3", "x-fake-usage": "prompt=500,completion=500"},
         ):
             pass
-    # The usage never arrived: an estimate (> 0) is charged once Envoy closes the observer stream.
+    # The usage never arrived: an estimate (> 0) is charged when the request is over, not when
+    # Envoy resets the observer stream (deferred_close_timeout, 5 s later).
+    cut = time.monotonic()
     now = fast.wait_remaining_tokens("fp-cut", lambda v: v < left, timeout=20)
     assert 0 < left - now < 1000
+    assert time.monotonic() - cut < 4, "charged only when Envoy reset the observer stream"
 
 
 def test_fast_path_refusals_never_reach_the_upstream(fast, marker):
