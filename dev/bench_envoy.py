@@ -1,6 +1,6 @@
 """Envoy configs for dev/bench, written into a directory: the upstream (direct_response) and
 Envoy alone from bench/envoy-bench.json, and each attachment rendered from the real
-envoy/local.yaml (fast) and envoy/local-guarded.yaml (guarded), pointed at a given ext_proc
+envoy/local-fast.yaml (fast) and envoy/local.yaml (four-phase, guarded), pointed at a given ext_proc
 server. Each runs in its own Envoy process with one worker, so no two scenarios share a core's
 worker thread.
 
@@ -66,16 +66,16 @@ def main(out: Path) -> None:
 
     scenarios = [
         # name, source, ext_proc server, listener, admin, change to the rendered config
-        ("noop-fast", "local.yaml", NOOP_GRPC, 10111, 10192, None),
-        ("tollgate-fast", "local.yaml", TOLLGATE_GRPC, 10112, 10193, None),
-        ("noop-guarded", "local-guarded.yaml", NOOP_GRPC, 10113, 10194, None),
-        ("tollgate-guarded", "local-guarded.yaml", TOLLGATE_GRPC, 10114, 10195, None),
+        ("noop-fast", "local-fast.yaml", NOOP_GRPC, 10111, 10192, None),
+        ("tollgate-fast", "local-fast.yaml", TOLLGATE_GRPC, 10112, 10193, None),
+        ("noop-guarded", "local.yaml", NOOP_GRPC, 10113, 10194, None),
+        ("tollgate-guarded", "local.yaml", TOLLGATE_GRPC, 10114, 10195, None),
     ]
     if os.environ.get("BENCH_EXPLORE"):
         # Floors of attachments not shipped, to see what each part of the fast one costs.
         scenarios += [
-            ("noop-admission-only", "local.yaml", NOOP_GRPC, 10115, 10196, without_observer),
-            ("noop-observer-no-headers", "local.yaml", NOOP_GRPC, 10116, 10197, observer_without_headers),
+            ("noop-admission-only", "local-fast.yaml", NOOP_GRPC, 10115, 10196, without_observer),
+            ("noop-observer-no-headers", "local-fast.yaml", NOOP_GRPC, 10116, 10197, observer_without_headers),
         ]
     for name, source, grpc, listener, admin, change in scenarios:
         path = out / f"{name}.yaml"

@@ -9,7 +9,7 @@
 //! message and served through [`duplex::Duplex`], which may answer a message with no reply or
 //! several.
 //!
-//! Envoy's fast attachment (`envoy/local.yaml`) opens two streams per request, each filter naming
+//! Envoy's fast attachment (`envoy/local-fast.yaml`) opens two streams per request, each filter naming
 //! its role in the gRPC initial metadata `x-tollgate-attachment` ([`Attachment`]): the admission
 //! (one synchronous message) and the observer (`observability_mode`, never answered), joined by
 //! [`handoff::Handoffs`].

@@ -381,7 +381,7 @@ impl Exchange {
             return Err(self.refuse_here(Rejection::new(
                 RejectionKind::GuardrailUnavailable,
                 "the content guardrail enforces on answers, which needs the guarded attachment \
-                 (envoy/local-guarded.yaml); the fast attachment cannot hold an answer",
+                 (the four-phase one, envoy/local.yaml); the fast attachment cannot hold an answer",
             )));
         }
         Ok(team)

@@ -1,13 +1,13 @@
 """The two ways Envoy attaches tollgate, through real Envoy.
 
-Fast attachment (envoy/local.yaml, the default): a request with a body reaches tollgate as ONE
+Fast attachment (envoy/local-fast.yaml, opt-in): a request with a body reaches tollgate as ONE
 synchronous message (the body, with path and headers as attributes); the response goes to a
 second, observability-mode filter that Envoy never waits for. These tests count Envoy's own
 ext_proc message counters and show every guarantee of the four-phase attachment still holds:
 usage charged from JSON, from SSE and from a stream cut short, refusals before the upstream,
 rate-limit headers on the response, requests without a body still admitted.
 
-Guarded attachment (envoy/local-guarded.yaml): one filter holds every phase, so enforce-mode
+Four-phase attachment (envoy/local.yaml, the default): one filter holds every phase, so enforce-mode
 answer guardrails still withhold answers; tollgate refuses enforce mode on the fast attachment.
 """
 
@@ -37,7 +37,7 @@ TEAMS = [
 
 @pytest.fixture(scope="module")
 def fast(stack_factory):
-    return stack_factory("fast", TEAMS)
+    return stack_factory("fast", TEAMS, envoy_config="local-fast.yaml")
 
 
 def envoy_counter(stack, filter_prefix: str, name: str) -> int:
@@ -169,7 +169,7 @@ def test_requests_without_a_body_are_still_admitted(fast, marker):
     assert [q["path"] for q in fast.upstream_requests(marker)] == ["/v1/models"]
 
 
-# --------------------------------------------------------------------------- guarded attachment
+# --------------------------------------------------------------------------- four-phase attachment
 
 SSN = "123-45-6789"
 LOCAL = {"pii": [{"type": "US_SOCIAL_SECURITY_NUMBER", "action": "BLOCK"}]}
@@ -177,7 +177,7 @@ GUARD_TEAMS = [Team("gp-answer", rpm=1000, daily_tokens=DAILY)]
 
 
 def test_guarded_path_still_blocks_answers(stack_factory, marker):
-    s = stack_factory("guarded", GUARD_TEAMS, envoy_config="local-guarded.yaml",
+    s = stack_factory("guarded", GUARD_TEAMS, envoy_config="local.yaml",
                       guardrail={"mode": "enforce", "local": copy.deepcopy(LOCAL)})
     r = s.chat(s.token("gp-answer"), marker=marker, headers={"x-fake-text": f"your ssn is {SSN}"})
     assert r.status_code == 200, r.text
@@ -187,7 +187,8 @@ def test_guarded_path_still_blocks_answers(stack_factory, marker):
 
 
 def test_fast_path_refuses_enforce_mode(stack_factory, marker):
-    s = stack_factory("fast-enforce", GUARD_TEAMS, guardrail={"mode": "enforce", "local": copy.deepcopy(LOCAL)})
+    s = stack_factory("fast-enforce", GUARD_TEAMS, envoy_config="local-fast.yaml",
+                      guardrail={"mode": "enforce", "local": copy.deepcopy(LOCAL)})
     r = s.chat(s.token("gp-answer"), marker=marker)
     assert r.status_code == 503, r.text
     assert "guarded attachment" in r.text

@@ -9,7 +9,7 @@ import pytest
 
 from harness import REPO, envoy_binary, free_port, render_envoy_config
 
-CONFIGS = ["local.yaml", "local-guarded.yaml", "local-jwt-authn.yaml"]
+CONFIGS = ["local.yaml", "local-fast.yaml", "local-jwt-authn.yaml"]
 
 
 def _render(name: str, tmp_path):

@@ -498,19 +498,6 @@ def guardrail(**top) -> dict:
 
 
 @pytest.fixture(scope="module")
-def stack_factory(stack_factory):
-    """Enforce mode holds answers, which needs the guarded attachment (envoy/local-guarded.yaml):
-    those stacks use it; observe and off stay on the fast attachment (envoy/local.yaml)."""
-
-    def make(name, teams, **kw):
-        if (kw.get("guardrail") or {}).get("mode") == "enforce":
-            kw.setdefault("envoy_config", "local-guarded.yaml")
-        return stack_factory(name, teams, **kw)
-
-    return make
-
-
-@pytest.fixture(scope="module")
 def enforce(stack_factory):
     # tollgate at debug level: even its debug logs must not carry matched text
     return stack_factory(
