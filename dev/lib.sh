@@ -66,3 +66,31 @@ ensure_checkov() {
   fi
   export TOLLGATE_CHECKOV="$venv/bin/checkov"
 }
+
+# Phase timings for dev/test (and dev/test-terraform under it): `phase NAME "message"` ends the
+# running phase and starts NAME. Durations are appended to the file $TOLLGATE_PHASES when it is
+# set, so a child script's phases land in its parent's report; `phase_report` prints them.
+phase() {
+  phase_end
+  _phase_name="$1" _phase_start=$SECONDS
+  [[ $# -lt 2 ]] || log "$2"
+}
+phase_end() {
+  if [[ -n "${_phase_name:-}" && -n "${TOLLGATE_PHASES:-}" ]]; then
+    printf '%s\t%s\n' "$_phase_name" "$((SECONDS - _phase_start))" >> "$TOLLGATE_PHASES"
+  fi
+  _phase_name=""
+}
+# The table of phase durations; the last phase is marked when the script is failing ($1: its status).
+phase_report() {
+  local status="$1" name secs total=0 lines=()
+  [[ -s "${TOLLGATE_PHASES:-}" ]] || return 0
+  while IFS=$'\t' read -r name secs; do
+    lines+=("$(printf '  %-12s %4dm%02ds' "$name" $((secs / 60)) $((secs % 60)))")
+    total=$((total + secs))
+  done < "$TOLLGATE_PHASES"
+  [[ "$status" == 0 ]] || lines[-1]+="  (failed here, exit status $status)"
+  printf '\n==> time per phase (load average now: %s)\n' "$(cut -d' ' -f1-3 /proc/loadavg)" >&2
+  printf '%s\n' "${lines[@]}" >&2
+  printf '  %-12s %4dm%02ds\n' total $((total / 60)) $((total % 60)) >&2
+}

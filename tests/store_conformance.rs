@@ -23,7 +23,8 @@ use tollgate::engine::{
 use tollgate::policy::pricing::{PriceSource, PriceUsd};
 use tollgate::policy::{RejectionKind, Team, Tier, Usage};
 use tollgate::store::{
-    CounterKey, Debit, DynamoStore, EmbeddedStore, Increment, MemoryStore, Spool, Store,
+    Counted, CounterKey, Debit, DynamoStore, EmbeddedStore, Increment, MemoryStore, Scope, Spool,
+    Store,
 };
 
 // 2036-11-21T12:00:10Z. In the future: DynamoDB Local deletes items whose TTL (`expires_at`)
@@ -31,11 +32,7 @@ use tollgate::store::{
 const NOON_MS: u64 = 2_110_881_610_000;
 
 fn key(team: &str, counter: &str) -> CounterKey {
-    CounterKey {
-        team: team.into(),
-        counter: counter.into(),
-        expires_at: 4_000_000_000,
-    }
+    CounterKey::parse(team, counter, 4_000_000_000).expect("a counter tollgate writes")
 }
 
 // ---- the Store contract
@@ -142,13 +139,16 @@ async fn debits_add_signed_amounts(store: Arc<dyn Store>) {
     store.flush().await.unwrap();
     assert_eq!(
         store
-            .read_counters(&[&tokens, &reserved, &key("d", "absent")])
+            .read_counters(&[&tokens, &reserved, &key("d", "tokens#2026-11-22")])
             .await
             .unwrap(),
         vec![42, 30, 0]
     );
-    let listed = store.list_counters("d", "tokens#").await.unwrap();
-    assert_eq!(listed, vec![("tokens#2026-11-21".to_owned(), 42)]);
+    let listed = store
+        .list_counters(&Scope::Team("d".into()), "tokens#")
+        .await
+        .unwrap();
+    assert_eq!(listed, vec![(tokens.counted.clone(), 42)]);
 }
 
 async fn teams_and_prices_round_trip(store: Arc<dyn Store>) {
@@ -541,16 +541,17 @@ fn crash_image(from: &Path, to: &Path) {
 
 /// (tokens today, spend this month, reserved this month) of `team`.
 async fn charged(store: &dyn Store, team: &str) -> (u64, u64, u64) {
-    let sum = |rows: Vec<(String, u64)>, parts: usize| {
+    let scope = Scope::Team(team.to_owned());
+    let sum = |rows: Vec<(Counted, u64)>| {
         rows.iter()
-            .filter(|(name, _)| name.split('#').count() == parts)
+            .filter(|(counted, _)| !matches!(counted, Counted::ModelSpend(..)))
             .map(|(_, v)| v)
             .sum::<u64>()
     };
     (
-        sum(store.list_counters(team, "tokens#").await.unwrap(), 2),
-        sum(store.list_counters(team, "spend#").await.unwrap(), 2),
-        sum(store.list_counters(team, "reserved#").await.unwrap(), 2),
+        sum(store.list_counters(&scope, "tokens#").await.unwrap()),
+        sum(store.list_counters(&scope, "spend#").await.unwrap()),
+        sum(store.list_counters(&scope, "reserved#").await.unwrap()),
     )
 }
 

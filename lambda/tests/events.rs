@@ -152,11 +152,7 @@ fn logs_event(payload: &str) -> LogsEvent {
 }
 
 async fn counter(store: &dyn Store, counter: &str) -> u64 {
-    let key = CounterKey {
-        team: "search".into(),
-        counter: counter.into(),
-        expires_at: 0,
-    };
+    let key = CounterKey::parse("search", counter, 0).expect("a counter tollgate writes");
     store.read_counters(&[&key]).await.unwrap()[0]
 }
 

@@ -15,7 +15,7 @@ use crate::engine::Engine;
 use crate::policy::budget::{OnBreach, json_usd};
 use crate::policy::pricing::{PriceUsd, normalise_model};
 use crate::policy::{FieldError, Team, calendar, rate};
-use crate::store::{CounterKey, StoreError};
+use crate::store::{Counted, CounterKey, Scope, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
@@ -156,28 +156,35 @@ impl Admin {
         let pos = rate::WindowPosition::at(now_ms);
         let month = calendar::month_key(now);
         let store = self.engine.store();
+        let scope = Scope::Team(id.to_owned());
+        let day = calendar::PeriodRule::utc_day().containing(now).key;
         let counters = store
             .read_counters(&[
-                &CounterKey::requests_in_minute(id, pos.bucket - 1, 0),
-                &CounterKey::requests_in_minute(id, pos.bucket, 0),
-                &CounterKey::tokens_on_day(id, &calendar::day_key(now), 0),
+                &CounterKey::new(
+                    scope.clone(),
+                    Counted::Requests {
+                        minute: pos.bucket - 1,
+                    },
+                ),
+                &CounterKey::new(scope.clone(), Counted::Requests { minute: pos.bucket }),
+                &CounterKey::new(scope.clone(), Counted::Tokens(day)),
             ])
             .await?;
         let in_window = rate::window_count(counters[0], counters[1], pos);
         let mut this_month = 0;
         let mut by_model = serde_json::Map::new();
         let mut months = BTreeMap::new();
-        for (counter, micros) in store.list_counters(id, "spend#").await? {
-            let mut parts = counter.splitn(3, '#').skip(1);
-            match (parts.next(), parts.next()) {
-                (Some(m), None) => {
+        for (counter, micros) in store.list_counters(&scope, "spend#").await? {
+            match counter {
+                Counted::Spend(period) => {
+                    let m = period.render();
                     if m == month {
                         this_month = micros;
                     }
-                    months.insert(m.to_owned(), micros);
+                    months.insert(m, micros);
                 }
-                (Some(m), Some(model)) if m == month => {
-                    by_model.insert(model.to_owned(), json!(json_usd(micros)));
+                Counted::ModelSpend(period, model) if period.render() == month => {
+                    by_model.insert(model, json!(json_usd(micros)));
                 }
                 _ => {}
             }

@@ -23,10 +23,10 @@ pub use teams::TeamDirectory;
 
 use crate::identity::Principal;
 use crate::llm::Endpoints;
-use crate::policy::budget::{self, OnBreach};
+use crate::policy::admission::{self, Charges, Crossing, Decision, Facts, Values};
+use crate::policy::budget;
 use crate::policy::{
-    Price, PriceTable, RateHeaders, Rejection, RejectionKind, Team, TierTable, Units, Usage,
-    calendar, decision, rate, tokens,
+    Price, PriceTable, RateHeaders, Rejection, RejectionKind, Team, TierTable, Units, Usage, rate,
 };
 use crate::store::{
     CounterKey, Debit, Increment, Journal, JournalEntry, MemoryStore, Opened, Spool, Store,
@@ -181,9 +181,6 @@ impl ModelCall<'_> {
 const STORE_PAUSE_AFTER_FAILURE: Duration = Duration::from_secs(1);
 /// Output tokens assumed for a reservation when the request sets no maximum.
 const DEFAULT_RESERVED_OUTPUT_TOKENS: u64 = 1024;
-/// Spend counters are kept this long after their month, for usage history.
-const SPEND_RETENTION_SECS: u64 = 400 * 86_400;
-
 /// An admitted request: what to report in headers and what to charge once its usage is known.
 #[derive(Clone, Debug)]
 pub struct Ticket {
@@ -191,9 +188,9 @@ pub struct Ticket {
     pub rate: RateHeaders,
     /// `x-tollgate-budget-warning`, when a threshold is crossed or the budget is spent (warn mode).
     pub budget_warning: Option<String>,
-    /// Daily token counter to debit, fixed at admission so a response that ends after midnight
-    /// is charged to the day it was admitted on (spend likewise to its month).
-    tokens_key: CounterKey,
+    /// Counters to charge, fixed at admission so a response that ends after midnight is charged
+    /// to the day (and month, week) it was admitted in.
+    charges: Charges,
     charge: Option<Charge>,
     request_id: String,
     /// In the journal until settled (so that a crash does not lose its charge).
@@ -207,7 +204,12 @@ impl Ticket {
         let mut amounts = Vec::new();
         let total = usage.map_or(0, Usage::total);
         if total > 0 {
-            amounts.push((self.tokens_key.clone(), total as i64));
+            amounts.extend(
+                self.charges
+                    .tokens
+                    .iter()
+                    .map(|k| (k.clone(), total as i64)),
+            );
         }
         let mut cost = 0;
         if let Some(charge) = &self.charge {
@@ -215,12 +217,14 @@ impl Ticket {
                 charge.price.cost_with_units_micros(u, charge.unit_price)
             });
             if cost > 0 {
-                amounts.push((charge.month_key.clone(), cost as i64));
-                amounts.push((charge.model_key.clone(), cost as i64));
+                amounts.extend(self.charges.spend.iter().map(|k| (k.clone(), cost as i64)));
             }
-            if let Some((key, reserved)) = &charge.reserved {
-                amounts.push((key.clone(), -(*reserved as i64)));
-            }
+            amounts.extend(
+                charge
+                    .reserved
+                    .iter()
+                    .map(|(key, reserved)| (key.clone(), -(*reserved as i64))),
+            );
         }
         let debit = Debit {
             id: self.request_id.clone(),
@@ -252,21 +256,18 @@ struct Charge {
     price: Price,
     /// Micro-dollars per million of the call's units (images, characters), resolved at admission.
     unit_price: u64,
-    month_key: CounterKey,
-    model_key: CounterKey,
-    /// Reservation to release once the actual cost is known.
-    reserved: Option<(CounterKey, u64)>,
+    /// Reservations to release once the actual cost is known.
+    reserved: Vec<(CounterKey, u64)>,
 }
 
-/// Money facts of one admission: counters read and what they decided.
-struct Money {
+/// A model call's price, resolved at admission.
+struct Priced {
+    /// Canonical name.
     model: String,
     price: Price,
     unit_price: u64,
+    /// Cost of the prompt and the most output the call may generate.
     estimate: u64,
-    month_key: CounterKey,
-    model_key: CounterKey,
-    reserved_key: CounterKey,
 }
 
 /// Why an admission attempt did not produce a ticket.
@@ -526,7 +527,9 @@ impl Engine {
         outcome
     }
 
-    /// Admission against `store`: the shared store, or the per-instance fallback.
+    /// Admission against `store`: the shared store, or the per-instance fallback. Reads the
+    /// counters policy names, lets it decide, and makes the conditional adds it asks for in order;
+    /// when one is refused, what the earlier ones took is given back.
     async fn admit_at(
         &self,
         store: &dyn Store,
@@ -535,182 +538,99 @@ impl Engine {
         now_ms: u64,
         request_id: &str,
     ) -> Result<Ticket, Failure> {
-        let limits = self.settings.tiers.limits_for(team);
-        let now = now_ms / 1000;
-        let pos = rate::WindowPosition::at(now_ms);
-        let previous_key =
-            CounterKey::requests_in_minute(&team.id, pos.bucket - 1, pos.bucket_expiry_secs() - 60);
-        let current_key =
-            CounterKey::requests_in_minute(&team.id, pos.bucket, pos.bucket_expiry_secs());
-        let tokens_key = tokens_key(&team.id, now);
-        let money = match call {
-            Some(call) => Some(self.price_call(team, call, now).await?),
+        let scopes = [self.settings.tiers.rules_for(team)];
+        let priced = match call {
+            Some(call) => Some(self.price_call(team, call).await?),
             None => None,
         };
-
-        let mut keys = vec![&previous_key, &current_key, &tokens_key];
-        if let Some(m) = &money {
-            keys.extend([&m.month_key, &m.model_key, &m.reserved_key]);
-        }
-        let mut rate_headers = RateHeaders {
-            rpm_limit: limits.rpm,
-            rpm_reset_secs: pos.secs_to_bucket_end(),
-            tokens_limit: limits.daily_tokens,
-            ..Default::default()
+        let facts = Facts {
+            now_ms,
+            scopes: &scopes,
+            call: call.zip(priced.as_ref()).map(|(call, p)| admission::Call {
+                requested: call.model,
+                model: &p.model,
+                estimate_micros: p.estimate,
+            }),
+            reserve: self.settings.reserve,
+            warn_at_percent: &self.settings.warn_at_percent,
         };
+        if let Some(refusal) = facts.refuse_before_reading() {
+            return Err(self.refuse(refusal).into());
+        }
+        let reads = facts.reads();
+        let values = store
+            .read_counters(&reads.iter().collect::<Vec<_>>())
+            .await
+            .map_err(Failure::Store)?;
+        let mut admitted = match facts.decide(&Values::new(&reads, &values)) {
+            Decision::Refused(refusal) => return Err(self.refuse(refusal).into()),
+            Decision::Admitted(admitted) => admitted,
+        };
+        for scope in &admitted.overruns {
+            metrics::counter!("tollgate_budget_overruns_total", "team" => team.id.clone(), "scope" => scope.kind())
+                .increment(1);
+        }
         let mut ticket = Ticket {
             team: Arc::from(team.id.as_str()),
-            rate: rate_headers,
-            budget_warning: None,
-            tokens_key: tokens_key.clone(),
-            charge: money.as_ref().map(|m| Charge {
-                price: m.price,
-                unit_price: m.unit_price,
-                month_key: m.month_key.clone(),
-                model_key: m.model_key.clone(),
-                reserved: None,
+            rate: admitted.rate,
+            budget_warning: admitted.warning.clone(),
+            charges: admitted.charges.clone(),
+            charge: priced.as_ref().map(|p| Charge {
+                price: p.price,
+                unit_price: p.unit_price,
+                reserved: Vec::new(),
             }),
             request_id: request_id.to_owned(),
             journaled: false,
         };
-        let values = store.read_counters(&keys).await.map_err(Failure::Store)?;
-        let (previous, current, used_today) = (values[0], values[1], values[2]);
-        rate_headers.tokens_remaining = tokens::remaining(used_today, limits.daily_tokens);
-        rate_headers.rpm_remaining = rate::remaining(limits.rpm, previous, current, pos);
-
-        let to_next_month = calendar::secs_until_next_month(now);
-        let budget = limits.monthly_budget_micros;
-        let spent = values.get(3).copied().unwrap_or_default();
-        // With reservations, the request's own estimate must fit in the budget too.
-        let incoming = match &money {
-            Some(m) if self.settings.reserve => m.estimate,
-            _ => 0,
-        };
-        // Every limit that refuses is heard; the caller is told about the one that lasts longest.
-        let mut refusals = Vec::new();
-        if !tokens::within_daily_limit(used_today, limits.daily_tokens) {
-            refusals.push(Rejection::daily_tokens_exceeded(
-                used_today,
-                limits.daily_tokens.unwrap_or_default(),
-                rate_headers,
-                calendar::secs_until_next_day(now),
-            ));
-        }
-        if let Some(m) = &money {
-            let (spent_on_model, reserved) = (values[4], values[5]);
-            if !budget::within_budget(spent, reserved, incoming, budget) {
-                match team.on_breach {
-                    OnBreach::Block => refusals.push(Rejection::budget_exceeded(
-                        RejectionKind::MonthlyBudgetExceeded,
-                        budget::budget_exceeded_reason(spent.saturating_add(reserved), budget),
-                        rate_headers,
-                        to_next_month,
-                    )),
-                    OnBreach::Warn => {
-                        metrics::counter!("tollgate_budget_overruns_total", "team" => team.id.clone()).increment(1);
-                        ticket.budget_warning = Some(budget::budget_exceeded_reason(spent, budget));
-                    }
-                }
-            }
-            if let Some(cap) = team.model_cap_micros(&m.model)
-                && spent_on_model >= cap
-            {
-                let reason = budget::model_budget_exceeded_reason(&m.model, spent_on_model, cap);
-                match team.on_breach {
-                    OnBreach::Block => refusals.push(Rejection::budget_exceeded(
-                        RejectionKind::ModelBudgetExceeded,
-                        reason,
-                        rate_headers,
-                        to_next_month,
-                    )),
-                    OnBreach::Warn => {
-                        ticket.budget_warning = ticket.budget_warning.or(Some(reason))
-                    }
-                }
-            }
-        }
-        if !refusals.is_empty() {
-            // The RPM window may outlast a day that ends in seconds; it is judged from the
-            // counters read, as nothing is counted for a refused request.
-            if current >= rate::current_ceiling(limits.rpm, previous, pos) {
-                let mut rate_headers = rate_headers;
-                rate_headers.rpm_remaining = 0;
-                refusals.push(Rejection::rpm_exceeded(
-                    rate::window_count(previous, current, pos),
-                    rate_headers,
-                    rate::retry_after_secs(limits.rpm, previous, current, pos),
-                ));
-            }
-            let refusal = decision::lasting_longest(refusals).expect("at least one refusal");
-            return Err(self.refuse(refusal).into());
-        }
-        if let Some(m) = &money {
-            if ticket.budget_warning.is_none()
-                && let Some(threshold) =
-                    budget::crossed_threshold(spent, budget, &self.settings.warn_at_percent)
-            {
-                ticket.budget_warning = Some(budget::warning_text(threshold, spent, budget));
-                self.report_crossing(team, m, threshold, spent, budget)
-                    .await;
-            }
-            if incoming > 0 {
-                // Atomic among concurrent admissions: reservations never pass what is left.
-                let room = budget.saturating_sub(spent);
-                match store.add_within(&m.reserved_key, incoming, room).await {
-                    Ok(Increment::Applied(_)) => {
-                        if let Some(charge) = &mut ticket.charge {
-                            charge.reserved = Some((m.reserved_key.clone(), incoming));
+        let mut counted = Vec::new();
+        for add in admitted.adds.clone() {
+            let refused = match store.add_within(&add.key, add.amount, add.limit).await {
+                Ok(Increment::Applied(value)) => {
+                    admitted.applied(&add, value);
+                    match &mut ticket.charge {
+                        Some(charge) if add.is_reservation() => {
+                            charge.reserved.push((add.key, add.amount))
                         }
+                        _ => counted.push(add.key),
                     }
-                    Ok(Increment::Refused(now_reserved)) => {
-                        return Err(self
-                            .refuse(Rejection::budget_exceeded(
-                                RejectionKind::MonthlyBudgetExceeded,
-                                budget::budget_exceeded_reason(
-                                    spent.saturating_add(now_reserved),
-                                    budget,
-                                ),
-                                rate_headers,
-                                to_next_month,
-                            ))
-                            .into());
-                    }
-                    Err(e) => return Err(Failure::Store(e)),
+                    continue;
                 }
-            }
+                Ok(Increment::Refused(value)) => {
+                    Failure::Refused(self.refuse(admitted.refused(&facts, &add, value)))
+                }
+                Err(e) => Failure::Store(e),
+            };
+            // Refused after counting: give back the reservations and requests counted so far.
+            self.give_back(ticket, counted).await;
+            return Err(refused);
         }
-
-        let ceiling = rate::current_ceiling(limits.rpm, previous, pos);
-        let refused = match store.add_within(&current_key, 1, ceiling).await {
-            Ok(Increment::Applied(current)) => {
-                rate_headers.rpm_remaining = rate::remaining(limits.rpm, previous, current, pos);
-                ticket.rate = rate_headers;
-                metrics::counter!("tollgate_requests_total", "decision" => "allowed", "reason" => "").increment(1);
-                return Ok(ticket);
-            }
-            Ok(Increment::Refused(current)) => {
-                rate_headers.rpm_remaining = 0;
-                Failure::Refused(self.refuse(Rejection::rpm_exceeded(
-                    rate::window_count(previous, current, pos),
-                    rate_headers,
-                    rate::retry_after_secs(limits.rpm, previous, current, pos),
-                )))
-            }
-            Err(e) => Failure::Store(e),
-        };
-        // Refused after reserving: give the reservation back.
-        self.settle_as(ticket, None, "refused").await;
-        Err(refused)
+        ticket.rate = admitted.rate;
+        for crossing in &admitted.crossings {
+            self.report_crossing(team, crossing).await;
+        }
+        metrics::counter!("tollgate_requests_total", "decision" => "allowed", "reason" => "")
+            .increment(1);
+        Ok(ticket)
     }
 
-    /// Resolves the model's canonical name and price, enforcing the allow-list and the
-    /// unknown-model policy. No counter is touched on refusal.
-    async fn price_call(
-        &self,
-        team: &Team,
-        call: ModelCall<'_>,
-        now: u64,
-    ) -> Result<Money, Rejection> {
+    /// Undoes an admission refused part way: its reservations are released and the requests it
+    /// counted in other scopes' RPM windows taken back out.
+    async fn give_back(&self, ticket: Ticket, counted: Vec<CounterKey>) {
+        if !counted.is_empty() {
+            self.ledger
+                .record(Debit {
+                    id: format!("{}~undo", ticket.request_id),
+                    amounts: counted.into_iter().map(|key| (key, -1)).collect(),
+                })
+                .await;
+        }
+        self.settle_as(ticket, None, "refused").await;
+    }
+
+    /// Resolves the model's canonical name and price, enforcing the unknown-model policy. No
+    /// counter is touched on refusal.
+    async fn price_call(&self, team: &Team, call: ModelCall<'_>) -> Result<Priced, Rejection> {
         let table = self.prices.table().await;
         let (model, price, unit_price) = match table.model_price(call.model) {
             Some((model, price)) => {
@@ -746,16 +666,6 @@ impl Engine {
                 }
             },
         };
-        if !team.allows(&model) {
-            return Err(self.refuse(Rejection::new(
-                RejectionKind::ModelNotAllowed,
-                format!(
-                    "model {:?} is not allowed for team {:?}",
-                    call.model, team.id
-                ),
-            )));
-        }
-        let month = calendar::month_key(now);
         let estimate = price.cost_with_units_micros(
             &Usage {
                 output: call
@@ -765,15 +675,7 @@ impl Engine {
             },
             unit_price,
         );
-        let (month_key, model_key) = spend_keys(&team.id, &model, now);
-        Ok(Money {
-            month_key,
-            model_key,
-            reserved_key: CounterKey::reserved_in_month(
-                &team.id,
-                &month,
-                calendar::next_month_start(now) + 86_400,
-            ),
+        Ok(Priced {
             model,
             price,
             unit_price,
@@ -795,22 +697,11 @@ impl Engine {
         ))
     }
 
-    /// Logs and counts a threshold crossing once per team, month and threshold across the fleet:
-    /// the store's conditional increment decides which instance reports it.
-    async fn report_crossing(
-        &self,
-        team: &Team,
-        money: &Money,
-        threshold: u8,
-        spent: u64,
-        budget: u64,
-    ) {
-        let month = money
-            .month_key
-            .counter
-            .trim_start_matches("spend#")
-            .to_owned();
-        let marker = format!("{}#{month}#{threshold}", team.id);
+    /// Logs and counts a threshold crossing once per scope, period and threshold across the
+    /// fleet: the store's conditional increment of the crossing's marker decides which instance
+    /// reports it. (The alerts webhook hooks in where the marker is won.)
+    async fn report_crossing(&self, team: &Team, crossing: &Crossing) {
+        let marker = crossing.marker.id();
         {
             let mut reported = self.reported.lock().unwrap();
             if reported.contains(&marker) {
@@ -821,18 +712,17 @@ impl Engine {
             }
             reported.insert(marker);
         }
-        let key =
-            CounterKey::budget_warned(&team.id, &month, threshold, money.month_key.expires_at);
-        if let Ok(Increment::Applied(_)) = self.store.add_within(&key, 1, 1).await {
-            metrics::counter!("tollgate_budget_threshold_crossings_total", "threshold" => threshold.to_string())
+        if let Ok(Increment::Applied(_)) = self.store.add_within(&crossing.marker, 1, 1).await {
+            metrics::counter!("tollgate_budget_threshold_crossings_total", "threshold" => crossing.threshold.to_string(), "scope" => crossing.scope.kind())
                 .increment(1);
             tracing::warn!(
                 team = %team.id,
-                month,
-                threshold,
-                spent_usd = budget::json_usd(spent),
-                budget_usd = budget::json_usd(budget),
-                "monthly budget threshold crossed"
+                scope = %crossing.scope.label(),
+                period = %crossing.period.key.render(),
+                threshold = crossing.threshold,
+                spent_usd = budget::json_usd(crossing.spent_micros),
+                budget_usd = budget::json_usd(crossing.budget_micros),
+                "budget threshold crossed"
             );
         }
     }
@@ -989,11 +879,6 @@ impl Engine {
         at_ms: u64,
         request_id: &str,
     ) -> (Debit, Option<u64>) {
-        let at = at_ms / 1000;
-        let mut amounts = Vec::new();
-        if usage.total() > 0 {
-            amounts.push((tokens_key(&team.id, at), usage.total() as i64));
-        }
         let table = self.prices.table().await;
         let priced = match (table.price(model), self.settings.unknown_model) {
             (Some(found), _) => Some(found),
@@ -1002,12 +887,32 @@ impl Engine {
             }
             (None, UnknownModel::Reject) => None,
         };
-        let cost = priced.map(|(model, price)| {
+        let scopes = [self.settings.tiers.rules_for(team)];
+        let charges = Facts {
+            now_ms: at_ms,
+            scopes: &scopes,
+            call: priced.as_ref().map(|(canonical, _)| admission::Call {
+                requested: model,
+                model: canonical,
+                estimate_micros: 0,
+            }),
+            reserve: false,
+            warn_at_percent: &[],
+        }
+        .charges();
+        let mut amounts = Vec::new();
+        if usage.total() > 0 {
+            amounts.extend(
+                charges
+                    .tokens
+                    .iter()
+                    .map(|k| (k.clone(), usage.total() as i64)),
+            );
+        }
+        let cost = priced.map(|(_, price)| {
             let cost = price.cost_micros(usage);
             if cost > 0 {
-                let (month_key, model_key) = spend_keys(&team.id, &model, at);
-                amounts.push((month_key, cost as i64));
-                amounts.push((model_key, cost as i64));
+                amounts.extend(charges.spend.iter().map(|k| (k.clone(), cost as i64)));
             }
             cost
         });
@@ -1047,26 +952,6 @@ impl Engine {
             None => format!("tollgate-{:x}-{seq}", self.instance),
         }
     }
-}
-
-/// A team's token counter for the UTC day of `at` (seconds). It outlives its day by one so late
-/// debits and operators can still see it.
-fn tokens_key(team: &str, at: u64) -> CounterKey {
-    CounterKey::tokens_on_day(
-        team,
-        &calendar::day_key(at),
-        calendar::next_day_start(at) + 86_400,
-    )
-}
-
-/// A team's spend counters for the UTC month of `at` (seconds): all models, and `model`.
-fn spend_keys(team: &str, model: &str, at: u64) -> (CounterKey, CounterKey) {
-    let month = calendar::month_key(at);
-    let expires = calendar::next_month_start(at) + SPEND_RETENTION_SECS;
-    (
-        CounterKey::spend_in_month(team, &month, expires),
-        CounterKey::spend_on_model(team, &month, model, expires),
-    )
 }
 
 #[cfg(test)]

@@ -4,9 +4,9 @@ use std::sync::atomic::Ordering;
 use async_trait::async_trait;
 
 use super::*;
-use crate::policy::Tier;
 use crate::policy::pricing::PriceUsd;
-use crate::store::{MemoryStore, StoreResult};
+use crate::policy::{OnBreach, Tier};
+use crate::store::{Counted, MemoryStore, Scope, StoreResult};
 
 // 2026-11-21T12:00:10Z
 const NOON: u64 = 1_795_262_410_000;
@@ -37,6 +37,11 @@ fn engine_set(store: Arc<dyn Store>, settings: EngineSettings) -> (Arc<Engine>, 
         Arc::new(Engine::new(store, None, settings, clock.clone())),
         clock,
     )
+}
+
+/// The key of a counter as stores hold it.
+fn stored(team: &str, name: &str) -> CounterKey {
+    CounterKey::parse(team, name, 0).expect("a counter tollgate writes")
 }
 
 fn engine() -> (Arc<Engine>, Arc<ManualClock>) {
@@ -162,7 +167,12 @@ async fn a_token_rejection_does_not_consume_rpm() {
     }
     let counters = engine
         .store()
-        .read_counters(&[&CounterKey::requests_in_minute("a", NOON / 60_000, 0)])
+        .read_counters(&[&CounterKey::team(
+            "a",
+            Counted::Requests {
+                minute: NOON / 60_000,
+            },
+        )])
         .await
         .unwrap();
     assert_eq!(counters, vec![1]);
@@ -219,7 +229,7 @@ impl Store for DownStore {
     async fn apply_debits(&self, _: &[Debit]) -> StoreResult<()> {
         Err(StoreError::Unavailable("down".into()))
     }
-    async fn list_counters(&self, _: &str, _: &str) -> StoreResult<Vec<(String, u64)>> {
+    async fn list_counters(&self, _: &Scope, _: &str) -> StoreResult<Vec<(Counted, u64)>> {
         Err(StoreError::Unavailable("down".into()))
     }
     async fn put_team(&self, _: &Team) -> StoreResult<()> {
@@ -302,8 +312,8 @@ fn dollar_per_thousand() -> EngineSettings {
 
 /// A team's spend this (test) month, in total and on `model`, in micro-dollars.
 async fn spent(engine: &Engine, team: &str, model: &str) -> [u64; 2] {
-    let month = CounterKey::spend_in_month(team, "2026-11", 0);
-    let on_model = CounterKey::spend_on_model(team, "2026-11", model, 0);
+    let month = stored(team, "spend#2026-11");
+    let on_model = stored(team, &format!("spend#2026-11#{model}"));
     let values = engine
         .store()
         .read_counters(&[&month, &on_model])
@@ -401,7 +411,7 @@ async fn thresholds_warn_on_every_request_but_are_reported_once() {
             Some("80% of the monthly budget used ($0.81/$1.00)")
         );
     }
-    let marker = CounterKey::budget_warned("th", "2026-11", 80, 0);
+    let marker = stored("th", "warned#2026-11#80");
     assert_eq!(
         engine.store().read_counters(&[&marker]).await.unwrap(),
         vec![1]
@@ -465,7 +475,12 @@ async fn allow_lists_and_unknown_models_are_refused_before_counting() {
         (RejectionKind::UnknownModel, 400)
     );
     assert!(r.reason.contains("mystery-model"));
-    let minute = CounterKey::requests_in_minute("al", NOON / 60_000, 0);
+    let minute = CounterKey::team(
+        "al",
+        Counted::Requests {
+            minute: NOON / 60_000,
+        },
+    );
     assert_eq!(
         engine.store().read_counters(&[&minute]).await.unwrap(),
         vec![1],
@@ -513,7 +528,7 @@ async fn cache_tokens_are_priced_at_cache_prices() {
     engine.settle(ticket, usage, "test").await;
     engine.flush().await;
     // 10 + 20 tokens at $1/1k, 1000 at $0.10/1k, 100 at $2/1k = 0.03 + 0.1 + 0.2 = $0.33.
-    let month = CounterKey::spend_in_month("cache", "2026-11", 0);
+    let month = stored("cache", "spend#2026-11");
     assert_eq!(
         engine.store().read_counters(&[&month]).await.unwrap(),
         vec![330_000]
@@ -554,7 +569,7 @@ async fn reservations_keep_concurrent_requests_within_the_budget() {
             .await;
     }
     engine.flush().await;
-    let reserved = CounterKey::reserved_in_month("res", "2026-11", 0);
+    let reserved = stored("res", "reserved#2026-11");
     assert_eq!(
         engine.store().read_counters(&[&reserved]).await.unwrap(),
         vec![0]
@@ -727,7 +742,7 @@ async fn reservations_count_every_image_asked_for() {
         .admit(&t, unit_call("dall-e-3", &two), None)
         .await
         .unwrap();
-    let reserved = CounterKey::reserved_in_month("ri", "2026-11", 0);
+    let reserved = stored("ri", "reserved#2026-11");
     assert_eq!(
         engine.store().read_counters(&[&reserved]).await.unwrap(),
         vec![80_000]
@@ -745,12 +760,13 @@ fn journaled_engine(dir: &tempfile::TempDir) -> Arc<Engine> {
 }
 
 async fn counters(engine: &Engine, team: &str) -> (u64, u64, u64) {
-    let now = NOON / 1000;
-    let (month, _) = spend_keys(team, "test-model", now);
-    let reserved = CounterKey::reserved_in_month(team, &calendar::month_key(now), 0);
     let values = engine
         .store()
-        .read_counters(&[&tokens_key(team, now), &month, &reserved])
+        .read_counters(&[
+            &stored(team, "tokens#2026-11-21"),
+            &stored(team, "spend#2026-11"),
+            &stored(team, "reserved#2026-11"),
+        ])
         .await
         .unwrap();
     (values[0], values[1], values[2])

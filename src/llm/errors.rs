@@ -40,10 +40,12 @@ pub fn rejection_body(shape: impl Into<ErrorShape>, rejection: &Rejection) -> Ve
 fn openai_type(kind: RejectionKind) -> &'static str {
     match kind {
         RejectionKind::RpmExceeded => "requests",
-        RejectionKind::DailyTokensExceeded => "tokens",
-        RejectionKind::MonthlyBudgetExceeded | RejectionKind::ModelBudgetExceeded => {
-            "insufficient_quota"
-        }
+        RejectionKind::DailyTokensExceeded
+        | RejectionKind::TokensExceeded
+        | RejectionKind::TpmExceeded => "tokens",
+        RejectionKind::MonthlyBudgetExceeded
+        | RejectionKind::BudgetExceeded
+        | RejectionKind::ModelBudgetExceeded => "insufficient_quota",
         RejectionKind::Unauthenticated => "authentication_error",
         RejectionKind::Forbidden | RejectionKind::UnknownTeam | RejectionKind::ModelNotAllowed => {
             "permission_error"
@@ -61,8 +63,11 @@ fn openai_type(kind: RejectionKind) -> &'static str {
 fn anthropic_type(kind: RejectionKind) -> &'static str {
     match kind {
         RejectionKind::RpmExceeded
+        | RejectionKind::TpmExceeded
         | RejectionKind::DailyTokensExceeded
+        | RejectionKind::TokensExceeded
         | RejectionKind::MonthlyBudgetExceeded
+        | RejectionKind::BudgetExceeded
         | RejectionKind::ModelBudgetExceeded => "rate_limit_error",
         RejectionKind::Unauthenticated => "authentication_error",
         RejectionKind::Forbidden | RejectionKind::UnknownTeam | RejectionKind::ModelNotAllowed => {

@@ -4,6 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::calendar::PeriodRule;
+use super::counters::PeriodKind;
+use super::decision::RejectionKind;
 use super::pricing::usd;
 
 /// What happens when a team is over budget.
@@ -72,20 +75,34 @@ pub fn within_budget(spent: u64, reserved: u64, incoming: u64, budget: u64) -> b
     committed < budget && (incoming == 0 || committed.saturating_add(incoming) <= budget)
 }
 
-pub fn budget_exceeded_reason(spent: u64, budget: u64) -> String {
-    format!("Monthly budget exceeded {}", spent_of_limit(spent, budget))
+/// A monthly budget keeps the code clients have always seen; a daily or weekly one has its own.
+pub fn exceeded_kind(period: &PeriodRule) -> RejectionKind {
+    match period.kind {
+        PeriodKind::Month => RejectionKind::MonthlyBudgetExceeded,
+        PeriodKind::Day | PeriodKind::Week => RejectionKind::BudgetExceeded,
+    }
 }
 
-pub fn model_budget_exceeded_reason(model: &str, spent: u64, cap: u64) -> String {
+pub fn exceeded_reason(period: &PeriodRule, spent: u64, budget: u64) -> String {
     format!(
-        "Monthly budget for model {model} exceeded {}",
+        "{} budget exceeded {}",
+        period.names().0,
+        spent_of_limit(spent, budget)
+    )
+}
+
+pub fn model_exceeded_reason(period: &PeriodRule, model: &str, spent: u64, cap: u64) -> String {
+    format!(
+        "{} budget for model {model} exceeded {}",
+        period.names().0,
         spent_of_limit(spent, cap)
     )
 }
 
-pub fn warning_text(threshold: u8, spent: u64, budget: u64) -> String {
+pub fn warning_text(period: &PeriodRule, threshold: u8, spent: u64, budget: u64) -> String {
     format!(
-        "{threshold}% of the monthly budget used {}",
+        "{threshold}% of the {} budget used {}",
+        period.names().0.to_lowercase(),
         spent_of_limit(spent, budget)
     )
 }
@@ -117,7 +134,7 @@ mod tests {
         assert_eq!(spent_of_limit(10_001, 10_000), "($0.02/$0.01)");
         assert_eq!(spent_of_limit(0, 0), "($0.00/$0.00)");
         assert_eq!(
-            budget_exceeded_reason(100_020_000, 100_000_000),
+            exceeded_reason(&PeriodRule::utc_month(), 100_020_000, 100_000_000),
             "Monthly budget exceeded ($100.02/$100.00)"
         );
     }
@@ -126,7 +143,7 @@ mod tests {
     fn amounts_keep_the_precision_the_limit_was_configured_with() {
         // A $0.001 cap (1,000 micro-dollars) is not shown as a cent.
         assert_eq!(
-            model_budget_exceeded_reason("gpt-4o", 1_000, 1_000),
+            model_exceeded_reason(&PeriodRule::utc_month(), "gpt-4o", 1_000, 1_000),
             "Monthly budget for model gpt-4o exceeded ($0.001/$0.001)"
         );
         // Spend is rounded up at that precision, so over the cap never reads as equal to it.
@@ -139,7 +156,7 @@ mod tests {
         assert_eq!(spent_of_limit(50, 50), "($0.00005/$0.00005)");
         // Below the limit but equal at its precision: more decimals, never "$100.00/$100.00".
         assert_eq!(
-            warning_text(80, 850, 1_000),
+            warning_text(&PeriodRule::utc_month(), 80, 850, 1_000),
             "80% of the monthly budget used ($0.0009/$0.0010)"
         );
         assert_eq!(
@@ -159,7 +176,7 @@ mod tests {
         );
         assert_eq!(crossed_threshold(10, budget, &[]), None);
         assert_eq!(
-            warning_text(80, 85_000_000, budget),
+            warning_text(&PeriodRule::utc_month(), 80, 85_000_000, budget),
             "80% of the monthly budget used ($85.00/$100.00)"
         );
     }

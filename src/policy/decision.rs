@@ -6,8 +6,14 @@
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RejectionKind {
     RpmExceeded,
+    /// Tokens in the last 60 s.
+    TpmExceeded,
     DailyTokensExceeded,
+    /// A weekly or monthly token limit.
+    TokensExceeded,
     MonthlyBudgetExceeded,
+    /// A daily or weekly budget.
+    BudgetExceeded,
     ModelBudgetExceeded,
     ModelNotAllowed,
     UnknownModel,
@@ -30,8 +36,11 @@ impl RejectionKind {
     pub fn status(self) -> u16 {
         match self {
             Self::RpmExceeded
+            | Self::TpmExceeded
             | Self::DailyTokensExceeded
+            | Self::TokensExceeded
             | Self::MonthlyBudgetExceeded
+            | Self::BudgetExceeded
             | Self::ModelBudgetExceeded => 429,
             Self::Unauthenticated => 401,
             Self::Forbidden | Self::UnknownTeam | Self::ModelNotAllowed => 403,
@@ -46,8 +55,11 @@ impl RejectionKind {
     pub fn code(self) -> &'static str {
         match self {
             Self::RpmExceeded => "rpm_limit_exceeded",
+            Self::TpmExceeded => "tpm_limit_exceeded",
             Self::DailyTokensExceeded => "daily_token_limit_exceeded",
+            Self::TokensExceeded => "token_limit_exceeded",
             Self::MonthlyBudgetExceeded => "monthly_budget_exceeded",
+            Self::BudgetExceeded => "budget_exceeded",
             Self::ModelBudgetExceeded => "model_budget_exceeded",
             Self::ModelNotAllowed => "model_not_allowed",
             Self::UnknownModel => "unknown_model",
@@ -67,7 +79,7 @@ impl RejectionKind {
     pub fn retryable(self) -> bool {
         matches!(
             self,
-            Self::RpmExceeded | Self::Unavailable | Self::GuardrailUnavailable
+            Self::RpmExceeded | Self::TpmExceeded | Self::Unavailable | Self::GuardrailUnavailable
         )
     }
 }
@@ -93,6 +105,9 @@ pub struct Rejection {
     pub rate: Option<RateHeaders>,
     /// Guardrail policies that fired (names only, never the matched text).
     pub policies: Vec<String>,
+    /// The scope whose limit refused (`user alice in team platform`), for
+    /// `x-tollgate-limit-scope`.
+    pub scope: Option<String>,
 }
 
 impl Rejection {
@@ -103,6 +118,7 @@ impl Rejection {
             retry_after_secs: None,
             rate: None,
             policies: Vec::new(),
+            scope: None,
         }
     }
 
@@ -122,6 +138,7 @@ impl Rejection {
             retry_after_secs: Some(retry_after_secs),
             rate: Some(rate),
             policies: Vec::new(),
+            scope: None,
         }
     }
 
@@ -138,6 +155,7 @@ impl Rejection {
             retry_after_secs: Some(retry_after_secs),
             rate: Some(rate),
             policies: Vec::new(),
+            scope: None,
         }
     }
 
@@ -148,11 +166,34 @@ impl Rejection {
         retry_after_secs: u64,
     ) -> Self {
         Self {
-            kind: RejectionKind::DailyTokensExceeded,
-            reason: format!("Daily token limit exceeded ({used}/{limit} tokens today)"),
-            retry_after_secs: Some(retry_after_secs),
             rate: Some(rate),
-            policies: Vec::new(),
+            ..Self::tokens_exceeded(
+                true,
+                format!("Daily token limit exceeded ({used}/{limit} tokens today)"),
+                retry_after_secs,
+            )
+        }
+    }
+
+    /// A token limit per period is used up (`daily`: the period is a day, whose code clients
+    /// have always seen); `retry_after_secs` runs to the period's end.
+    pub fn tokens_exceeded(daily: bool, reason: String, retry_after_secs: u64) -> Self {
+        let kind = if daily {
+            RejectionKind::DailyTokensExceeded
+        } else {
+            RejectionKind::TokensExceeded
+        };
+        Self {
+            retry_after_secs: Some(retry_after_secs),
+            ..Self::new(kind, reason)
+        }
+    }
+
+    /// The tokens of the last 60 s are at the limit.
+    pub fn tpm_exceeded(reason: String, retry_after_secs: u64) -> Self {
+        Self {
+            retry_after_secs: Some(retry_after_secs),
+            ..Self::new(RejectionKind::TpmExceeded, reason)
         }
     }
 }
@@ -162,14 +203,14 @@ impl Rejection {
 /// month, by the budget it was not told about; told about the budget, it waits once, or asks
 /// for more. Its `retry_after_seconds` (and whether to retry) then follow the limit named.
 /// On a tie (the last day of a month, when the day and the month end together) the broader
-/// limit is named: the team's budget, then a model's cap, then daily tokens, then RPM.
+/// limit is named: a budget, then a model's cap, then tokens per period, then RPM or TPM.
 pub fn lasting_longest(refusals: Vec<Rejection>) -> Option<Rejection> {
     refusals.into_iter().max_by_key(|r| {
         let lasts = r.retry_after_secs.unwrap_or(u64::MAX);
         let breadth = match r.kind {
-            RejectionKind::MonthlyBudgetExceeded => 3,
+            RejectionKind::MonthlyBudgetExceeded | RejectionKind::BudgetExceeded => 3,
             RejectionKind::ModelBudgetExceeded => 2,
-            RejectionKind::DailyTokensExceeded => 1,
+            RejectionKind::DailyTokensExceeded | RejectionKind::TokensExceeded => 1,
             _ => 0,
         };
         (lasts, breadth)

@@ -4,7 +4,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
+use super::admission::ScopeRules;
 use super::budget::OnBreach;
+use super::counters::Scope;
 use super::pricing::{micros, normalise_model};
 
 /// Service tier of a team. `high` is accepted as an alias of `premium`.
@@ -245,6 +247,25 @@ impl TierTable {
 
     pub fn limits_for(&self, team: &Team) -> Limits {
         team.overrides().apply(self.tier_limits(team.tier))
+    }
+
+    /// What admission checks for `team`'s own scope: its tier's limits with its overrides, over
+    /// UTC days (tokens) and months (budget).
+    pub fn rules_for(&self, team: &Team) -> ScopeRules {
+        let limits = self.limits_for(team);
+        ScopeRules {
+            rpm: Some(limits.rpm),
+            tokens: limits.daily_tokens,
+            budget_micros: Some(limits.monthly_budget_micros),
+            model_caps: team
+                .model_caps
+                .iter()
+                .map(|(model, &usd)| (model.clone(), micros(usd)))
+                .collect(),
+            allowed_models: team.allowed_models.clone(),
+            on_breach: team.on_breach,
+            ..ScopeRules::unlimited(Scope::Team(team.id.clone()))
+        }
     }
 }
 

@@ -1,8 +1,10 @@
 //! Pure policy: limits, windows and decisions. No I/O, no clocks, no knowledge of Envoy or HTTP:
 //! every function takes the facts (counters, limits, the current time) and returns a decision.
 
+pub mod admission;
 pub mod budget;
 pub mod calendar;
+pub mod counters;
 pub mod decision;
 pub mod limits;
 pub mod pricing;

@@ -4,7 +4,7 @@
 //!
 //! | item | pk | sk | attributes |
 //! |---|---|---|---|
-//! | counter | `team#<id>` | `rpm#<minute>`, `tokens#<day>`, `spend#<month>[#<model>]`, `reserved#<month>`, `warned#<month>#<pct>` | `v` (N), `expires_at` (N, TTL) |
+//! | counter | `team#<scope partition>` | the counter's name (`policy::counters`: `rpm#<minute>`, `tokens#<period>`, `spend#<period>[#<model>]`, ...) | `v` (N), `expires_at` (N, TTL) |
 //! | team | `teams` | `<id>` | `doc` (S, JSON) |
 //! | admin price | `prices` | `<model>` | `doc` (S, JSON) |
 //! | applied debit | `debit#<request id>` | `debit` | `expires_at` (N, TTL) |
@@ -41,7 +41,8 @@ use aws_sdk_dynamodb::types::{
 use serde::{Deserialize, Serialize};
 
 use super::{
-    BUCKET_SETTLES_MS, Claim, CounterKey, Debit, Increment, Store, StoreError, StoreResult,
+    BUCKET_SETTLES_MS, Claim, Counted, CounterKey, Debit, Increment, Scope, Store, StoreError,
+    StoreResult,
 };
 use crate::policy::Team;
 use crate::policy::pricing::PriceUsd;
@@ -157,10 +158,16 @@ fn n(v: impl ToString) -> AttributeValue {
     AttributeValue::N(v.to_string())
 }
 
+/// A scope's counters share one partition key: `team#` and the scope's partition, as a team's
+/// always had.
+fn partition_key(partition: &str) -> String {
+    format!("team#{partition}")
+}
+
 fn counter_item_key(key: &CounterKey) -> HashMap<String, AttributeValue> {
     HashMap::from([
-        ("pk".into(), s(format!("team#{}", key.team))),
-        ("sk".into(), s(key.counter.clone())),
+        ("pk".into(), s(partition_key(&key.partition()))),
+        ("sk".into(), s(key.name())),
     ])
 }
 
@@ -303,6 +310,15 @@ impl DynamoStore {
 
     async fn fetch(&self, keys: &[&CounterKey]) -> StoreResult<HashMap<String, u64>> {
         let mut found = HashMap::new();
+        // The items DynamoDB returns, by their (pk, sk), back to the keys asked for.
+        let items: Vec<(String, String, String)> = keys
+            .iter()
+            .map(|k| (partition_key(&k.partition()), k.name(), k.id()))
+            .collect();
+        let ids: HashMap<(&str, &str), &String> = items
+            .iter()
+            .map(|(pk, sk, id)| ((pk.as_str(), sk.as_str()), id))
+            .collect();
         for chunk in keys.chunks(BATCH_GET_MAX) {
             let mut pending: Vec<HashMap<String, AttributeValue>> =
                 chunk.iter().map(|k| counter_item_key(k)).collect();
@@ -326,18 +342,13 @@ impl DynamoStore {
                     .into_iter()
                     .flatten()
                 {
-                    let pk = item
-                        .get("pk")
-                        .and_then(|v| v.as_s().ok())
-                        .cloned()
-                        .unwrap_or_default();
-                    let sk = item
-                        .get("sk")
-                        .and_then(|v| v.as_s().ok())
-                        .cloned()
-                        .unwrap_or_default();
-                    let team = pk.strip_prefix("team#").unwrap_or(&pk);
-                    found.insert(format!("{team}#{sk}"), number(item, "v"));
+                    let field = |name: &str| item.get(name).and_then(|v| v.as_s().ok());
+                    let (Some(pk), Some(sk)) = (field("pk"), field("sk")) else {
+                        continue;
+                    };
+                    if let Some(id) = ids.get(&(pk.as_str(), sk.as_str())) {
+                        found.insert((*id).clone(), number(item, "v"));
+                    }
                 }
                 // Keys DynamoDB did not get to (throttling) are asked for again.
                 if let Some(unprocessed) =
@@ -697,18 +708,14 @@ impl Store for DynamoStore {
         Ok(())
     }
 
-    async fn list_counters(&self, team: &str, prefix: &str) -> StoreResult<Vec<(String, u64)>> {
-        let mut counters: Vec<(String, u64)> = self
-            .query(&format!("team#{team}"), prefix)
+    async fn list_counters(&self, scope: &Scope, prefix: &str) -> StoreResult<Vec<(Counted, u64)>> {
+        let mut counters: Vec<(Counted, u64)> = self
+            .query(&partition_key(&scope.partition()), prefix)
             .await?
             .iter()
-            .map(|item| {
-                let sk = item
-                    .get("sk")
-                    .and_then(|v| v.as_s().ok())
-                    .cloned()
-                    .unwrap_or_default();
-                (sk, number(item, "v"))
+            .filter_map(|item| {
+                let sk = item.get("sk").and_then(|v| v.as_s().ok())?;
+                Some((Counted::parse(sk)?, number(item, "v")))
             })
             .collect();
         counters.sort();

@@ -23,7 +23,7 @@ use super::journal::{
     Committed, GroupCommit, Journal, KeepsJournal, OpenCalls, run_group_commits, write_changes,
 };
 use super::memory::{Counter, MemoryStore};
-use super::{Claim, CounterKey, Debit, Increment, Store, StoreError, StoreResult};
+use super::{Claim, Counted, CounterKey, Debit, Increment, Scope, Store, StoreError, StoreResult};
 use crate::policy::Team;
 use crate::policy::pricing::PriceUsd;
 
@@ -313,8 +313,8 @@ impl Store for EmbeddedStore {
         self.inner.live.team(id).await
     }
 
-    async fn list_counters(&self, team: &str, prefix: &str) -> StoreResult<Vec<(String, u64)>> {
-        self.inner.live.list_counters(team, prefix).await
+    async fn list_counters(&self, scope: &Scope, prefix: &str) -> StoreResult<Vec<(Counted, u64)>> {
+        self.inner.live.list_counters(scope, prefix).await
     }
 
     async fn prices(&self) -> StoreResult<Vec<(String, PriceUsd)>> {
@@ -369,11 +369,7 @@ mod tests {
     use super::*;
 
     fn key(counter: &str) -> CounterKey {
-        CounterKey {
-            team: "t".into(),
-            counter: counter.into(),
-            expires_at: unix_now() + 3600,
-        }
+        CounterKey::parse("t", counter, unix_now() + 3600).unwrap()
     }
 
     #[tokio::test]
@@ -390,7 +386,7 @@ mod tests {
             store
                 .apply_debits(&[Debit {
                     id: "r1".into(),
-                    amounts: vec![(key("tokens#d"), 42)],
+                    amounts: vec![(key("tokens#2026-11-21"), 42)],
                 }])
                 .await
                 .unwrap();
@@ -403,7 +399,11 @@ mod tests {
         // The flusher holds only a weak reference: once the store is dropped the file is free.
         let store = crate::store::reopen_when_released(|| EmbeddedStore::open(&path)).await;
         let values = store
-            .read_counters(&[&key("tokens#d"), &key("rpm#1"), &key("absent")])
+            .read_counters(&[
+                &key("tokens#2026-11-21"),
+                &key("rpm#1"),
+                &key("tokens#2026-11-22"),
+            ])
             .await
             .unwrap();
         assert_eq!(values, vec![42, 1, 0]);
@@ -414,11 +414,7 @@ mod tests {
     async fn expired_counters_are_not_loaded() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.redb");
-        let old = CounterKey {
-            team: "t".into(),
-            counter: "rpm#0".into(),
-            expires_at: 1,
-        };
+        let old = CounterKey::parse("t", "rpm#0", 1).unwrap();
         {
             let store = EmbeddedStore::open(&path).unwrap();
             store

@@ -351,7 +351,7 @@ mod tests {
             cost_micros: 20,
             debit: Debit {
                 id: id.into(),
-                amounts: vec![(CounterKey::tokens_on_day("t", "2026-11-21", 9), 10)],
+                amounts: vec![(CounterKey::parse("t", "tokens#2026-11-21", 9).unwrap(), 10)],
             },
         }
     }

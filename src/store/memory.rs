@@ -6,7 +6,7 @@ use std::sync::{Mutex, RwLock};
 
 use async_trait::async_trait;
 
-use super::{Claim, CounterKey, Debit, Increment, Store, StoreResult};
+use super::{Claim, Counted, CounterKey, Debit, Increment, Scope, Store, StoreResult};
 use crate::policy::Team;
 use crate::policy::pricing::PriceUsd;
 
@@ -154,18 +154,19 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn list_counters(&self, team: &str, prefix: &str) -> StoreResult<Vec<(String, u64)>> {
-        let team_prefix = format!("{team}#");
-        let mut found: Vec<(String, u64)> = self
+    async fn list_counters(&self, scope: &Scope, prefix: &str) -> StoreResult<Vec<(Counted, u64)>> {
+        let team_prefix = format!("{}#", scope.partition());
+        let mut found: Vec<(Counted, u64)> = self
             .counters
             .lock()
             .unwrap()
             .iter()
             .filter_map(|(id, c)| {
                 let counter = id.strip_prefix(&team_prefix)?;
-                counter
-                    .starts_with(prefix)
-                    .then(|| (counter.to_owned(), c.value))
+                if !counter.starts_with(prefix) {
+                    return None;
+                }
+                Some((Counted::parse(counter)?, c.value))
             })
             .collect();
         found.sort();

@@ -22,84 +22,13 @@ pub use memory::MemoryStore;
 pub use spool::Spool;
 
 use crate::policy::Team;
+pub use crate::policy::counters::{Counted, CounterKey, PeriodKey, PeriodKind, Scope};
 use crate::policy::pricing::PriceUsd;
 
 /// A finished minute's RPM bucket may still change this long after the minute: a claim sent just
 /// before it ended may land late, and instances hand back what they did not use of it. Readers
 /// treat it as final only when read after this.
 pub const BUCKET_SETTLES_MS: u64 = 5_000;
-
-/// A counter of one team for one period. Expired counters may be deleted by the store.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct CounterKey {
-    pub team: String,
-    /// The counter and its period, e.g. `rpm#29596740` or `tokens#2026-11-21`.
-    pub counter: String,
-    /// Unix seconds after which the counter no longer matters.
-    pub expires_at: u64,
-}
-
-impl CounterKey {
-    pub fn requests_in_minute(team: &str, minute: u64, expires_at: u64) -> Self {
-        Self {
-            team: team.to_owned(),
-            counter: format!("rpm#{minute}"),
-            expires_at,
-        }
-    }
-
-    pub fn tokens_on_day(team: &str, day: &str, expires_at: u64) -> Self {
-        Self {
-            team: team.to_owned(),
-            counter: format!("tokens#{day}"),
-            expires_at,
-        }
-    }
-
-    /// USD spent (micro-dollars) in a UTC month (`YYYY-MM`).
-    pub fn spend_in_month(team: &str, month: &str, expires_at: u64) -> Self {
-        Self::named(team, format!("spend#{month}"), expires_at)
-    }
-
-    /// USD spent (micro-dollars) on one model (canonical name) in a UTC month.
-    pub fn spend_on_model(team: &str, month: &str, model: &str, expires_at: u64) -> Self {
-        Self::named(team, format!("spend#{month}#{model}"), expires_at)
-    }
-
-    /// Cost (micro-dollars) reserved by admitted requests whose usage is not known yet.
-    pub fn reserved_in_month(team: &str, month: &str, expires_at: u64) -> Self {
-        Self::named(team, format!("reserved#{month}"), expires_at)
-    }
-
-    /// Marks that a budget warning threshold was reported for a month (0 or 1).
-    pub fn budget_warned(team: &str, month: &str, threshold: u8, expires_at: u64) -> Self {
-        Self::named(team, format!("warned#{month}#{threshold}"), expires_at)
-    }
-
-    fn named(team: &str, counter: String, expires_at: u64) -> Self {
-        Self {
-            team: team.to_owned(),
-            counter,
-            expires_at,
-        }
-    }
-
-    /// The minute of a requests-per-minute bucket; `None` for other counters.
-    pub fn rpm_minute(&self) -> Option<u64> {
-        self.counter.strip_prefix("rpm#")?.parse().ok()
-    }
-
-    /// Counters that admission adds to before a call (RPM buckets, budget reservations): the
-    /// ones a quota lease may serve from a slice claimed in advance.
-    pub fn is_claimed_at_admission(&self) -> bool {
-        self.rpm_minute().is_some() || self.counter.starts_with("reserved#")
-    }
-
-    /// Flat identity for key-value backends.
-    pub fn id(&self) -> String {
-        format!("{}#{}", self.team, self.counter)
-    }
-}
 
 /// Outcome of [`Store::add_within`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -213,8 +142,9 @@ pub trait Store: Send + Sync + 'static {
     /// debit id.
     async fn apply_debits(&self, debits: &[Debit]) -> StoreResult<()>;
 
-    /// Counters of `team` whose name starts with `prefix`, as (counter name, value).
-    async fn list_counters(&self, team: &str, prefix: &str) -> StoreResult<Vec<(String, u64)>>;
+    /// Counters of `scope` whose name starts with `prefix`, as (counter, value); names that are
+    /// not counters tollgate writes are skipped.
+    async fn list_counters(&self, scope: &Scope, prefix: &str) -> StoreResult<Vec<(Counted, u64)>>;
 
     async fn put_team(&self, team: &Team) -> StoreResult<()>;
     async fn delete_team(&self, id: &str) -> StoreResult<bool>;

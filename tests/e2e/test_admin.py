@@ -12,17 +12,10 @@ import time
 import pytest
 
 from checks import ANTHROPIC, OPENAI, check_budget_rejection, utc_month
-from harness import (
-    ADMIN_SCOPE,
-    INVOKE_SCOPE,
-    Team,
-    admin_token,
-    avoid_minute_boundary,
-    micros,
-    mint_token,
-    other_private_key,
-    run_admin_cli,
-)
+from admin import micros, run_admin_cli
+from processes import avoid_minute_boundary
+from tokens import ADMIN_SCOPE, INVOKE_SCOPE, admin_token, mint_token, other_private_key
+from tollgate_config import Team
 
 WARN = "x-tollgate-budget-warning"
 ZERO = "prompt=0,completion=0"
@@ -561,7 +554,7 @@ def test_offline_cli_edits_the_store_while_tollgate_is_stopped(stack_factory, to
     when no instance is running; the next start serves what it wrote."""
     import subprocess
 
-    from harness import tollgate_cli_env
+    from processes import tollgate_cli_env
 
     s = stack_factory("offline", [Team("off-static", rpm=100)])
     try:

@@ -8,7 +8,11 @@ import json
 import anthropic
 import pytest
 
-from harness import Team, avoid_minute_boundary, sse_events, stream_errors
+from processes import avoid_minute_boundary
+
+from tollgate_config import Team
+
+from wire import sse_events, stream_errors
 
 TEXT = "Hello from the fake LLM upstream! This is a canned answer."
 MSG = [{"role": "user", "content": "Say hello"}]

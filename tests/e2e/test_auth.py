@@ -17,7 +17,8 @@ import openai
 import pytest
 
 from checks import ANTHROPIC, OPENAI, check_not_rate_limited_error
-from harness import ADMIN_SCOPE, INVOKE_SCOPE, JWKS_FILE, Team, mint_token, other_private_key, unsigned_token
+from tokens import ADMIN_SCOPE, INVOKE_SCOPE, JWKS_FILE, mint_token, other_private_key, unsigned_token
+from tollgate_config import Team
 
 MSG = [{"role": "user", "content": "Say hello"}]
 

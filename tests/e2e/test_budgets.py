@@ -16,7 +16,10 @@ import openai
 import pytest
 
 from checks import ANTHROPIC, OPENAI, check_budget_rejection, check_not_rate_limited_error, utc_month
-from harness import Team, micros, sse_events, wait_until
+from admin import micros
+from processes import wait_until
+from tollgate_config import Team
+from wire import sse_events
 
 MSG = [{"role": "user", "content": "Say hello"}]
 ZERO = "prompt=0,completion=0"
@@ -608,15 +611,14 @@ def test_sdk_gets_rate_limit_error_without_retrying(stack, sdk_team, marker, cal
     else:
         client, error = stack.anthropic(sdk_team, marker, max_retries=2), anthropic.RateLimitError
     before = rejected(stack, "monthly_budget_exceeded")
-    t0 = time.monotonic()
     with pytest.raises(error) as e:
         fn(client)
-    elapsed = time.monotonic() - t0
     assert "Monthly budget exceeded ($0.01/$0.01)" in str(e.value)
     assert e.value.response.headers.get("x-should-retry") == "false"
     if sdk == "openai":
         assert e.value.code == "monthly_budget_exceeded"
-    time.sleep(0.1)
-    assert rejected(stack, "monthly_budget_exceeded") - before == 1, "the SDK retried a budget refusal"
-    assert elapsed < 0.35, f"the call took {elapsed:.2f}s: a retry backoff?"
+    # The SDK raises only after its last attempt, and tollgate counts a refusal before it answers:
+    # every attempt is already counted here. Counting attempts, not seconds, holds on a busy machine.
+    attempts = rejected(stack, "monthly_budget_exceeded") - before
+    assert attempts == 1, f"the SDK sent {attempts:g} attempts (max_retries=2): it retried a budget refusal"
     assert stack.upstream_requests(marker) == []

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import REPO
+from processes import REPO
 
 
 def doc_pages() -> list[Path]:

@@ -33,7 +33,9 @@ import pytest
 
 from checks import ANTHROPIC, OPENAI, RPM_MAX_RETRY, check_error_body, check_rejection, utc_month
 from dynamodb_local import DynamoDBLocal, DynamoDBLocalMissing, scratch_dir, tollgate_aws_env
-from harness import Team, avoid_minute_boundary, free_port, micros, render_tollgate_config, tollgate_cli_env, wait_until
+from admin import micros
+from processes import avoid_minute_boundary, free_port, tollgate_cli_env, wait_until
+from tollgate_config import Team, render_tollgate_config
 
 MODEL = "ddb-model"
 # $1000 per million tokens in and out: $0.001 = 1,000 micro-dollars a token.

@@ -9,7 +9,9 @@ import openai
 import pytest
 
 from checks import ANTHROPIC, OPENAI, check_budget_rejection, check_error_body, check_not_rate_limited_error
-from harness import Team, avoid_minute_boundary, micros
+from admin import micros
+from processes import avoid_minute_boundary
+from tollgate_config import Team
 
 # $1 per 1000 tokens: a budget is spent with a small usage report.
 FLAT = "flat-model"

@@ -7,7 +7,9 @@ import subprocess
 
 import pytest
 
-from harness import REPO, envoy_binary, free_port, render_envoy_config
+from envoy_config import render_envoy_config
+
+from processes import REPO, envoy_binary, free_port
 
 CONFIGS = ["local.yaml", "local-fast.yaml", "local-jwt-authn.yaml"]
 

@@ -12,7 +12,9 @@ import httpx
 import openai
 import pytest
 
-from harness import FAKE_LLM, Proc, free_port, http_status, sse_events, wait_until
+from processes import FAKE_LLM, Proc, free_port, http_status, wait_until
+
+from wire import sse_events
 
 TEXT = "Hello from the fake LLM upstream! This is a canned answer."
 

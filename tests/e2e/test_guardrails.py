@@ -33,7 +33,9 @@ import openai
 import pytest
 
 from checks import ANTHROPIC, OPENAI, check_error_body
-from harness import Team, avoid_minute_boundary, free_port, metric_total, wait_until
+from processes import avoid_minute_boundary, free_port, wait_until
+from tollgate_config import Team
+from wire import metric_total
 
 TEXT = "Hello from the fake LLM upstream! This is a canned answer."
 BLOCKED_IN = "Sorry, I can't help with that request."
@@ -955,7 +957,7 @@ def test_try_it_admin_endpoint_and_cli(enforce, tollgate_bin):
     the configured guardrail on a text, with the policies that fired."""
     import subprocess
 
-    from harness import tollgate_cli_env
+    from processes import tollgate_cli_env
 
     api = enforce.admin_api()
     r = api.post("/admin/guardrail/test", json_body={"text": f"my ssn is {SSN}"})

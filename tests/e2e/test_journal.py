@@ -24,7 +24,9 @@ import httpx
 import pytest
 
 from dynamodb_local import DynamoDBLocal, DynamoDBLocalMissing, tollgate_aws_env
-from harness import Team, free_port, micros, render_tollgate_config, tollgate_cli_env, wait_until
+from admin import micros
+from processes import free_port, tollgate_cli_env, wait_until
+from tollgate_config import Team, render_tollgate_config
 
 MODEL = "journal-model"
 # $1000 per million tokens in and out: 1,000 micro-dollars a token.

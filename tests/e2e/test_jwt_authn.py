@@ -10,7 +10,9 @@ import openai
 import pytest
 
 from checks import ANTHROPIC, OPENAI, RPM_MAX_RETRY, check_not_rate_limited_error, check_rejection
-from harness import ADMIN_SCOPE, Team, avoid_minute_boundary, mint_token, other_private_key, unsigned_token
+from processes import avoid_minute_boundary
+from tokens import ADMIN_SCOPE, mint_token, other_private_key, unsigned_token
+from tollgate_config import Team
 
 MSG = [{"role": "user", "content": "Say hello"}]
 TEXT = "Hello from the fake LLM upstream! This is a canned answer."

@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 
 from dynamodb_local import DynamoDBLocal, DynamoDBLocalMissing, scratch_dir, tollgate_aws_env
-from harness import ISSUER, REPO, admin_token, mint_token, tollgate_cli_env
+from processes import REPO, tollgate_cli_env
+from tokens import ISSUER, admin_token, mint_token
 from lambda_emulator import Emulator, event_fixture, logs_event
 
 SECRET = "lambda-webhook-secret"

@@ -14,7 +14,8 @@ import openai
 import pytest
 
 from checks import ANTHROPIC, OPENAI, RPM_MAX_RETRY, check_error_body, check_rejection
-from harness import Team, avoid_minute_boundary
+from processes import avoid_minute_boundary
+from tollgate_config import Team
 
 MSG = [{"role": "user", "content": "Say hello"}]
 ZERO = "prompt=0,completion=0"

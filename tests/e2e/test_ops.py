@@ -14,18 +14,13 @@ import httpx
 import jwt
 import pytest
 
-from harness import (
-    INVOKE_SCOPE,
-    ISSUER,
-    PRIVATE_KEY,
-    Team,
-    avoid_minute_boundary,
-    free_port,
-    http_status,
-    sse_events,
-    tollgate_cli_env,
-    wait_until,
-)
+from processes import avoid_minute_boundary, free_port, http_status, tollgate_cli_env, wait_until
+
+from tokens import INVOKE_SCOPE, ISSUER, PRIVATE_KEY
+
+from tollgate_config import Team
+
+from wire import sse_events
 
 MSG = [{"role": "user", "content": "Say hello"}]
 ZERO = "prompt=0,completion=0"

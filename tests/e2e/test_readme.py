@@ -20,7 +20,9 @@ import subprocess
 
 import pytest
 
-from harness import REPO, Stack
+from processes import REPO
+
+from e2e_stack import Stack
 
 README = REPO / "README.md"
 MARKER = re.compile(r"^<!--\s*readme-example:\s*([\w-]+)\s*-->\s*$")

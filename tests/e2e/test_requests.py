@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from checks import ANTHROPIC, OPENAI, check_not_rate_limited_error
-from harness import Team
+from tollgate_config import Team
 
 MAX_BODY = 65536
 MSG = [{"role": "user", "content": "Say hello"}]

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from dynamodb_local import DynamoDBLocal, DynamoDBLocalMissing, tollgate_aws_env
-from harness import REPO, Proc, envoy_binary, free_port, port_open, tollgate_cli_env, wait_until
+from processes import Proc, REPO, envoy_binary, free_port, port_open, tollgate_cli_env, wait_until
 
 sys.path.insert(0, str(REPO / "tests" / "terraform"))
 from stack import TERRAFORM, apply_render  # noqa: E402

@@ -96,7 +96,7 @@ pub async fn tokens_today(h: &Harness) -> u64 {
     h.engine.flush().await;
     let day = tollgate::policy::calendar::day_key(get_current_timestamp());
     h.store
-        .read_counters(&[&CounterKey::tokens_on_day("t", &day, 0)])
+        .read_counters(&[&CounterKey::parse("t", &format!("tokens#{day}"), 0).unwrap()])
         .await
         .unwrap()[0]
 }

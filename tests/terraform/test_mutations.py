@@ -31,6 +31,7 @@ MUTATIONS = [
     ("hosting-providers-blocked", "waf.tf", 'count_only = ["HostingProviderIPList"]', "count_only = []", "waf"),
     ("authorization-in-waf-logs", "waf.tf", 'name = "authorization"', 'name = "x-forwarded-for"', "waf"),
     ("stop-timeout-below-grace", "modules/render/main.tf", "stop_timeout = var.shutdown_grace_seconds + 10", "stop_timeout = var.shutdown_grace_seconds", "containers"),
+    ("no-restart-in-place", "modules/render/main.tf", "restart_policy = { enabled = true, restartAttemptPeriod = 60 }", "restart_policy = { enabled = false, restartAttemptPeriod = 60 }", "containers"),
     ("writable-root", "modules/render/main.tf", 'command                = ["serve"]\n      user                   = "65532:65532"\n      readonlyRootFilesystem = true',
      'command                = ["serve"]\n      user                   = "65532:65532"\n      readonlyRootFilesystem = false', "containers"),
     ("api-key-in-environment", "modules/render/main.tf", 'TOLLGATE_LOG__LEVEL              = "info"', 'TOLLGATE_LOG__LEVEL              = "info"\n      OPENAI_API_KEY = "sk-test"', "containers"),

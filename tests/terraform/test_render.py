@@ -14,19 +14,19 @@ import pytest
 from stack import REPO
 
 sys.path.insert(0, str(REPO / "tests" / "e2e"))
-import harness  # noqa: E402
+import processes  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def tollgate_bin():
-    path = harness.tollgate_binary()
+    path = processes.tollgate_binary()
     if path is None:
         pytest.fail("tollgate binary not found: cargo build, or set TOLLGATE_BIN", pytrace=False)
     return path
 
 
 def tollgate_config(tollgate_bin, environment: dict[str, str]) -> dict:
-    env = harness.tollgate_cli_env(**environment)
+    env = processes.tollgate_cli_env(**environment)
     r = subprocess.run([str(tollgate_bin), "config"], capture_output=True, text=True, timeout=60, env=env)
     assert r.returncode == 0, f"tollgate config refused the rendered environment:\n{r.stderr}"
     return json.loads(r.stdout)
@@ -80,7 +80,7 @@ def test_without_a_guardrail_the_mode_is_off(stack, tollgate_bin, tmp_path):
 def test_envoy_validates_the_containers_own_command_line(stack):
     envoy = stack.container("envoy")
     assert envoy["entryPoint"] == ["/usr/local/bin/envoy"]
-    r = subprocess.run([str(harness.envoy_binary()), "--mode", "validate", *envoy["command"]],
+    r = subprocess.run([str(processes.envoy_binary()), "--mode", "validate", *envoy["command"]],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, f"envoy --mode validate {envoy['command'][2:]}:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
 
@@ -89,6 +89,6 @@ def test_envoy_rejects_a_broken_rendering(stack):
     """Negative control: validation of --config-yaml really reads the YAML."""
     command = list(stack.container("envoy")["command"])
     command[1] = command[1].replace("cluster: tollgate_http", "cluster: no_such_cluster")
-    r = subprocess.run([str(harness.envoy_binary()), "--mode", "validate", *command],
+    r = subprocess.run([str(processes.envoy_binary()), "--mode", "validate", *command],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode != 0

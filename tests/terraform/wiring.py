@@ -482,6 +482,9 @@ def check_containers(stack: Stack) -> list[str]:
             problems.append(f"container {c['name']}: stopTimeout {c.get('stopTimeout')} is not above shutdown_grace_seconds {grace}")
         if str(c.get("user", "0")).split(":")[0] in ("0", "root"):
             problems.append(f"container {c['name']} runs as root")
+    for c in defs:
+        if not c.get("restartPolicy", {}).get("enabled"):
+            problems.append(f"container {c['name']}: no restart policy, so its exit replaces the task (and a new task starts with an empty spool volume)")
     if tollgate.get("healthCheck", {}).get("command", [])[1:] != ["/usr/local/bin/tollgate", "check"]:
         problems.append("tollgate's health check is not `tollgate check`")
     if {"containerName": "tollgate", "condition": "HEALTHY"} not in envoy.get("dependsOn", []):

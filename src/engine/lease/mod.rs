@@ -44,7 +44,9 @@ use super::{Breaker, Clock};
 use crate::policy::Team;
 use crate::policy::pricing::PriceUsd;
 use crate::policy::rate::BUCKET_MS;
-use crate::store::{Claim, CounterKey, Debit, Increment, Store, StoreError, StoreResult};
+use crate::store::{
+    Claim, Counted, CounterKey, Debit, Increment, Scope, Store, StoreError, StoreResult,
+};
 use reads::ReadCache;
 use slice::Demand;
 
@@ -622,8 +624,8 @@ impl Store for Leases {
         Ok(())
     }
 
-    async fn list_counters(&self, team: &str, prefix: &str) -> StoreResult<Vec<(String, u64)>> {
-        self.shared.inner.list_counters(team, prefix).await
+    async fn list_counters(&self, scope: &Scope, prefix: &str) -> StoreResult<Vec<(Counted, u64)>> {
+        self.shared.inner.list_counters(scope, prefix).await
     }
 
     async fn put_team(&self, team: &Team) -> StoreResult<()> {

@@ -59,7 +59,7 @@ impl Table {
 #[async_trait]
 impl Store for Table {
     async fn read_counters(&self, keys: &[&CounterKey]) -> StoreResult<Vec<u64>> {
-        self.call(&keys[0].team, &self.calls.reads).await?;
+        self.call(&keys[0].partition(), &self.calls.reads).await?;
         self.store.read_counters(keys).await
     }
     async fn add_within(
@@ -68,7 +68,7 @@ impl Store for Table {
         amount: u64,
         limit: u64,
     ) -> StoreResult<Increment> {
-        self.call(&key.team, &self.calls.adds).await?;
+        self.call(&key.partition(), &self.calls.adds).await?;
         self.store.add_within(key, amount, limit).await
     }
     async fn claim_within(
@@ -78,15 +78,15 @@ impl Store for Table {
         up_to: u64,
         limit: u64,
     ) -> StoreResult<Claim> {
-        self.call(&key.team, &self.calls.claims).await?;
+        self.call(&key.partition(), &self.calls.claims).await?;
         self.store.claim_within(key, at_least, up_to, limit).await
     }
     async fn apply_debits(&self, debits: &[Debit]) -> StoreResult<()> {
         self.call("", &self.calls.debits).await?;
         self.store.apply_debits(debits).await
     }
-    async fn list_counters(&self, team: &str, prefix: &str) -> StoreResult<Vec<(String, u64)>> {
-        self.store.list_counters(team, prefix).await
+    async fn list_counters(&self, scope: &Scope, prefix: &str) -> StoreResult<Vec<(Counted, u64)>> {
+        self.store.list_counters(scope, prefix).await
     }
     async fn put_team(&self, team: &Team) -> StoreResult<()> {
         self.store.put_team(team).await
@@ -175,7 +175,7 @@ fn team(id: &str, rpm: u64) -> Arc<Team> {
 
 fn rpm_key(team: &str, now_ms: u64) -> CounterKey {
     let pos = WindowPosition::at(now_ms);
-    CounterKey::requests_in_minute(team, pos.bucket, pos.bucket_expiry_secs())
+    CounterKey::team(team, Counted::Requests { minute: pos.bucket })
 }
 
 /// Sends `n` admissions at once, the i-th through engine i % len; how many were admitted.
@@ -545,8 +545,8 @@ async fn reservations_are_leased_and_never_pass_the_budget() {
         }
         tickets
     };
-    let reserved = CounterKey::reserved_in_month("reserve", "2026-11", 0);
-    let spent = CounterKey::spend_in_month("reserve", "2026-11", 0);
+    let reserved = CounterKey::parse("reserve", "reserved#2026-11", 0).unwrap();
+    let spent = CounterKey::parse("reserve", "spend#2026-11", 0).unwrap();
     // Each instance sees what the other handed back or released once its reads are refreshed.
     let refresh = async || {
         tokio::time::sleep(Duration::from_millis(1100)).await;

@@ -29,6 +29,14 @@ locals {
   # SIGKILL.
   stop_timeout = var.shutdown_grace_seconds + 10
 
+  # A container that exits is restarted in place, inside the same task: the task's volume, and so
+  # the spool and its journal of calls admitted but not yet charged, survive a crash or an OOM
+  # kill, and the restarted tollgate charges those calls before it listens. Without it an
+  # essential container's exit stops the whole task, and its replacement starts with an empty
+  # volume. ECS restarts a container only after it ran this long (crash-loop protection); a
+  # container that fails sooner stops the task as before.
+  restart_policy = { enabled = true, restartAttemptPeriod = 60 }
+
   # The `scope` claim of a Cognito client-credentials token, space separated.
   invoke_scope = "https://gateway.internal/invoke"
   admin_scope  = "https://gateway.internal/admin"
@@ -111,6 +119,7 @@ locals {
       user                   = "65532:65532"
       readonlyRootFilesystem = true
       stopTimeout            = local.stop_timeout
+      restartPolicy          = local.restart_policy
       environment            = [for k, v in local.tollgate_environment : { name = k, value = v }]
       mountPoints            = [{ sourceVolume = "spool", containerPath = local.spool_dir, readOnly = false }]
       healthCheck = {
@@ -131,6 +140,7 @@ locals {
       user                   = "101:101"
       readonlyRootFilesystem = true
       stopTimeout            = local.stop_timeout
+      restartPolicy          = local.restart_policy
       portMappings           = [{ containerPort = local.listener_port, protocol = "tcp", name = "llm" }]
       secrets                = [for k, arn in var.provider_secret_arns : { name = k, valueFrom = arn }]
       dependsOn              = [{ containerName = "tollgate", condition = "HEALTHY" }]
@@ -142,6 +152,7 @@ locals {
       image                  = var.images.adot
       essential              = false
       readonlyRootFilesystem = true
+      restartPolicy          = local.restart_policy
       environment            = [{ name = "AOT_CONFIG_CONTENT", value = local.adot_yaml }]
       dependsOn              = [{ containerName = "tollgate", condition = "START" }]
       logConfiguration       = local.log_configuration.adot
