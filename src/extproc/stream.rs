@@ -272,10 +272,8 @@ impl Exchange {
         };
         if !self.api.is_model_call() {
             // Nothing in its bodies matters: admit now and ask Envoy not to send them.
-            if let Err(rejection) = self.admit(&team, None).await {
-                return self.refuse(rejection);
-            }
-            return self.hand_over(envoy::request_headers_reply(&[], &[], true));
+            let skip_bodies = envoy::request_headers_reply(&[], &[], true);
+            return self.admit_regardless_of_body(&team, skip_bodies).await;
         }
         if headers.end_of_stream {
             return self.refuse_here(Rejection::new(
@@ -307,12 +305,22 @@ impl Exchange {
             Err(refusal) => return refusal,
         };
         if !self.api.is_model_call() {
-            if let Err(rejection) = self.admit(&team, None).await {
-                return self.refuse(rejection);
-            }
-            return self.hand_over(envoy::request_body_reply(None));
+            let pass = envoy::request_body_reply(None);
+            return self.admit_regardless_of_body(&team, pass).await;
         }
         self.on_request_body(body).await
+    }
+
+    /// Admits a call whose body does not matter (not a model call), answering `reply` if admitted.
+    async fn admit_regardless_of_body(
+        &mut self,
+        team: &Team,
+        reply: ProcessingResponse,
+    ) -> ProcessingResponse {
+        if let Err(rejection) = self.admit(team, None).await {
+            return self.refuse(rejection);
+        }
+        self.hand_over(reply)
     }
 
     /// Who is calling and what: the endpoint (refused ones are answered here), the API, the
