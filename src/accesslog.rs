@@ -13,10 +13,10 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use crate::engine::Engine;
+use crate::engine::{Caller, Engine};
 use crate::identity::{Authenticator, INVOKE_SCOPE};
-use crate::policy::{Team, Usage};
-use crate::store::{Debit, StoreError};
+use crate::policy::Usage;
+use crate::store::{Counted, Debit, Scope, StoreError};
 
 /// `accessLog.add` keys tollgate reads, besides agentgateway's own.
 pub const TOKEN_FIELD: &str = "tollgate.token";
@@ -138,15 +138,18 @@ impl Recorder {
     pub async fn record(&self, lines: &[LogLine]) -> Result<Report, StoreError> {
         let mut report = Report::default();
         let mut debits = Vec::new();
+        // For the usage feed, once the debits are durable.
+        let mut charged = Vec::new();
         // A caller's records share one token: one RSA verification and team lookup per batch.
         let mut callers = HashMap::new();
         for line in lines {
             match self.debit(line, &mut callers).await {
-                Ok((debit, tokens, cost)) => {
+                Ok((debit, record, team, cost)) => {
                     report.recorded += 1;
-                    report.tokens += tokens;
+                    report.tokens += record.usage.total();
                     report.cost_micros += cost;
                     debits.push(debit);
+                    charged.push((record, team, cost));
                 }
                 Err(Skip::NotUsage) => report.ignored += 1,
                 Err(Skip::Unusable(error)) => {
@@ -161,6 +164,21 @@ impl Recorder {
         if !debits.is_empty() {
             self.engine.store().apply_debits(&debits).await?;
         }
+        if let Some(feed) = self.engine.usage_feed() {
+            for ((record, team, cost), debit) in charged.iter().zip(&debits) {
+                feed.record(crate::usage_feed::Charged {
+                    debit_id: &debit.id,
+                    scopes: charged_scopes(debit, &team.id),
+                    model: &record.model,
+                    usage: &record.usage,
+                    cost_micros: *cost,
+                    source: crate::usage_feed::Source::AccessLog,
+                    at_ms: record.at_ms,
+                });
+            }
+            // Written before the batch is acknowledged: a Lambda instance is frozen right after.
+            feed.flush().await;
+        }
         metrics::counter!("tollgate_usage_records_total", "outcome" => "recorded")
             .increment(report.recorded as u64);
         metrics::counter!("tollgate_usage_records_total", "outcome" => "ignored")
@@ -173,10 +191,10 @@ impl Recorder {
     async fn debit(
         &self,
         line: &LogLine,
-        callers: &mut HashMap<String, Result<Arc<Team>, String>>,
-    ) -> Result<(Debit, u64, u64), Skip> {
-        let record = parse_line(line)?;
-        let token = record.token.ok_or_else(|| {
+        callers: &mut HashMap<String, Result<Caller, String>>,
+    ) -> Result<(Debit, UsageRecord, Caller, u64), Skip> {
+        let mut record = parse_line(line)?;
+        let token = record.token.take().ok_or_else(|| {
             Skip::Unusable(format!(
                 "no caller token: add `{TOKEN_FIELD}` to agentgateway's accessLog fields"
             ))
@@ -204,10 +222,10 @@ impl Recorder {
             tracing::warn!(team = %team.id, model = %record.model, "model has no price: tokens charged, spend not");
         }
         tracing::debug!(team = %team.id, request_id = %record.request_id, usage = ?record.usage, cost, "access-log usage");
-        Ok((debit, record.usage.total(), cost.unwrap_or(0)))
+        Ok((debit, record, team, cost.unwrap_or(0)))
     }
 
-    async fn team_of(&self, token: &str) -> Result<Arc<Team>, String> {
+    async fn team_of(&self, token: &str) -> Result<Caller, String> {
         let principal = self
             .auth
             .authenticate_recorded(token, INVOKE_SCOPE)
@@ -218,6 +236,21 @@ impl Recorder {
             .await
             .map_err(|r| format!("no team to charge: {}", r.reason))
     }
+}
+
+/// The scopes a debit charges, broadest first, as a ticket's (`Ticket::scopes`): those with a
+/// token counter in it; a debit of no tokens names its team.
+fn charged_scopes(debit: &Debit, team: &str) -> Vec<Scope> {
+    let mut scopes: Vec<Scope> = Vec::new();
+    for (key, _) in &debit.amounts {
+        if matches!(key.counted, Counted::Tokens(_)) && !scopes.contains(&key.scope) {
+            scopes.push(key.scope.clone());
+        }
+    }
+    if scopes.is_empty() {
+        scopes.push(Scope::Team(team.to_owned()));
+    }
+    scopes
 }
 
 #[cfg(test)]

@@ -26,8 +26,10 @@ use crate::guardrail::local::{LocalGuardrail, LocalGuardrailConfig};
 use crate::guardrail::service::Mode as GuardrailMode;
 use crate::llm::Endpoints;
 use crate::llm::texts::Scope;
+use crate::policy::calendar::PeriodRule;
 use crate::policy::pricing::{PriceSource, PriceTable, PriceUsd};
-use crate::policy::{LimitOverrides, Team, Tier, TierTable};
+use crate::policy::scopes::ScopeSettings;
+use crate::policy::{LimitOverrides, ScopeLimits, Team, Tier, TierTable};
 use crate::store::Admission;
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -42,11 +44,20 @@ pub struct Settings {
     pub endpoints: EndpointSettings,
     pub guardrail: GuardrailSettings,
     pub webhook: WebhookSettings,
+    /// Signed budget threshold webhooks (docs/alerts.md).
+    pub alerts: crate::alerts::AlertSettings,
+    /// A JSON line per charged call, for reconciliation (docs/alerts.md).
+    pub usage_feed: crate::usage_feed::UsageFeedSettings,
     pub log: LogSettings,
     /// Overrides of tier defaults, e.g. `[tiers.standard] rpm = 150`.
     pub tiers: HashMap<Tier, LimitOverrides>,
     /// Teams declared in configuration; written to the store at startup.
     pub teams: Vec<Team>,
+    /// Limits of the whole deployment, above every team (`[org]`); absent: none.
+    pub org: Option<ScopeLimits>,
+    /// Limits of every user of every team unless the team's `user_defaults` or `users` say
+    /// otherwise (`[user_defaults]`).
+    pub user_defaults: ScopeLimits,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -95,6 +106,9 @@ pub struct IdentitySettings {
     pub issuer: Option<String>,
     /// Claim naming the team directly (e.g. `custom:team`, added by a pre-token-generation trigger).
     pub team_claim: Option<String>,
+    /// Claim naming the user inside the team (`sub`, `username`, `client_id` or a custom claim);
+    /// unset: `username`, else `sub`.
+    pub user_claim: Option<String>,
     /// Decode claims without verifying signatures: only behind a verifier (ALB jwt-validation).
     pub trust_upstream: bool,
     pub leeway_seconds: u64,
@@ -110,6 +124,7 @@ impl Default for IdentitySettings {
             jwks_url: None,
             issuer: None,
             team_claim: None,
+            user_claim: None,
             trust_upstream: false,
             leeway_seconds: 30,
             jwks_min_refresh_seconds: 30,
@@ -161,6 +176,12 @@ pub struct PolicySettings {
     /// How long team definitions and admin prices are cached before the store is asked again:
     /// admin changes reach other instances within this (the instance that made them at once).
     pub team_cache_ttl_seconds: u64,
+    /// IANA time zone of budget and token periods that do not name their own (e.g.
+    /// `Europe/Berlin`).
+    pub time_zone: String,
+    /// Request header naming the caller's project (e.g. `x-tollgate-project`); unset: no project
+    /// scopes.
+    pub project_header: Option<String>,
 }
 
 impl Default for PolicySettings {
@@ -170,6 +191,8 @@ impl Default for PolicySettings {
             fail_mode_by_check: FailModeOverrides::default(),
             admission_timeout_ms: 500,
             team_cache_ttl_seconds: 5,
+            time_zone: "UTC".to_owned(),
+            project_header: None,
         }
     }
 }
@@ -219,7 +242,8 @@ pub struct PricingSettings {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BudgetSettings {
-    /// Percentages of the monthly budget at which teams are warned.
+    /// Percentages of the monthly budget at which teams are warned and alerts are sent (100: the
+    /// budget is reached).
     pub warn_at_percent: Vec<u8>,
     /// Reserve each request's estimated cost at admission, settled with the actual cost: keeps
     /// concurrent requests from overshooting a budget, at one more counter write per request.
@@ -229,7 +253,7 @@ pub struct BudgetSettings {
 impl Default for BudgetSettings {
     fn default() -> Self {
         Self {
-            warn_at_percent: vec![80],
+            warn_at_percent: vec![80, 100],
             reserve: false,
         }
     }
@@ -359,9 +383,13 @@ const SECTIONS: &[&str] = &[
     "endpoints",
     "guardrail",
     "webhook",
+    "alerts",
+    "usage_feed",
     "log",
     "tiers",
     "teams",
+    "org",
+    "user_defaults",
 ];
 
 impl Settings {
@@ -431,6 +459,18 @@ impl Settings {
         {
             bail!("budgets.warn_at_percent: {t} is not a percentage between 1 and 100");
         }
+        self.alerts.validate()?;
+        if self.guardrail.bedrock.is_none()
+            && let Some(team) = self
+                .teams
+                .iter()
+                .find(|t| t.guardrail.as_ref().is_some_and(|g| g.bedrock.is_some()))
+        {
+            bail!(
+                "teams: team {:?} names its own Bedrock guardrail (guardrail.bedrock), which needs [guardrail.bedrock] (region, endpoint) to call it",
+                team.id
+            );
+        }
         self.engine_settings().map(|_| ())
     }
 
@@ -484,6 +524,30 @@ impl Settings {
             endpoints: Endpoints::with_free(&self.endpoints.free)
                 .map_err(|e| anyhow::anyhow!("endpoints.free: {e}"))?,
             leases: self.lease_settings(),
+            // Started by `server::engine_settings`: they run tasks.
+            alerts: None,
+            usage_feed: None,
+            scopes: ScopeSettings {
+                org: self
+                    .org
+                    .clone()
+                    .map(|o| o.validated("org"))
+                    .transpose()
+                    .map_err(|e| anyhow::anyhow!("{}: {}", e.field, e.message))?,
+                user_defaults: self
+                    .user_defaults
+                    .clone()
+                    .validated("user_defaults")
+                    .map_err(|e| anyhow::anyhow!("{}: {}", e.field, e.message))?,
+                time_zone: PeriodRule::zone(&self.policy.time_zone)
+                    .map_err(|e| anyhow::anyhow!("policy.time_zone: {e}"))?,
+                count_users: self.identity.user_claim.is_some(),
+            },
+            project_header: self
+                .policy
+                .project_header
+                .as_ref()
+                .map(|h| h.to_ascii_lowercase()),
         })
     }
 }
@@ -724,6 +788,88 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail signature
+    fn scopes_and_periods_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        let write = |text: &str| std::fs::write(&path, text).unwrap();
+        write(
+            r#"
+            [policy]
+            time_zone = "Europe/Berlin"
+            project_header = "X-Tollgate-Project"
+            [org]
+            budget_usd = 10000
+            tpm = 2000000
+            [user_defaults]
+            rpm = 30
+            [[teams]]
+            id = "platform"
+            tier = "standard"
+            budget_usd = 500
+            budget_period = { every = "month", anchor_day = 15 }
+            [teams.user_defaults]
+            budget_usd = 50
+            budget_period = { every = "week" }
+            [teams.users.alice]
+            budget_usd = 100
+            [teams.projects.search]
+            rpm = 10
+            "#,
+        );
+        figment::Jail::expect_with(|_| {
+            let s = Settings::load(Some(&path)).unwrap();
+            let engine = s.engine_settings().unwrap();
+            assert_eq!(engine.project_header.as_deref(), Some("x-tollgate-project"));
+            let team = &s.teams[0];
+            assert_eq!(team.monthly_budget_usd, Some(500.0));
+            assert_eq!(team.budget_period.as_ref().unwrap().anchor_day, Some(15));
+            let chain = engine
+                .scopes
+                .chain(
+                    &engine.tiers,
+                    crate::policy::scopes::Member {
+                        team,
+                        user: Some("alice"),
+                        project: Some("search"),
+                    },
+                )
+                .unwrap();
+            let kinds: Vec<_> = chain.iter().map(|r| r.scope.kind()).collect();
+            assert_eq!(kinds, ["org", "team", "user", "project"]);
+            assert_eq!(chain[0].tpm, Some(2_000_000));
+            assert_eq!(chain[1].budget_micros, Some(500_000_000));
+            assert_eq!(chain[2].budget_micros, Some(100_000_000));
+            assert_eq!(chain[2].rpm, Some(30));
+            assert_eq!(
+                chain[2].budget_period.time_zone.iana_name(),
+                Some("Europe/Berlin")
+            );
+            Ok(())
+        });
+        // Deny by default: an unknown key in a scope's limits is an error naming it.
+        for (text, named) in [
+            ("[org]\nbudget = 5\n", "budget"),
+            (
+                "[[teams]]\nid = \"a\"\ntier = \"sandbox\"\n[teams.users.bob]\nrmp = 5\n",
+                "rmp",
+            ),
+            ("[policy]\ntime_zone = \"Mars/Olympus\"\n", "Mars/Olympus"),
+            (
+                "[user_defaults]\nbudget_period = { every = \"week\", anchor_day = 3 }\n",
+                "anchor_day",
+            ),
+        ] {
+            write(text);
+            figment::Jail::expect_with(|_| {
+                let error = format!("{:#}", Settings::load(Some(&path)).unwrap_err());
+                assert!(error.contains(named), "{text}: {error}");
+                Ok(())
+            });
+        }
+    }
+
+    #[test]
     fn conflicting_teams_are_refused() {
         let team = |id: &str, client: &str| Team {
             client_ids: vec![client.into()],
@@ -741,6 +887,44 @@ mod tests {
         );
         s.teams = vec![team("a", "x"), team("a", "y")];
         assert!(s.validate().is_err());
+    }
+
+    #[test]
+    fn a_team_guardrail_policy_is_read_and_its_bedrock_guardrail_needs_a_client() {
+        let text = r#"
+            [guardrail]
+            mode = "observe"
+
+            [[teams]]
+            id = "legal"
+            tier = "standard"
+            guardrail = { mode = "enforce" }
+
+            [[teams]]
+            id = "research"
+            tier = "standard"
+            guardrail = { bedrock = { guardrail_id = "gr-research", guardrail_version = "2" } }
+        "#;
+        let mut s: Settings = toml::from_str(text).unwrap();
+        let legal = s.teams[0].guardrail.as_ref().unwrap();
+        assert_eq!(legal.mode, Some(GuardrailMode::Enforce));
+        assert!(
+            s.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("needs [guardrail.bedrock]")
+        );
+        s.guardrail.bedrock = Some(
+            toml::from_str(
+                r#"guardrail_id = "gr-global"
+guardrail_version = "1""#,
+            )
+            .unwrap(),
+        );
+        s.validate().unwrap();
+        // Typos stay errors.
+        let typo = text.replace("mode = \"enforce\"", "mdoe = \"enforce\"");
+        assert!(toml::from_str::<Settings>(&typo).is_err());
     }
 
     #[test]

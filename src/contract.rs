@@ -37,6 +37,9 @@ pub fn rejection_reply(shape: impl Into<ErrorShape>, rejection: &Rejection) -> R
     if let Some(rate) = &rejection.rate {
         headers.extend(rate_headers(rate));
     }
+    if let Some(scope) = &rejection.scope {
+        headers.push(("x-tollgate-limit-scope", header_text(scope)));
+    }
     // The OpenAI and Anthropic SDKs honour this header over their own retry rules.
     if !rejection.kind.retryable() {
         headers.push(("x-should-retry", "false".to_owned()));
@@ -46,6 +49,17 @@ pub fn rejection_reply(shape: impl Into<ErrorShape>, rejection: &Rejection) -> R
         headers,
         body: rejection_body(shape, rejection),
     }
+}
+
+/// A header value from text that may hold anything a token's claim can (a user id): printable
+/// ASCII as it is, any other byte percent-encoded.
+fn header_text(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b' '..=b'~' if b != b'%' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -77,6 +91,17 @@ mod tests {
         assert_eq!(header(&reply, "x-ratelimit-limit"), Some("100"));
         assert_eq!(header(&reply, "x-ratelimit-remaining-tokens"), Some("1"));
         assert_eq!(header(&reply, "x-should-retry"), None);
+    }
+
+    #[test]
+    fn a_limit_refusal_names_its_scope_in_a_header() {
+        let mut refusal = Rejection::new(RejectionKind::MonthlyBudgetExceeded, "spent");
+        refusal.scope = Some("user jürgen in team platform".into());
+        let reply = rejection_reply(ApiKind::OpenAiChat, &refusal);
+        assert_eq!(
+            header(&reply, "x-tollgate-limit-scope"),
+            Some("user j%C3%BCrgen in team platform")
+        );
     }
 
     #[test]

@@ -11,9 +11,13 @@
 //!                    /     \
 //!              policy/     store/                          pure decisions  |  counters and teams
 //! ```
+//!
+//! Beside the engine, fed by it and never read back: `alerts/` (signed threshold webhooks) and
+//! `usage_feed` (a JSON line per charged call).
 
 pub mod accesslog;
 pub mod admin;
+pub mod alerts;
 pub mod aws;
 pub mod cli;
 pub mod config;
@@ -28,4 +32,5 @@ pub mod policy;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod usage_feed;
 pub mod webhook;

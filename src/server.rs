@@ -24,6 +24,7 @@ use crate::guardrail::Guardrail;
 use crate::guardrail::apply::{Application, Guardrails};
 use crate::guardrail::bedrock::BedrockGuardrail;
 use crate::guardrail::local::LocalGuardrail;
+use crate::guardrail::policy::TeamPolicies;
 use crate::guardrail::service::{GuardrailService, Mode as GuardrailMode};
 use crate::http::{OpsState, router};
 use crate::identity::{Authenticator, JwksSource, KeySet, Verification};
@@ -64,6 +65,15 @@ pub async fn dynamo_store(settings: &DynamoDbSettings, leases: bool) -> DynamoSt
         settings.read_cache_ms = 0;
     }
     DynamoStore::connect(&settings).await
+}
+
+/// The engine's settings with its outputs started (on the current runtime): threshold alerts,
+/// with what an earlier process left owed in their outbox, and the usage feed.
+pub fn engine_settings(settings: &Settings) -> anyhow::Result<crate::engine::EngineSettings> {
+    let mut engine = settings.engine_settings()?;
+    engine.alerts = crate::alerts::Alerts::start(&settings.alerts)?;
+    engine.usage_feed = crate::usage_feed::UsageFeed::start(&settings.usage_feed);
+    Ok(engine)
 }
 
 pub async fn authenticator(settings: &Settings) -> anyhow::Result<Authenticator> {
@@ -112,36 +122,37 @@ pub async fn authenticator(settings: &Settings) -> anyhow::Result<Authenticator>
         id.issuer.as_deref(),
         id.team_claim.clone(),
         Duration::from_secs(id.leeway_seconds),
-    ))
+    )
+    .with_user_claim(id.user_claim.clone()))
 }
 
-/// The configured guardrail, or `None` when guardrails are off.
-pub async fn guardrail_service(
-    settings: &Settings,
-) -> anyhow::Result<Option<Arc<GuardrailService>>> {
+/// The guardrails every adapter applies, as configured: the global service (none when the
+/// global mode is off) and what teams with a policy of their own need (the backend whatever the
+/// global mode, and `[guardrail.bedrock]`'s client for teams naming their own guardrail).
+pub async fn guardrails(settings: &Settings) -> anyhow::Result<Guardrails> {
     let g = &settings.guardrail;
-    if g.mode == GuardrailMode::Off {
-        return Ok(None);
-    }
     let backend = guardrail_backend(settings).await?;
-    tracing::info!(mode = ?g.mode, backend = backend.name(), version = backend.version(), "guardrail on");
-    Ok(Some(Arc::new(GuardrailService::new(
-        backend,
-        g.mode,
-        g.fail_mode == FailMode::Closed,
-    ))))
-}
-
-/// The guardrail service with how the configuration applies it.
-fn guardrails(settings: &Settings, service: Option<Arc<GuardrailService>>) -> Guardrails {
-    let g = &settings.guardrail;
-    Guardrails::new(
-        service,
-        Application {
-            scope: g.scope,
-            parts: g.parts.clone(),
-            streaming: g.streaming,
-        },
+    let fail_closed = g.fail_mode == FailMode::Closed;
+    let service = (g.mode != GuardrailMode::Off).then(|| {
+        tracing::info!(mode = ?g.mode, backend = backend.name(), version = backend.version(), "guardrail on");
+        Arc::new(GuardrailService::new(backend.clone(), g.mode, fail_closed))
+    });
+    let bedrock = match &g.bedrock {
+        Some(bedrock) => Some(Arc::new(BedrockGuardrail::connect(bedrock).await)),
+        None => None,
+    };
+    let application = Application {
+        scope: g.scope,
+        parts: g.parts.clone(),
+        streaming: g.streaming,
+    };
+    Ok(
+        Guardrails::new(service, application).with_team_policies(TeamPolicies::new(
+            backend,
+            g.mode,
+            fail_closed,
+            bedrock,
+        )),
     )
 }
 
@@ -167,7 +178,7 @@ pub fn webhook_state(
     settings: &Settings,
     engine: Arc<Engine>,
     auth: Arc<Authenticator>,
-    guardrail: Option<Arc<GuardrailService>>,
+    guardrails: Guardrails,
 ) -> Arc<WebhookState> {
     if settings.webhook.secret.is_none() {
         tracing::warn!(
@@ -178,7 +189,7 @@ pub fn webhook_state(
         webhook: Webhook {
             engine,
             auth,
-            guardrails: guardrails(settings, guardrail),
+            guardrails,
             model_header: settings.webhook.model_header.clone(),
             path_header: settings.webhook.path_header.clone(),
         },
@@ -211,7 +222,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let engine = Arc::new(Engine::new(
         store.clone(),
         spool,
-        settings.engine_settings()?,
+        engine_settings(&settings)?,
         Arc::new(SystemClock),
     ));
     // Before serving, so that admission decisions already see what those calls cost.
@@ -221,14 +232,14 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         guardrail: guardrail_backend(&settings).await.ok(),
         auth: Some(auth.clone()),
     });
-    let guardrail = guardrail_service(&settings).await?;
-    let webhook = webhook_state(&settings, engine.clone(), auth.clone(), guardrail.clone());
+    let guardrails = guardrails(&settings).await?;
+    let webhook = webhook_state(&settings, engine.clone(), auth.clone(), guardrails.clone());
     let extproc = ExtProcService::new(Arc::new(Context {
         engine: engine.clone(),
         auth,
         max_request_body_bytes: settings.server.max_request_body_bytes,
         max_response_json_bytes: settings.server.max_response_json_bytes,
-        guardrails: guardrails(&settings, guardrail),
+        guardrails,
     }));
     let exchanges = extproc.exchanges();
     let abandon = extproc.abandon_token();
@@ -318,6 +329,9 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     // Whatever is still open will not settle before exit: charged now, not left for the next start.
     engine.charge_unsettled(Unsettled::Abandoned).await;
     engine.flush().await;
+    if let Some(feed) = engine.usage_feed() {
+        let _ = tokio::time::timeout(Duration::from_secs(3), feed.flush()).await;
+    }
     // What this instance's leases hold unused goes back to the fleet (the store being down, it
     // stays counted until its minute or month is over: less admitted, never more).
     let _ = tokio::time::timeout(Duration::from_secs(3), engine.hand_back_leases()).await;

@@ -91,6 +91,14 @@ fn describe() {
         "First crossing of a budget warning threshold per team and month"
     );
     describe_counter!(
+        "tollgate_alerts_total",
+        "Threshold alerts by outcome (delivered, attempt_failed, dead_letter, claimed_elsewhere, ...)"
+    );
+    describe_counter!(
+        "tollgate_usage_feed_lines_total",
+        "Usage feed lines written or dropped (backlog, write_error), by outcome"
+    );
+    describe_counter!(
         "tollgate_budget_overruns_total",
         "Calls let through over budget (on_breach = warn)"
     );

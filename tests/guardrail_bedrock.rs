@@ -168,3 +168,26 @@ async fn a_slow_guardrail_times_out_within_the_configured_deadline() {
     assert!(matches!(err, GuardrailError::Timeout), "{err:?}");
     assert!(started.elapsed() < Duration::from_secs(2));
 }
+
+#[tokio::test]
+async fn a_team_naming_its_own_guardrail_gets_it_on_the_same_client() {
+    use tollgate::guardrail::policy::{BedrockGuardrailRef, TeamGuardrail, TeamPolicies};
+    use tollgate::guardrail::service::{Mode, Outcome};
+
+    let (global, seen) = start(2000).await;
+    let client = Arc::new(global.with_guardrail("gr-123".into(), "7".into()));
+    let teams = TeamPolicies::new(Arc::new(global), Mode::Observe, true, Some(client));
+    let own = TeamGuardrail {
+        mode: Some(Mode::Enforce),
+        bedrock: Some(BedrockGuardrailRef {
+            guardrail_id: "gr-team".into(),
+            guardrail_version: "3".into(),
+        }),
+    };
+    let service = teams.service(&own, None).unwrap();
+    assert_eq!(service.mode(), Mode::Enforce);
+    let outcome = service.check(Source::Input, &texts(&["my ssn"])).await;
+    assert!(matches!(outcome, Outcome::Block { .. }), "{outcome:?}");
+    let (id, version, _) = seen.lock().unwrap().requests[0].clone();
+    assert_eq!((id.as_str(), version.as_str()), ("gr-team", "3"));
+}

@@ -36,16 +36,26 @@ pub async fn boot() -> anyhow::Result<Boot> {
 }
 
 /// The engine over DynamoDB, and identity.
-pub async fn boot_with(settings: Settings) -> anyhow::Result<Boot> {
+pub async fn boot_with(mut settings: Settings) -> anyhow::Result<Boot> {
     if settings.store.backend != StoreBackend::Dynamodb {
         // A function instance's memory or /tmp is not shared with any other instance.
         bail!("tollgate's Lambda functions need TOLLGATE_STORE__BACKEND=dynamodb");
+    }
+    // /tmp is a function's only writable directory (the alert outbox lasts as long as the
+    // function instance: docs/alerts.md).
+    for path in [
+        &mut settings.alerts.outbox_path,
+        &mut settings.alerts.dead_letter_path,
+    ] {
+        if path.is_relative() {
+            *path = PathBuf::from("/tmp").join(&*path);
+        }
     }
     // No spool: these functions never queue debits. The usage recorder writes its own and fails
     // its event when it cannot, so that Lambda retries it.
     // Per request unless configured otherwise: a frozen or reaped function instance could not
     // hand back what its leases hold.
-    let mut engine_settings = settings.engine_settings()?;
+    let mut engine_settings = tollgate::server::engine_settings(&settings)?;
     if settings.store.dynamodb.admission.is_none() {
         engine_settings.leases = None;
     }
@@ -73,8 +83,8 @@ pub async fn boot_with(settings: Settings) -> anyhow::Result<Boot> {
 
 /// `budget-enforcement`: the promptGuard webhook, `POST /request` and `POST /response`.
 pub async fn webhook_app(boot: Boot) -> anyhow::Result<axum::Router> {
-    let guardrail = tollgate::server::guardrail_service(&boot.settings).await?;
-    let state = tollgate::server::webhook_state(&boot.settings, boot.engine, boot.auth, guardrail);
+    let guardrails = tollgate::server::guardrails(&boot.settings).await?;
+    let state = tollgate::server::webhook_state(&boot.settings, boot.engine, boot.auth, guardrails);
     Ok(tollgate::webhook::http::router(state))
 }
 

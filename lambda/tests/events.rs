@@ -51,6 +51,11 @@ fn event(name: &str, token: &str) -> String {
 }
 
 async fn boot(local: &DynamoDbLocal, table: &str) -> Boot {
+    boot_feeding(local, table, None).await
+}
+
+/// [`boot`], with the usage feed written to `feed`.
+async fn boot_feeding(local: &DynamoDbLocal, table: &str, feed: Option<&std::path::Path>) -> Boot {
     let store = dynamo_store(local, table).await;
     store
         .put_team(&Team {
@@ -68,6 +73,7 @@ async fn boot(local: &DynamoDbLocal, table: &str) -> Boot {
     settings.webhook.secret = Some(SECRET.into());
     // Three DynamoDB Locals warming up on two cores: the first calls are slow.
     settings.policy.admission_timeout_ms = 10_000;
+    settings.usage_feed.path = feed.map(|p| p.display().to_string());
     let boot = boot_with(settings).await.unwrap();
     // A function instance can be frozen or reaped holding a slice: per request by default.
     assert!(boot.engine.leases().is_none());
@@ -156,10 +162,28 @@ async fn counter(store: &dyn Store, counter: &str) -> u64 {
     store.read_counters(&[&key]).await.unwrap()[0]
 }
 
+/// The feed's lines, once there are `count` (written in the background).
+async fn feed_lines(path: &std::path::Path, count: usize) -> Vec<Value> {
+    for _ in 0..500 {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.lines().count() >= count {
+            return text
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("fewer than {count} usage feed lines in {}", path.display());
+}
+
 #[tokio::test]
 async fn usage_recorder_charges_access_log_records_once_and_reports_the_unreadable() {
     let local = start_dynamodb_local().await;
-    let boot = boot(&local, "usage").await;
+    let feed =
+        std::env::temp_dir().join(format!("tollgate-usage-feed-{}.jsonl", std::process::id()));
+    let _ = std::fs::remove_file(&feed);
+    let boot = boot_feeding(&local, "usage", Some(&feed)).await;
     let store = boot.engine.store().clone();
     let recorder = Recorder {
         engine: boot.engine,
@@ -200,6 +224,21 @@ async fn usage_recorder_charges_access_log_records_once_and_reports_the_unreadab
     assert!(spend > 0);
     assert_eq!(report["tokens"], tokens);
     assert_eq!(report["cost_micros"], spend);
+    // The usage feed has a line per charged record, adding up to the same.
+    let lines = feed_lines(&feed, 2).await;
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["source"] == "access_log" && l["scopes"][0]["id"] == "search")
+    );
+    let sum = |field: &str| -> u64 {
+        lines
+            .iter()
+            .map(|l| l.pointer(field).and_then(Value::as_u64).unwrap())
+            .sum()
+    };
+    assert_eq!(sum("/tokens/total"), tokens);
+    assert_eq!(sum("/cost_micros"), spend);
 
     // CloudWatch (or Lambda's retry) delivers the same batch again: charged once.
     let again = record_logs(&recorder, logs_event(&payload)).await.unwrap();
@@ -212,6 +251,12 @@ async fn usage_recorder_charges_access_log_records_once_and_reports_the_unreadab
         counter(store.as_ref(), &format!("spend#{month}")).await,
         spend
     );
+
+    // The retried batch is written again, with the same debit ids to deduplicate on.
+    let lines = feed_lines(&feed, 4).await;
+    assert_eq!(lines[0]["debit_id"], lines[2]["debit_id"]);
+    assert_eq!(lines[1]["debit_id"], lines[3]["debit_id"]);
+    let _ = std::fs::remove_file(&feed);
 
     let control = event("cloudwatch-logs-control.payload.json", &expired);
     let reply = record_logs(&recorder, logs_event(&control)).await.unwrap();

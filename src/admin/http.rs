@@ -15,11 +15,11 @@ use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use super::{Admin, AdminError, BudgetUpdate};
+use super::{Adjustment, Admin, AdminError, BudgetUpdate, MemberKind, ScopeTarget};
 use crate::guardrail::{Guardrail, Source};
 use crate::identity::{ADMIN_SCOPE, Authenticator, Principal};
-use crate::policy::Team;
 use crate::policy::pricing::PriceUsd;
+use crate::policy::{ScopeLimits, Team};
 
 pub struct AdminState {
     pub admin: Admin,
@@ -38,6 +38,22 @@ pub fn router(state: Arc<AdminState>) -> Router {
         )
         .route("/admin/teams/{id}/budget", put(set_budget))
         .route("/admin/teams/{id}/usage", get(usage))
+        .route(
+            "/admin/teams/{id}/users/{user}",
+            put(put_user).delete(delete_user),
+        )
+        .route(
+            "/admin/teams/{id}/projects/{project}",
+            put(put_project).delete(delete_project),
+        )
+        .route("/admin/teams/{id}/users/{user}/usage", get(user_usage))
+        .route(
+            "/admin/teams/{id}/projects/{project}/usage",
+            get(project_usage),
+        )
+        .route("/admin/teams/{id}/scope-usage", get(team_scope_usage))
+        .route("/admin/org/usage", get(org_usage))
+        .route("/admin/adjustments", axum::routing::post(adjust))
         .route("/admin/prices", get(prices))
         .route("/admin/prices/{model}", put(put_price).delete(delete_price))
         .route("/admin/guardrail/test", axum::routing::post(guardrail_test))
@@ -142,16 +158,20 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
 }
 
 impl Caller {
-    fn audit(&self, action: &str, target: &str) {
-        let who = match self.0.as_ref() {
+    /// Who is calling, for the audit log.
+    fn who(&self) -> &str {
+        match self.0.as_ref() {
             Some(p) => p
                 .client_id
                 .as_deref()
                 .or(p.user.as_deref())
                 .unwrap_or("unknown"),
             None => "offline",
-        };
-        tracing::info!(admin = who, action, target, "admin change");
+        }
+    }
+
+    fn audit(&self, action: &str, target: &str) {
+        tracing::info!(admin = self.who(), action, target, "admin change");
     }
 }
 
@@ -246,6 +266,103 @@ async fn usage(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     Ok(Json(s.admin.usage(&id).await?))
+}
+
+async fn set_member(
+    caller: Caller,
+    s: &AdminState,
+    (id, member_id): (String, String),
+    kind: MemberKind,
+    body: Option<Bytes>,
+) -> ApiResult<Json<Team>> {
+    let limits: Option<ScopeLimits> = body.map(|b| parse(&b)).transpose()?;
+    let action = match (kind, limits.is_some()) {
+        (MemberKind::User, true) => "put_user",
+        (MemberKind::User, false) => "delete_user",
+        (MemberKind::Project, true) => "put_project",
+        (MemberKind::Project, false) => "delete_project",
+    };
+    caller.audit(action, &format!("{id}/{member_id}"));
+    Ok(Json(
+        s.admin
+            .set_member_limits(&id, kind, &member_id, limits)
+            .await?,
+    ))
+}
+
+async fn put_user(
+    caller: Caller,
+    State(s): State<Arc<AdminState>>,
+    Path(ids): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<Json<Team>> {
+    set_member(caller, &s, ids, MemberKind::User, Some(body)).await
+}
+
+async fn delete_user(
+    caller: Caller,
+    State(s): State<Arc<AdminState>>,
+    Path(ids): Path<(String, String)>,
+) -> ApiResult<Json<Team>> {
+    set_member(caller, &s, ids, MemberKind::User, None).await
+}
+
+async fn put_project(
+    caller: Caller,
+    State(s): State<Arc<AdminState>>,
+    Path(ids): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<Json<Team>> {
+    set_member(caller, &s, ids, MemberKind::Project, Some(body)).await
+}
+
+async fn delete_project(
+    caller: Caller,
+    State(s): State<Arc<AdminState>>,
+    Path(ids): Path<(String, String)>,
+) -> ApiResult<Json<Team>> {
+    set_member(caller, &s, ids, MemberKind::Project, None).await
+}
+
+async fn scope_usage(s: &AdminState, target: ScopeTarget) -> ApiResult<Json<Value>> {
+    Ok(Json(s.admin.scope_usage(&target).await?))
+}
+
+async fn user_usage(
+    _: Caller,
+    State(s): State<Arc<AdminState>>,
+    Path((team, user)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    scope_usage(&s, ScopeTarget::User { team, user }).await
+}
+
+async fn project_usage(
+    _: Caller,
+    State(s): State<Arc<AdminState>>,
+    Path((team, project)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    scope_usage(&s, ScopeTarget::Project { team, project }).await
+}
+
+async fn team_scope_usage(
+    _: Caller,
+    State(s): State<Arc<AdminState>>,
+    Path(team): Path<String>,
+) -> ApiResult<Json<Value>> {
+    scope_usage(&s, ScopeTarget::Team(team)).await
+}
+
+async fn org_usage(_: Caller, State(s): State<Arc<AdminState>>) -> ApiResult<Json<Value>> {
+    scope_usage(&s, ScopeTarget::Org).await
+}
+
+async fn adjust(
+    caller: Caller,
+    State(s): State<Arc<AdminState>>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let adjustment: Adjustment = parse(&body)?;
+    Ok(Json(s.admin.adjust(caller.who(), adjustment).await?))
 }
 
 async fn prices(_: Caller, State(s): State<Arc<AdminState>>) -> ApiResult<Json<Value>> {

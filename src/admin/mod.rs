@@ -11,11 +11,13 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::engine::Engine;
+use crate::engine::{Engine, Member};
+use crate::policy::admission::ScopeRules;
 use crate::policy::budget::{OnBreach, json_usd};
+use crate::policy::calendar::Period;
 use crate::policy::pricing::{PriceUsd, normalise_model};
-use crate::policy::{FieldError, Team, calendar, rate};
-use crate::store::{Counted, CounterKey, Scope, StoreError};
+use crate::policy::{FieldError, Rejection, ScopeLimits, Team, calendar, rate};
+use crate::store::{Counted, CounterKey, Debit, Increment, PeriodKey, Scope, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
@@ -44,6 +46,87 @@ pub struct BudgetUpdate {
     pub on_breach: Option<OnBreach>,
     /// Replaces the caps; a cap of `null` removes that model's cap.
     pub model_caps: Option<BTreeMap<String, Option<f64>>>,
+}
+
+/// Which scope an admin call is about.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScopeTarget {
+    Org,
+    Team(String),
+    User { team: String, user: String },
+    Project { team: String, project: String },
+}
+
+impl ScopeTarget {
+    fn scope(&self) -> Scope {
+        match self.clone() {
+            ScopeTarget::Org => Scope::Org,
+            ScopeTarget::Team(team) => Scope::Team(team),
+            ScopeTarget::User { team, user } => Scope::User { team, user },
+            ScopeTarget::Project { team, project } => Scope::Project { team, project },
+        }
+    }
+}
+
+/// A team's users or projects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemberKind {
+    User,
+    Project,
+}
+
+impl MemberKind {
+    fn name(self) -> &'static str {
+        match self {
+            MemberKind::User => "user",
+            MemberKind::Project => "project",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdjustedCounter {
+    /// USD spent in a budget period.
+    Spend,
+    /// Tokens used in a token period.
+    Tokens,
+}
+
+/// `POST /admin/adjustments`: reset a counter or add to it (negative to take off).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Adjustment {
+    /// Chosen by the client: the same id is applied once, however often it is sent.
+    pub id: String,
+    /// `"org"`, `{"team": "platform"}`, `{"user": {"team": "platform", "user": "alice"}}`,
+    /// `{"project": {"team": "platform", "project": "search"}}`.
+    pub scope: ScopeTarget,
+    pub counter: AdjustedCounter,
+    /// The period's key (`2026-11`, `week-2026-11-23`); absent: the current period.
+    #[serde(default)]
+    pub period: Option<String>,
+    /// Set the counter to zero.
+    #[serde(default)]
+    pub reset: bool,
+    /// USD for spend, tokens for tokens; negative takes off.
+    #[serde(default)]
+    pub add: Option<f64>,
+    /// Why: goes into the audit log.
+    pub reason: String,
+}
+
+fn scope_json(scope: &Scope) -> Value {
+    let mut out = json!({"kind": scope.kind(), "id": scope.id(), "label": scope.label()});
+    if let Scope::User { team, .. } | Scope::Project { team, .. } = scope {
+        out["team"] = json!(team);
+    }
+    out
+}
+
+fn period_json(period: &Period) -> Value {
+    json!({"key": period.key.render(), "start": period.start, "end": period.end})
 }
 
 /// Months of spend history reported by [`Admin::usage`].
@@ -207,6 +290,256 @@ impl Admin {
                 "by_model": by_model,
             },
             "recent_months": recent,
+        }))
+    }
+
+    /// Sets (`Some`) or removes (`None`) the limits of one user or project of a team.
+    pub async fn set_member_limits(
+        &self,
+        team_id: &str,
+        member: MemberKind,
+        id: &str,
+        limits: Option<ScopeLimits>,
+    ) -> Result<Team, AdminError> {
+        let mut team = self.team(team_id).await?;
+        let map = match member {
+            MemberKind::User => &mut team.users,
+            MemberKind::Project => &mut team.projects,
+        };
+        match limits {
+            Some(limits) => {
+                map.insert(id.to_owned(), limits);
+            }
+            None => {
+                if map.remove(id).is_none() {
+                    return Err(AdminError::NotFound(format!(
+                        "team {team_id:?} has no {} {id:?}",
+                        member.name()
+                    )));
+                }
+            }
+        }
+        self.save(team).await
+    }
+
+    /// The rules in force for one scope (a team's user or project need not be listed in the
+    /// team: users inherit the defaults; an unlisted project has none and is refused).
+    async fn scope_rules(&self, target: &ScopeTarget) -> Result<ScopeRules, AdminError> {
+        let team_id = match target {
+            ScopeTarget::Org => {
+                return self
+                    .engine
+                    .org_rules()
+                    .ok_or_else(|| AdminError::NotFound("no [org] limits are configured".into()));
+            }
+            ScopeTarget::Team(team)
+            | ScopeTarget::User { team, .. }
+            | ScopeTarget::Project { team, .. } => team,
+        };
+        let team = self.team(team_id).await?;
+        let member = Member {
+            team: &team,
+            user: match target {
+                ScopeTarget::User { user, .. } => Some(user.as_str()),
+                _ => None,
+            },
+            project: match target {
+                ScopeTarget::Project { project, .. } => Some(project.as_str()),
+                _ => None,
+            },
+        };
+        let chain = self
+            .engine
+            .scope_chain(member)
+            .map_err(|e| AdminError::NotFound(Rejection::from(e).reason))?;
+        let scope = target.scope();
+        chain
+            .into_iter()
+            .find(|rules| rules.scope == scope)
+            .ok_or_else(|| AdminError::NotFound(format!("no {}", scope.label())))
+    }
+
+    /// One scope's consumption: its RPM and TPM windows, tokens and spend in the current periods
+    /// (spend by model too), its limits, and the spend and tokens of every period still stored.
+    pub async fn scope_usage(&self, target: &ScopeTarget) -> Result<Value, AdminError> {
+        let rules = self.scope_rules(target).await?;
+        let scope = rules.scope.clone();
+        let now_ms = self.engine.now_ms();
+        let now = now_ms / 1000;
+        let pos = rate::WindowPosition::at(now_ms);
+        let tokens_period = rules.tokens_period.containing(now);
+        let budget_period = rules.budget_period.containing(now);
+        let key = |counted| CounterKey::new(scope.clone(), counted);
+        let store = self.engine.store();
+        let values = store
+            .read_counters(&[
+                &key(Counted::Requests {
+                    minute: pos.bucket - 1,
+                }),
+                &key(Counted::Requests { minute: pos.bucket }),
+                &key(Counted::TokensInMinute {
+                    minute: pos.bucket - 1,
+                }),
+                &key(Counted::TokensInMinute { minute: pos.bucket }),
+                &key(Counted::Tokens(tokens_period.key)),
+                &key(Counted::Spend(budget_period.key)),
+                &key(Counted::Reserved(budget_period.key)),
+            ])
+            .await?;
+        let mut by_model = serde_json::Map::new();
+        let mut spend_history = Vec::new();
+        for (counter, micros) in store.list_counters(&scope, "spend#").await? {
+            match counter {
+                Counted::Spend(period) => {
+                    spend_history.push(json!({"period": period.render(), "usd": json_usd(micros)}))
+                }
+                Counted::ModelSpend(period, model) if period == budget_period.key => {
+                    by_model.insert(model, json!(json_usd(micros)));
+                }
+                _ => {}
+            }
+        }
+        let tokens_history: Vec<Value> = store
+            .list_counters(&scope, "tokens#")
+            .await?
+            .into_iter()
+            .filter_map(|(counter, tokens)| match counter {
+                Counted::Tokens(period) => {
+                    Some(json!({"period": period.render(), "tokens": tokens}))
+                }
+                _ => None,
+            })
+            .collect();
+        spend_history.reverse();
+        Ok(json!({
+            "scope": scope_json(&scope),
+            "rpm": {"limit": rules.rpm, "used": rate::window_count(values[0], values[1], pos)},
+            "tpm": {"limit": rules.tpm, "used": rate::window_count(values[2], values[3], pos)},
+            "tokens": {
+                "period": period_json(&tokens_period),
+                "used": values[4],
+                "limit": rules.tokens,
+            },
+            "spend": {
+                "period": period_json(&budget_period),
+                "usd": json_usd(values[5]),
+                "reserved_usd": json_usd(values[6]),
+                "budget_usd": rules.budget_micros.map(json_usd),
+                "on_breach": rules.on_breach,
+                "by_model": by_model,
+            },
+            "spend_history": spend_history,
+            "tokens_history": tokens_history,
+        }))
+    }
+
+    /// Resets or adjusts one counter of a scope (its spend or tokens in a period), once per
+    /// client-supplied id: a retry with the same id changes nothing and says so. Audited: who,
+    /// when, why, and the value before and after, in the log (`tollgate::audit`).
+    pub async fn adjust(&self, who: &str, request: Adjustment) -> Result<Value, AdminError> {
+        let Adjustment {
+            id,
+            scope: target,
+            counter,
+            period,
+            reset,
+            add,
+            reason,
+        } = request;
+        if id.trim().is_empty() || id.len() > 200 {
+            return Err(invalid("id", "id must be 1-200 characters"));
+        }
+        if reason.trim().is_empty() {
+            return Err(invalid("reason", "say why (it goes into the audit log)"));
+        }
+        let amount = match (reset, add) {
+            (true, None) => None,
+            (false, Some(add)) if add.is_finite() => Some(add),
+            (false, Some(_)) => return Err(invalid("add", "add must be a number")),
+            _ => return Err(invalid("reset", "give either reset = true or add")),
+        };
+        let rules = self.scope_rules(&target).await?;
+        let scope = rules.scope.clone();
+        let now = self.engine.now_ms() / 1000;
+        let rule = match counter {
+            AdjustedCounter::Spend => &rules.budget_period,
+            AdjustedCounter::Tokens => &rules.tokens_period,
+        };
+        let period = match period {
+            None => rule.containing(now).key,
+            Some(text) => PeriodKey::parse(&text).ok_or_else(|| {
+                invalid("period", format!("{text:?} is not a period (2026-11, 2026-11-21, week-2026-11-23, month-2026-11-15)"))
+            })?,
+        };
+        let key = CounterKey::new(
+            scope.clone(),
+            match counter {
+                AdjustedCounter::Spend => Counted::Spend(period),
+                AdjustedCounter::Tokens => Counted::Tokens(period),
+            },
+        );
+        let store = self.engine.store();
+        let marker = CounterKey::adjustment(scope.clone(), &id, now);
+        if let Increment::Refused(_) = store.add_within(&marker, 1, 1).await? {
+            return Ok(json!({"id": id, "applied": false, "already_applied": true}));
+        }
+        let before = store.read_counters(&[&key]).await?[0];
+        let delta: i64 = match (amount, counter) {
+            (None, _) => -(before as i64),
+            (Some(usd), AdjustedCounter::Spend) => (usd * 1e6).round() as i64,
+            (Some(tokens), AdjustedCounter::Tokens) => tokens.round() as i64,
+        };
+        let mut amounts = vec![(key.clone(), delta)];
+        if reset && counter == AdjustedCounter::Spend {
+            // A reset period has no spend on any model either (model caps start over too).
+            let prefix = format!("{}#", key.name());
+            for (counted, value) in store.list_counters(&scope, &prefix).await? {
+                amounts.push((CounterKey::new(scope.clone(), counted), -(value as i64)));
+            }
+        }
+        let debit = Debit {
+            id: format!("adjustment~{id}"),
+            amounts,
+        };
+        if let Err(e) = store.apply_debits(&[debit]).await {
+            // Not applied: let the same id be tried again.
+            let _ = store
+                .apply_debits(&[Debit {
+                    id: format!("adjustment~{id}~undo"),
+                    amounts: vec![(marker, -1)],
+                }])
+                .await;
+            return Err(e.into());
+        }
+        self.engine.invalidate_caches();
+        let after = (before as i64).saturating_add(delta).max(0) as u64;
+        let shown = |v: u64| match counter {
+            AdjustedCounter::Spend => json!(json_usd(v)),
+            AdjustedCounter::Tokens => json!(v),
+        };
+        tracing::info!(
+            target: "tollgate::audit",
+            admin = who,
+            adjustment = %id,
+            scope = %scope.label(),
+            counter = %key.name(),
+            before,
+            after,
+            reason = %reason,
+            at = now,
+            "counter adjusted"
+        );
+        metrics::counter!("tollgate_admin_adjustments_total", "scope" => scope.kind()).increment(1);
+        Ok(json!({
+            "id": id,
+            "applied": true,
+            "by": who,
+            "at": now,
+            "reason": reason,
+            "scope": scope_json(&scope),
+            "counter": key.name(),
+            "before": shown(before),
+            "after": shown(after),
         }))
     }
 

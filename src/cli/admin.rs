@@ -62,8 +62,62 @@ enum AdminCommand {
         #[arg(long, value_enum)]
         on_breach: Option<Breach>,
     },
-    /// A team's RPM window, tokens today, and spend this month and before.
-    Usage { id: String },
+    /// A team's RPM window, tokens today, and spend this month and before; with --user,
+    /// --project or --scopes, that scope's windows, current periods and history.
+    Usage {
+        /// The team (absent with --org).
+        id: Option<String>,
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long, conflicts_with = "user")]
+        project: Option<String>,
+        /// The org's usage (needs [org] limits).
+        #[arg(long, conflicts_with_all = ["id", "user", "project"])]
+        org: bool,
+        /// The team scope in the per-scope shape (periods, TPM, history).
+        #[arg(long)]
+        scopes: bool,
+    },
+    /// Set (a JSON object of limits) or delete the limits of a team's user or project.
+    Limits {
+        team: String,
+        #[arg(long, required_unless_present = "project")]
+        user: Option<String>,
+        #[arg(long, conflicts_with = "user")]
+        project: Option<String>,
+        /// e.g. '{"budget_usd": 50, "budget_period": {"every": "week"}}'
+        #[arg(required_unless_present = "delete")]
+        json: Option<String>,
+        #[arg(long)]
+        delete: bool,
+    },
+    /// Reset or adjust a scope's spend or tokens in a period (audited, once per --id).
+    Adjust {
+        /// Your id for this change: sending it again changes nothing.
+        #[arg(long)]
+        id: String,
+        #[arg(long, required_unless_present = "org")]
+        team: Option<String>,
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long, conflicts_with = "user")]
+        project: Option<String>,
+        #[arg(long, conflicts_with_all = ["team", "user", "project"])]
+        org: bool,
+        #[arg(long, value_enum)]
+        counter: CounterArg,
+        /// Period key (2026-11, week-2026-11-23); default: the current one.
+        #[arg(long)]
+        period: Option<String>,
+        #[arg(long, conflicts_with = "add", required_unless_present = "add")]
+        reset: bool,
+        /// USD (spend) or tokens to add; negative takes off.
+        #[arg(long, allow_hyphen_values = true)]
+        add: Option<f64>,
+        /// Why (goes into the audit log).
+        #[arg(long)]
+        reason: String,
+    },
     /// List, set or delete model prices (USD per million tokens).
     #[command(subcommand)]
     Prices(PricesCommand),
@@ -119,6 +173,41 @@ enum PricesCommand {
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
+enum CounterArg {
+    Spend,
+    Tokens,
+}
+
+/// A path segment as a URL needs it (user ids can hold anything a token claim can).
+fn segment(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The scope an `adjust` names, as the admin API takes it.
+fn scope_json(
+    org: bool,
+    team: Option<String>,
+    user: Option<String>,
+    project: Option<String>,
+) -> Value {
+    match (org, team, user, project) {
+        (true, ..) => json!("org"),
+        (_, Some(team), Some(user), _) => json!({"user": {"team": team, "user": user}}),
+        (_, Some(team), _, Some(project)) => {
+            json!({"project": {"team": team, "project": project}})
+        }
+        (_, team, ..) => json!({ "team": team }),
+    }
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
 enum Breach {
     Block,
     Warn,
@@ -133,9 +222,9 @@ fn parse_cap(s: &str) -> Result<(String, f64), String> {
 }
 
 /// The admin API request a subcommand stands for.
-fn request(command: AdminCommand) -> (Method, String, Option<Value>) {
+fn request(command: AdminCommand) -> anyhow::Result<(Method, String, Option<Value>)> {
     use AdminCommand::*;
-    match command {
+    Ok(match command {
         Teams(TeamsCommand::List) => (Method::GET, "/admin/teams".into(), None),
         Teams(TeamsCommand::Get { id }) => (Method::GET, format!("/admin/teams/{id}"), None),
         Teams(TeamsCommand::Delete { id }) => (Method::DELETE, format!("/admin/teams/{id}"), None),
@@ -193,7 +282,79 @@ fn request(command: AdminCommand) -> (Method, String, Option<Value>) {
                 Some(update),
             )
         }
-        Usage { id } => (Method::GET, format!("/admin/teams/{id}/usage"), None),
+        Usage {
+            id,
+            user,
+            project,
+            org,
+            scopes,
+        } => {
+            let team = segment(id.as_deref().unwrap_or_default());
+            let path = match (org, user, project) {
+                (true, ..) => "/admin/org/usage".to_owned(),
+                (_, Some(user), _) => format!("/admin/teams/{team}/users/{}/usage", segment(&user)),
+                (_, _, Some(p)) => format!("/admin/teams/{team}/projects/{}/usage", segment(&p)),
+                _ if scopes => format!("/admin/teams/{team}/scope-usage"),
+                _ => format!("/admin/teams/{team}/usage"),
+            };
+            (Method::GET, path, None)
+        }
+        Limits {
+            team,
+            user,
+            project,
+            json,
+            delete,
+        } => {
+            let member = match (user, project) {
+                (Some(user), _) => format!("users/{}", segment(&user)),
+                (_, project) => format!("projects/{}", segment(&project.unwrap_or_default())),
+            };
+            let path = format!("/admin/teams/{}/{member}", segment(&team));
+            match (delete, json) {
+                (true, _) => (Method::DELETE, path, None),
+                (false, json) => (
+                    Method::PUT,
+                    path,
+                    Some(
+                        serde_json::from_str(&json.unwrap_or_default())
+                            .context("the limits are not a JSON object")?,
+                    ),
+                ),
+            }
+        }
+        Adjust {
+            id,
+            team,
+            user,
+            project,
+            org,
+            counter,
+            period,
+            reset,
+            add,
+            reason,
+        } => {
+            let mut body = json!({
+                "id": id,
+                "scope": scope_json(org, team, user, project),
+                "counter": match counter {
+                    CounterArg::Spend => "spend",
+                    CounterArg::Tokens => "tokens",
+                },
+                "reason": reason,
+            });
+            if let Some(period) = period {
+                body["period"] = json!(period);
+            }
+            if reset {
+                body["reset"] = json!(true);
+            }
+            if let Some(add) = add {
+                body["add"] = json!(add);
+            }
+            (Method::POST, "/admin/adjustments".into(), Some(body))
+        }
         Prices(PricesCommand::List) => (Method::GET, "/admin/prices".into(), None),
         Prices(PricesCommand::Delete { model }) => {
             (Method::DELETE, format!("/admin/prices/{model}"), None)
@@ -215,14 +376,14 @@ fn request(command: AdminCommand) -> (Method, String, Option<Value>) {
             }
             (Method::PUT, format!("/admin/prices/{model}"), Some(price))
         }
-    }
+    })
 }
 
 pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
     if let AdminCommand::InitTable = args.command {
         return init_table(args.config).await;
     }
-    let (method, path, body) = request(args.command);
+    let (method, path, body) = request(args.command)?;
     let (status, text) = if args.offline {
         offline(args.config, method, &path, body).await?
     } else {

@@ -23,14 +23,15 @@ pub use teams::TeamDirectory;
 
 use crate::identity::Principal;
 use crate::llm::Endpoints;
-use crate::policy::admission::{self, Charges, Crossing, Decision, Facts, Values};
+use crate::policy::admission::{self, Charges, Crossing, Decision, Facts, ScopeRules, Values};
 use crate::policy::budget;
+pub use crate::policy::scopes::{Member, ProjectNotAllowed, ScopeSettings};
 use crate::policy::{
     Price, PriceTable, RateHeaders, Rejection, RejectionKind, Team, TierTable, Units, Usage, rate,
 };
 use crate::store::{
-    CounterKey, Debit, Increment, Journal, JournalEntry, MemoryStore, Opened, Spool, Store,
-    StoreError,
+    Counted, CounterKey, Debit, Increment, Journal, JournalEntry, MemoryStore, Opened, Scope,
+    Spool, Store, StoreError,
 };
 
 /// What to do when the store cannot answer an admission query.
@@ -133,6 +134,14 @@ pub struct EngineSettings {
     /// Admit from quota leases on the store's counters (see [`lease`]); `None`: one conditional
     /// update per request.
     pub leases: Option<LeaseSettings>,
+    /// Signed threshold webhooks; `None`: crossings are only logged and counted.
+    pub alerts: Option<Arc<crate::alerts::Alerts>>,
+    /// A JSON line per charged call; `None`: off.
+    pub usage_feed: Option<crate::usage_feed::UsageFeed>,
+    /// The org above teams, user defaults, the default time zone of periods.
+    pub scopes: ScopeSettings,
+    /// Request header naming the caller's project (`None`: projects are not used).
+    pub project_header: Option<String>,
 }
 
 impl Default for EngineSettings {
@@ -143,12 +152,43 @@ impl Default for EngineSettings {
             cache_ttl: Duration::from_secs(5),
             prices: PriceTable::builtin(),
             unknown_model: UnknownModel::Reject,
-            warn_at_percent: vec![80],
+            warn_at_percent: vec![80, 100],
             reserve: false,
             admission_deadline: Duration::from_millis(500),
             configured_teams: Vec::new(),
             endpoints: Endpoints::builtin(),
             leases: None,
+            alerts: None,
+            usage_feed: None,
+            scopes: ScopeSettings::default(),
+            project_header: None,
+        }
+    }
+}
+
+/// Who a request is for: its team (found from the token), the user the token names (by the
+/// configured claim) and the project the request names (a header), if any.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub team: Arc<Team>,
+    pub user: Option<String>,
+    pub project: Option<String>,
+}
+
+impl std::ops::Deref for Caller {
+    type Target = Team;
+
+    fn deref(&self) -> &Team {
+        &self.team
+    }
+}
+
+impl<'a> From<&'a Caller> for Member<'a> {
+    fn from(caller: &'a Caller) -> Self {
+        Member {
+            team: &caller.team,
+            user: caller.user.as_deref(),
+            project: caller.project.as_deref(),
         }
     }
 }
@@ -198,6 +238,16 @@ pub struct Ticket {
 }
 
 impl Ticket {
+    /// The scopes the call is charged to, broadest first (org, team, user, project): the scope
+    /// chain a usage record names. Every scope has a token counter for the period.
+    pub fn scopes(&self) -> impl Iterator<Item = &Scope> {
+        self.charges
+            .tokens
+            .iter()
+            .filter(|key| matches!(key.counted, Counted::Tokens(_)))
+            .map(|key| &key.scope)
+    }
+
     /// The debit charging `usage` (`None`: the request never ran) to this ticket's counters and
     /// giving its reservation back, with the cost it charges.
     fn debit(&self, usage: Option<&Usage>) -> (Debit, u64) {
@@ -253,6 +303,8 @@ pub struct UnsettledCharge {
 
 #[derive(Clone, Debug)]
 struct Charge {
+    /// Canonical name, for the usage feed.
+    model: String,
     price: Price,
     /// Micro-dollars per million of the call's units (images, characters), resolved at admission.
     unit_price: u64,
@@ -388,7 +440,7 @@ impl Engine {
 
     /// The team a caller acts for: the team claim if the token has one, else the team that
     /// registered the token's `client_id`. Never a shared fallback bucket.
-    pub async fn team_for(&self, principal: &Principal) -> Result<Arc<Team>, Rejection> {
+    pub async fn team_for(&self, principal: &Principal) -> Result<Caller, Rejection> {
         let (lookup, missing) = match (&principal.team, &principal.client_id) {
             (Some(team), _) => (
                 self.teams.by_id(team).await,
@@ -406,7 +458,11 @@ impl Engine {
             }
         };
         match lookup {
-            Ok(Some(team)) => Ok(team),
+            Ok(Some(team)) => Ok(Caller {
+                team,
+                user: principal.user.clone(),
+                project: None,
+            }),
             Ok(None) => Err(self.refuse(Rejection::new(RejectionKind::UnknownTeam, missing))),
             Err(e) => Err(self.refuse(self.store_failure("team_lookup", &e))),
         }
@@ -414,27 +470,28 @@ impl Engine {
 
     /// Decides whether `team` may send one more request now (calling `call`'s model, if it is a
     /// model call); counts it if so. An admitted model call is journaled until it is settled.
-    pub async fn admit(
+    pub async fn admit<'a>(
         &self,
-        team: &Team,
+        who: impl Into<Member<'a>>,
         call: Option<ModelCall<'_>>,
         request_id: Option<&str>,
     ) -> Result<Ticket, Rejection> {
-        self.admit_journaled(team, call, request_id, true).await
+        self.admit_journaled(who.into(), call, request_id, true)
+            .await
     }
 
     /// Admits a model call whose usage another path reports later (an access-log record with the
     /// same request id, as for the agentgateway webhook): nothing is journaled, since that record
     /// charges the call even if this process dies, and a reservation is given back at once.
     /// Returns the budget warning, if any.
-    pub async fn admit_reported_later(
+    pub async fn admit_reported_later<'a>(
         &self,
-        team: &Team,
+        who: impl Into<Member<'a>>,
         call: ModelCall<'_>,
         request_id: Option<&str>,
     ) -> Result<Option<String>, Rejection> {
         let ticket = self
-            .admit_journaled(team, Some(call), request_id, false)
+            .admit_journaled(who.into(), Some(call), request_id, false)
             .await?;
         let warning = ticket.budget_warning.clone();
         self.settle_as(ticket, None, "").await;
@@ -443,7 +500,7 @@ impl Engine {
 
     async fn admit_journaled(
         &self,
-        team: &Team,
+        who: Member<'_>,
         call: Option<ModelCall<'_>>,
         request_id: Option<&str>,
         journal: bool,
@@ -456,7 +513,7 @@ impl Engine {
         let leased = self.leases.is_some();
         let store_called = leased || self.breaker.allows();
         let (attempt, timed_out) = if store_called {
-            let primary = self.admit_at(self.store.as_ref(), team, call, now_ms, &request_id);
+            let primary = self.admit_at(self.store.as_ref(), who, call, now_ms, &request_id);
             match tokio::time::timeout(self.settings.admission_deadline, primary).await {
                 Ok(outcome) => (outcome, false),
                 Err(_) => (
@@ -505,7 +562,7 @@ impl Engine {
                         self.fallback.evict_expired(now_ms / 1000);
                     }
                     match self
-                        .admit_at(&self.fallback, team, call, now_ms, &request_id)
+                        .admit_at(&self.fallback, who, call, now_ms, &request_id)
                         .await
                     {
                         Ok(ticket) => Ok(ticket),
@@ -533,12 +590,13 @@ impl Engine {
     async fn admit_at(
         &self,
         store: &dyn Store,
-        team: &Team,
+        who: Member<'_>,
         call: Option<ModelCall<'_>>,
         now_ms: u64,
         request_id: &str,
     ) -> Result<Ticket, Failure> {
-        let scopes = [self.settings.tiers.rules_for(team)];
+        let team = who.team;
+        let scopes = self.scope_chain(who).map_err(|e| self.refuse(e.into()))?;
         let priced = match call {
             Some(call) => Some(self.price_call(team, call).await?),
             None => None,
@@ -562,7 +620,12 @@ impl Engine {
             .read_counters(&reads.iter().collect::<Vec<_>>())
             .await
             .map_err(Failure::Store)?;
-        let mut admitted = match facts.decide(&Values::new(&reads, &values)) {
+        let values = Values::new(&reads, &values);
+        // Whatever is decided: a budget reached refuses, and its 100 % must still be reported.
+        for crossing in facts.crossings(&values) {
+            self.report_crossing(crossing, now_ms / 1000);
+        }
+        let mut admitted = match facts.decide(&values) {
             Decision::Refused(refusal) => return Err(self.refuse(refusal).into()),
             Decision::Admitted(admitted) => admitted,
         };
@@ -576,6 +639,7 @@ impl Engine {
             budget_warning: admitted.warning.clone(),
             charges: admitted.charges.clone(),
             charge: priced.as_ref().map(|p| Charge {
+                model: p.model.clone(),
                 price: p.price,
                 unit_price: p.unit_price,
                 reserved: Vec::new(),
@@ -606,9 +670,6 @@ impl Engine {
             return Err(refused);
         }
         ticket.rate = admitted.rate;
-        for crossing in &admitted.crossings {
-            self.report_crossing(team, crossing).await;
-        }
         metrics::counter!("tollgate_requests_total", "decision" => "allowed", "reason" => "")
             .increment(1);
         Ok(ticket)
@@ -697,10 +758,11 @@ impl Engine {
         ))
     }
 
-    /// Logs and counts a threshold crossing once per scope, period and threshold across the
-    /// fleet: the store's conditional increment of the crossing's marker decides which instance
-    /// reports it. (The alerts webhook hooks in where the marker is won.)
-    async fn report_crossing(&self, team: &Team, crossing: &Crossing) {
+    /// Logs, counts and alerts a threshold crossing once per scope, period and threshold across
+    /// the fleet: the store's conditional increment of the crossing's marker decides which
+    /// instance reports it ([`crate::alerts::report_crossing`]). Asked of the store once per
+    /// process.
+    fn report_crossing(&self, crossing: Crossing, now: u64) {
         let marker = crossing.marker.id();
         {
             let mut reported = self.reported.lock().unwrap();
@@ -712,19 +774,12 @@ impl Engine {
             }
             reported.insert(marker);
         }
-        if let Ok(Increment::Applied(_)) = self.store.add_within(&crossing.marker, 1, 1).await {
-            metrics::counter!("tollgate_budget_threshold_crossings_total", "threshold" => crossing.threshold.to_string(), "scope" => crossing.scope.kind())
-                .increment(1);
-            tracing::warn!(
-                team = %team.id,
-                scope = %crossing.scope.label(),
-                period = %crossing.period.key.render(),
-                threshold = crossing.threshold,
-                spent_usd = budget::json_usd(crossing.spent_micros),
-                budget_usd = budget::json_usd(crossing.budget_micros),
-                "budget threshold crossed"
-            );
-        }
+        crate::alerts::report_crossing(
+            self.store.clone(),
+            self.settings.alerts.clone(),
+            crossing,
+            now,
+        );
     }
 
     fn store_failure(&self, op: &'static str, error: &StoreError) -> Rejection {
@@ -772,6 +827,17 @@ impl Engine {
                 .increment(cost);
         }
         tracing::debug!(team = %ticket.team, request_id = %ticket.request_id, ?usage, cost, api, "settling");
+        if let (Some(feed), Some(usage)) = (&self.settings.usage_feed, &usage) {
+            feed.record(crate::usage_feed::Charged {
+                debit_id: &ticket.request_id,
+                scopes: ticket.scopes().cloned().collect(),
+                model: ticket.charge.as_ref().map_or("", |c| c.model.as_str()),
+                usage,
+                cost_micros: cost,
+                source: crate::usage_feed::Source::Settled,
+                at_ms: self.clock.now_ms(),
+            });
+        }
         // A journaled call's debit settles its entry, even when it charges nothing.
         if !debit.amounts.is_empty() || ticket.journaled {
             self.ledger.record(debit).await;
@@ -827,6 +893,24 @@ impl Engine {
                 sum.cost_micros += entry.cost_micros;
             }
             tracing::debug!(team = %entry.team, request_id = entry.id(), model = %entry.model, admitted_at_ms = entry.admitted_at_ms, tokens = entry.tokens, cost_micros = entry.cost_micros, ?when, "charging an unsettled call at its estimate");
+            if let Some(feed) = &self.settings.usage_feed {
+                feed.record(crate::usage_feed::Charged {
+                    debit_id: entry.id(),
+                    scopes: vec![Scope::Team(entry.team.clone())],
+                    model: &entry.model,
+                    usage: &Usage {
+                        input: entry.tokens,
+                        estimated: true,
+                        ..Default::default()
+                    },
+                    cost_micros: entry.cost_micros,
+                    source: match when {
+                        Unsettled::Recovered => crate::usage_feed::Source::Recovered,
+                        Unsettled::Abandoned => crate::usage_feed::Source::Abandoned,
+                    },
+                    at_ms: self.clock.now_ms(),
+                });
+            }
         }
         for entry in entries {
             self.ledger.record(entry.debit).await;
@@ -871,9 +955,9 @@ impl Engine {
     /// admission: tokens go to the day and spend to the month of `at_ms`, whenever the record is
     /// processed, and the debit carries `request_id` so a deduplicating store applies it once.
     /// A model without a price is charged tokens only; the returned cost says so (`None`).
-    pub async fn usage_debit(
+    pub async fn usage_debit<'a>(
         &self,
-        team: &Team,
+        who: impl Into<Member<'a>>,
         model: &str,
         usage: &Usage,
         at_ms: u64,
@@ -887,7 +971,14 @@ impl Engine {
             }
             (None, UnknownModel::Reject) => None,
         };
-        let scopes = [self.settings.tiers.rules_for(team)];
+        // A scope the caller may not use now still gets the usage it had.
+        let who = who.into();
+        let scopes = self
+            .scope_chain(Member {
+                project: None,
+                ..who
+            })
+            .unwrap_or_default();
         let charges = Facts {
             now_ms: at_ms,
             scopes: &scopes,
@@ -921,6 +1012,30 @@ impl Engine {
             amounts,
         };
         (debit, cost)
+    }
+
+    /// The usage feed, when on: for charges made outside [`Engine::settle`] (access logs).
+    pub fn usage_feed(&self) -> Option<&crate::usage_feed::UsageFeed> {
+        self.settings.usage_feed.as_ref()
+    }
+
+    /// Every scope `who` belongs to, with its limits, broadest first (see `policy::scopes`).
+    pub fn scope_chain(&self, who: Member<'_>) -> Result<Vec<ScopeRules>, ProjectNotAllowed> {
+        self.settings.scopes.chain(&self.settings.tiers, who)
+    }
+
+    /// The org's limits, if the configuration sets any.
+    pub fn org_rules(&self) -> Option<ScopeRules> {
+        let scopes = &self.settings.scopes;
+        scopes
+            .org
+            .as_ref()
+            .map(|org| org.rules(Scope::Org, &scopes.time_zone))
+    }
+
+    /// The request header naming a caller's project, if projects are configured.
+    pub fn project_header(&self) -> Option<&str> {
+        self.settings.project_header.as_deref()
     }
 
     /// Waits until every queued debit is applied and the store has made it durable.

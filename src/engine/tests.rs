@@ -412,10 +412,8 @@ async fn thresholds_warn_on_every_request_but_are_reported_once() {
         );
     }
     let marker = stored("th", "warned#2026-11#80");
-    assert_eq!(
-        engine.store().read_counters(&[&marker]).await.unwrap(),
-        vec![1]
-    );
+    // Claimed in a task of its own, off the admission path.
+    assert_eq!(wait_counter(&engine, &marker, 1).await, 1);
     // A second instance sharing the store does not report it again.
     let (other, _) = engine_set(engine.store().clone(), dollar_per_thousand());
     other.admit(&t, call("test-model"), None).await.unwrap();
@@ -423,6 +421,69 @@ async fn thresholds_warn_on_every_request_but_are_reported_once() {
         engine.store().read_counters(&[&marker]).await.unwrap(),
         vec![1]
     );
+}
+
+/// Polls `key` until it reads `want` (markers are claimed in a task of their own).
+async fn wait_counter(engine: &Engine, key: &CounterKey, want: u64) -> u64 {
+    let mut value = 0;
+    for _ in 0..1000 {
+        value = engine.store().read_counters(&[key]).await.unwrap()[0];
+        if value == want {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    value
+}
+
+#[tokio::test]
+async fn a_jump_past_several_thresholds_reports_each_even_when_refused() {
+    let (engine, _) = engine_set(Arc::new(MemoryStore::new()), dollar_per_thousand());
+    let t = budgeted("jump", 1.0);
+    // 0 % to 110 % in one call: its own admission saw no crossing.
+    spend(&engine, &t, "test-model", 1100).await;
+    let refused = engine
+        .admit(&t, call("test-model"), None)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.kind, RejectionKind::MonthlyBudgetExceeded);
+    for threshold in [80, 100] {
+        let marker = stored("jump", &format!("warned#2026-11#{threshold}"));
+        assert_eq!(wait_counter(&engine, &marker, 1).await, 1, "{threshold} %");
+    }
+}
+
+#[tokio::test]
+async fn a_settled_call_is_fed_with_its_scopes_model_tokens_and_cost() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("usage.jsonl");
+    let mut settings = dollar_per_thousand();
+    settings.usage_feed =
+        crate::usage_feed::UsageFeed::start(&crate::usage_feed::UsageFeedSettings {
+            path: Some(path.display().to_string()),
+            ..Default::default()
+        });
+    let (engine, _) = engine_set(Arc::new(MemoryStore::new()), settings);
+    let t = budgeted("fed", 10.0);
+    let ticket = engine
+        .admit(&t, call("TEST-MODEL"), Some("req-7"))
+        .await
+        .unwrap();
+    let usage = Usage {
+        input: 100,
+        output: 20,
+        ..Default::default()
+    };
+    engine.settle(ticket, usage, "test").await;
+    engine.usage_feed().unwrap().flush().await;
+    let text = std::fs::read_to_string(&path).unwrap();
+    let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+    assert_eq!(line["request_id"], "req-7");
+    assert_eq!(line["model"], "test-model", "the canonical name");
+    assert_eq!(line["scopes"][0]["label"], "team fed");
+    assert_eq!(line["tokens"]["total"], 120);
+    assert_eq!(line["cost_micros"], 120_000);
+    assert_eq!(line["source"], "settled");
 }
 
 #[tokio::test]
@@ -884,4 +945,88 @@ async fn the_memory_store_journals_nothing() {
     let t = budgeted("mem", 100.0);
     let _ticket = engine.admit(&t, call("test-model"), None).await.unwrap();
     assert_eq!(engine.charge_unsettled(Unsettled::Abandoned).await.calls, 0);
+}
+
+#[tokio::test]
+async fn a_scope_refusing_after_another_counted_gives_the_count_back() {
+    let mut settings = EngineSettings::default();
+    settings.scopes.user_defaults.rpm = Some(2);
+    let (engine, _) = engine_set(Arc::new(MemoryStore::new()), settings);
+    let t = team("multi", 100, 1_000_000);
+    let alice = Member {
+        team: &t,
+        user: Some("alice"),
+        project: None,
+    };
+    for _ in 0..2 {
+        engine.admit(alice, None, None).await.unwrap();
+    }
+    for _ in 0..3 {
+        let r = engine.admit(alice, None, None).await.unwrap_err();
+        assert_eq!(r.kind, RejectionKind::RpmExceeded);
+        assert_eq!(r.scope.as_deref(), Some("user alice in team multi"));
+        assert_eq!(r.rate.unwrap().rpm_limit, 2);
+    }
+    engine.flush().await;
+    let minute = NOON / 60_000;
+    let bucket = |scope: Scope| CounterKey::new(scope, Counted::Requests { minute });
+    let values = engine
+        .store()
+        .read_counters(&[
+            &bucket(Scope::Team("multi".into())),
+            &bucket(Scope::User {
+                team: "multi".into(),
+                user: "alice".into(),
+            }),
+        ])
+        .await
+        .unwrap();
+    // The team counted each refused request before the user's window refused it, and gave it back.
+    assert_eq!(values, vec![2, 2]);
+    // A teammate has a window of their own.
+    let bob = Member {
+        user: Some("bob"),
+        ..alice
+    };
+    engine.admit(bob, None, None).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_weekly_budget_in_berlin_starts_over_at_its_local_monday_midnight() {
+    let (engine, clock) = engine_set(Arc::new(MemoryStore::new()), dollar_per_thousand());
+    // Monday 2026-11-30 00:00 in Berlin is 2026-11-29T23:00Z; start a day before it.
+    let boundary_ms = 1_795_993_200_000;
+    clock.0.store(boundary_ms - 86_400_000, Ordering::Relaxed);
+    let t = Team {
+        monthly_budget_usd: Some(0.5),
+        budget_period: Some(crate::policy::PeriodSpec {
+            every: crate::store::PeriodKind::Week,
+            anchor_day: None,
+            time_zone: Some("Europe/Berlin".into()),
+        }),
+        ..team("weekly", 1000, 1_000_000)
+    };
+    spend(&engine, &t, "test-model", 600).await; // $0.60
+    let r = engine
+        .admit(&t, call("test-model"), None)
+        .await
+        .unwrap_err();
+    assert_eq!(r.kind, RejectionKind::BudgetExceeded);
+    assert_eq!(r.reason, "Weekly budget exceeded ($0.60/$0.50)");
+    assert_eq!(r.retry_after_secs, Some(86_400));
+    // A second before local midnight: still that week. At it: a new week, a new counter.
+    clock.0.store(boundary_ms - 1_000, Ordering::Relaxed);
+    assert!(engine.admit(&t, call("test-model"), None).await.is_err());
+    clock.0.store(boundary_ms, Ordering::Relaxed);
+    engine.admit(&t, call("test-model"), None).await.unwrap();
+    let spent_week = engine
+        .store()
+        .read_counters(&[&stored("weekly", "spend#week-2026-11-23")])
+        .await
+        .unwrap();
+    assert_eq!(
+        spent_week,
+        vec![600_000],
+        "the past week's spend stays readable"
+    );
 }

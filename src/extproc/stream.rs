@@ -28,7 +28,7 @@ use super::Context;
 use super::envoy::{self, header};
 use super::handoff::{self, Handoffs, Parked};
 use crate::contract::{rate_headers, rejection_reply};
-use crate::engine::{ModelCall, Ticket};
+use crate::engine::{Caller, ModelCall, Ticket};
 use crate::guardrail::apply::{
     AnswerForm, AnswerPlan, AnswerVerdict, PromptVerdict, RequestGuardrail,
 };
@@ -37,7 +37,7 @@ use crate::identity::INVOKE_SCOPE;
 use crate::llm::{
     ApiKind, ErrorShape, ParsedRequest, RequestFacts, Treatment, UsageTracker, parse_request,
 };
-use crate::policy::{Rejection, RejectionKind, Team, Usage};
+use crate::policy::{Rejection, RejectionKind, Usage};
 
 const JWT_AUTHN_NAMESPACE: &str = "envoy.filters.http.jwt_authn";
 const JWT_PAYLOAD_KEY: &str = "jwt_payload";
@@ -52,7 +52,7 @@ pub struct Exchange {
     /// The error shape of refusals: the API's, or for other endpoints the provider's.
     shape: ErrorShape,
     request_id: Option<String>,
-    team: Option<Arc<Team>>,
+    team: Option<Caller>,
     facts: Option<RequestFacts>,
     ticket: Option<Ticket>,
     response_started: bool,
@@ -363,10 +363,13 @@ impl Exchange {
             Ok(p) => p,
             Err(e) => return Err(self.refuse_here(e.rejection())),
         };
-        let team = match self.ctx.engine.team_for(&principal).await {
+        let mut team = match self.ctx.engine.team_for(&principal).await {
             Ok(team) => team,
             Err(rejection) => return Err(self.refuse(rejection)),
         };
+        team.project = (self.ctx.engine.project_header())
+            .and_then(|name| header(&headers, name))
+            .map(str::to_owned);
         self.guardrail = self.ctx.guardrails.for_request(Some(&team));
         self.team = Some(team.clone());
 
@@ -491,7 +494,7 @@ impl Exchange {
         );
     }
 
-    async fn admit(&mut self, team: &Team, call: Option<ModelCall<'_>>) -> Result<(), Rejection> {
+    async fn admit(&mut self, team: &Caller, call: Option<ModelCall<'_>>) -> Result<(), Rejection> {
         let ticket = self
             .ctx
             .engine

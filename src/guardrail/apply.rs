@@ -14,6 +14,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::Source;
+use super::policy::TeamPolicies;
 use super::service::{GuardrailService, Mode, Outcome};
 use super::stream::{Strategy, StreamGuard, StreamingSettings};
 use crate::llm::ApiKind;
@@ -51,6 +52,9 @@ pub struct Guardrails {
     /// `None` when guardrails are off.
     service: Option<Arc<GuardrailService>>,
     application: Arc<Application>,
+    /// For teams with a guardrail policy of their own (`Team::guardrail`); `None`: every team
+    /// has the global one.
+    teams: Option<Arc<TeamPolicies>>,
 }
 
 impl Guardrails {
@@ -58,7 +62,15 @@ impl Guardrails {
         Self {
             service,
             application: Arc::new(application),
+            teams: None,
         }
+    }
+
+    /// With per-team policies: a team's `guardrail` mode and Bedrock guardrail win over the
+    /// global ones.
+    pub fn with_team_policies(mut self, teams: TeamPolicies) -> Self {
+        self.teams = Some(Arc::new(teams));
+        self
     }
 
     /// Guardrails off.
@@ -68,9 +80,13 @@ impl Guardrails {
 
     /// The guardrail that applies to one request, or `None` when none does. `team` is the
     /// request's team where the adapter knows it (the webhook's answer call does not say).
-    pub fn for_request(&self, _team: Option<&Team>) -> Option<RequestGuardrail> {
+    pub fn for_request(&self, team: Option<&Team>) -> Option<RequestGuardrail> {
+        let service = match (team.and_then(|t| t.guardrail.as_ref()), &self.teams) {
+            (Some(policy), Some(teams)) => teams.service(policy, self.service.as_ref())?,
+            _ => self.service.clone()?,
+        };
         Some(RequestGuardrail {
-            service: self.service.clone()?,
+            service,
             application: self.application.clone(),
         })
     }

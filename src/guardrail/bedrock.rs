@@ -59,6 +59,15 @@ impl BedrockGuardrail {
             version: settings.guardrail_version.clone(),
         }
     }
+
+    /// The same client (region, endpoint, credentials) for another guardrail: a team's own.
+    pub fn with_guardrail(&self, id: String, version: String) -> Self {
+        Self {
+            client: self.client.clone(),
+            id,
+            version,
+        }
+    }
 }
 
 #[async_trait]

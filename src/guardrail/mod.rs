@@ -19,6 +19,7 @@
 pub mod apply;
 pub mod bedrock;
 pub mod local;
+pub mod policy;
 pub mod service;
 pub mod stream;
 

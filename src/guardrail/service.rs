@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Guardrail, GuardrailError, Source};
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     Off,

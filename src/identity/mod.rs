@@ -33,7 +33,8 @@ pub struct Principal {
     /// Team named by the configured team claim, if the token carries one.
     pub team: Option<String>,
     pub client_id: Option<String>,
-    /// `username` for user tokens, else `sub`.
+    /// The user, by the configured claim (`identity.user_claim`); by default `username` for user
+    /// tokens, else `sub`. Names the user scope inside the team.
     pub user: Option<String>,
     pub scopes: Vec<String>,
 }
@@ -83,6 +84,9 @@ pub struct Authenticator {
     validation: Validation,
     rules: ClaimRules,
     team_claim: Option<String>,
+    /// Claim naming the user (`sub`, `username`, `client_id` or a custom one); `None`: `username`,
+    /// else `sub`.
+    user_claim: Option<String>,
     /// Tokens whose signature was verified, so the same token (an agent sends the same one for an
     /// hour) costs one RSA verification, not one per request.
     verified: Mutex<HashMap<Box<str>, Verified>>,
@@ -119,8 +123,15 @@ impl Authenticator {
                 leeway: leeway.as_secs(),
             },
             team_claim,
+            user_claim: None,
             verified: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Names users by `claim` (`sub`, `username`, `client_id` or a custom claim).
+    pub fn with_user_claim(mut self, claim: Option<String>) -> Self {
+        self.user_claim = claim;
+        self
     }
 
     /// Claims of a bearer token from an `Authorization` header value.
@@ -281,7 +292,11 @@ impl Authenticator {
                 .and_then(string)
                 .filter(|t| !t.is_empty()),
             client_id: string("client_id"),
-            user: string("username").or_else(|| string("sub")),
+            user: match &self.user_claim {
+                Some(claim) => string(claim),
+                None => string("username").or_else(|| string("sub")),
+            }
+            .filter(|u| !u.is_empty()),
             scopes,
         };
         if !principal.has_scope(scope) {

@@ -343,3 +343,28 @@ async fn recorded_tokens_are_verified_but_may_have_expired_since() {
         Err(IdentityError::Missing)
     );
 }
+
+#[tokio::test]
+async fn the_user_is_named_by_the_configured_claim() {
+    let mut with_user = claims();
+    with_user["username"] = json!("alice");
+    with_user["custom:person"] = json!("alice@example.com");
+    let t = bearer(&token(with_user, "x"));
+    let user_by = |claim: Option<&str>| {
+        Authenticator::new(Verification::TrustUpstream, None, None, Duration::ZERO)
+            .with_user_claim(claim.map(str::to_owned))
+    };
+    for (claim, expected) in [
+        (None, Some("alice")),
+        (Some("sub"), Some("abc")),
+        (Some("client_id"), Some("search-agent")),
+        (Some("custom:person"), Some("alice@example.com")),
+        (Some("custom:absent"), None),
+    ] {
+        let p = user_by(claim)
+            .authenticate_header(Some(&t), INVOKE_SCOPE)
+            .await
+            .unwrap();
+        assert_eq!(p.user.as_deref(), expected, "{claim:?}");
+    }
+}

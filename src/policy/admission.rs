@@ -126,8 +126,6 @@ pub struct Admitted {
     pub warning: Option<String>,
     /// Scopes admitted over their budget or a model cap because they only warn.
     pub overruns: Vec<Scope>,
-    /// Budget thresholds reached, to report once per scope, period and threshold.
-    pub crossings: Vec<Crossing>,
     /// Conditional adds to make, in order; the first one refused refuses the request.
     pub adds: Vec<Add>,
     /// Counters to charge once the usage is known.
@@ -141,6 +139,8 @@ pub struct Admitted {
 pub struct Crossing {
     pub scope: Scope,
     pub period: Period,
+    /// The IANA name of the period's time zone (`UTC`).
+    pub time_zone: String,
     pub threshold: u8,
     pub spent_micros: u64,
     pub budget_micros: u64,
@@ -260,7 +260,10 @@ impl Facts<'_> {
                 other.label()
             ),
         };
-        Some(Rejection::new(RejectionKind::ModelNotAllowed, text))
+        Some(Rejection {
+            scope: Some(rules.scope.label()),
+            ..Rejection::new(RejectionKind::ModelNotAllowed, text)
+        })
     }
 
     /// The counters [`Facts::decide`] needs.
@@ -311,7 +314,6 @@ impl Facts<'_> {
             rate: RateHeaders::default(),
             warning: None,
             overruns: Vec::new(),
-            crossings: Vec::new(),
             adds: Vec::new(),
             charges: self.charges(),
             counted_rpm: false,
@@ -412,7 +414,9 @@ impl Facts<'_> {
                         }
                     }
                 }
-                if incoming > 0 {
+                // A scope that only warns is never refused for money, so it reserves nothing
+                // (a reservation past its budget would refuse).
+                if incoming > 0 && rules.on_breach == OnBreach::Block {
                     reservations.push(Add {
                         key: m.reserved.clone(),
                         amount: incoming,
@@ -483,17 +487,6 @@ impl Facts<'_> {
                             spent,
                             budget,
                         )));
-                    admitted.crossings.push(Crossing {
-                        scope: rules.scope.clone(),
-                        marker: CounterKey::new(
-                            rules.scope.clone(),
-                            Counted::Warned(m.period.key, threshold),
-                        ),
-                        period: m.period,
-                        threshold,
-                        spent_micros: spent,
-                        budget_micros: budget,
-                    });
                 }
             }
         }
@@ -501,6 +494,44 @@ impl Facts<'_> {
         admitted.adds.extend(requests);
         admitted.rate = rate_headers;
         Decision::Admitted(admitted)
+    }
+
+    /// Every budget threshold the spend read has reached, in every scope of a model call,
+    /// whatever [`Facts::decide`] makes of the request: a budget just reached refuses (block
+    /// mode) or only warns, and its 100 % must be reported either way; a call that jumps past
+    /// several thresholds reaches each. The engine reports each once per scope, period and
+    /// threshold (its marker). A zero budget has no percentages and reaches none.
+    pub fn crossings(&self, values: &Values) -> Vec<Crossing> {
+        let mut crossings = Vec::new();
+        for (rules, keys) in self.scopes.iter().map(|r| (r, self.keys(r))) {
+            let (Some(budget @ 1..), Some(m)) = (rules.budget_micros, keys.money) else {
+                continue;
+            };
+            let spent = values.get(&m.spend);
+            for &threshold in self.warn_at_percent {
+                if budget::crossed_threshold(spent, budget, &[threshold]).is_none() {
+                    continue;
+                }
+                crossings.push(Crossing {
+                    scope: rules.scope.clone(),
+                    marker: CounterKey::new(
+                        rules.scope.clone(),
+                        Counted::Warned(m.period.key, threshold),
+                    ),
+                    period: m.period,
+                    time_zone: rules
+                        .budget_period
+                        .time_zone
+                        .iana_name()
+                        .unwrap_or("UTC")
+                        .to_owned(),
+                    threshold,
+                    spent_micros: spent,
+                    budget_micros: budget,
+                });
+            }
+        }
+        crossings
     }
 
     fn rpm_refusal(

@@ -4,9 +4,12 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
+use jiff::tz::TimeZone;
+
 use super::admission::ScopeRules;
 use super::budget::OnBreach;
-use super::counters::Scope;
+use super::calendar::PeriodRule;
+use super::counters::{PeriodKind, Scope};
 use super::pricing::{micros, normalise_model};
 
 /// Service tier of a team. `high` is accepted as an alias of `premium`.
@@ -105,10 +108,19 @@ pub struct Team {
     pub client_ids: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rpm: Option<u64>,
+    /// Tokens per minute (sliding window); absent: unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<u64>,
+    /// Tokens per `tokens_period` (a UTC day unless set); `tokens` is the same field.
+    #[serde(default, alias = "tokens", skip_serializing_if = "Option::is_none")]
     pub daily_tokens: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_period: Option<PeriodSpec>,
+    /// USD per `budget_period` (a UTC month unless set); `budget_usd` is the same field.
+    #[serde(default, alias = "budget_usd", skip_serializing_if = "Option::is_none")]
     pub monthly_budget_usd: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_period: Option<PeriodSpec>,
     #[serde(default)]
     pub on_breach: OnBreach,
     /// USD per month for individual models (canonical names).
@@ -117,6 +129,229 @@ pub struct Team {
     /// Models the team may call (canonical names); absent: all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_models: Option<Vec<String>>,
+    /// The team's own guardrail mode and Bedrock guardrail; absent: the global `[guardrail]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guardrail: Option<crate::guardrail::policy::TeamGuardrail>,
+    /// Limits of each user of the team unless `users` says otherwise (over the global
+    /// `[user_defaults]`, field by field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_defaults: Option<ScopeLimits>,
+    /// Limits of single users (by the configured user claim), over the defaults field by field.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub users: BTreeMap<String, ScopeLimits>,
+    /// Projects the team's callers may name in the project header, each with its limits. A
+    /// project not listed is refused.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub projects: BTreeMap<String, ScopeLimits>,
+}
+
+/// How a budget or token limit's periods run: `{ every = "week", time_zone = "Europe/Berlin" }`,
+/// `{ every = "month", anchor_day = 15 }`. The time zone defaults to `policy.time_zone`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeriodSpec {
+    pub every: PeriodKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anchor_day: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+}
+
+impl PeriodSpec {
+    fn validated(&self, field: &str) -> Result<(), FieldError> {
+        if let Some(day) = self.anchor_day {
+            if self.every != PeriodKind::Month {
+                return Err(FieldError::new(
+                    format!("{field}.anchor_day"),
+                    "anchor_day is for monthly periods (every = \"month\")",
+                ));
+            }
+            if !(1..=31).contains(&day) {
+                return Err(FieldError::new(
+                    format!("{field}.anchor_day"),
+                    "anchor_day must be a day of the month, 1 to 31",
+                ));
+            }
+        }
+        if let Some(zone) = &self.time_zone {
+            PeriodRule::zone(zone).map_err(|e| FieldError::new(format!("{field}.time_zone"), e))?;
+        }
+        Ok(())
+    }
+
+    /// The rule, in `default_zone` unless the spec names its own.
+    pub fn rule(&self, default_zone: &TimeZone) -> PeriodRule {
+        PeriodRule {
+            kind: self.every,
+            anchor_day: self.anchor_day.unwrap_or(1),
+            time_zone: self
+                .time_zone
+                .as_deref()
+                .and_then(|name| PeriodRule::zone(name).ok())
+                .unwrap_or_else(|| default_zone.clone()),
+        }
+    }
+}
+
+/// The limits of an org, a user or a project: any of them, none required. Unknown keys are
+/// errors naming the key.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScopeLimits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpm: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<u64>,
+    /// Tokens per `tokens_period` (a day unless set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_period: Option<PeriodSpec>,
+    /// USD per `budget_period` (a month unless set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_usd: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_period: Option<PeriodSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_breach: Option<OnBreach>,
+    /// USD per budget period for single models (canonical names).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub model_caps: BTreeMap<String, f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_models: Option<Vec<String>>,
+}
+
+impl ScopeLimits {
+    /// Field by field: this scope's own setting, else the one it inherits from `defaults`.
+    pub fn over(&self, defaults: &ScopeLimits) -> ScopeLimits {
+        let mut model_caps = defaults.model_caps.clone();
+        model_caps.extend(self.model_caps.clone());
+        ScopeLimits {
+            rpm: self.rpm.or(defaults.rpm),
+            tpm: self.tpm.or(defaults.tpm),
+            tokens: self.tokens.or(defaults.tokens),
+            tokens_period: self
+                .tokens_period
+                .clone()
+                .or_else(|| defaults.tokens_period.clone()),
+            budget_usd: self.budget_usd.or(defaults.budget_usd),
+            budget_period: self
+                .budget_period
+                .clone()
+                .or_else(|| defaults.budget_period.clone()),
+            on_breach: self.on_breach.or(defaults.on_breach),
+            model_caps,
+            allowed_models: self
+                .allowed_models
+                .clone()
+                .or_else(|| defaults.allowed_models.clone()),
+        }
+    }
+
+    /// Checks the limits (`field`: where they are, for the message) and puts model names into
+    /// canonical form.
+    pub fn validated(mut self, field: &str) -> Result<Self, FieldError> {
+        if self.budget_usd.is_some_and(|v| !usd_ok(v)) {
+            return Err(FieldError::new(
+                format!("{field}.budget_usd"),
+                "budget_usd must be a non-negative number",
+            ));
+        }
+        for (name, period) in [
+            ("tokens_period", &self.tokens_period),
+            ("budget_period", &self.budget_period),
+        ] {
+            if let Some(period) = period {
+                period.validated(&format!("{field}.{name}"))?;
+            }
+        }
+        self.model_caps = validated_caps(std::mem::take(&mut self.model_caps), field)?;
+        if let Some(models) = self.allowed_models.take() {
+            self.allowed_models = Some(validated_models(models, field)?);
+        }
+        Ok(self)
+    }
+
+    /// The rules admission checks for `scope`, with periods in `zone` unless they name one.
+    pub fn rules(&self, scope: Scope, zone: &TimeZone) -> ScopeRules {
+        let period = |spec: &Option<PeriodSpec>, kind| {
+            spec.as_ref().map_or_else(
+                || PeriodRule {
+                    time_zone: zone.clone(),
+                    ..PeriodRule::utc(kind)
+                },
+                |s| s.rule(zone),
+            )
+        };
+        ScopeRules {
+            rpm: self.rpm,
+            tpm: self.tpm,
+            tokens: self.tokens,
+            tokens_period: period(&self.tokens_period, PeriodKind::Day),
+            budget_micros: self.budget_usd.map(micros),
+            budget_period: period(&self.budget_period, PeriodKind::Month),
+            model_caps: caps_micros(&self.model_caps),
+            allowed_models: self.allowed_models.clone(),
+            on_breach: self.on_breach.unwrap_or_default(),
+            scope,
+        }
+    }
+}
+
+fn usd_ok(v: f64) -> bool {
+    v.is_finite() && v >= 0.0
+}
+
+fn caps_micros(caps: &BTreeMap<String, f64>) -> BTreeMap<String, u64> {
+    caps.iter()
+        .map(|(model, &usd)| (model.clone(), micros(usd)))
+        .collect()
+}
+
+/// Model caps with canonical names; `field` says where they are (`model_caps.gpt-4o`).
+fn validated_caps(
+    caps: BTreeMap<String, f64>,
+    field: &str,
+) -> Result<BTreeMap<String, f64>, FieldError> {
+    let mut canonical = BTreeMap::new();
+    for (model, cap) in caps {
+        if !usd_ok(cap) {
+            return Err(FieldError::new(
+                format!("{}model_caps.{model}", prefix(field)),
+                "a model cap must be a non-negative number",
+            ));
+        }
+        canonical.insert(normalise_model(&model), cap);
+    }
+    Ok(canonical)
+}
+
+fn validated_models(mut models: Vec<String>, field: &str) -> Result<Vec<String>, FieldError> {
+    if models.iter().any(|m| m.trim().is_empty()) {
+        return Err(FieldError::new(
+            format!("{}allowed_models", prefix(field)),
+            "allowed_models must not contain empty strings",
+        ));
+    }
+    for m in models.iter_mut() {
+        *m = normalise_model(m);
+    }
+    models.sort();
+    models.dedup();
+    Ok(models)
+}
+
+fn prefix(field: &str) -> String {
+    if field.is_empty() {
+        String::new()
+    } else {
+        format!("{field}.")
+    }
+}
+
+/// User and project ids name counters and appear in refusals: printable, bounded.
+fn scope_id_ok(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 256 && !id.chars().any(char::is_control)
 }
 
 /// A validation failure naming the field at fault.
@@ -143,11 +378,18 @@ impl Team {
             tier,
             client_ids: Vec::new(),
             rpm: None,
+            tpm: None,
             daily_tokens: None,
+            tokens_period: None,
             monthly_budget_usd: None,
+            budget_period: None,
             on_breach: OnBreach::Block,
             model_caps: BTreeMap::new(),
             allowed_models: None,
+            guardrail: None,
+            user_defaults: None,
+            users: BTreeMap::new(),
+            projects: BTreeMap::new(),
         }
     }
 
@@ -179,36 +421,43 @@ impl Team {
                 "client_ids must not contain empty strings",
             ));
         }
-        let usd_ok = |v: f64| v.is_finite() && v >= 0.0;
         if self.monthly_budget_usd.is_some_and(|v| !usd_ok(v)) {
             return Err(FieldError::new(
                 "monthly_budget_usd",
                 "monthly_budget_usd must be a non-negative number",
             ));
         }
-        let mut caps = BTreeMap::new();
-        for (model, cap) in std::mem::take(&mut self.model_caps) {
-            if !usd_ok(cap) {
-                return Err(FieldError::new(
-                    format!("model_caps.{model}"),
-                    "a model cap must be a non-negative number",
-                ));
+        for (name, period) in [
+            ("tokens_period", &self.tokens_period),
+            ("budget_period", &self.budget_period),
+        ] {
+            if let Some(period) = period {
+                period.validated(name)?;
             }
-            caps.insert(normalise_model(&model), cap);
         }
-        self.model_caps = caps;
-        if let Some(models) = &mut self.allowed_models {
-            if models.iter().any(|m| m.trim().is_empty()) {
-                return Err(FieldError::new(
-                    "allowed_models",
-                    "allowed_models must not contain empty strings",
-                ));
+        self.model_caps = validated_caps(std::mem::take(&mut self.model_caps), "")?;
+        if let Some(models) = self.allowed_models.take() {
+            self.allowed_models = Some(validated_models(models, "")?);
+        }
+        if let Some(defaults) = self.user_defaults.take() {
+            self.user_defaults = Some(defaults.validated("user_defaults")?);
+        }
+        for (what, map) in [("users", &mut self.users), ("projects", &mut self.projects)] {
+            let mut checked = BTreeMap::new();
+            for (id, limits) in std::mem::take(map) {
+                if !scope_id_ok(&id) {
+                    return Err(FieldError::new(
+                        format!("{what}.{id}"),
+                        "an id must be 1-256 printable characters",
+                    ));
+                }
+                let limits = limits.validated(&format!("{what}.{id}"))?;
+                checked.insert(id, limits);
             }
-            for m in models.iter_mut() {
-                *m = normalise_model(m);
-            }
-            models.sort();
-            models.dedup();
+            *map = checked;
+        }
+        if let Some(problem) = self.guardrail.as_ref().and_then(|g| g.problem()) {
+            return Err(FieldError::new("guardrail", problem));
         }
         Ok(self)
     }
@@ -250,21 +499,24 @@ impl TierTable {
     }
 
     /// What admission checks for `team`'s own scope: its tier's limits with its overrides, over
-    /// UTC days (tokens) and months (budget).
-    pub fn rules_for(&self, team: &Team) -> ScopeRules {
+    /// its periods (a day for tokens, a month for the budget unless it says otherwise) in `zone`
+    /// unless they name their own.
+    pub fn rules_for(&self, team: &Team, zone: &TimeZone) -> ScopeRules {
         let limits = self.limits_for(team);
-        ScopeRules {
+        let own = ScopeLimits {
             rpm: Some(limits.rpm),
+            tpm: team.tpm,
             tokens: limits.daily_tokens,
-            budget_micros: Some(limits.monthly_budget_micros),
-            model_caps: team
-                .model_caps
-                .iter()
-                .map(|(model, &usd)| (model.clone(), micros(usd)))
-                .collect(),
+            tokens_period: team.tokens_period.clone(),
+            budget_usd: None,
+            budget_period: team.budget_period.clone(),
+            on_breach: Some(team.on_breach),
+            model_caps: team.model_caps.clone(),
             allowed_models: team.allowed_models.clone(),
-            on_breach: team.on_breach,
-            ..ScopeRules::unlimited(Scope::Team(team.id.clone()))
+        };
+        ScopeRules {
+            budget_micros: Some(limits.monthly_budget_micros),
+            ..own.rules(Scope::Team(team.id.clone()), zone)
         }
     }
 }

@@ -9,11 +9,14 @@ pub mod decision;
 pub mod limits;
 pub mod pricing;
 pub mod rate;
+pub mod scopes;
 pub mod tokens;
 pub mod usage;
 
 pub use budget::OnBreach;
 pub use decision::{RateHeaders, Rejection, RejectionKind};
-pub use limits::{FieldError, LimitOverrides, Limits, Team, Tier, TierTable};
+pub use limits::{
+    FieldError, LimitOverrides, Limits, PeriodSpec, ScopeLimits, Team, Tier, TierTable,
+};
 pub use pricing::{ModelPrice, Price, PriceTable, Units};
 pub use usage::Usage;

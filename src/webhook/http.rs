@@ -47,6 +47,7 @@ async fn check_prompt(State(state): State<Arc<WebhookState>>, request: Request) 
         model: header(&parts.headers, &state.settings.model_header),
         path: header(&parts.headers, &state.settings.path_header),
         request_id: header(&parts.headers, "x-request-id"),
+        project: (state.webhook.engine.project_header()).and_then(|h| header(&parts.headers, h)),
     };
     reply(&state.webhook.check_prompt(facts, check.body).await)
 }

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::engine::{Engine, ModelCall};
+use crate::engine::{Caller, Engine, ModelCall};
 use crate::guardrail::apply::{AnswerForm, AnswerVerdict, Guardrails, PromptVerdict};
 use crate::identity::{Authenticator, INVOKE_SCOPE};
 use crate::llm::errors::rejection_body;
@@ -123,6 +123,8 @@ pub struct RequestFacts<'a> {
     /// error shape refusals take.
     pub path: Option<&'a str>,
     pub request_id: Option<&'a str>,
+    /// The project the request names (`policy.project_header`), if any.
+    pub project: Option<&'a str>,
 }
 
 pub struct Webhook {
@@ -169,18 +171,19 @@ impl Webhook {
         endpoint: Option<Endpoint>,
         facts: RequestFacts<'_>,
         prompt: &PromptMessages,
-    ) -> Result<Arc<Team>, Action> {
+    ) -> Result<Caller, Action> {
         let shape = shape_of(endpoint.as_ref());
         let principal = self
             .auth
             .authenticate_header(facts.authorization, INVOKE_SCOPE)
             .await
             .map_err(|e| self.refuse_here(shape, e.rejection()))?;
-        let team = self
+        let mut team = self
             .engine
             .team_for(&principal)
             .await
             .map_err(|r| refused(shape, &r))?;
+        team.project = facts.project.map(str::to_owned);
         let endpoint = endpoint.ok_or_else(|| {
             self.misconfigured(
                 shape,

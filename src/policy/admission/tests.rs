@@ -60,6 +60,12 @@ fn decide(facts: &Facts<'_>, values: &[(CounterKey, u64)]) -> Decision {
     facts.decide(&Values::new(&keys, &values))
 }
 
+/// Counter values as the engine hands them over.
+fn read(values: &[(CounterKey, u64)]) -> Values {
+    let (keys, values): (Vec<_>, Vec<_>) = values.iter().cloned().unzip();
+    Values::new(&keys, &values)
+}
+
 fn refused(decision: Decision) -> Rejection {
     match decision {
         Decision::Refused(r) => r,
@@ -292,12 +298,11 @@ fn thresholds_cross_once_per_scope_and_period() {
             ..ScopeRules::unlimited(alice.clone())
         },
     ];
-    let a = admitted(decide(
-        &facts(&scopes),
-        &[(key(&alice, Counted::Spend(month())), 850_000)],
-    ));
-    assert_eq!(a.crossings.len(), 1);
-    let c = &a.crossings[0];
+    let values = [(key(&alice, Counted::Spend(month())), 850_000)];
+    let a = admitted(decide(&facts(&scopes), &values));
+    let crossings = facts(&scopes).crossings(&read(&values));
+    assert_eq!(crossings.len(), 1);
+    let c = &crossings[0];
     assert_eq!(
         (c.threshold, c.spent_micros, c.budget_micros),
         (80, 850_000, 1_000_000)
@@ -311,24 +316,43 @@ fn thresholds_cross_once_per_scope_and_period() {
 }
 
 #[test]
-fn warn_mode_admits_over_budget_with_a_warning_and_no_crossing() {
+fn warn_mode_admits_over_budget_with_a_warning_and_reaches_every_threshold() {
     let scopes = [ScopeRules {
         on_breach: OnBreach::Warn,
         ..team("platform")
     }];
-    let a = admitted(decide(
-        &facts(&scopes),
-        &[(
-            key(&Scope::Team("platform".into()), Counted::Spend(month())),
-            120_000_000,
-        )],
-    ));
+    let values = [(
+        key(&Scope::Team("platform".into()), Counted::Spend(month())),
+        120_000_000,
+    )];
+    let a = admitted(decide(&facts(&scopes), &values));
     assert_eq!(
         a.warning.as_deref(),
         Some("Monthly budget exceeded ($120.00/$100.00)")
     );
     assert_eq!(a.overruns, vec![Scope::Team("platform".into())]);
-    assert!(a.crossings.is_empty());
+    // Past 80 % and 100 % at once: both are reached, and reported.
+    let crossings = facts(&scopes).crossings(&read(&values));
+    let thresholds: Vec<u8> = crossings.iter().map(|c| c.threshold).collect();
+    assert_eq!(thresholds, [80, 100]);
+}
+
+#[test]
+fn a_budget_reached_refuses_and_its_thresholds_are_still_reached() {
+    let scopes = [team("platform")];
+    let spend = key(&Scope::Team("platform".into()), Counted::Spend(month()));
+    let values = [(spend.clone(), 100_000_000)];
+    refused(decide(&facts(&scopes), &values));
+    let crossings = facts(&scopes).crossings(&read(&values));
+    let thresholds: Vec<u8> = crossings.iter().map(|c| c.threshold).collect();
+    assert_eq!(thresholds, [80, 100]);
+    assert_eq!(crossings[1].time_zone, "UTC");
+    // A zero budget has no percentages.
+    let broke = [ScopeRules {
+        budget_micros: Some(0),
+        ..team("platform")
+    }];
+    assert!(facts(&broke).crossings(&read(&[(spend, 0)])).is_empty());
 }
 
 #[test]
@@ -346,6 +370,7 @@ fn a_model_the_scope_does_not_allow_is_refused_before_reading() {
         r.reason,
         "model \"gpt-4o-2024-08-06\" is not allowed for user alice in team platform"
     );
+    assert_eq!(r.scope.as_deref(), Some("user alice in team platform"));
     assert!(facts(&scopes[..1]).refuse_before_reading().is_none());
 }
 
@@ -388,4 +413,27 @@ fn a_weekly_budget_in_berlin_rolls_over_at_its_local_monday_midnight() {
             .iter()
             .any(|k| k.name() == "spend#week-2026-11-30")
     );
+}
+
+#[test]
+fn a_scope_that_only_warns_reserves_nothing_and_is_not_refused_for_money() {
+    let scopes = [ScopeRules {
+        on_breach: OnBreach::Warn,
+        ..team("platform")
+    }];
+    let mut f = facts(&scopes);
+    f.reserve = true;
+    let a = admitted(decide(
+        &f,
+        &[(
+            key(&Scope::Team("platform".into()), Counted::Spend(month())),
+            100_000_000,
+        )],
+    ));
+    assert!(
+        a.adds.iter().all(|add| !add.is_reservation()),
+        "{:?}",
+        a.adds
+    );
+    assert!(a.warning.unwrap().starts_with("Monthly budget exceeded"));
 }
