@@ -77,12 +77,15 @@ pub struct Exchange {
     identified: bool,
 }
 
-/// What the request's headers say about the caller, from the headers message or attributes.
-struct Caller<'a> {
+/// What tollgate reads of a request's headers, from the headers message or, in the fast
+/// attachment, from the body message's attributes.
+struct RequestHead<'a> {
     method: &'a str,
     path: &'a str,
     request_id: Option<&'a str>,
     authorization: Option<&'a str>,
+    /// The project header's value (`engine.project_header`), if one is configured and sent.
+    project: Option<&'a str>,
 }
 
 /// Which part of a request's processing Envoy gives this stream, as its filter declares in the
@@ -260,13 +263,14 @@ impl Exchange {
         headers: HttpHeaders,
         metadata: Option<envoy_types::pb::envoy::config::core::v3::Metadata>,
     ) -> ProcessingResponse {
-        let caller = Caller {
+        let head = RequestHead {
             method: header(&headers, ":method").unwrap_or_default(),
             path: header(&headers, ":path").unwrap_or_default(),
             request_id: header(&headers, "x-request-id"),
             authorization: header(&headers, "authorization"),
+            project: (self.ctx.engine.project_header()).and_then(|name| header(&headers, name)),
         };
-        let team = match self.identify(caller, metadata).await {
+        let team = match self.identify(head, metadata).await {
             Ok(team) => team,
             Err(refusal) => return refusal,
         };
@@ -294,13 +298,16 @@ impl Exchange {
         metadata: Option<envoy_types::pb::envoy::config::core::v3::Metadata>,
     ) -> ProcessingResponse {
         let attributes = envoy::Attributes::of(attributes);
-        let caller = Caller {
+        let head = RequestHead {
             method: attributes.string("request.method").unwrap_or("POST"),
             path: attributes.path(),
             request_id: attributes.header("x-request-id"),
             authorization: attributes.header("authorization"),
+            // Sent only when the filter's request_attributes name it (docs/envoy.md).
+            project: (self.ctx.engine.project_header())
+                .and_then(|name| attributes.header(&name.to_ascii_lowercase())),
         };
-        let team = match self.identify(caller, metadata).await {
+        let team = match self.identify(head, metadata).await {
             Ok(team) => team,
             Err(refusal) => return refusal,
         };
@@ -314,7 +321,7 @@ impl Exchange {
     /// Admits a call whose body does not matter (not a model call), answering `reply` if admitted.
     async fn admit_regardless_of_body(
         &mut self,
-        team: &Team,
+        team: &Caller,
         reply: ProcessingResponse,
     ) -> ProcessingResponse {
         if let Err(rejection) = self.admit(team, None).await {
@@ -328,18 +335,14 @@ impl Exchange {
     /// that applies. Returns the team, or the refusal to send.
     async fn identify(
         &mut self,
-        caller: Caller<'_>,
+        head: RequestHead<'_>,
         metadata: Option<envoy_types::pb::envoy::config::core::v3::Metadata>,
-    ) -> Result<Arc<Team>, ProcessingResponse> {
+    ) -> Result<Caller, ProcessingResponse> {
         self.identified = true;
-        let endpoint = self
-            .ctx
-            .engine
-            .endpoints()
-            .classify(caller.method, caller.path);
+        let endpoint = self.ctx.engine.endpoints().classify(head.method, head.path);
         self.shape = endpoint.shape;
         self.api = endpoint.metered().unwrap_or(ApiKind::Other);
-        self.request_id = caller.request_id.map(str::to_owned);
+        self.request_id = head.request_id.map(str::to_owned);
 
         let verified_claims = metadata
             .as_ref()
@@ -355,7 +358,7 @@ impl Exchange {
         let principal = match verified_claims {
             Some(claims) => auth.authenticate_verified_claims(&claims, INVOKE_SCOPE),
             None => {
-                auth.authenticate_header(caller.authorization, INVOKE_SCOPE)
+                auth.authenticate_header(head.authorization, INVOKE_SCOPE)
                     .await
             }
         };
@@ -367,9 +370,7 @@ impl Exchange {
             Ok(team) => team,
             Err(rejection) => return Err(self.refuse(rejection)),
         };
-        team.project = (self.ctx.engine.project_header())
-            .and_then(|name| header(&headers, name))
-            .map(str::to_owned);
+        team.project = head.project.map(str::to_owned);
         self.guardrail = self.ctx.guardrails.for_request(Some(&team));
         self.team = Some(team.clone());
 
