@@ -269,6 +269,83 @@ pub fn immediate_reply(reply: contract::Reply) -> ProcessingResponse {
     }
 }
 
+/// The `request_attributes` Envoy sends with a request's first message, under the filter's name.
+/// The fast attachment asks for `request.path` and the headers tollgate reads.
+pub struct Attributes<'a>(Option<&'a Struct>);
+
+impl<'a> Attributes<'a> {
+    const FILTER: &'static str = "envoy.filters.http.ext_proc";
+
+    pub fn of(attributes: &'a std::collections::HashMap<String, Struct>) -> Self {
+        Attributes(attributes.get(Self::FILTER))
+    }
+
+    /// A string attribute (`request.method`).
+    pub fn string(&self, name: &str) -> Option<&'a str> {
+        match self.0?.fields.get(name)?.kind.as_ref()? {
+            Kind::StringValue(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn path(&self) -> &'a str {
+        self.string("request.path").unwrap_or_default()
+    }
+
+    /// A header asked for as the attribute `request.headers['NAME']` (Envoy renders a whole
+    /// header map as the text "CelMap value", so each header is its own expression).
+    pub fn header(&self, name: &str) -> Option<&'a str> {
+        self.string(&format!("request.headers['{name}']"))
+    }
+}
+
+/// Sets string fields in one dynamic metadata namespace (Envoy keeps them for the request's
+/// lifetime, for access logs, route header formatters and other filters).
+pub fn set_dynamic_metadata(
+    reply: &mut ProcessingResponse,
+    namespace: &str,
+    fields: &[(&'static str, String)],
+) {
+    let inner = Struct {
+        fields: fields
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), string_value(v.clone())))
+            .collect(),
+    };
+    let outer = reply.dynamic_metadata.get_or_insert_with(Struct::default);
+    outer.fields.insert(
+        namespace.to_owned(),
+        PbValue {
+            kind: Some(Kind::StructValue(inner)),
+        },
+    );
+}
+
+fn string_value(s: String) -> PbValue {
+    PbValue {
+        kind: Some(Kind::StringValue(s)),
+    }
+}
+
+/// A string in forwarded dynamic metadata (`metadata_options.forwarding_namespaces`).
+pub fn metadata_string<'a>(
+    metadata: &'a envoy_types::pb::envoy::config::core::v3::Metadata,
+    namespace: &str,
+    key: &str,
+) -> Option<&'a str> {
+    match metadata
+        .filter_metadata
+        .get(namespace)?
+        .fields
+        .get(key)?
+        .kind
+        .as_ref()?
+    {
+        Kind::StringValue(s) => Some(s),
+        _ => None,
+    }
+}
+
 /// `google.protobuf.Struct` (Envoy dynamic metadata) as JSON.
 pub fn struct_to_json(s: &Struct) -> Map<String, Value> {
     s.fields

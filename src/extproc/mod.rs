@@ -8,9 +8,15 @@
 //! A client that streams bodies full-duplex (agentgateway's `extProc`) is recognised by its first
 //! message and served through [`duplex::Duplex`], which may answer a message with no reply or
 //! several.
+//!
+//! Envoy's fast attachment (`envoy/local-fast.yaml`) opens two streams per request, each filter naming
+//! its role in the gRPC initial metadata `x-tollgate-attachment` ([`Attachment`]): the admission
+//! (one synchronous message) and the observer (`observability_mode`, never answered), joined by
+//! [`handoff::Handoffs`].
 
 mod duplex;
 mod envoy;
+mod handoff;
 mod stream;
 
 use std::collections::VecDeque;
@@ -31,7 +37,8 @@ use crate::guardrail::apply::Guardrails;
 use crate::identity::Authenticator;
 
 use duplex::Duplex;
-pub use stream::Exchange;
+use handoff::Handoffs;
+pub use stream::{Attachment, Exchange};
 
 /// What every exchange needs; shared by all streams.
 pub struct Context {
@@ -52,6 +59,8 @@ pub struct ExtProcService {
     exchanges: TaskTracker,
     /// Cancelled when shutdown's grace period is over: open exchanges settle what passed and end.
     abandon: CancellationToken,
+    /// Admitted requests passing from the fast attachment's admission stream to its observer.
+    handoffs: Arc<Handoffs>,
 }
 
 impl ExtProcService {
@@ -60,6 +69,7 @@ impl ExtProcService {
             ctx,
             exchanges: TaskTracker::new(),
             abandon: CancellationToken::new(),
+            handoffs: Arc::default(),
         }
     }
 
@@ -118,12 +128,30 @@ impl Driver {
             if let Some(reply) = self.queued.pop_front() {
                 return Some((Ok(reply), self));
             }
-            if self.failed {
+            if self.failed || self.exchange.observed_all() {
+                // An observer that charged its request ends its stream now: Envoy would keep it
+                // open `deferred_close_timeout` after the request (5 s by default), one open
+                // stream per request per second of traffic.
                 return None;
             }
+            let over = self.exchange.request_over();
+            let request_over = async move {
+                match over {
+                    Some(over) => {
+                        over.cancelled().await;
+                        tokio::time::sleep(handoff::CUT_SHORT_GRACE).await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
             let next = tokio::select! {
                 next = self.inbound.message() => next,
                 _ = self.abandon.cancelled() => return None,
+                // The response was cut short: charge what passed (`Exchange`'s `Drop`).
+                _ = request_over => {
+                    tracing::debug!("request over before its response ended; observer ends");
+                    return None;
+                }
             };
             match next {
                 Ok(Some(message)) => match self.replies_to(message).await {
@@ -155,6 +183,11 @@ impl Driver {
             .client
             .get_or_insert_with(|| Client::for_first_message(&message, limits));
         match client {
+            // Envoy ignores replies on an `observability_mode` stream: none is built or sent.
+            Client::Envoy if self.exchange.attachment() == Attachment::Observer => {
+                self.exchange.handle(message).await?;
+                Ok(Vec::new())
+            }
             Client::Envoy => Ok(vec![self.exchange.handle(message).await?]),
             Client::FullDuplex(duplex) => duplex.handle(&mut self.exchange, message).await,
         }
@@ -169,9 +202,20 @@ impl ExternalProcessor for ExtProcService {
         &self,
         request: Request<Streaming<ProcessingRequest>>,
     ) -> Result<Response<Self::ProcessStream>, Status> {
+        let attachment = Attachment::from_metadata(
+            request
+                .metadata()
+                .get(Attachment::METADATA_KEY)
+                .and_then(|v| v.to_str().ok()),
+        );
         let driver = Driver {
             inbound: request.into_inner(),
-            exchange: Exchange::new(self.ctx.clone(), self.exchanges.clone()),
+            exchange: Exchange::new(
+                self.ctx.clone(),
+                self.exchanges.clone(),
+                self.handoffs.clone(),
+                attachment,
+            ),
             client: None,
             limits: duplex::Limits {
                 request_body: self.ctx.max_request_body_bytes,

@@ -7,6 +7,11 @@
 //! 3. response headers: rate headers; keep the (STREAMED) body only where usage is in it;
 //! 4. response body chunks: usage extraction as they pass;
 //! 5. the exchange ends, however it ends: settle whatever was not settled yet (`Drop`).
+//!
+//! In the fast attachment (see [`Attachment`]) one request takes two streams: the admission
+//! stream usually sees only step 2, its body message carrying the path and headers as
+//! `request_attributes`; the observer stream sees steps 3 and 4 and is never answered. The
+//! admitted request passes from one to the other through [`Handoffs`].
 
 use std::sync::Arc;
 
@@ -21,6 +26,7 @@ use tonic::Status;
 
 use super::Context;
 use super::envoy::{self, header};
+use super::handoff::{self, Handoffs, Parked};
 use crate::contract::{rate_headers, rejection_reply};
 use crate::engine::{Caller, ModelCall, Ticket};
 use crate::guardrail::apply::{
@@ -61,10 +67,58 @@ pub struct Exchange {
     stream_guard: Option<Box<StreamGuard>>,
     /// Observe mode: the non-streamed answer is assessed after it passed.
     observe_answer: bool,
+    attachment: Attachment,
+    handoffs: Arc<Handoffs>,
+    /// Admission stream of the fast attachment: the key its admitted request is parked under.
+    parked: Option<u64>,
+    /// Fast attachment: cancelled when the admission stream ends (the HTTP request is over).
+    request_over: Option<tokio_util::sync::CancellationToken>,
+    /// The caller was looked at (from the headers message, or the body's attributes).
+    identified: bool,
+}
+
+/// What tollgate reads of a request's headers, from the headers message or, in the fast
+/// attachment, from the body message's attributes.
+struct RequestHead<'a> {
+    method: &'a str,
+    path: &'a str,
+    request_id: Option<&'a str>,
+    authorization: Option<&'a str>,
+    /// The project header's value (`engine.project_header`), if one is configured and sent.
+    project: Option<&'a str>,
+}
+
+/// Which part of a request's processing Envoy gives this stream, as its filter declares in the
+/// gRPC initial metadata `x-tollgate-attachment` (`grpc_service.initial_metadata`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attachment {
+    /// One stream sees the request and its response (the guarded attachment, agentgateway).
+    Whole,
+    /// The fast attachment's synchronous filter: request only; the response goes to the observer.
+    Admission,
+    /// The fast attachment's `observability_mode` filter: the response, never answered.
+    Observer,
+}
+
+impl Attachment {
+    pub const METADATA_KEY: &'static str = "x-tollgate-attachment";
+
+    pub fn from_metadata(value: Option<&str>) -> Self {
+        match value {
+            Some("admission") => Attachment::Admission,
+            Some("observer") => Attachment::Observer,
+            _ => Attachment::Whole,
+        }
+    }
 }
 
 impl Exchange {
-    pub fn new(ctx: Arc<Context>, settlements: TaskTracker) -> Self {
+    pub fn new(
+        ctx: Arc<Context>,
+        settlements: TaskTracker,
+        handoffs: Arc<Handoffs>,
+        attachment: Attachment,
+    ) -> Self {
         metrics::gauge!("tollgate_extproc_streams_active").increment(1.0);
         Self {
             ctx,
@@ -83,7 +137,32 @@ impl Exchange {
             guard_response: false,
             stream_guard: None,
             observe_answer: false,
+            attachment,
+            handoffs,
+            parked: None,
+            request_over: None,
+            identified: false,
         }
+    }
+
+    pub fn attachment(&self) -> Attachment {
+        self.attachment
+    }
+
+    /// Observer stream: cancelled when its request is over (the admission stream ended).
+    pub fn request_over(&self) -> Option<tokio_util::sync::CancellationToken> {
+        self.request_over
+            .clone()
+            .filter(|_| self.attachment == Attachment::Observer)
+    }
+
+    /// An observer stream whose response has been charged (or had nothing to charge): nothing
+    /// that comes after matters.
+    pub fn observed_all(&self) -> bool {
+        self.attachment == Attachment::Observer
+            && self.response_started
+            && self.ticket.is_none()
+            && self.tracker.is_none()
     }
 
     pub async fn handle(
@@ -93,8 +172,18 @@ impl Exchange {
         let metadata = message.metadata_context;
         match message.request {
             Some(Message::RequestHeaders(h)) => Ok(self.on_request_headers(h, metadata).await),
+            // The fast attachment skips the headers message: what it would carry comes as
+            // attributes with the body.
+            Some(Message::RequestBody(b)) if !self.identified => Ok(self
+                .on_request_body_first(b, &message.attributes, metadata)
+                .await),
             Some(Message::RequestBody(b)) => Ok(self.on_request_body(b).await),
-            Some(Message::ResponseHeaders(h)) => Ok(self.on_response_headers(h)),
+            Some(Message::ResponseHeaders(h)) => {
+                if self.attachment == Attachment::Observer {
+                    self.claim(metadata.as_ref());
+                }
+                Ok(self.on_response_headers(h))
+            }
             Some(Message::ResponseBody(b)) => Ok(self.on_response_body(b).await),
             Some(Message::RequestTrailers(_)) => Ok(trailers(true)),
             Some(Message::ResponseTrailers(_)) => Ok(trailers(false)),
@@ -174,13 +263,86 @@ impl Exchange {
         headers: HttpHeaders,
         metadata: Option<envoy_types::pb::envoy::config::core::v3::Metadata>,
     ) -> ProcessingResponse {
-        let endpoint = self.ctx.engine.endpoints().classify(
-            header(&headers, ":method").unwrap_or_default(),
-            header(&headers, ":path").unwrap_or_default(),
-        );
+        let head = RequestHead {
+            method: header(&headers, ":method").unwrap_or_default(),
+            path: header(&headers, ":path").unwrap_or_default(),
+            request_id: header(&headers, "x-request-id"),
+            authorization: header(&headers, "authorization"),
+            project: (self.ctx.engine.project_header()).and_then(|name| header(&headers, name)),
+        };
+        let team = match self.identify(head, metadata).await {
+            Ok(team) => team,
+            Err(refusal) => return refusal,
+        };
+        if !self.api.is_model_call() {
+            // Nothing in its bodies matters: admit now and ask Envoy not to send them.
+            let skip_bodies = envoy::request_headers_reply(&[], &[], true);
+            return self.admit_regardless_of_body(&team, skip_bodies).await;
+        }
+        if headers.end_of_stream {
+            return self.refuse_here(Rejection::new(
+                RejectionKind::InvalidBody,
+                "request body is required",
+            ));
+        }
+        // Usage is read from the response body, which must not arrive compressed.
+        envoy::request_headers_reply(&[], &["accept-encoding"], false)
+    }
+
+    /// The fast attachment's one message: the request body, with what the headers message would
+    /// have carried as attributes.
+    async fn on_request_body_first(
+        &mut self,
+        body: HttpBody,
+        attributes: &std::collections::HashMap<String, envoy_types::pb::google::protobuf::Struct>,
+        metadata: Option<envoy_types::pb::envoy::config::core::v3::Metadata>,
+    ) -> ProcessingResponse {
+        let attributes = envoy::Attributes::of(attributes);
+        let head = RequestHead {
+            method: attributes.string("request.method").unwrap_or("POST"),
+            path: attributes.path(),
+            request_id: attributes.header("x-request-id"),
+            authorization: attributes.header("authorization"),
+            // Sent only when the filter's request_attributes name it (docs/envoy.md).
+            project: (self.ctx.engine.project_header())
+                .and_then(|name| attributes.header(&name.to_ascii_lowercase())),
+        };
+        let team = match self.identify(head, metadata).await {
+            Ok(team) => team,
+            Err(refusal) => return refusal,
+        };
+        if !self.api.is_model_call() {
+            let pass = envoy::request_body_reply(None);
+            return self.admit_regardless_of_body(&team, pass).await;
+        }
+        self.on_request_body(body).await
+    }
+
+    /// Admits a call whose body does not matter (not a model call), answering `reply` if admitted.
+    async fn admit_regardless_of_body(
+        &mut self,
+        team: &Caller,
+        reply: ProcessingResponse,
+    ) -> ProcessingResponse {
+        if let Err(rejection) = self.admit(team, None).await {
+            return self.refuse(rejection);
+        }
+        self.hand_over(reply)
+    }
+
+    /// Who is calling and what: the endpoint (refused ones are answered here), the API, the
+    /// request id, the team (from the token, or jwt_authn's verified claims) and the guardrail
+    /// that applies. Returns the team, or the refusal to send.
+    async fn identify(
+        &mut self,
+        head: RequestHead<'_>,
+        metadata: Option<envoy_types::pb::envoy::config::core::v3::Metadata>,
+    ) -> Result<Caller, ProcessingResponse> {
+        self.identified = true;
+        let endpoint = self.ctx.engine.endpoints().classify(head.method, head.path);
         self.shape = endpoint.shape;
         self.api = endpoint.metered().unwrap_or(ApiKind::Other);
-        self.request_id = header(&headers, "x-request-id").map(str::to_owned);
+        self.request_id = head.request_id.map(str::to_owned);
 
         let verified_claims = metadata
             .as_ref()
@@ -196,44 +358,141 @@ impl Exchange {
         let principal = match verified_claims {
             Some(claims) => auth.authenticate_verified_claims(&claims, INVOKE_SCOPE),
             None => {
-                auth.authenticate_header(header(&headers, "authorization"), INVOKE_SCOPE)
+                auth.authenticate_header(head.authorization, INVOKE_SCOPE)
                     .await
             }
         };
         let principal = match principal {
             Ok(p) => p,
-            Err(e) => return self.refuse_here(e.rejection()),
+            Err(e) => return Err(self.refuse_here(e.rejection())),
         };
         let mut team = match self.ctx.engine.team_for(&principal).await {
             Ok(team) => team,
-            Err(rejection) => return self.refuse(rejection),
+            Err(rejection) => return Err(self.refuse(rejection)),
         };
-        team.project = (self.ctx.engine.project_header())
-            .and_then(|name| header(&headers, name))
-            .map(str::to_owned);
+        team.project = head.project.map(str::to_owned);
         self.guardrail = self.ctx.guardrails.for_request(Some(&team));
         self.team = Some(team.clone());
 
         if let Treatment::Refused(why) = endpoint.treatment {
             // Never reaches the upstream; counts no request against the team's RPM.
             tracing::info!(team = %team.id, method = %endpoint.method, path = %endpoint.path, ?why, "endpoint refused");
-            return self.refuse_here(endpoint.rejection(why));
+            return Err(self.refuse_here(endpoint.rejection(why)));
         }
-        if !self.api.is_model_call() {
-            // Nothing in its bodies matters: admit now and ask Envoy not to send them.
-            if let Err(rejection) = self.admit(&team, None).await {
-                return self.refuse(rejection);
+        if self.attachment == Attachment::Admission
+            && self
+                .guardrail
+                .as_ref()
+                .is_some_and(RequestGuardrail::holds_answers)
+        {
+            // The fast attachment lets answers pass without waiting: they could not be held.
+            tracing::error!(
+                team = %team.id,
+                "guardrail mode is enforce but tollgate is attached with the fast path; refusing"
+            );
+            return Err(self.refuse_here(Rejection::new(
+                RejectionKind::GuardrailUnavailable,
+                "the content guardrail enforces on answers, which needs the guarded attachment \
+                 (the four-phase one, envoy/local.yaml); the fast attachment cannot hold an answer",
+            )));
+        }
+        Ok(team)
+    }
+
+    /// Admission stream of the fast attachment: the response is not ours to see, so what it
+    /// needs goes to Envoy now, as dynamic metadata: the headers the route adds to the response
+    /// (`%DYNAMIC_METADATA(tollgate:...)%`) and the key the observer claims the request by.
+    fn hand_over(&mut self, mut reply: ProcessingResponse) -> ProcessingResponse {
+        if self.attachment != Attachment::Admission {
+            return reply;
+        }
+        let Some(ticket) = self.ticket.take() else {
+            return reply;
+        };
+        let mut fields: Vec<(&'static str, String)> = rate_headers(&ticket.rate);
+        if let Some(note) = self.guardrail_note {
+            fields.push(("x-tollgate-guardrail", note.to_owned()));
+        }
+        if let Some(warning) = &ticket.budget_warning {
+            fields.push(("x-tollgate-budget-warning", warning.clone()));
+        }
+        if self.api.is_model_call() && self.facts.is_some() {
+            let key = self.handoffs.park(Parked {
+                ticket,
+                api: self.api,
+                facts: self.facts.clone(),
+                request_id: self.request_id.clone(),
+                guardrail_note: self.guardrail_note,
+                guardrail: self.guardrail.clone(),
+                request_over: self.request_over.insert(Default::default()).clone(),
+            });
+            self.parked = Some(key);
+            tracing::debug!(key, "admitted request parked for its observer");
+            fields.push((handoff::KEY, key.to_string()));
+        } else {
+            // Nothing billable follows.
+            self.ticket = Some(ticket);
+            self.settle(Usage::default());
+        }
+        envoy::set_dynamic_metadata(&mut reply, handoff::NAMESPACE, &fields);
+        reply
+    }
+
+    /// Observer stream: takes over the request its admission parked.
+    fn claim(&mut self, metadata: Option<&envoy_types::pb::envoy::config::core::v3::Metadata>) {
+        let Some(key) =
+            metadata.and_then(|m| envoy::metadata_string(m, handoff::NAMESPACE, handoff::KEY))
+        else {
+            // A response to a request tollgate refused or never admitted: nothing to charge.
+            tracing::debug!(?metadata, "observed a response without a hand-off key");
+            return;
+        };
+        match key.parse().ok().and_then(|key| self.handoffs.claim(key)) {
+            Some(parked) => {
+                tracing::debug!(key, "observer claimed its admitted request");
+                self.api = parked.api;
+                self.facts = parked.facts;
+                self.request_id = parked.request_id;
+                self.guardrail_note = parked.guardrail_note;
+                self.guardrail = parked.guardrail;
+                self.request_over = Some(parked.request_over);
+                self.ticket = Some(parked.ticket);
             }
-            return envoy::request_headers_reply(&[], &[], true);
+            None => {
+                tracing::warn!(
+                    key,
+                    "observed a response whose admission was already settled"
+                );
+                metrics::counter!("tollgate_extproc_handoffs_late_total").increment(1);
+            }
         }
-        if headers.end_of_stream {
-            return self.refuse_here(Rejection::new(
-                RejectionKind::InvalidBody,
-                "request body is required",
-            ));
-        }
-        // Usage is read from the response body, which must not arrive compressed.
-        envoy::request_headers_reply(&[], &["accept-encoding"], false)
+    }
+
+    /// Admission stream of the fast attachment, ending with its request still parked: the
+    /// response never started, or its observer is about to claim it. After a grace period an
+    /// unclaimed request is charged its prompt, as providers bill a prompt they received.
+    fn settle_unclaimed_later(&self, key: u64) {
+        let handoffs = self.handoffs.clone();
+        let engine = self.ctx.engine.clone();
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::error!(key, "no runtime left to settle a parked request");
+            return;
+        };
+        self.settlements.spawn_on(
+            async move {
+                tokio::time::sleep(handoff::CLAIM_GRACE).await;
+                let Some(parked) = handoffs.claim(key) else {
+                    return;
+                };
+                metrics::counter!("tollgate_extproc_handoffs_unclaimed_total").increment(1);
+                let prompt_chars = parked.facts.as_ref().map_or(0, |f| f.prompt_chars);
+                let usage = UsageTracker::new(parked.api, true, prompt_chars, 0).finish();
+                engine
+                    .settle(parked.ticket, usage, parked.api.as_str())
+                    .await;
+            },
+            &runtime,
+        );
     }
 
     async fn admit(&mut self, team: &Caller, call: Option<ModelCall<'_>>) -> Result<(), Rejection> {
@@ -281,7 +540,7 @@ impl Exchange {
         }
         let reply = envoy::request_body_reply(parsed.rewritten());
         self.facts = Some(parsed.facts);
-        reply
+        self.hand_over(reply)
     }
 
     /// Refuses a request body beyond the configured limit (also before all of it arrived).
@@ -398,11 +657,14 @@ impl Exchange {
     }
 
     async fn on_response_body(&mut self, body: HttpBody) -> ProcessingResponse {
+        // An observer saw no end_of_stream chunk of a streamed response in our tests (Envoy
+        // resets its stream `deferred_close_timeout` later): the provider's final usage report
+        // is the end that matters, for the charge and for the answer's assessment.
+        let mut ended = body.end_of_stream;
         if let Some(tracker) = &mut self.tracker {
             tracker.feed(&body.body);
-            if body.end_of_stream
-                && let Some(tracker) = self.tracker.take()
-            {
+            ended |= self.attachment == Attachment::Observer && tracker.is_complete();
+            if ended && let Some(tracker) = self.tracker.take() {
                 let (usage, json) = tracker.finish_with_body();
                 self.settle(usage);
                 if self.observe_answer {
@@ -411,7 +673,7 @@ impl Exchange {
             }
         }
         if let Some(guard) = &mut self.stream_guard {
-            match guard.on_chunk(&body.body, body.end_of_stream).await {
+            match guard.on_chunk(&body.body, ended).await {
                 ChunkAction::Pass => {}
                 ChunkAction::Replace(bytes) => return envoy::response_body_chunk_reply(bytes),
             }
@@ -436,6 +698,14 @@ impl Drop for Exchange {
         if self.ticket.is_some() {
             let usage = self.usage_so_far();
             self.settle(usage);
+        }
+        if let Some(key) = self.parked.take() {
+            self.settle_unclaimed_later(key);
+        }
+        if self.attachment == Attachment::Admission
+            && let Some(over) = &self.request_over
+        {
+            over.cancel();
         }
         metrics::gauge!("tollgate_extproc_streams_active").decrement(1.0);
     }

@@ -205,9 +205,15 @@ impl RequestGuardrail {
         }
     }
 
+    /// Answers must be held until the guardrail saw them (enforce mode): only an attachment with
+    /// a synchronous response phase can apply this guardrail.
+    pub fn holds_answers(&self) -> bool {
+        self.mode() == Mode::Enforce
+    }
+
     /// How an answer of `api` passes the guardrail; `event_stream`: it comes as server-sent events.
     pub fn answer_plan(&self, api: ApiKind, event_stream: bool) -> AnswerPlan {
-        let enforcing = self.mode() == Mode::Enforce;
+        let enforcing = self.holds_answers();
         if !event_stream {
             return if enforcing {
                 AnswerPlan::HoldWhole

@@ -11,7 +11,7 @@ from envoy_config import render_envoy_config
 
 from processes import REPO, envoy_binary, free_port
 
-CONFIGS = ["local.yaml", "local-jwt-authn.yaml"]
+CONFIGS = ["local.yaml", "local-fast.yaml", "local-jwt-authn.yaml"]
 
 
 def _render(name: str, tmp_path):

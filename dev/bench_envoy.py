@@ -1,0 +1,91 @@
+"""Envoy configs for dev/bench, written into a directory: the upstream (direct_response) and
+Envoy alone from bench/envoy-bench.json, and each attachment rendered from the real
+envoy/local-fast.yaml (fast) and envoy/local.yaml (four-phase, guarded), pointed at a given ext_proc
+server. Each runs in its own Envoy process with one worker, so no two scenarios share a core's
+worker thread.
+
+  python dev/bench_envoy.py OUTDIR   -> prints "name port admin_port config" lines
+
+BENCH_EXPLORE=1 adds floors of attachments that are not shipped (see `scenarios`).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+from harness import render_envoy_config  # noqa: E402
+
+UPSTREAM = 10103
+TOLLGATE_GRPC = 10150
+NOOP_GRPC = 10160
+
+
+def _observer(text: str) -> tuple[int, int]:
+    start = text.index("          - name: tollgate_observer")
+    end = text.index("          - name: envoy.filters.http.buffer")
+    return start, end
+
+
+def without_observer(text: str) -> str:
+    """The admission filter alone: one synchronous message, nothing sees the response."""
+    start, end = _observer(text)
+    return text[:start] + text[end:]
+
+
+def observer_without_headers(text: str) -> str:
+    """The observer sent only the response body (status and content type would come as
+    response_attributes)."""
+    start, end = _observer(text)
+    block = text[start:end].replace("response_header_mode: SEND", "response_header_mode: SKIP")
+    return text[:start] + block + text[end:]
+
+
+def main(out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    base = json.loads((ROOT / "bench" / "envoy-bench.json").read_text())
+    listeners = {l["name"]: l for l in base["static_resources"]["listeners"]}
+    rows = []
+
+    def only(listener: str, admin: int) -> dict:
+        d = copy.deepcopy(base)
+        d["admin"]["address"]["socket_address"]["port_value"] = admin
+        d["static_resources"]["listeners"] = [copy.deepcopy(listeners[listener])]
+        d["static_resources"]["clusters"] = [c for c in d["static_resources"]["clusters"] if c["name"] == "upstream"]
+        return d
+
+    (out / "upstream.json").write_text(json.dumps(only("upstream", 10190)))
+    rows.append(("upstream", UPSTREAM, 10190, out / "upstream.json"))
+    (out / "alone.json").write_text(json.dumps(only("direct", 10191)))
+    rows.append(("alone", 10101, 10191, out / "alone.json"))
+
+    scenarios = [
+        # name, source, ext_proc server, listener, admin, change to the rendered config
+        ("noop-fast", "local-fast.yaml", NOOP_GRPC, 10111, 10192, None),
+        ("tollgate-fast", "local-fast.yaml", TOLLGATE_GRPC, 10112, 10193, None),
+        ("noop-guarded", "local.yaml", NOOP_GRPC, 10113, 10194, None),
+        ("tollgate-guarded", "local.yaml", TOLLGATE_GRPC, 10114, 10195, None),
+    ]
+    if os.environ.get("BENCH_EXPLORE"):
+        # Floors of attachments not shipped, to see what each part of the fast one costs.
+        scenarios += [
+            ("noop-admission-only", "local-fast.yaml", NOOP_GRPC, 10115, 10196, without_observer),
+            ("noop-observer-no-headers", "local-fast.yaml", NOOP_GRPC, 10116, 10197, observer_without_headers),
+        ]
+    for name, source, grpc, listener, admin, change in scenarios:
+        path = out / f"{name}.yaml"
+        text = render_envoy_config(ROOT / "envoy" / source, listener=listener, admin=admin,
+                                   grpc=grpc, upstream=UPSTREAM)
+        path.write_text(change(text) if change else text)
+        rows.append((name, listener, admin, path))
+    for name, port, admin, path in rows:
+        print(name, port, admin, path)
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
