@@ -83,6 +83,10 @@ fn describe() {
     );
     describe_counter!("tollgate_jwks_refreshes_total", "JWKS fetches by result");
     describe_counter!(
+        "tollgate_jwks_unavailable_refusals_total",
+        "Tokens refused with 503: no signing keys could be fetched or were cached"
+    );
+    describe_counter!(
         "tollgate_spend_micros_total",
         "Micro-dollars charged, by team"
     );

@@ -56,6 +56,11 @@ pub enum IdentityError {
     Claims(ClaimError),
     #[error("token lacks the required scope {0}")]
     MissingScope(String),
+    /// The token may be good, but no key to check it is at hand: the JWKS could not be fetched
+    /// and nothing is cached. Not the caller's fault, so not a 401 (which clients take as "get a
+    /// new token" and do not retry): a retryable 503, like any other dependency that is down.
+    #[error("tokens cannot be verified right now: {0}")]
+    KeysUnavailable(String),
 }
 
 impl IdentityError {
@@ -64,6 +69,7 @@ impl IdentityError {
         let kind = match self {
             Self::MissingScope(_) => RejectionKind::Forbidden,
             Self::Missing | Self::Invalid(_) | Self::Claims(_) => RejectionKind::Unauthenticated,
+            Self::KeysUnavailable(_) => RejectionKind::Unavailable,
         };
         Rejection::new(kind, self.to_string())
     }
@@ -261,10 +267,14 @@ impl Authenticator {
         let kid = header
             .kid
             .ok_or_else(|| IdentityError::Invalid("token header has no kid".into()))?;
-        let key = keys
-            .key(&kid)
-            .await
-            .map_err(|e| IdentityError::Invalid(e.to_string()))?;
+        let key = keys.key(&kid).await.map_err(|e| match e {
+            JwksError::Unavailable(_) => {
+                metrics::counter!("tollgate_jwks_unavailable_refusals_total").increment(1);
+                tracing::error!(error = %e, "refusing a token that cannot be verified: no signing keys");
+                IdentityError::KeysUnavailable(e.to_string())
+            }
+            JwksError::Malformed(_) | JwksError::UnknownKid(_) => IdentityError::Invalid(e.to_string()),
+        })?;
         decode::<Map<String, Value>>(token, &key, &self.validation)
             .map(|data| data.claims)
             .map_err(invalid)

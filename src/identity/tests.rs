@@ -107,6 +107,38 @@ async fn expired_wrong_issuer_and_unknown_kid_are_refused() {
     }
 }
 
+#[tokio::test]
+async fn an_unreachable_jwks_is_unavailable_not_unauthenticated() {
+    // Nothing listens on port 9 of loopback: the fetch fails at once, and nothing is cached.
+    let keys = KeySet::new(
+        JwksSource::Url("http://127.0.0.1:9/.well-known/jwks.json".into()),
+        Duration::from_secs(30),
+        Duration::from_secs(3600),
+    );
+    assert!(keys.load().await.is_err());
+    let auth = Authenticator::new(
+        Verification::Keys(keys),
+        Some(ISSUER),
+        Some("custom:team".into()),
+        Duration::from_secs(5),
+    );
+    let err = auth
+        .authenticate_header(Some(&bearer(&token(claims(), "dev-1"))), INVOKE_SCOPE)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, IdentityError::KeysUnavailable(_)), "{err:?}");
+    let rejection = err.rejection();
+    assert_eq!(rejection.kind, RejectionKind::Unavailable);
+    assert_eq!(rejection.kind.status(), 503);
+    assert!(
+        rejection
+            .reason
+            .starts_with("tokens cannot be verified right now: JWKS unavailable"),
+        "{}",
+        rejection.reason
+    );
+}
+
 /// Every way a token reaches tollgate: verified here, verified by a trusted proxy in front
 /// (`trust_upstream`), or verified by Envoy and handed over as claims.
 async fn every_path(auth: &Authenticator, claims: Value) -> Vec<Result<Principal, IdentityError>> {

@@ -227,3 +227,42 @@ def test_jwks_url_is_fetched_and_refreshed_when_an_unknown_kid_appears(stack_fac
         assert s.chat(s.token("jwks-a")).status_code == 200, "the old key still verifies"
     finally:
         server.shutdown()
+
+
+def test_an_unreachable_jwks_is_a_retryable_503_not_a_401(stack_factory):
+    """With no signing keys at hand (the JWKS URL does not answer and nothing is cached), a good
+    token cannot be verified: that is tollgate's outage, not the caller's bad token. A 401 would
+    tell clients to fetch a new token and not to retry; a 503 says to retry. Once the JWKS answers,
+    the same token passes."""
+    from processes import free_port
+
+    port = free_port()
+    s = stack_factory(
+        "jwksdown",
+        [Team("jwks-down", rpm=100)],
+        identity={"jwks_url": f"http://127.0.0.1:{port}/.well-known/jwks.json", "jwks_min_refresh_seconds": 0},
+    )
+    token = s.token("jwks-down")
+    r = s.chat(token)
+    assert r.status_code == 503, r.text
+    assert r.json()["reason"].startswith("tokens cannot be verified right now: JWKS unavailable"), r.text
+
+    body = JWKS_FILE.read_bytes()
+
+    class JwksHandler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", port), JwksHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert s.chat(token).status_code == 200
+    finally:
+        server.shutdown()
