@@ -182,12 +182,9 @@ def test_trust_upstream_still_holds_tokens_to_their_claims(trusting_stack, marke
     assert trusting_stack.upstream_requests(marker) == []
 
 
-def test_jwks_url_is_fetched_and_refreshed_when_an_unknown_kid_appears(stack_factory):
-    """A Cognito-style JWKS endpoint: keys come from the URL, and a token signed by a key added
-    later (a rotation) is accepted once tollgate refetches the set on seeing its unknown kid."""
-    from cryptography.hazmat.primitives import serialization
-
-    documents = {"jwks": json.loads(JWKS_FILE.read_text())}
+def serve_jwks(documents: dict, port: int = 0) -> ThreadingHTTPServer:
+    """A Cognito-style JWKS endpoint on loopback serving `documents["jwks"]` (which a test may
+    replace while it runs); the caller shuts it down."""
 
     class JwksHandler(BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802
@@ -201,8 +198,18 @@ def test_jwks_url_is_fetched_and_refreshed_when_an_unknown_kid_appears(stack_fac
         def log_message(self, *args):
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), JwksHandler)
+    server = ThreadingHTTPServer(("127.0.0.1", port), JwksHandler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_jwks_url_is_fetched_and_refreshed_when_an_unknown_kid_appears(stack_factory):
+    """A Cognito-style JWKS endpoint: keys come from the URL, and a token signed by a key added
+    later (a rotation) is accepted once tollgate refetches the set on seeing its unknown kid."""
+    from cryptography.hazmat.primitives import serialization
+
+    documents = {"jwks": json.loads(JWKS_FILE.read_text())}
+    server = serve_jwks(documents)
     try:
         s = stack_factory(
             "jwksurl",
@@ -247,21 +254,7 @@ def test_an_unreachable_jwks_is_a_retryable_503_not_a_401(stack_factory):
     assert r.status_code == 503, r.text
     assert r.json()["reason"].startswith("tokens cannot be verified right now: JWKS unavailable"), r.text
 
-    body = JWKS_FILE.read_bytes()
-
-    class JwksHandler(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
-            self.send_response(200)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", port), JwksHandler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = serve_jwks({"jwks": json.loads(JWKS_FILE.read_text())}, port)
     try:
         assert s.chat(token).status_code == 200
     finally:
