@@ -744,11 +744,10 @@ def test_outage_fails_open_and_loses_no_debit(open_fleet, ddb, marker):
         down_at = time.time()
 
         # During the outage: admitted, degraded, spooling.
-        for s, fo, er in zip(stacks, fail_open_before, errors_before):
+        for s, er in zip(stacks, errors_before):
             soft.check(f"{s.name} /readyz during the outage", wait_readyz, s, 200, "degraded", 3)
             soft.check(f"{s.name} {SPOOL} during the outage", wait_metric, s, SPOOL, lambda v: v > 0, 3, "> 0")
             soft.check(f"{s.name} {STORE_UP} during the outage", wait_metric, s, STORE_UP, lambda v: v == 0, 3, "== 0")
-            soft.check(f"{s.name} {FAIL_OPEN}", wait_metric, s, FAIL_OPEN, lambda v, b=fo: v > b, 2, "grows")
             soft.check(f"{s.name} {STORE_ERRORS}", wait_metric, s, STORE_ERRORS, lambda v, b=er: v > b, 2, "grows",
                        backend="dynamodb")
 
@@ -763,6 +762,11 @@ def test_outage_fails_open_and_loses_no_debit(open_fleet, ddb, marker):
                     soft.check(f"{s.name} rpm=5 refusal", check_rejection, r, flavour=OPENAI,
                                code="rpm_limit_exceeded", reason_re=r"RPM limit exceeded: \d+ requests? in the last 60 s, limit 5",
                                max_retry_after=RPM_MAX_RETRY)
+        # Admitted without the store: the rpm=5 team's requests, which no lease slice covers (a
+        # limit that small is claimed request by request). The load team's may all be covered by
+        # the slices each instance held when DynamoDB went away, so they need not fail open.
+        for s, fo in zip(stacks, fail_open_before):
+            soft.check(f"{s.name} {FAIL_OPEN}", wait_metric, s, FAIL_OPEN, lambda v, b=fo: v > b, 2, "grows")
 
         time.sleep(0.5)
         pending = [metric(s, SPOOL) for s in stacks]
