@@ -7,6 +7,8 @@ worker thread.
   python dev/bench_envoy.py OUTDIR   -> prints "name port admin_port config" lines
 
 BENCH_EXPLORE=1 adds floors of attachments that are not shipped (see `scenarios`).
+BENCH_VARIANTS="name ..." adds one four-phase scenario `tollgate-guarded-NAME` per tollgate variant,
+pointed at that variant's gRPC port (VARIANT_GRPC + its index; dev/bench starts the variants).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from harness import render_envoy_config  # noqa: E402
 UPSTREAM = 10103
 TOLLGATE_GRPC = 10150
 NOOP_GRPC = 10160
+VARIANT_GRPC = 10170
 
 
 def _observer(text: str) -> tuple[int, int]:
@@ -77,6 +80,9 @@ def main(out: Path) -> None:
             ("noop-admission-only", "local-fast.yaml", NOOP_GRPC, 10115, 10196, without_observer),
             ("noop-observer-no-headers", "local-fast.yaml", NOOP_GRPC, 10116, 10197, observer_without_headers),
         ]
+    for i, variant in enumerate(os.environ.get("BENCH_VARIANTS", "").split()):
+        scenarios.append((f"tollgate-guarded-{variant}", "local.yaml", VARIANT_GRPC + i,
+                          10120 + i, 10200 + i, None))
     for name, source, grpc, listener, admin, change in scenarios:
         path = out / f"{name}.yaml"
         text = render_envoy_config(ROOT / "envoy" / source, listener=listener, admin=admin,
