@@ -251,24 +251,12 @@ impl Ticket {
     /// The debit charging `usage` (`None`: the request never ran) to this ticket's counters and
     /// giving its reservation back, with the cost it charges.
     fn debit(&self, usage: Option<&Usage>) -> (Debit, u64) {
-        let mut amounts = Vec::new();
-        let total = usage.map_or(0, Usage::total);
-        if total > 0 {
-            amounts.extend(
-                self.charges
-                    .tokens
-                    .iter()
-                    .map(|k| (k.clone(), total as i64)),
-            );
-        }
-        let mut cost = 0;
+        let cost = match (&self.charge, usage) {
+            (Some(charge), Some(u)) => charge.price.cost_with_units_micros(u, charge.unit_price),
+            _ => 0,
+        };
+        let mut amounts = self.charges.amounts(usage.map_or(0, Usage::total), cost);
         if let Some(charge) = &self.charge {
-            cost = usage.map_or(0, |u| {
-                charge.price.cost_with_units_micros(u, charge.unit_price)
-            });
-            if cost > 0 {
-                amounts.extend(self.charges.spend.iter().map(|k| (k.clone(), cost as i64)));
-            }
             amounts.extend(
                 charge
                     .reserved
@@ -991,25 +979,10 @@ impl Engine {
             warn_at_percent: &[],
         }
         .charges();
-        let mut amounts = Vec::new();
-        if usage.total() > 0 {
-            amounts.extend(
-                charges
-                    .tokens
-                    .iter()
-                    .map(|k| (k.clone(), usage.total() as i64)),
-            );
-        }
-        let cost = priced.map(|(_, price)| {
-            let cost = price.cost_micros(usage);
-            if cost > 0 {
-                amounts.extend(charges.spend.iter().map(|k| (k.clone(), cost as i64)));
-            }
-            cost
-        });
+        let cost = priced.map(|(_, price)| price.cost_micros(usage));
         let debit = Debit {
             id: request_id.to_owned(),
-            amounts,
+            amounts: charges.amounts(usage.total(), cost.unwrap_or(0)),
         };
         (debit, cost)
     }

@@ -190,6 +190,20 @@ pub struct Charges {
     pub spend: Vec<CounterKey>,
 }
 
+impl Charges {
+    /// What charging a call's `tokens` and `cost_micros` adds: each to every counter of its kind.
+    pub fn amounts(&self, tokens: u64, cost_micros: u64) -> Vec<(CounterKey, i64)> {
+        let mut amounts = Vec::new();
+        if tokens > 0 {
+            amounts.extend(self.tokens.iter().map(|k| (k.clone(), tokens as i64)));
+        }
+        if cost_micros > 0 {
+            amounts.extend(self.spend.iter().map(|k| (k.clone(), cost_micros as i64)));
+        }
+        amounts
+    }
+}
+
 /// The counters of one scope this request touches.
 struct ScopeKeys {
     rpm: Option<(CounterKey, CounterKey)>,
