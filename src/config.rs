@@ -148,8 +148,19 @@ pub struct StoreSettings {
     pub backend: StoreBackend,
     /// redb file of the embedded backend.
     pub path: PathBuf,
+    /// How long a group commit of the local database (the embedded store, or the spool's journal
+    /// with DynamoDB) waits, once asked, before it starts, so that more calls share one fsync.
+    /// Widens by as much the window in which an admitted call is not yet journaled and delays
+    /// every debit's durability (see docs/stores.md). 0 (default) commits at once; at most 50.
+    pub commit_delay_ms: u64,
     /// The DynamoDB backend: table, region or endpoint, timeouts, read cache, spool.
     pub dynamodb: crate::store::DynamoDbSettings,
+}
+
+impl StoreSettings {
+    pub fn commit_delay(&self) -> Duration {
+        Duration::from_millis(self.commit_delay_ms)
+    }
 }
 
 impl Default for StoreSettings {
@@ -157,6 +168,7 @@ impl Default for StoreSettings {
         Self {
             backend: StoreBackend::Embedded,
             path: PathBuf::from("tollgate.redb"),
+            commit_delay_ms: 0,
             dynamodb: Default::default(),
         }
     }
@@ -439,6 +451,13 @@ impl Settings {
                     );
                 }
             }
+        }
+        if self.store.commit_delay() > crate::store::MAX_COMMIT_DELAY {
+            bail!(
+                "store.commit_delay_ms: {} is more than the {} ms allowed (a commit that waits longer delays every debit's durability and journal entry for little more grouping)",
+                self.store.commit_delay_ms,
+                crate::store::MAX_COMMIT_DELAY.as_millis()
+            );
         }
         if self.identity.jwks_file.is_some() && self.identity.jwks_url.is_some() {
             bail!("identity: set jwks_file or jwks_url, not both");
@@ -1080,6 +1099,23 @@ guardrail_version = "1""#,
         let said = format!("{e:#}");
         assert!(said.contains("\"soon\", expected u64"), "{said}");
         assert!(said.contains("TOLLGATE_IDENTITY__LEEWAY_SECONDS"), "{said}");
+    }
+
+    #[test]
+    fn the_commit_delay_is_bounded() {
+        let s = loaded_with(&[("TOLLGATE_STORE__COMMIT_DELAY_MS", "2")]).unwrap();
+        assert_eq!(s.store.commit_delay(), Duration::from_millis(2));
+        assert_eq!(
+            loaded_with(&[]).unwrap().store.commit_delay(),
+            Duration::ZERO
+        );
+        loaded_with(&[("TOLLGATE_STORE__COMMIT_DELAY_MS", "50")]).unwrap();
+        let said = format!(
+            "{:#}",
+            loaded_with(&[("TOLLGATE_STORE__COMMIT_DELAY_MS", "51")]).unwrap_err()
+        );
+        assert!(said.contains("store.commit_delay_ms: 51"), "{said}");
+        assert!(loaded_with(&[("TOLLGATE_STORE__COMMIT_DELAY_MS", "-1")]).is_err());
     }
 
     #[test]

@@ -40,15 +40,19 @@ pub async fn open_store(
         StoreBackend::Memory => (Arc::new(MemoryStore::new()), None),
         StoreBackend::Embedded => (
             Arc::new(
-                EmbeddedStore::open(&settings.store.path)
-                    .with_context(|| format!("opening {}", settings.store.path.display()))?,
+                EmbeddedStore::open_with_commit_delay(
+                    &settings.store.path,
+                    settings.store.commit_delay(),
+                )
+                .with_context(|| format!("opening {}", settings.store.path.display()))?,
             ),
             None,
         ),
         StoreBackend::Dynamodb => {
             let ddb = &settings.store.dynamodb;
-            let spool = Spool::open(&ddb.spool_path)
-                .with_context(|| format!("opening the spool {}", ddb.spool_path.display()))?;
+            let spool =
+                Spool::open_with_commit_delay(&ddb.spool_path, settings.store.commit_delay())
+                    .with_context(|| format!("opening the spool {}", ddb.spool_path.display()))?;
             (
                 Arc::new(dynamo_store(ddb, settings.lease_settings().is_some()).await),
                 Some(Arc::new(spool)),

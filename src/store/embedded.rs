@@ -20,7 +20,8 @@ use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::journal::{
-    Committed, GroupCommit, Journal, KeepsJournal, OpenCalls, run_group_commits, write_changes,
+    Commit, CommitTiming, Committed, GroupCommit, Journal, KeepsJournal, OpenCalls,
+    spawn_committer, write_changes,
 };
 use super::memory::{Counter, MemoryStore};
 use super::{Claim, Counted, CounterKey, Debit, Increment, Scope, Store, StoreError, StoreResult};
@@ -71,9 +72,15 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) the database file and loads its unexpired counters and teams.
-    /// Must be called inside a Tokio runtime: it starts the flusher task.
+    /// Opens (or creates) the database file and loads its unexpired counters and teams; commits
+    /// start as soon as asked.
     pub fn open(path: &Path) -> StoreResult<Self> {
+        Self::open_with_commit_delay(path, Duration::ZERO)
+    }
+
+    /// [`EmbeddedStore::open`] whose committer, once asked, waits `commit_delay` (at most
+    /// [`super::MAX_COMMIT_DELAY`]) before committing, so that more calls share one fsync.
+    pub fn open_with_commit_delay(path: &Path, commit_delay: Duration) -> StoreResult<Self> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(unavailable)?;
         }
@@ -124,7 +131,13 @@ impl EmbeddedStore {
             commits: GroupCommit::new(),
             last_evict: Mutex::new(std::time::Instant::now()),
         });
-        tokio::spawn(run_group_commits(Arc::downgrade(&inner), FLUSH_INTERVAL));
+        spawn_committer(
+            &inner,
+            CommitTiming {
+                interval: FLUSH_INTERVAL,
+                delay: commit_delay.min(super::MAX_COMMIT_DELAY),
+            },
+        )?;
         Ok(Self { inner })
     }
 
@@ -195,7 +208,7 @@ impl Committed for Inner {
     /// are read from the live view with the dirty marks, under their lock: a later commit never
     /// loses to an earlier one, and a debit is never committed without the removal of the entry
     /// it settles. On failure the marks go back, so the next attempt writes them.
-    fn commit(&self) -> StoreResult<u64> {
+    fn commit(&self) -> StoreResult<Commit> {
         let (counters, calls, generation) = {
             let mut dirty = self.dirty.lock().unwrap();
             let generation = dirty.generation;
@@ -207,16 +220,14 @@ impl Committed for Inner {
                 generation,
             )
         };
-        if counters.is_empty() && calls.is_empty() {
-            return Ok(generation);
-        }
-        if let Err(e) = self.write(&counters, &calls) {
+        let wrote = !(counters.is_empty() && calls.is_empty());
+        if wrote && let Err(e) = self.write(&counters, &calls) {
             let mut dirty = self.dirty.lock().unwrap();
             dirty.ids.extend(counters.into_iter().map(|(id, _)| id));
             dirty.calls.restore_changes(calls);
             return Err(e);
         }
-        Ok(generation)
+        Ok(Commit { generation, wrote })
     }
 
     fn before_commit(&self) {

@@ -20,13 +20,14 @@
 //! millisecond on a local disk), while Envoy is still sending it to the provider.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Weak;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 
 use super::{Debit, StoreError, StoreResult};
 
@@ -236,10 +237,25 @@ fn corrupt(e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("journal: {e}"))
 }
 
+/// The longest [`CommitTiming::delay`] a configuration may ask for: beyond it, a debit's
+/// durability and a call's journaling wait long enough to matter, for little more grouping.
+pub const MAX_COMMIT_DELAY: Duration = Duration::from_millis(50);
+
+/// When a committer commits.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct CommitTiming {
+    /// Commits at least this often, also when nobody asks (counters marked without a waiter).
+    pub interval: Duration,
+    /// Once asked, waits this long before committing, so that what is marked meanwhile shares
+    /// the commit's fsync. Zero: commits at once (back to back under load).
+    pub delay: Duration,
+}
+
 /// Group commits of one database: whoever marks changes gets the generation that commits them
 /// (from the owner's lock), wakes the committer, and may wait for that generation.
 pub(super) struct GroupCommit {
-    wake: Notify,
+    /// Shared with the committer thread, which must not keep the database alive while it waits.
+    wake: Arc<Wake>,
     /// How many generations are committed: the changes of generation `g` are durable once this
     /// is above `g`.
     committed: watch::Sender<u64>,
@@ -248,14 +264,14 @@ pub(super) struct GroupCommit {
 impl GroupCommit {
     pub(super) fn new() -> Self {
         Self {
-            wake: Notify::new(),
+            wake: Arc::new(Wake::default()),
             committed: watch::Sender::new(0),
         }
     }
 
     /// Commit soon, without waiting for the interval.
     pub(super) fn start(&self) {
-        self.wake.notify_one();
+        self.wake.ask();
     }
 
     pub(super) async fn wait(&self, generation: u64) -> StoreResult<()> {
@@ -274,15 +290,104 @@ impl GroupCommit {
     }
 }
 
-/// A database committed in groups by [`run_group_commits`].
+impl Drop for GroupCommit {
+    /// The database is gone: its committer ends now instead of at its next interval.
+    fn drop(&mut self) {
+        self.wake.close();
+    }
+}
+
+/// Wakes a committer thread. Only the first ask after a commit takes the lock (and costs a
+/// futex wake); later ones only see the flag set.
+#[derive(Default)]
+struct Wake {
+    asked: AtomicBool,
+    closed: AtomicBool,
+    lock: Mutex<()>,
+    bell: Condvar,
+}
+
+/// Why [`Wake::wait`] returned.
+#[derive(Debug, PartialEq, Eq)]
+enum Woken {
+    Asked,
+    Interval,
+    Closed,
+}
+
+impl Wake {
+    fn ask(&self) {
+        if !self.asked.swap(true, Ordering::AcqRel) {
+            // Taking the lock orders this after a committer's check of the flag: it is either
+            // seen there or the committer is already waiting for the bell.
+            drop(self.lock.lock().unwrap());
+            self.bell.notify_one();
+        }
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        drop(self.lock.lock().unwrap());
+        self.bell.notify_all();
+    }
+
+    /// Until asked, closed or `timeout` passed.
+    fn wait(&self, timeout: Duration) -> Woken {
+        let deadline = Instant::now() + timeout;
+        let mut guard = self.lock.lock().unwrap();
+        loop {
+            if self.closed.load(Ordering::Acquire) {
+                return Woken::Closed;
+            }
+            if self.asked.load(Ordering::Acquire) {
+                return Woken::Asked;
+            }
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return Woken::Interval;
+            };
+            guard = self.bell.wait_timeout(guard, left).unwrap().0;
+        }
+    }
+
+    /// Sleeps `pause`, asks or not; false if closed meanwhile.
+    fn pause(&self, pause: Duration) -> bool {
+        let deadline = Instant::now() + pause;
+        let mut guard = self.lock.lock().unwrap();
+        loop {
+            if self.closed.load(Ordering::Acquire) {
+                return false;
+            }
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return true;
+            };
+            guard = self.bell.wait_timeout(guard, left).unwrap().0;
+        }
+    }
+
+    /// The commit about to start takes everything asked for so far.
+    fn taken(&self) {
+        self.asked.store(false, Ordering::Release);
+    }
+}
+
+/// What [`Committed::commit`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Commit {
+    /// The generation it covered: everything marked in it is durable.
+    pub generation: u64,
+    /// False when nothing was marked, so nothing was written.
+    pub wrote: bool,
+}
+
+/// A database committed in groups by its committer thread ([`spawn_committer`]).
 pub(super) trait Committed: Send + Sync + 'static {
     fn commits(&self) -> &GroupCommit;
-    /// Writes everything marked so far in one transaction and returns the generation it covered;
-    /// on failure the changes stay marked for the next attempt.
-    fn commit(&self) -> StoreResult<u64>;
+    /// Writes everything marked so far in one transaction; on failure the changes stay marked
+    /// for the next attempt.
+    fn commit(&self) -> StoreResult<Commit>;
     /// Runs before each commit, on the committer (housekeeping such as evicting expired counters).
     fn before_commit(&self) {}
-    /// For logs and metrics.
+    /// For logs, metrics and the committer thread's name.
     fn name(&self) -> &'static str;
 }
 
@@ -317,24 +422,73 @@ impl<T: KeepsJournal> Journal for T {
     }
 }
 
-/// Commits `db` when woken and at least every `interval`, until it is dropped.
-pub(super) async fn run_group_commits<T: Committed>(db: Weak<T>, interval: Duration) {
+/// Starts the thread that commits `db` when asked (after `timing.delay`) and at least every
+/// `timing.interval`, until `db` is dropped. A commit is blocking disk work (writes and an
+/// fsync): one thread of its own does it where it is woken, instead of a runtime task handing
+/// each commit to the blocking pool and back (two more thread hops per commit). The thread holds
+/// `db` only while it commits, so dropping the last handle ends it and releases the file.
+pub(super) fn spawn_committer<T: Committed>(
+    db: &Arc<T>,
+    timing: CommitTiming,
+) -> StoreResult<std::thread::JoinHandle<()>> {
+    let wake = db.commits().wake.clone();
+    let name = db.name();
+    let db = Arc::downgrade(db);
+    std::thread::Builder::new()
+        .name(format!("commit-{name}"))
+        .spawn(move || commit_until_dropped(db, &wake, timing))
+        .map_err(|e| StoreError::Unavailable(format!("starting the {name} committer: {e}")))
+}
+
+fn commit_until_dropped<T: Committed>(db: Weak<T>, wake: &Wake, timing: CommitTiming) {
+    let mut failed = false;
     loop {
-        let Some(strong) = db.upgrade() else {
+        if failed {
+            // A failing disk is tried again each interval, not at every ask.
+            if !wake.pause(timing.interval) {
+                return;
+            }
+        } else {
+            match wake.wait(timing.interval) {
+                Woken::Closed => return,
+                Woken::Asked if !timing.delay.is_zero() => {
+                    if !wake.pause(timing.delay) {
+                        return;
+                    }
+                }
+                Woken::Asked | Woken::Interval => {}
+            }
+        }
+        let Some(db) = db.upgrade() else {
             return;
         };
-        let _ = tokio::time::timeout(interval, strong.commits().wake.notified()).await;
-        strong.before_commit();
-        let committing = strong.clone();
-        match tokio::task::spawn_blocking(move || committing.commit()).await {
-            Ok(Ok(generation)) => strong.commits().done(generation),
-            Ok(Err(e)) => {
-                metrics::counter!("tollgate_store_errors_total", "backend" => strong.name(), "op" => "commit").increment(1);
-                tracing::error!(db = strong.name(), error = %e, "commit failed; retrying");
-            }
-            Err(e) => tracing::error!(db = strong.name(), error = %e, "committer panicked"),
-        }
+        wake.taken();
+        failed = !commit_once(db.as_ref());
     }
+}
+
+/// One commit, its waiters told; a failure (or a panic) is logged and counted, and its changes
+/// stay marked for the next attempt. True if it committed.
+fn commit_once<T: Committed>(db: &T) -> bool {
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        db.before_commit();
+        db.commit()
+    }));
+    let error = match outcome {
+        Ok(Ok(commit)) => {
+            if commit.wrote {
+                metrics::counter!("tollgate_store_commits_total", "db" => db.name()).increment(1);
+            }
+            db.commits().done(commit.generation);
+            return true;
+        }
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "the commit panicked".to_owned(),
+    };
+    metrics::counter!("tollgate_store_errors_total", "backend" => db.name(), "op" => "commit")
+        .increment(1);
+    tracing::error!(db = db.name(), error, "commit failed; retrying");
+    false
 }
 
 #[cfg(test)]

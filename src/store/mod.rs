@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 pub use dynamodb::{Admission, DynamoDbSettings, DynamoStore};
 pub use embedded::EmbeddedStore;
-pub use journal::{Journal, JournalEntry, MAX_OPEN_CALLS, Opened};
+pub use journal::{Journal, JournalEntry, MAX_COMMIT_DELAY, MAX_OPEN_CALLS, Opened};
 pub use memory::MemoryStore;
 pub use spool::Spool;
 

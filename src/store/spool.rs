@@ -15,7 +15,8 @@ use std::time::Duration;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::journal::{
-    Committed, GroupCommit, Journal, KeepsJournal, OpenCalls, run_group_commits, write_changes,
+    Commit, CommitTiming, Committed, GroupCommit, Journal, KeepsJournal, OpenCalls,
+    spawn_committer, write_changes,
 };
 use super::{Debit, StoreError, StoreResult};
 
@@ -47,9 +48,14 @@ fn failed(e: impl std::fmt::Display) -> StoreError {
 }
 
 impl Spool {
-    /// Opens (or creates) the spool file. Must be called inside a Tokio runtime: it starts the
-    /// journal's committer.
+    /// Opens (or creates) the spool file and starts the journal's committer.
     pub fn open(path: &Path) -> StoreResult<Self> {
+        Self::open_with_commit_delay(path, Duration::ZERO)
+    }
+
+    /// [`Spool::open`] whose journal committer, once asked, waits `commit_delay` (at most
+    /// [`super::MAX_COMMIT_DELAY`]) before committing, so that more calls share one fsync.
+    pub fn open_with_commit_delay(path: &Path, commit_delay: Duration) -> StoreResult<Self> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(failed)?;
         }
@@ -80,10 +86,13 @@ impl Spool {
             }),
             commits: GroupCommit::new(),
         });
-        tokio::spawn(run_group_commits(
-            Arc::downgrade(&journal),
-            JOURNAL_COMMIT_INTERVAL,
-        ));
+        spawn_committer(
+            &journal,
+            CommitTiming {
+                interval: JOURNAL_COMMIT_INTERVAL,
+                delay: commit_delay.min(super::MAX_COMMIT_DELAY),
+            },
+        )?;
         Ok(Self {
             db,
             next_seq: AtomicU64::new(next_seq),
@@ -187,7 +196,7 @@ impl Committed for SpoolJournal {
         &self.commits
     }
 
-    fn commit(&self) -> StoreResult<u64> {
+    fn commit(&self) -> StoreResult<Commit> {
         let (changes, generation) = {
             let mut journal = self.calls.lock().unwrap();
             let generation = journal.generation;
@@ -195,7 +204,10 @@ impl Committed for SpoolJournal {
             (journal.calls.take_changes(), generation)
         };
         if changes.is_empty() {
-            return Ok(generation);
+            return Ok(Commit {
+                generation,
+                wrote: false,
+            });
         }
         let written = (|| {
             let tx = self.db.begin_write().map_err(failed)?;
@@ -206,7 +218,10 @@ impl Committed for SpoolJournal {
             self.calls.lock().unwrap().calls.restore_changes(changes);
             return Err(e);
         }
-        Ok(generation)
+        Ok(Commit {
+            generation,
+            wrote: true,
+        })
     }
 
     fn name(&self) -> &'static str {
