@@ -81,6 +81,16 @@ impl EmbeddedStore {
     /// [`EmbeddedStore::open`] whose committer, once asked, waits `commit_delay` (at most
     /// [`super::MAX_COMMIT_DELAY`]) before committing, so that more calls share one fsync.
     pub fn open_with_commit_delay(path: &Path, commit_delay: Duration) -> StoreResult<Self> {
+        Self::open_timed(
+            path,
+            CommitTiming {
+                interval: FLUSH_INTERVAL,
+                delay: commit_delay.min(super::MAX_COMMIT_DELAY),
+            },
+        )
+    }
+
+    fn open_timed(path: &Path, timing: CommitTiming) -> StoreResult<Self> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(unavailable)?;
         }
@@ -131,13 +141,7 @@ impl EmbeddedStore {
             commits: GroupCommit::new(),
             last_evict: Mutex::new(std::time::Instant::now()),
         });
-        spawn_committer(
-            &inner,
-            CommitTiming {
-                interval: FLUSH_INTERVAL,
-                delay: commit_delay.min(super::MAX_COMMIT_DELAY),
-            },
-        )?;
+        spawn_committer(&inner, timing)?;
         Ok(Self { inner })
     }
 
@@ -419,6 +423,36 @@ mod tests {
             .unwrap();
         assert_eq!(values, vec![42, 1, 0]);
         assert_eq!(store.team_for_client("c").await.unwrap(), Some(team));
+    }
+
+    #[tokio::test]
+    async fn with_a_commit_delay_calls_journaled_during_it_share_one_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let store = EmbeddedStore::open_timed(
+            &path,
+            CommitTiming {
+                // Only asked commits: the count below is theirs alone.
+                interval: Duration::from_secs(3600),
+                delay: Duration::from_secs(1),
+            },
+        )
+        .unwrap();
+        let journal = store.journal().unwrap();
+        let ids = ["a", "b", "c", "d"];
+        for id in ids {
+            assert_eq!(
+                journal.open(crate::store::journal::tests::entry(id)),
+                crate::store::Opened::Journaled
+            );
+            // Later than a commit without a delay would have started.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        journal.flush().await.unwrap();
+        assert_eq!(store.inner.commits.written(), 1, "one commit for all four");
+        let tx = store.inner.db.begin_read().unwrap();
+        let rows = OpenCalls::load(&tx).unwrap().claim_all().len();
+        assert_eq!(rows, ids.len(), "all four are on disk");
     }
 
     #[tokio::test]

@@ -20,7 +20,7 @@
 //! millisecond on a local disk), while Envoy is still sending it to the provider.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -259,6 +259,8 @@ pub(super) struct GroupCommit {
     /// How many generations are committed: the changes of generation `g` are durable once this
     /// is above `g`.
     committed: watch::Sender<u64>,
+    /// Commits that wrote something (`tollgate_store_commits_total`, per database).
+    written: AtomicU64,
 }
 
 impl GroupCommit {
@@ -266,7 +268,13 @@ impl GroupCommit {
         Self {
             wake: Arc::new(Wake::default()),
             committed: watch::Sender::new(0),
+            written: AtomicU64::new(0),
         }
+    }
+
+    /// How many commits wrote something so far.
+    pub(super) fn written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
     }
 
     /// Commit soon, without waiting for the interval.
@@ -477,6 +485,7 @@ fn commit_once<T: Committed>(db: &T) -> bool {
     let error = match outcome {
         Ok(Ok(commit)) => {
             if commit.wrote {
+                db.commits().written.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("tollgate_store_commits_total", "db" => db.name()).increment(1);
             }
             db.commits().done(commit.generation);
@@ -492,7 +501,7 @@ fn commit_once<T: Committed>(db: &T) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::store::CounterKey;
 
@@ -526,6 +535,140 @@ mod tests {
     fn settle(calls: &mut OpenCalls, id: &str) {
         assert!(calls.claim(id));
         calls.settle(id);
+    }
+
+    /// A database whose commits fail while told to, for the committer's own behaviour.
+    struct Scripted {
+        commits: GroupCommit,
+        attempts: AtomicU64,
+        failing: AtomicBool,
+        generation: Mutex<u64>,
+    }
+
+    impl Scripted {
+        fn start(timing: CommitTiming) -> (Arc<Self>, std::thread::JoinHandle<()>) {
+            let db = Arc::new(Self {
+                commits: GroupCommit::new(),
+                attempts: AtomicU64::new(0),
+                failing: AtomicBool::new(false),
+                generation: Mutex::new(0),
+            });
+            let committer = spawn_committer(&db, timing).unwrap();
+            (db, committer)
+        }
+
+        fn attempts(&self) -> u64 {
+            self.attempts.load(Ordering::SeqCst)
+        }
+
+        /// The generation a change marked now is committed by.
+        fn mark(&self) -> u64 {
+            *self.generation.lock().unwrap()
+        }
+    }
+
+    impl Committed for Scripted {
+        fn commits(&self) -> &GroupCommit {
+            &self.commits
+        }
+
+        fn commit(&self) -> StoreResult<Commit> {
+            self.attempts.fetch_add(1, Ordering::SeqCst);
+            if self.failing.load(Ordering::SeqCst) {
+                return Err(StoreError::Unavailable("disk full".into()));
+            }
+            let mut generation = self.generation.lock().unwrap();
+            *generation += 1;
+            Ok(Commit {
+                generation: *generation - 1,
+                wrote: true,
+            })
+        }
+
+        fn name(&self) -> &'static str {
+            "scripted"
+        }
+    }
+
+    const NEVER: Duration = Duration::from_secs(3600);
+
+    /// Waits (generously: the machine may be busy) until `done` holds.
+    async fn eventually(what: &str, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !done() {
+            assert!(Instant::now() < deadline, "still not {what} after 30 s");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn the_committer_commits_when_asked_without_waiting_for_the_interval() {
+        let (db, _committer) = Scripted::start(CommitTiming {
+            interval: NEVER,
+            delay: Duration::ZERO,
+        });
+        for round in 1..=3 {
+            db.commits().wait(db.mark()).await.unwrap();
+            assert_eq!(db.attempts(), round);
+        }
+        assert_eq!(db.commits().written(), 3);
+    }
+
+    #[tokio::test]
+    async fn the_committer_commits_every_interval_unasked() {
+        let (db, _committer) = Scripted::start(CommitTiming {
+            interval: Duration::from_millis(10),
+            delay: Duration::ZERO,
+        });
+        eventually("committed three times", || db.attempts() >= 3).await;
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_keeps_its_waiters_waiting_and_is_retried_unasked() {
+        let (db, _committer) = Scripted::start(CommitTiming {
+            interval: Duration::from_millis(20),
+            delay: Duration::ZERO,
+        });
+        db.failing.store(true, Ordering::SeqCst);
+        let generation = db.mark();
+        db.commits().start();
+        eventually("retried", || db.attempts() >= 2).await;
+        assert_eq!(
+            *db.commits().committed.borrow(),
+            0,
+            "told done after a failure"
+        );
+        assert_eq!(db.commits().written(), 0);
+        db.failing.store(false, Ordering::SeqCst);
+        let attempts = db.attempts();
+        // Not asked again: the retry after the failure is what commits it.
+        let mut committed = db.commits().committed.subscribe();
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            committed.wait_for(|&g| g > generation),
+        )
+        .await
+        .expect("retried within 30 s")
+        .unwrap();
+        assert!(db.attempts() > attempts);
+    }
+
+    #[test]
+    fn the_committer_ends_when_its_database_is_dropped() {
+        let (db, committer) = Scripted::start(CommitTiming {
+            interval: NEVER,
+            delay: NEVER,
+        });
+        db.commits().start();
+        // Dropped while it waits out its delay (and with an interval it would never reach).
+        drop(db);
+        let (ended, ending) = std::sync::mpsc::channel();
+        std::thread::spawn(move || ended.send(committer.join().is_ok()));
+        assert_eq!(
+            ending.recv_timeout(Duration::from_secs(30)),
+            Ok(true),
+            "the committer thread outlived its database"
+        );
     }
 
     #[test]
