@@ -1,9 +1,10 @@
 //! Embedded store: an in-memory live view made durable in a local redb file.
 //!
 //! Admission (conditional increments) works on memory only, so the request path never waits for
-//! a disk. A background flusher group-commits every changed counter in one fsynced transaction
-//! (at most every `FLUSH_INTERVAL`, sooner when a debit or a journaled call asks); debits wait for
-//! that commit, so a debit that returned is on disk. Requests-per-minute buckets written since the
+//! a disk. A committer thread (see `journal::spawn_committer`) group-commits every changed counter
+//! in one fsynced transaction (at least every `FLUSH_INTERVAL`, sooner when a debit or a journaled
+//! call asks, after the configured commit delay); debits wait for that commit, so a debit that
+//! returned is on disk. Requests-per-minute buckets written since the
 //! last commit are lost in a crash, which at worst forgives one window; token debits are not.
 //!
 //! The journal of admitted calls (see `journal`) lives in the same database and goes through the
@@ -43,7 +44,7 @@ struct Inner {
     db: Database,
     dirty: Mutex<Dirty>,
     commits: GroupCommit,
-    /// When the flusher last dropped expired counters.
+    /// When the committer last dropped expired counters.
     last_evict: Mutex<std::time::Instant>,
 }
 
@@ -411,7 +412,7 @@ mod tests {
             );
             store.flush().await.unwrap();
         }
-        // The flusher holds only a weak reference: once the store is dropped the file is free.
+        // The committer holds only a weak reference: once the store is dropped the file is free.
         let store = crate::store::reopen_when_released(|| EmbeddedStore::open(&path)).await;
         let values = store
             .read_counters(&[

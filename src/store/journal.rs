@@ -17,7 +17,11 @@
 //!
 //! Admission does not wait for the entry to be durable: it starts the group commit and goes on.
 //! A call is unjournaled from its admission until that commit ends (one commit, about a
-//! millisecond on a local disk), while Envoy is still sending it to the provider.
+//! millisecond on a local disk, plus the commit delay if one is configured), while Envoy is still
+//! sending it to the provider.
+//!
+//! Each database is committed by a thread of its own ([`spawn_committer`]), which the journal,
+//! a debit waiting for durability and its interval wake.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -273,6 +277,7 @@ impl GroupCommit {
     }
 
     /// How many commits wrote something so far.
+    #[cfg(test)]
     pub(super) fn written(&self) -> u64 {
         self.written.load(Ordering::Relaxed)
     }
