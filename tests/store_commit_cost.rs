@@ -144,7 +144,11 @@ fn commit_cost_per_call() {
         load.tasks,
         load.exchange.as_millis(),
         load.run,
-        load_avg.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+        load_avg
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     println!("store     delay  calls/s  commits/s  calls/commit  cpu/call");
     let mut runs: Vec<(String, Option<u64>)> = vec![("memory".into(), None)];
