@@ -344,34 +344,19 @@ impl Wake {
         self.bell.notify_all();
     }
 
-    /// Until asked, closed or `timeout` passed.
-    fn wait(&self, timeout: Duration) -> Woken {
+    /// Until asked (when `asks_wake`), closed or `timeout` passed.
+    fn wait(&self, timeout: Duration, asks_wake: bool) -> Woken {
         let deadline = Instant::now() + timeout;
         let mut guard = self.lock.lock().unwrap();
         loop {
             if self.closed.load(Ordering::Acquire) {
                 return Woken::Closed;
             }
-            if self.asked.load(Ordering::Acquire) {
+            if asks_wake && self.asked.load(Ordering::Acquire) {
                 return Woken::Asked;
             }
             let Some(left) = deadline.checked_duration_since(Instant::now()) else {
                 return Woken::Interval;
-            };
-            guard = self.bell.wait_timeout(guard, left).unwrap().0;
-        }
-    }
-
-    /// Sleeps `pause`, asks or not; false if closed meanwhile.
-    fn pause(&self, pause: Duration) -> bool {
-        let deadline = Instant::now() + pause;
-        let mut guard = self.lock.lock().unwrap();
-        loop {
-            if self.closed.load(Ordering::Acquire) {
-                return false;
-            }
-            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-                return true;
             };
             guard = self.bell.wait_timeout(guard, left).unwrap().0;
         }
@@ -456,21 +441,14 @@ pub(super) fn spawn_committer<T: Committed>(
 fn commit_until_dropped<T: Committed>(db: Weak<T>, wake: &Wake, timing: CommitTiming) {
     let mut failed = false;
     loop {
-        if failed {
-            // A failing disk is tried again each interval, not at every ask.
-            if !wake.pause(timing.interval) {
-                return;
-            }
-        } else {
-            match wake.wait(timing.interval) {
-                Woken::Closed => return,
-                Woken::Asked if !timing.delay.is_zero() => {
-                    if !wake.pause(timing.delay) {
-                        return;
-                    }
-                }
-                Woken::Asked | Woken::Interval => {}
-            }
+        // A failing disk is tried again each interval, not at every ask.
+        let woken = wake.wait(timing.interval, !failed);
+        let woken = match woken {
+            Woken::Asked if !timing.delay.is_zero() => wake.wait(timing.delay, false),
+            woken => woken,
+        };
+        if woken == Woken::Closed {
+            return;
         }
         let Some(db) = db.upgrade() else {
             return;
