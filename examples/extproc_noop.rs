@@ -1,13 +1,16 @@
 //! A no-op ext_proc server: answers every message with "continue, unchanged" and does nothing
-//! else. `dev/bench` puts it where tollgate sits, with the same Envoy attachment, to show the
-//! floor of that attachment: what Envoy and gRPC cost before tollgate does any work. A stream
-//! whose filter says `x-tollgate-attachment: observer` (observability mode) is never answered,
-//! as tollgate never answers it.
+//! else; it also takes Envoy's gRPC access log (the fast attachment's) and discards it. `dev/bench`
+//! puts it where tollgate sits, with the same Envoy attachment, to show the floor of that
+//! attachment: what Envoy and gRPC cost before tollgate does any work.
 //!
 //!   cargo run --release --example extproc_noop -- ADDR
 
 use std::pin::Pin;
 
+use envoy_types::pb::envoy::service::accesslog::v3::{
+    StreamAccessLogsMessage, StreamAccessLogsResponse,
+    access_log_service_server::{AccessLogService, AccessLogServiceServer},
+};
 use envoy_types::pb::envoy::service::ext_proc::v3::{
     BodyResponse, HeadersResponse, ProcessingRequest, ProcessingResponse, TrailersResponse,
     external_processor_server::{ExternalProcessor, ExternalProcessorServer},
@@ -34,17 +37,6 @@ fn reply(message: ProcessingRequest) -> Option<ProcessingResponse> {
     })
 }
 
-/// The last message of a response: its end of stream, or an event stream's `[DONE]`.
-fn response_over(message: &ProcessingRequest) -> bool {
-    match &message.request {
-        Some(Message::ResponseBody(body)) => {
-            body.end_of_stream || body.body.windows(6).any(|w| w == b"[DONE]")
-        }
-        Some(Message::ResponseHeaders(headers)) => headers.end_of_stream,
-        _ => false,
-    }
-}
-
 type Replies = Pin<Box<dyn Stream<Item = Result<ProcessingResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -55,24 +47,22 @@ impl ExternalProcessor for Noop {
         &self,
         request: Request<Streaming<ProcessingRequest>>,
     ) -> Result<Response<Replies>, Status> {
-        let observer = request
-            .metadata()
-            .get("x-tollgate-attachment")
-            .is_some_and(|v| v == "observer");
-        let inbound = request.into_inner();
-        // An observer ends its stream once the response is over (as tollgate does once it has
-        // charged it), rather than being held open `deferred_close_timeout` by Envoy.
-        let inbound = inbound.take_while(move |message| {
-            let over = observer && message.as_ref().map_or(true, response_over);
-            async move { !over }
-        });
-        let replies = inbound.filter_map(move |message| async move {
-            match message {
-                Ok(message) if !observer => reply(message).map(Ok),
-                _ => None,
-            }
-        });
+        let replies = request
+            .into_inner()
+            .filter_map(|message| async move { reply(message.ok()?).map(Ok) });
         Ok(Response::new(Box::pin(replies)))
+    }
+}
+
+#[tonic::async_trait]
+impl AccessLogService for Noop {
+    async fn stream_access_logs(
+        &self,
+        request: Request<Streaming<StreamAccessLogsMessage>>,
+    ) -> Result<Response<StreamAccessLogsResponse>, Status> {
+        let mut inbound = request.into_inner();
+        while let Ok(Some(_entries)) = inbound.message().await {}
+        Ok(Response::new(StreamAccessLogsResponse {}))
     }
 }
 
@@ -84,6 +74,7 @@ async fn main() -> anyhow::Result<()> {
         .parse()?;
     tonic::transport::Server::builder()
         .add_service(ExternalProcessorServer::new(Noop))
+        .add_service(AccessLogServiceServer::new(Noop))
         .serve(addr)
         .await?;
     Ok(())
