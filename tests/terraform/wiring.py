@@ -700,6 +700,8 @@ def envoy_parts(envoy_yaml: str) -> dict[str, Any]:
 EXT_PROC = "envoy.filters.http.ext_proc"
 JWT_AUTHN = "envoy.filters.http.jwt_authn"
 PROVIDER_CLUSTERS = {"openai", "anthropic"}
+# ECS refuses a task definition larger than 64 KiB (its "task definition size" quota).
+TASK_DEFINITION_MAX_BYTES = 64 * 1024
 # Nothing on the response waits for tollgate: no response phase at all.
 NO_RESPONSE_PHASE = {"response_header_mode": "SKIP", "response_body_mode": "NONE", "response_trailer_mode": "SKIP"}
 
@@ -838,6 +840,14 @@ def check_fast_attachment(stack: Stack) -> list[str]:
     matcher = log.get("filter", {}).get("metadata_filter", {}).get("matcher", {})
     if matcher.get("filter") != "tollgate" or matcher.get("path") != [{"key": "handoff"}]:
         problems.append("the access log must report the requests tollgate parked (tollgate:handoff present)")
+
+    # The task definition that carries it (Envoy's bootstrap is on its command line).
+    problems += botocore_problems(stack.rendered_fast["container_definitions"])
+    for rendered in (stack.rendered, stack.rendered_fast):
+        size = len(rendered["container_definitions_json"].encode())
+        if size > TASK_DEFINITION_MAX_BYTES - 8192:
+            problems.append(f"the container definitions take {size} bytes: too close to ECS's task definition "
+                            f"limit ({TASK_DEFINITION_MAX_BYTES} bytes) for the rest of the task definition")
 
     # And the four-phase rendering has none of it: its response phase is held.
     if four["hcm"].get("access_log") or "envoy.filters.http.buffer" in four["filters"]:
