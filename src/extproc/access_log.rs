@@ -86,7 +86,6 @@ impl AccessLogReceiver {
         };
         let Some(key) = envoy::metadata_string(metadata, handoff::NAMESPACE, handoff::KEY) else {
             // A request tollgate refused, or one with nothing billable: nothing was parked.
-            tracing::warn!(namespaces = ?metadata.filter_metadata.keys().collect::<Vec<_>>(), tollgate = ?metadata.filter_metadata.get(handoff::NAMESPACE), status = ?entry.response.as_ref().and_then(|r| r.response_code), "DEBUG no hand-off");
             count("no_handoff");
             return;
         };
