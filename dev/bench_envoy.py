@@ -38,8 +38,17 @@ def admission_only(text: str) -> str:
     """The admission filter alone: one synchronous message, nothing reads or reports the
     response (no usage filters, no access log): the floor of any attachment that admits on the
     request body."""
-    text = _cut(text, "          - name: envoy.filters.http.json_to_metadata",
+    return without_access_log(without_usage_filters(text))
+
+
+def without_usage_filters(text: str) -> str:
+    """The fast attachment without json_to_metadata and sse_to_metadata (no usage read)."""
+    return _cut(text, "          - name: envoy.filters.http.json_to_metadata",
                 "          - name: envoy.filters.http.buffer")
+
+
+def without_access_log(text: str) -> str:
+    """The fast attachment without its access log (nothing reported)."""
     return _cut(text, "          access_log:\n", "          route_config:")
 
 
@@ -72,6 +81,8 @@ def main(out: Path) -> None:
         # Floors of attachments not shipped, to see what each part of the fast one costs.
         scenarios += [
             ("noop-admission-only", "local-fast.yaml", NOOP_GRPC, 10115, 10196, admission_only),
+            ("noop-fast-no-usage-filters", "local-fast.yaml", NOOP_GRPC, 10116, 10197, without_usage_filters),
+            ("noop-fast-no-access-log", "local-fast.yaml", NOOP_GRPC, 10117, 10198, without_access_log),
         ]
     for i, variant in enumerate(os.environ.get("BENCH_VARIANTS", "").split()):
         scenarios.append((f"tollgate-guarded-{variant}", "local.yaml", VARIANT_GRPC + i,
