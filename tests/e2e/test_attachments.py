@@ -40,6 +40,7 @@ TEAMS = [
     Team("fp-refused", rpm=1, daily_tokens=DAILY),
     Team("fp-headers", rpm=9, daily_tokens=5000),
     Team("fp-nobody", rpm=1000, daily_tokens=DAILY),
+    Team("fp-restart", rpm=1000, daily_tokens=DAILY),
 ]
 ENVOY_DIR = Path(__file__).resolve().parents[2] / "envoy"
 
@@ -230,6 +231,25 @@ def test_requests_without_a_body_are_still_admitted(fast, marker):
     empty = fast.post("/v1/chat/completions", token=fast.token("fp-nobody"), content=b"", marker=marker)
     assert empty.status_code == 400, empty.text
     assert [q["path"] for q in fast.upstream_requests(marker)] == ["/v1/models"]
+
+
+def test_fast_path_charges_exactly_after_tollgate_restarts(stack_factory, marker):
+    """Envoy's access-log stream to tollgate breaks when tollgate restarts; Envoy opens a new one
+    and the next responses are charged from it, exactly (not the prompt a missing entry gets)."""
+    s = stack_factory("fast-restart", [Team("fp-restart", rpm=1000, daily_tokens=DAILY)],
+                      envoy_config="local-fast.yaml")
+    assert s.chat(s.token("fp-restart"), marker=marker, usage="prompt=1,completion=1").status_code == 200
+    s.wait_remaining_tokens("fp-restart", DAILY - 2, timeout=10)
+    s.tollgate.stop()
+    s.start_tollgate()
+    left = s.remaining_tokens("fp-restart")
+    for _ in range(3):
+        r = s.chat(s.token("fp-restart"), marker=marker, usage="prompt=40,completion=60")
+        assert r.status_code == 200, r.text
+    # Within the 5 s after which a request without an entry is charged its prompt (3 tokens here):
+    # only the entries' usage adds up to 300.
+    s.wait_remaining_tokens("fp-restart", left - 300, timeout=4)
+    assert s.metric("tollgate_extproc_handoffs_unclaimed_total") == 0
 
 
 def test_fast_config_extracts_every_usage_field_tollgate_reads():
