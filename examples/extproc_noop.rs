@@ -14,13 +14,13 @@ use envoy_types::pb::envoy::service::accesslog::v3::{
     StreamAccessLogsMessage, StreamAccessLogsResponse,
     access_log_service_server::{AccessLogService, AccessLogServiceServer},
 };
-use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use envoy_types::pb::envoy::service::ext_proc::v3::{
     BodyResponse, HeadersResponse, ProcessingRequest, ProcessingResponse, TrailersResponse,
     external_processor_server::{ExternalProcessor, ExternalProcessorServer},
     processing_request::Request as Message,
     processing_response::Response as Reply,
 };
+use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use futures_util::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -55,7 +55,10 @@ fn what_tollgate_hands_over() -> Struct {
         ("handoff", "1"),
     ];
     let tollgate = Struct {
-        fields: fields.iter().map(|(k, v)| ((*k).to_owned(), string(v))).collect(),
+        fields: fields
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), string(v)))
+            .collect(),
     };
     Struct {
         fields: [(
