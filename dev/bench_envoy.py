@@ -29,24 +29,27 @@ NOOP_GRPC = 10160
 VARIANT_GRPC = 10170
 
 
-def _observer(text: str) -> tuple[int, int]:
-    start = text.index("          - name: tollgate_observer")
-    end = text.index("          - name: envoy.filters.http.buffer")
-    return start, end
+def _cut(text: str, start_marker: str, end_marker: str) -> str:
+    start = text.index(start_marker)
+    return text[:start] + text[text.index(end_marker, start):]
 
 
-def without_observer(text: str) -> str:
-    """The admission filter alone: one synchronous message, nothing sees the response."""
-    start, end = _observer(text)
-    return text[:start] + text[end:]
+def admission_only(text: str) -> str:
+    """The admission filter alone: one synchronous message, nothing reads or reports the
+    response (no usage filters, no access log): the floor of any attachment that admits on the
+    request body."""
+    return without_access_log(without_usage_filters(text))
 
 
-def observer_without_headers(text: str) -> str:
-    """The observer sent only the response body (status and content type would come as
-    response_attributes)."""
-    start, end = _observer(text)
-    block = text[start:end].replace("response_header_mode: SEND", "response_header_mode: SKIP")
-    return text[:start] + block + text[end:]
+def without_usage_filters(text: str) -> str:
+    """The fast attachment without json_to_metadata and sse_to_metadata (no usage read)."""
+    return _cut(text, "          - name: envoy.filters.http.json_to_metadata",
+                "          - name: envoy.filters.http.buffer")
+
+
+def without_access_log(text: str) -> str:
+    """The fast attachment without its access log (nothing reported)."""
+    return _cut(text, "          access_log:\n", "          route_config:")
 
 
 def main(out: Path) -> None:
@@ -77,8 +80,9 @@ def main(out: Path) -> None:
     if os.environ.get("BENCH_EXPLORE"):
         # Floors of attachments not shipped, to see what each part of the fast one costs.
         scenarios += [
-            ("noop-admission-only", "local-fast.yaml", NOOP_GRPC, 10115, 10196, without_observer),
-            ("noop-observer-no-headers", "local-fast.yaml", NOOP_GRPC, 10116, 10197, observer_without_headers),
+            ("noop-admission-only", "local-fast.yaml", NOOP_GRPC, 10115, 10196, admission_only),
+            ("noop-fast-no-usage-filters", "local-fast.yaml", NOOP_GRPC, 10116, 10197, without_usage_filters),
+            ("noop-fast-no-access-log", "local-fast.yaml", NOOP_GRPC, 10117, 10198, without_access_log),
         ]
     for i, variant in enumerate(os.environ.get("BENCH_VARIANTS", "").split()):
         scenarios.append((f"tollgate-guarded-{variant}", "local.yaml", VARIANT_GRPC + i,

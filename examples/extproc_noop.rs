@@ -1,19 +1,26 @@
 //! A no-op ext_proc server: answers every message with "continue, unchanged" and does nothing
-//! else. `dev/bench` puts it where tollgate sits, with the same Envoy attachment, to show the
-//! floor of that attachment: what Envoy and gRPC cost before tollgate does any work. A stream
-//! whose filter says `x-tollgate-attachment: observer` (observability mode) is never answered,
-//! as tollgate never answers it.
+//! else; it also takes Envoy's gRPC access log (the fast attachment's) and discards it. `dev/bench`
+//! puts it where tollgate sits, with the same Envoy attachment, to show the floor of that
+//! attachment: what Envoy and gRPC cost before tollgate does any work. On the fast attachment
+//! (`x-tollgate-attachment: admission`) it hands Envoy the dynamic metadata tollgate would (fixed
+//! rate-limit values and a hand-off key), so that Envoy formats the same response headers and
+//! logs the same access-log entries as with tollgate.
 //!
 //!   cargo run --release --example extproc_noop -- ADDR
 
 use std::pin::Pin;
 
+use envoy_types::pb::envoy::service::accesslog::v3::{
+    StreamAccessLogsMessage, StreamAccessLogsResponse,
+    access_log_service_server::{AccessLogService, AccessLogServiceServer},
+};
 use envoy_types::pb::envoy::service::ext_proc::v3::{
     BodyResponse, HeadersResponse, ProcessingRequest, ProcessingResponse, TrailersResponse,
     external_processor_server::{ExternalProcessor, ExternalProcessorServer},
     processing_request::Request as Message,
     processing_response::Response as Reply,
 };
+use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use futures_util::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -34,14 +41,33 @@ fn reply(message: ProcessingRequest) -> Option<ProcessingResponse> {
     })
 }
 
-/// The last message of a response: its end of stream, or an event stream's `[DONE]`.
-fn response_over(message: &ProcessingRequest) -> bool {
-    match &message.request {
-        Some(Message::ResponseBody(body)) => {
-            body.end_of_stream || body.body.windows(6).any(|w| w == b"[DONE]")
-        }
-        Some(Message::ResponseHeaders(headers)) => headers.end_of_stream,
-        _ => false,
+/// The `tollgate` metadata namespace as tollgate's admission sets it (values are fixed here).
+fn what_tollgate_hands_over() -> Struct {
+    let string = |s: &str| Value {
+        kind: Some(Kind::StringValue(s.to_owned())),
+    };
+    let fields = [
+        ("x-ratelimit-limit", "1000"),
+        ("x-ratelimit-remaining", "999"),
+        ("x-ratelimit-reset", "60"),
+        ("x-ratelimit-limit-tokens", "1000000"),
+        ("x-ratelimit-remaining-tokens", "999000"),
+        ("handoff", "1"),
+    ];
+    let tollgate = Struct {
+        fields: fields
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), string(v)))
+            .collect(),
+    };
+    Struct {
+        fields: [(
+            "tollgate".to_owned(),
+            Value {
+                kind: Some(Kind::StructValue(tollgate)),
+            },
+        )]
+        .into(),
     }
 }
 
@@ -55,24 +81,32 @@ impl ExternalProcessor for Noop {
         &self,
         request: Request<Streaming<ProcessingRequest>>,
     ) -> Result<Response<Replies>, Status> {
-        let observer = request
+        let admission = request
             .metadata()
             .get("x-tollgate-attachment")
-            .is_some_and(|v| v == "observer");
-        let inbound = request.into_inner();
-        // An observer ends its stream once the response is over (as tollgate does once it has
-        // charged it), rather than being held open `deferred_close_timeout` by Envoy.
-        let inbound = inbound.take_while(move |message| {
-            let over = observer && message.as_ref().map_or(true, response_over);
-            async move { !over }
-        });
-        let replies = inbound.filter_map(move |message| async move {
-            match message {
-                Ok(message) if !observer => reply(message).map(Ok),
-                _ => None,
+            .is_some_and(|v| v == "admission");
+        let replies = request.into_inner().filter_map(move |message| async move {
+            let message = message.ok()?;
+            let body = matches!(message.request, Some(Message::RequestBody(_)));
+            let mut reply = reply(message)?;
+            if admission && body {
+                reply.dynamic_metadata = Some(what_tollgate_hands_over());
             }
+            Some(Ok(reply))
         });
         Ok(Response::new(Box::pin(replies)))
+    }
+}
+
+#[tonic::async_trait]
+impl AccessLogService for Noop {
+    async fn stream_access_logs(
+        &self,
+        request: Request<Streaming<StreamAccessLogsMessage>>,
+    ) -> Result<Response<StreamAccessLogsResponse>, Status> {
+        let mut inbound = request.into_inner();
+        while let Ok(Some(_entries)) = inbound.message().await {}
+        Ok(Response::new(StreamAccessLogsResponse {}))
     }
 }
 
@@ -84,6 +118,7 @@ async fn main() -> anyhow::Result<()> {
         .parse()?;
     tonic::transport::Server::builder()
         .add_service(ExternalProcessorServer::new(Noop))
+        .add_service(AccessLogServiceServer::new(Noop))
         .serve(addr)
         .await?;
     Ok(())

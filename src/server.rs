@@ -278,6 +278,11 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let grpc = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(health_service)
+        .add_service(
+            extproc
+                .access_log(stop.clone())
+                .into_server(settings.server.max_grpc_message_bytes()),
+        )
         .add_service(extproc.into_server(settings.server.max_grpc_message_bytes()))
         // Without TCP_NODELAY on accepted sockets, small replies wait out delayed ACKs (~40 ms).
         .serve_with_incoming_shutdown(

@@ -35,6 +35,7 @@ module "render" {
   team_claim           = var.team_claim
   table_name           = aws_dynamodb_table.this.name
   fail_mode            = var.fail_mode
+  envoy_attachment     = var.envoy_attachment
 
   shutdown_grace_seconds = var.shutdown_grace_seconds
   webhook_secret         = random_password.webhook_secret.result

@@ -320,6 +320,17 @@ variable "shutdown_grace_seconds" {
   }
 }
 
+variable "envoy_attachment" {
+  description = "How Envoy attaches tollgate: four_phase (every phase of the exchange; needed for a guardrail in enforce mode) or fast (one message per request, nothing on the response waits for tollgate; usage is read by Envoy and charged from its access log). docs/envoy.md, \"Two attachments\"."
+  type        = string
+  default     = "four_phase"
+
+  validation {
+    condition     = contains(["four_phase", "fast"], var.envoy_attachment)
+    error_message = "envoy_attachment must be four_phase or fast."
+  }
+}
+
 variable "team_claim" {
   description = "Token claim naming the team (added by the pre-token-generation trigger); null maps teams by client_id through the admin API."
   type        = string

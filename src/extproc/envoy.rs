@@ -346,6 +346,44 @@ pub fn metadata_string<'a>(
     }
 }
 
+/// What Envoy's `json_to_metadata` and `sse_to_metadata` filters wrote to `namespace`, as one
+/// JSON document shaped like the response it came from: each key is a dotted path
+/// (`usage.prompt_tokens`, `message.usage`), and a string holding a JSON object (how
+/// `sse_to_metadata` writes an object) is that object.
+pub fn reported_document(
+    metadata: &envoy_types::pb::envoy::config::core::v3::Metadata,
+    namespace: &str,
+) -> Value {
+    let mut document = Value::Object(Map::new());
+    let Some(fields) = metadata.filter_metadata.get(namespace) else {
+        return document;
+    };
+    for (path, value) in &fields.fields {
+        let value = match value_to_json(value) {
+            Value::String(text) if text.starts_with('{') => {
+                serde_json::from_str(&text).unwrap_or(Value::String(text))
+            }
+            other => other,
+        };
+        let mut at = &mut document;
+        for step in path.split('.') {
+            if !at.is_object() {
+                // A number and an object under one path: the object (the more complete) wins.
+                *at = Value::Object(Map::new());
+            }
+            at = at
+                .as_object_mut()
+                .expect("made an object above")
+                .entry(step)
+                .or_insert(Value::Null);
+        }
+        if at.is_null() || !value.is_null() {
+            *at = value;
+        }
+    }
+    document
+}
+
 /// `google.protobuf.Struct` (Envoy dynamic metadata) as JSON.
 pub fn struct_to_json(s: &Struct) -> Map<String, Value> {
     s.fields

@@ -9,11 +9,12 @@
 //! message and served through [`duplex::Duplex`], which may answer a message with no reply or
 //! several.
 //!
-//! Envoy's fast attachment (`envoy/local-fast.yaml`) opens two streams per request, each filter naming
-//! its role in the gRPC initial metadata `x-tollgate-attachment` ([`Attachment`]): the admission
-//! (one synchronous message) and the observer (`observability_mode`, never answered), joined by
-//! [`handoff::Handoffs`].
+//! Envoy's fast attachment (`envoy/local-fast.yaml`) names its filter's role in the gRPC initial
+//! metadata `x-tollgate-attachment` ([`Attachment`]): one synchronous message per request, the
+//! admission; the response reaches tollgate through Envoy's gRPC access log
+//! ([`access_log::AccessLogReceiver`]), joined to its admission by [`handoff::Handoffs`].
 
+mod access_log;
 mod duplex;
 mod envoy;
 mod handoff;
@@ -36,6 +37,7 @@ use crate::engine::Engine;
 use crate::guardrail::apply::Guardrails;
 use crate::identity::Authenticator;
 
+pub use access_log::AccessLogReceiver;
 use duplex::Duplex;
 use handoff::Handoffs;
 pub use stream::{Attachment, Exchange};
@@ -59,7 +61,7 @@ pub struct ExtProcService {
     exchanges: TaskTracker,
     /// Cancelled when shutdown's grace period is over: open exchanges settle what passed and end.
     abandon: CancellationToken,
-    /// Admitted requests passing from the fast attachment's admission stream to its observer.
+    /// Admitted requests passing from the fast attachment's admission to its access-log entry.
     handoffs: Arc<Handoffs>,
 }
 
@@ -86,6 +88,18 @@ impl ExtProcService {
 
     pub fn abandon_token(&self) -> CancellationToken {
         self.abandon.clone()
+    }
+
+    /// The fast attachment's other half: Envoy's access log, charging what this service admitted.
+    /// `stop`: cancelled when shutdown begins.
+    pub fn access_log(&self, stop: CancellationToken) -> AccessLogReceiver {
+        AccessLogReceiver::new(
+            self.ctx.engine.clone(),
+            self.handoffs.clone(),
+            self.exchanges.clone(),
+            stop,
+            self.abandon.clone(),
+        )
     }
 }
 
@@ -128,30 +142,12 @@ impl Driver {
             if let Some(reply) = self.queued.pop_front() {
                 return Some((Ok(reply), self));
             }
-            if self.failed || self.exchange.observed_all() {
-                // An observer that charged its request ends its stream now: Envoy would keep it
-                // open `deferred_close_timeout` after the request (5 s by default), one open
-                // stream per request per second of traffic.
+            if self.failed {
                 return None;
             }
-            let over = self.exchange.request_over();
-            let request_over = async move {
-                match over {
-                    Some(over) => {
-                        over.cancelled().await;
-                        tokio::time::sleep(handoff::CUT_SHORT_GRACE).await;
-                    }
-                    None => std::future::pending().await,
-                }
-            };
             let next = tokio::select! {
                 next = self.inbound.message() => next,
                 _ = self.abandon.cancelled() => return None,
-                // The response was cut short: charge what passed (`Exchange`'s `Drop`).
-                _ = request_over => {
-                    tracing::debug!("request over before its response ended; observer ends");
-                    return None;
-                }
             };
             match next {
                 Ok(Some(message)) => match self.replies_to(message).await {
@@ -183,11 +179,6 @@ impl Driver {
             .client
             .get_or_insert_with(|| Client::for_first_message(&message, limits));
         match client {
-            // Envoy ignores replies on an `observability_mode` stream: none is built or sent.
-            Client::Envoy if self.exchange.attachment() == Attachment::Observer => {
-                self.exchange.handle(message).await?;
-                Ok(Vec::new())
-            }
             Client::Envoy => Ok(vec![self.exchange.handle(message).await?]),
             Client::FullDuplex(duplex) => duplex.handle(&mut self.exchange, message).await,
         }

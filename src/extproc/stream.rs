@@ -8,10 +8,9 @@
 //! 4. response body chunks: usage extraction as they pass;
 //! 5. the exchange ends, however it ends: settle whatever was not settled yet (`Drop`).
 //!
-//! In the fast attachment (see [`Attachment`]) one request takes two streams: the admission
-//! stream usually sees only step 2, its body message carrying the path and headers as
-//! `request_attributes`; the observer stream sees steps 3 and 4 and is never answered. The
-//! admitted request passes from one to the other through [`Handoffs`].
+//! In the fast attachment (see [`Attachment`]) the stream usually sees only step 2, its body
+//! message carrying the path and headers as `request_attributes`; the admitted request is parked
+//! in [`Handoffs`] until Envoy's access log reports its response (`access_log.rs`).
 
 use std::sync::Arc;
 
@@ -36,6 +35,7 @@ use crate::guardrail::stream::{ChunkAction, StreamGuard};
 use crate::identity::INVOKE_SCOPE;
 use crate::llm::{
     ApiKind, ErrorShape, ParsedRequest, RequestFacts, Treatment, UsageTracker, parse_request,
+    usage::reported_by_envoy,
 };
 use crate::policy::{Rejection, RejectionKind, Usage};
 
@@ -71,8 +71,6 @@ pub struct Exchange {
     handoffs: Arc<Handoffs>,
     /// Admission stream of the fast attachment: the key its admitted request is parked under.
     parked: Option<u64>,
-    /// Fast attachment: cancelled when the admission stream ends (the HTTP request is over).
-    request_over: Option<tokio_util::sync::CancellationToken>,
     /// The caller was looked at (from the headers message, or the body's attributes).
     identified: bool,
 }
@@ -94,10 +92,8 @@ struct RequestHead<'a> {
 pub enum Attachment {
     /// One stream sees the request and its response (the guarded attachment, agentgateway).
     Whole,
-    /// The fast attachment's synchronous filter: request only; the response goes to the observer.
+    /// The fast attachment: the request only; Envoy's access log reports the response.
     Admission,
-    /// The fast attachment's `observability_mode` filter: the response, never answered.
-    Observer,
 }
 
 impl Attachment {
@@ -106,7 +102,6 @@ impl Attachment {
     pub fn from_metadata(value: Option<&str>) -> Self {
         match value {
             Some("admission") => Attachment::Admission,
-            Some("observer") => Attachment::Observer,
             _ => Attachment::Whole,
         }
     }
@@ -140,29 +135,12 @@ impl Exchange {
             attachment,
             handoffs,
             parked: None,
-            request_over: None,
             identified: false,
         }
     }
 
     pub fn attachment(&self) -> Attachment {
         self.attachment
-    }
-
-    /// Observer stream: cancelled when its request is over (the admission stream ended).
-    pub fn request_over(&self) -> Option<tokio_util::sync::CancellationToken> {
-        self.request_over
-            .clone()
-            .filter(|_| self.attachment == Attachment::Observer)
-    }
-
-    /// An observer stream whose response has been charged (or had nothing to charge): nothing
-    /// that comes after matters.
-    pub fn observed_all(&self) -> bool {
-        self.attachment == Attachment::Observer
-            && self.response_started
-            && self.ticket.is_none()
-            && self.tracker.is_none()
     }
 
     pub async fn handle(
@@ -178,12 +156,7 @@ impl Exchange {
                 .on_request_body_first(b, &message.attributes, metadata)
                 .await),
             Some(Message::RequestBody(b)) => Ok(self.on_request_body(b).await),
-            Some(Message::ResponseHeaders(h)) => {
-                if self.attachment == Attachment::Observer {
-                    self.claim(metadata.as_ref());
-                }
-                Ok(self.on_response_headers(h))
-            }
+            Some(Message::ResponseHeaders(h)) => Ok(self.on_response_headers(h)),
             Some(Message::ResponseBody(b)) => Ok(self.on_response_body(b).await),
             Some(Message::RequestTrailers(_)) => Ok(trailers(true)),
             Some(Message::ResponseTrailers(_)) => Ok(trailers(false)),
@@ -385,7 +358,7 @@ impl Exchange {
                 .as_ref()
                 .is_some_and(RequestGuardrail::holds_answers)
         {
-            // The fast attachment lets answers pass without waiting: they could not be held.
+            // Answers never pass through tollgate on the fast attachment: they could not be held.
             tracing::error!(
                 team = %team.id,
                 "guardrail mode is enforce but tollgate is attached with the fast path; refusing"
@@ -393,7 +366,9 @@ impl Exchange {
             return Err(self.refuse_here(Rejection::new(
                 RejectionKind::GuardrailUnavailable,
                 "the content guardrail enforces on answers, which needs the guarded attachment \
-                 (the four-phase one, envoy/local.yaml); the fast attachment cannot hold an answer",
+                 (the four-phase one, envoy/local.yaml): answers do not pass through tollgate on \
+                 the fast attachment. Attach tollgate that way, or set this team's guardrail mode \
+                 to observe or off",
             )));
         }
         Ok(team)
@@ -401,12 +376,12 @@ impl Exchange {
 
     /// Admission stream of the fast attachment: the response is not ours to see, so what it
     /// needs goes to Envoy now, as dynamic metadata: the headers the route adds to the response
-    /// (`%DYNAMIC_METADATA(tollgate:...)%`) and the key the observer claims the request by.
+    /// (`%DYNAMIC_METADATA(tollgate:...)%`) and the key the access-log entry claims the request by.
     fn hand_over(&mut self, mut reply: ProcessingResponse) -> ProcessingResponse {
         if self.attachment != Attachment::Admission {
             return reply;
         }
-        let Some(ticket) = self.ticket.take() else {
+        let Some(ticket) = &self.ticket else {
             return reply;
         };
         let mut fields: Vec<(&'static str, String)> = rate_headers(&ticket.rate);
@@ -416,61 +391,37 @@ impl Exchange {
         if let Some(warning) = &ticket.budget_warning {
             fields.push(("x-tollgate-budget-warning", warning.clone()));
         }
-        if self.api.is_model_call() && self.facts.is_some() {
-            let key = self.handoffs.park(Parked {
-                ticket,
-                api: self.api,
-                facts: self.facts.clone(),
-                request_id: self.request_id.clone(),
-                guardrail_note: self.guardrail_note,
-                guardrail: self.guardrail.clone(),
-                request_over: self.request_over.insert(Default::default()).clone(),
-            });
-            self.parked = Some(key);
-            tracing::debug!(key, "admitted request parked for its observer");
-            fields.push((handoff::KEY, key.to_string()));
-        } else {
-            // Nothing billable follows.
-            self.ticket = Some(ticket);
-            self.settle(Usage::default());
+        match &self.facts {
+            Some(facts) if reported_by_envoy(self.api) => {
+                let ticket = self.ticket.take().expect("checked above");
+                let key = self.handoffs.park(Parked {
+                    ticket,
+                    api: self.api,
+                    facts: facts.clone(),
+                });
+                self.parked = Some(key);
+                tracing::debug!(key, "admitted request parked for its access-log entry");
+                if self.guardrail.is_some() {
+                    // Observe mode (enforce is refused above): the prompt was assessed; the
+                    // answer never passes through tollgate on this attachment.
+                    metrics::counter!("tollgate_guardrail_answers_unassessed_total").increment(1);
+                }
+                fields.push((handoff::KEY, key.to_string()));
+            }
+            // Billed by what Envoy cannot report (how many images came back): charged as the
+            // request asked when it ends, or exactly if the route sends the response here.
+            Some(_) => {}
+            // Not a model call: nothing billable follows.
+            None => self.settle(Usage::default()),
         }
         envoy::set_dynamic_metadata(&mut reply, handoff::NAMESPACE, &fields);
         reply
     }
 
-    /// Observer stream: takes over the request its admission parked.
-    fn claim(&mut self, metadata: Option<&envoy_types::pb::envoy::config::core::v3::Metadata>) {
-        let Some(key) =
-            metadata.and_then(|m| envoy::metadata_string(m, handoff::NAMESPACE, handoff::KEY))
-        else {
-            // A response to a request tollgate refused or never admitted: nothing to charge.
-            tracing::debug!(?metadata, "observed a response without a hand-off key");
-            return;
-        };
-        match key.parse().ok().and_then(|key| self.handoffs.claim(key)) {
-            Some(parked) => {
-                tracing::debug!(key, "observer claimed its admitted request");
-                self.api = parked.api;
-                self.facts = parked.facts;
-                self.request_id = parked.request_id;
-                self.guardrail_note = parked.guardrail_note;
-                self.guardrail = parked.guardrail;
-                self.request_over = Some(parked.request_over);
-                self.ticket = Some(parked.ticket);
-            }
-            None => {
-                tracing::warn!(
-                    key,
-                    "observed a response whose admission was already settled"
-                );
-                metrics::counter!("tollgate_extproc_handoffs_late_total").increment(1);
-            }
-        }
-    }
-
     /// Admission stream of the fast attachment, ending with its request still parked: the
-    /// response never started, or its observer is about to claim it. After a grace period an
-    /// unclaimed request is charged its prompt, as providers bill a prompt they received.
+    /// access-log entry is on its way (Envoy batches them), or will never come (Envoy could not
+    /// send it). After a grace period an unclaimed request is charged its prompt, as providers
+    /// bill a prompt they received.
     fn settle_unclaimed_later(&self, key: u64) {
         let handoffs = self.handoffs.clone();
         let engine = self.ctx.engine.clone();
@@ -485,8 +436,13 @@ impl Exchange {
                     return;
                 };
                 metrics::counter!("tollgate_extproc_handoffs_unclaimed_total").increment(1);
-                let prompt_chars = parked.facts.as_ref().map_or(0, |f| f.prompt_chars);
-                let usage = UsageTracker::new(parked.api, true, prompt_chars, 0).finish();
+                tracing::warn!(
+                    key,
+                    "no access-log entry came for an admitted request; charging its prompt"
+                );
+                let usage = UsageTracker::new(parked.api, true, parked.facts.prompt_chars, 0)
+                    .expecting_units(parked.facts.units.as_ref().map_or(0, |u| u.count()))
+                    .finish();
                 engine
                     .settle(parked.ticket, usage, parked.api.as_str())
                     .await;
@@ -657,13 +613,9 @@ impl Exchange {
     }
 
     async fn on_response_body(&mut self, body: HttpBody) -> ProcessingResponse {
-        // An observer saw no end_of_stream chunk of a streamed response in our tests (Envoy
-        // resets its stream `deferred_close_timeout` later): the provider's final usage report
-        // is the end that matters, for the charge and for the answer's assessment.
-        let mut ended = body.end_of_stream;
+        let ended = body.end_of_stream;
         if let Some(tracker) = &mut self.tracker {
             tracker.feed(&body.body);
-            ended |= self.attachment == Attachment::Observer && tracker.is_complete();
             if ended && let Some(tracker) = self.tracker.take() {
                 let (usage, json) = tracker.finish_with_body();
                 self.settle(usage);
@@ -701,11 +653,6 @@ impl Drop for Exchange {
         }
         if let Some(key) = self.parked.take() {
             self.settle_unclaimed_later(key);
-        }
-        if self.attachment == Attachment::Admission
-            && let Some(over) = &self.request_over
-        {
-            over.cancel();
         }
         metrics::gauge!("tollgate_extproc_streams_active").decrement(1.0);
     }

@@ -14,6 +14,31 @@ use crate::policy::Usage;
 const CHARS_PER_TOKEN: u64 = 4;
 const MAX_SSE_LINE_BYTES: usize = 4 << 20;
 
+/// Where providers report usage, as dotted paths into a JSON response body: the numbers Envoy's
+/// `json_to_metadata` filter must extract, each under its path as the key, for
+/// [`UsageTracker::finish_reported`] (the fast attachment, `envoy/local-fast.yaml`).
+pub const REPORTED_JSON_NUMBERS: &[&str] = &[
+    "usage.prompt_tokens",
+    "usage.completion_tokens",
+    "usage.prompt_tokens_details.cached_tokens",
+    "usage.input_tokens",
+    "usage.output_tokens",
+    "usage.input_tokens_details.cached_tokens",
+    "usage.cache_read_input_tokens",
+    "usage.cache_creation_input_tokens",
+];
+
+/// The same for streamed events: the usage objects Envoy's `sse_to_metadata` filter must extract
+/// (it writes an object as its JSON text; a later event's overwrites an earlier one's).
+pub const REPORTED_EVENT_OBJECTS: &[&str] = &["usage", "message.usage", "response.usage"];
+
+/// Whether what `api` is billed by is in [`REPORTED_JSON_NUMBERS`] and
+/// [`REPORTED_EVENT_OBJECTS`] (or, for text to speech, in the request). Images are not: a
+/// response without token usage is billed per image it holds, which Envoy cannot count.
+pub fn reported_by_envoy(api: ApiKind) -> bool {
+    !matches!(api, ApiKind::OpenAiImages | ApiKind::Other)
+}
+
 #[derive(Debug)]
 pub struct UsageTracker {
     api: ApiKind,
@@ -132,6 +157,64 @@ impl UsageTracker {
         };
         let usage = self.usage_from(body.as_deref());
         (usage, body)
+    }
+
+    /// The usage of a response that Envoy read instead of tollgate (the fast attachment): its
+    /// `json_to_metadata` and `sse_to_metadata` filters extract the provider's usage objects
+    /// into `reported` (`{"usage": .., "message": {"usage": ..}, "response": {"usage": ..}}`,
+    /// whichever the response had; see [`REPORTED_JSON_NUMBERS`] and
+    /// [`REPORTED_EVENT_OBJECTS`]), and the access log says how many
+    /// body bytes passed. Without a final report, what passed is estimated from those bytes, which
+    /// for a stream include its framing: an over-estimate, so it is capped at the output the
+    /// request allowed (`max_output_tokens`) when it set one.
+    pub fn finish_reported(
+        mut self,
+        reported: &Value,
+        body_bytes: u64,
+        max_output_tokens: Option<u64>,
+    ) -> Usage {
+        let api = self.api;
+        match api {
+            // What the stream's first and last events carry, in their order.
+            ApiKind::AnthropicMessages => {
+                let mut stream = StreamState {
+                    seen: &mut self.seen,
+                    complete: &mut self.complete,
+                    chars: &mut 0,
+                    requested_units: self.requested_units,
+                    images_completed: &mut self.images_completed,
+                };
+                if let Some(start) = reported.get("message") {
+                    let event = serde_json::json!({"type": "message_start", "message": start});
+                    on_stream_event(api, &event, &mut stream);
+                }
+                if let Some(usage) = reported.get("usage") {
+                    let event = serde_json::json!({"type": "message_delta", "usage": usage});
+                    on_stream_event(api, &event, &mut stream);
+                }
+            }
+            // A stream reports in `response.completed`, a JSON body at its top level.
+            ApiKind::OpenAiResponses => {
+                let body = reported.get("response").unwrap_or(reported);
+                if let Some(u) = usage_of_response(api, body) {
+                    (self.seen, self.complete) = (u, true);
+                }
+            }
+            _ => {
+                if let Some(u) = usage_of_response(api, reported) {
+                    (self.seen, self.complete) = (u, true);
+                }
+            }
+        }
+        if self.complete {
+            return self.seen;
+        }
+        self.generated_chars = body_bytes;
+        let mut usage = self.usage_from(None);
+        if let Some(max) = max_output_tokens {
+            usage.output = usage.output.min(max);
+        }
+        usage
     }
 
     fn usage_from(mut self, json: Option<&[u8]>) -> Usage {

@@ -40,16 +40,24 @@ def test_config_validates(name, tmp_path):
     assert "OK" in r.stdout + r.stderr
 
 
-def test_ecs_config_validates():
-    """The ECS config (provider clusters, remote JWKS, provider keys from the environment) is
-    validated as shipped: it binds nothing on this machine."""
-    r = _validate(REPO / "envoy" / "ecs.yaml")
-    assert r.returncode == 0, f"envoy --mode validate ecs.yaml failed:\n{r.stdout}\n{r.stderr}"
-    text = (REPO / "envoy" / "ecs.yaml").read_text()
-    assert 'request_headers_to_remove: ["authorization"]' in text, "the caller's Cognito token never goes upstream"
+ECS_CONFIGS = ["ecs.yaml", "ecs-fast.yaml"]
 
 
-@pytest.mark.parametrize("name", CONFIGS + ["ecs.yaml"])
+@pytest.mark.parametrize("name", ECS_CONFIGS)
+def test_ecs_config_validates(name):
+    """The ECS configs (provider clusters, remote JWKS, provider keys from the environment; the
+    four-phase and the fast attachment, both rendered by terraform/modules/render) are validated
+    as shipped: they bind nothing on this machine."""
+    r = _validate(REPO / "envoy" / name)
+    assert r.returncode == 0, f"envoy --mode validate {name} failed:\n{r.stdout}\n{r.stderr}"
+    text = (REPO / "envoy" / name).read_text()
+    routes = text.count("auto_host_rewrite: true")
+    assert routes >= 2 and text.count('request_headers_to_remove: ["authorization"]') == routes, (
+        "the caller's Cognito token never goes upstream, on any provider route"
+    )
+
+
+@pytest.mark.parametrize("name", CONFIGS + ECS_CONFIGS)
 def test_config_fails_closed(name):
     text = (REPO / "envoy" / name).read_text()
     assert "failure_mode_allow: false" in text

@@ -23,12 +23,15 @@ from dynamodb_local import tollgate_aws_env
 from processes import Proc, REPO, envoy_binary, free_port, port_open, tollgate_cli_env, wait_until
 
 sys.path.insert(0, str(REPO / "tests" / "terraform"))
-from stack import TERRAFORM, apply_render  # noqa: E402
+from stack import FAST_OVERRIDES, TERRAFORM, apply_render  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def rendered():
-    return apply_render(TERRAFORM / "modules" / "render")
+# Both Envoy attachments (envoy_attachment): the fast one adds the access log's gRPC stream to
+# tollgate, the usage filters and the buffer filter, and must leave the health wiring as it is.
+@pytest.fixture(scope="module", params=["four_phase", "fast"])
+def rendered(request):
+    return apply_render(TERRAFORM / "modules" / "render",
+                        overrides=FAST_OVERRIDES if request.param == "fast" else None)
 
 
 @pytest.fixture(scope="module")

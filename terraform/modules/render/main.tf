@@ -41,15 +41,42 @@ locals {
   invoke_scope = "https://gateway.internal/invoke"
   admin_scope  = "https://gateway.internal/admin"
 
+  # Where each provider's calls go, and how its key replaces the caller's Cognito token (read from
+  # the task's environment, injected from Secrets Manager). The first matching prefix wins.
+  provider_routes = [
+    { prefix = "/v1/messages", cluster = "anthropic", key_header = "x-api-key", key_value = "%ENVIRONMENT(ANTHROPIC_API_KEY)%" },
+    { prefix = "/v1/", cluster = "openai", key_header = "authorization", key_value = "Bearer %ENVIRONMENT(OPENAI_API_KEY)%" },
+  ]
+
+  # The fast attachment's usage, as Envoy reads it from the response: the dotted paths tollgate's
+  # src/llm/usage.rs reads (REPORTED_JSON_NUMBERS: numbers of a JSON body; REPORTED_EVENT_OBJECTS:
+  # objects of an event stream), each copied under its path as the key. tests/terraform fails when
+  # these and usage.rs differ.
+  usage_json_numbers = [
+    "usage.prompt_tokens",
+    "usage.completion_tokens",
+    "usage.prompt_tokens_details.cached_tokens",
+    "usage.input_tokens",
+    "usage.output_tokens",
+    "usage.input_tokens_details.cached_tokens",
+    "usage.cache_read_input_tokens",
+    "usage.cache_creation_input_tokens",
+  ]
+  usage_event_objects = ["usage", "message.usage", "response.usage"]
+
   envoy_yaml = templatefile("${path.module}/templates/envoy.yaml.tftpl", {
-    issuer             = local.issuer
-    jwks_host          = local.jwks_host
-    jwks_url           = local.jwks_url
-    listener_port      = local.listener_port
-    admin_port         = local.envoy_admin_port
-    tollgate_grpc_port = local.tollgate_grpc_port
-    tollgate_http_port = local.tollgate_http_port
-    health_check_path  = local.health_check_path
+    fast                = var.envoy_attachment == "fast"
+    issuer              = local.issuer
+    jwks_host           = local.jwks_host
+    jwks_url            = local.jwks_url
+    listener_port       = local.listener_port
+    admin_port          = local.envoy_admin_port
+    tollgate_grpc_port  = local.tollgate_grpc_port
+    tollgate_http_port  = local.tollgate_http_port
+    health_check_path   = local.health_check_path
+    provider_routes     = local.provider_routes
+    usage_json_numbers  = local.usage_json_numbers
+    usage_event_objects = local.usage_event_objects
   })
 
   adot_yaml = templatefile("${path.module}/templates/adot.yaml.tftpl", {

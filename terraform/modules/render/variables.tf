@@ -44,6 +44,24 @@ variable "guardrail" {
   }
 }
 
+variable "envoy_attachment" {
+  description = "How Envoy attaches tollgate: four_phase (every phase of the exchange; answers can be held for an enforcing guardrail) or fast (one message per request; usage read by Envoy and charged from its access log)."
+  type        = string
+  default     = "four_phase"
+
+  validation {
+    condition     = contains(["four_phase", "fast"], var.envoy_attachment)
+    error_message = "envoy_attachment must be four_phase or fast."
+  }
+
+  # Answers never pass through tollgate on the fast attachment, so an enforcing guardrail could
+  # not hold one back: tollgate would refuse every request with a 503. Refused here instead.
+  validation {
+    condition     = var.envoy_attachment != "fast" || try(var.guardrail.mode, "off") != "enforce"
+    error_message = "envoy_attachment = \"fast\" cannot carry a guardrail in enforce mode (answers never pass through tollgate on it): use envoy_attachment = \"four_phase\", or guardrail mode observe or off."
+  }
+}
+
 variable "fail_mode" {
   description = "What tollgate does when DynamoDB cannot answer: closed (503) or open (per-instance counters)."
   type        = string

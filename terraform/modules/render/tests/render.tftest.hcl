@@ -73,3 +73,63 @@ run "rejects_an_unknown_guardrail_mode" {
 
   expect_failures = [var.guardrail]
 }
+
+run "renders_the_fast_attachment" {
+  command = apply
+
+  variables {
+    envoy_attachment = "fast"
+  }
+
+  assert {
+    condition     = strcontains(output.envoy_yaml, "value: admission }]") && strcontains(output.envoy_yaml, "envoy.access_loggers.http_grpc") && !strcontains(output.envoy_yaml, "response_body_mode: STREAMED")
+    error_message = "the fast attachment announces itself, charges from the access log and holds no response"
+  }
+}
+
+run "the_four_phase_attachment_is_the_default" {
+  command = apply
+
+  assert {
+    condition     = strcontains(output.envoy_yaml, "response_body_mode: STREAMED") && !strcontains(output.envoy_yaml, "envoy.access_loggers.http_grpc")
+    error_message = "without envoy_attachment the answer passes through tollgate, as before"
+  }
+}
+
+run "an_enforcing_guardrail_keeps_the_four_phase_attachment" {
+  command = plan
+
+  variables {
+    guardrail = { id = "gr-1", version = "1", mode = "enforce" }
+  }
+}
+
+run "rejects_an_unknown_attachment" {
+  command = plan
+
+  variables {
+    envoy_attachment = "observer"
+  }
+
+  expect_failures = [var.envoy_attachment]
+}
+
+run "rejects_the_fast_attachment_with_an_enforcing_guardrail" {
+  command = plan
+
+  variables {
+    envoy_attachment = "fast"
+    guardrail        = { id = "gr-1", version = "1", mode = "enforce" }
+  }
+
+  expect_failures = [var.envoy_attachment]
+}
+
+run "the_fast_attachment_takes_an_observing_guardrail_or_none" {
+  command = plan
+
+  variables {
+    envoy_attachment = "fast"
+    guardrail        = null
+  }
+}
