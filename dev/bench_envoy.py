@@ -52,6 +52,11 @@ def without_access_log(text: str) -> str:
     return _cut(text, "          access_log:\n", "          route_config:")
 
 
+def admission_only_no_attributes(text: str) -> str:
+    """`noop-admission-only` without request_attributes (what CEL costs Envoy; tollgate needs them)."""
+    return "\n".join(line for line in admission_only(text).split("\n") if "request_attributes:" not in line)
+
+
 def main(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     base = json.loads((ROOT / "bench" / "envoy-bench.json").read_text())
@@ -83,6 +88,8 @@ def main(out: Path) -> None:
             ("noop-admission-only", "local-fast.yaml", NOOP_GRPC, 10115, 10196, admission_only),
             ("noop-fast-no-usage-filters", "local-fast.yaml", NOOP_GRPC, 10116, 10197, without_usage_filters),
             ("noop-fast-no-access-log", "local-fast.yaml", NOOP_GRPC, 10117, 10198, without_access_log),
+            ("noop-admission-only-no-attributes", "local-fast.yaml", NOOP_GRPC, 10118, 10199,
+             admission_only_no_attributes),
         ]
     for i, variant in enumerate(os.environ.get("BENCH_VARIANTS", "").split()):
         scenarios.append((f"tollgate-guarded-{variant}", "local.yaml", VARIANT_GRPC + i,
