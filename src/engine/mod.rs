@@ -220,7 +220,7 @@ impl ModelCall<'_> {
 /// After a store failure, admissions skip the store this long before probing it again.
 const STORE_PAUSE_AFTER_FAILURE: Duration = Duration::from_secs(1);
 /// Output tokens assumed for a reservation when the request sets no maximum.
-const DEFAULT_RESERVED_OUTPUT_TOKENS: u64 = 1024;
+pub const DEFAULT_RESERVED_OUTPUT_TOKENS: u64 = 1024;
 /// An admitted request: what to report in headers and what to charge once its usage is known.
 #[derive(Clone, Debug)]
 pub struct Ticket {

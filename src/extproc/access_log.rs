@@ -12,7 +12,8 @@
 //!   bill a prompt they received, and the units asked for;
 //! - a failed call (not 2xx): nothing, as providers do not bill it;
 //! - otherwise the usage Envoy extracted, or, when the provider's final report is missing (a
-//!   stream cut short), an estimate (`UsageTracker::finish_reported`).
+//!   stream cut short), an estimate (`UsageTracker::finish_reported`), at most the output its
+//!   admission reserved (its `max_tokens`, or the engine's default when it set none).
 
 use std::sync::Arc;
 
@@ -136,7 +137,14 @@ fn usage_of_entry(
         .expecting_units(facts.units.as_ref().map_or(0, |u| u.count()));
     match status {
         0 => tracker.finish(),
-        200..=299 => tracker.finish_reported(reported, body_bytes, facts.max_output_tokens),
+        200..=299 => {
+            // Bytes over-estimate a stream's text (its framing counts too): never more output than
+            // admission reserved for it.
+            let reserved = facts
+                .max_output_tokens
+                .unwrap_or(crate::engine::DEFAULT_RESERVED_OUTPUT_TOKENS);
+            tracker.finish_reported(reported, body_bytes, Some(reserved))
+        }
         _ => Usage::default(),
     }
 }
@@ -245,6 +253,15 @@ mod tests {
     fn a_stream_cut_short_is_estimated_and_capped_at_what_it_allowed() {
         let u = usage(ApiKind::OpenAiChat, facts(true, None), 200, json!({}), 4000);
         assert_eq!((u.input, u.output, u.estimated), (100, 1000, true));
+        // Without max_tokens, the reservation's default output caps it.
+        let u = usage(
+            ApiKind::OpenAiChat,
+            facts(true, None),
+            200,
+            json!({}),
+            400_000,
+        );
+        assert_eq!((u.input, u.output, u.estimated), (100, 1024, true));
         let u = usage(
             ApiKind::OpenAiChat,
             facts(true, Some(50)),

@@ -165,8 +165,8 @@ impl UsageTracker {
     /// whichever the response had; see [`REPORTED_JSON_NUMBERS`] and
     /// [`REPORTED_EVENT_OBJECTS`]), and the access log says how many
     /// body bytes passed. Without a final report, what passed is estimated from those bytes, which
-    /// for a stream include its framing: an over-estimate, so it is capped at the output the
-    /// request allowed (`max_output_tokens`) when it set one.
+    /// for a stream include its framing: an over-estimate, so it is capped at `max_output_tokens`
+    /// (the caller passes what admission reserved for the answer).
     pub fn finish_reported(
         mut self,
         reported: &Value,
