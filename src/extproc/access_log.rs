@@ -133,8 +133,7 @@ fn usage_of_entry(
     reported: &serde_json::Value,
     body_bytes: u64,
 ) -> Usage {
-    let tracker = UsageTracker::new(api, facts.stream, facts.prompt_chars, 0)
-        .expecting_units(facts.units.as_ref().map_or(0, |u| u.count()));
+    let tracker = UsageTracker::for_request(api, Some(facts), facts.stream, 0);
     match status {
         0 => tracker.finish(),
         200..=299 => {

@@ -180,18 +180,7 @@ impl Exchange {
 
     /// A tracker of this call's usage, knowing its prompt and the units it asked for.
     fn usage_tracker(&self, event_stream: bool, max_json_bytes: usize) -> UsageTracker {
-        let facts = self.facts.as_ref();
-        UsageTracker::new(
-            self.api,
-            event_stream,
-            facts.map_or(0, |f| f.prompt_chars),
-            max_json_bytes,
-        )
-        .expecting_units(
-            facts
-                .and_then(|f| f.units.as_ref())
-                .map_or(0, |u| u.count()),
-        )
+        UsageTracker::for_request(self.api, self.facts.as_ref(), event_stream, max_json_bytes)
     }
 
     /// Charges the admitted request, once, in the background: never on the reply path.
@@ -440,9 +429,8 @@ impl Exchange {
                     key,
                     "no access-log entry came for an admitted request; charging its prompt"
                 );
-                let usage = UsageTracker::new(parked.api, true, parked.facts.prompt_chars, 0)
-                    .expecting_units(parked.facts.units.as_ref().map_or(0, |u| u.count()))
-                    .finish();
+                let usage =
+                    UsageTracker::for_request(parked.api, Some(&parked.facts), true, 0).finish();
                 engine
                     .settle(parked.ticket, usage, parked.api.as_str())
                     .await;

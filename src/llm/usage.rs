@@ -7,8 +7,8 @@
 
 use serde_json::Value;
 
-use super::ApiKind;
 use super::sse::SseDecoder;
+use super::{ApiKind, RequestFacts};
 use crate::policy::Usage;
 
 const CHARS_PER_TOKEN: u64 = 4;
@@ -88,6 +88,27 @@ impl UsageTracker {
             requested_units: 0,
             images_completed: 0,
         }
+    }
+
+    /// A tracker of one call's usage, knowing its prompt and the units it asked for (`None`:
+    /// nothing is known of its request).
+    pub fn for_request(
+        api: ApiKind,
+        facts: Option<&RequestFacts>,
+        event_stream: bool,
+        max_json_bytes: usize,
+    ) -> Self {
+        Self::new(
+            api,
+            event_stream,
+            facts.map_or(0, |f| f.prompt_chars),
+            max_json_bytes,
+        )
+        .expecting_units(
+            facts
+                .and_then(|f| f.units.as_ref())
+                .map_or(0, |u| u.count()),
+        )
     }
 
     /// The units (images, characters) the request asked for: what is charged when the response
@@ -175,22 +196,15 @@ impl UsageTracker {
     ) -> Usage {
         let api = self.api;
         match api {
-            // What the stream's first and last events carry, in their order.
+            // What the stream's first and last events carry (message_start, message_delta),
+            // in their order; a JSON body has only the second.
             ApiKind::AnthropicMessages => {
-                let mut stream = StreamState {
-                    seen: &mut self.seen,
-                    complete: &mut self.complete,
-                    chars: &mut 0,
-                    requested_units: self.requested_units,
-                    images_completed: &mut self.images_completed,
-                };
-                if let Some(start) = reported.get("message") {
-                    let event = serde_json::json!({"type": "message_start", "message": start});
-                    on_stream_event(api, &event, &mut stream);
+                if let Some(start) = reported.pointer("/message/usage") {
+                    anthropic_usage(start, &mut self.seen);
                 }
                 if let Some(usage) = reported.get("usage") {
-                    let event = serde_json::json!({"type": "message_delta", "usage": usage});
-                    on_stream_event(api, &event, &mut stream);
+                    anthropic_usage(usage, &mut self.seen);
+                    self.complete = true;
                 }
             }
             // A stream reports in `response.completed`, a JSON body at its top level.
