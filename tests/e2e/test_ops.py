@@ -105,7 +105,11 @@ def _crash_and_restart(s, tollgate_bin, marker):
     # Restart on the same redb file (configured through TOLLGATE_CONFIG this time).
     s.start_tollgate(use_env_config=True)
     assert _check(tollgate_bin, s.tollgate_url).returncode == 0
-    s.wait_remaining_tokens("crash-a", 900, timeout=10, marker=marker)
+    # The 100 tokens survived. The last zero-usage probe before the kill may have been admitted
+    # and journaled but its settlement not yet committed (docs/stores.md: a crash loses up to one
+    # commit delay of debits); the journal then charges its estimated prompt ("Say hello", 3
+    # tokens) at restart, as documented. Nothing else may differ.
+    s.wait_remaining_tokens("crash-a", lambda v: 897 <= v <= 900, timeout=10, marker=marker)
 
 
 def test_memory_backend_serves(stack_factory, marker):
